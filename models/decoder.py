@@ -1,0 +1,154 @@
+"""One decoder for the Llama family (llama, qwen2, qwen3, mistral), parameterised by `ModelConfig`.
+
+Module and parameter names mirror Hugging Face's (`model.layers.3.self_attn.q_proj.kernel`), so the
+weight-map table is short and LoRA `target_modules` names are PEFT's names.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from swift_jax.kernels import attention
+
+from .config import ModelConfig
+from .layers import Embed, Linear, RMSNorm, activation, apply_rotary, rotary_cos_sin
+
+
+class Attention(nnx.Module):
+    """Grouped-query self-attention with optional q/k RMSNorm, biases and a sliding window."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.sliding_window = cfg.layer_windows[layer_idx] if cfg.layer_windows else None
+        d, h, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, init_std=cfg.initializer_range, rngs=rngs)
+        self.q_proj = Linear(cfg.hidden_size, h * d, axes=("embed", "heads"), use_bias=cfg.qkv_bias, **kw)
+        self.k_proj = Linear(cfg.hidden_size, kv * d, axes=("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
+        self.v_proj = Linear(cfg.hidden_size, kv * d, axes=("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
+        self.o_proj = Linear(h * d, cfg.hidden_size, axes=("heads", "embed"), use_bias=cfg.o_bias, **kw)
+        if cfg.qk_norm:
+            norm_kw = dict(eps=cfg.rms_norm_eps, axis_name="head_dim", param_dtype=cfg.params_dtype)
+            self.q_norm = RMSNorm(d, **norm_kw)
+            self.k_norm = RMSNorm(d, **norm_kw)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim)  # [b, s, h, d]
+        k = self.k_proj(x).reshape(batch, seq, cfg.num_key_value_heads, cfg.head_dim)  # [b, s, kv, d]
+        v = self.v_proj(x).reshape(batch, seq, cfg.num_key_value_heads, cfg.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        out = attention(q, k, v, segment_ids=segment_ids, causal=True, sliding_window=self.sliding_window)
+        return self.o_proj(out.reshape(batch, seq, cfg.num_attention_heads * cfg.head_dim))
+
+
+class MLP(nnx.Module):
+    """Gated MLP: `down(act(gate(x)) * up(x))`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, init_std=cfg.initializer_range, rngs=rngs)
+        e, m = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
+        self.up_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
+        self.down_proj = Linear(m, e, axes=("mlp", "embed"), use_bias=cfg.mlp_bias, **kw)
+        self.act = activation(cfg.hidden_act)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm residual block: attention then MLP."""
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int, *, rngs: nnx.Rngs):
+        norm_kw = dict(eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
+        self.self_attn = Attention(cfg, layer_idx, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DecoderModel(nnx.Module):
+    """Embedding, the stack of decoder layers and the final norm (HF's `model.*`)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed_tokens = Embed(
+            cfg.vocab_size,
+            cfg.hidden_size,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype,
+            init_std=cfg.initializer_range,
+            rngs=rngs,
+        )
+        self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_hidden_layers)])
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype)
+
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+        cfg = self.cfg
+        cos, sin = rotary_cos_sin(positions, cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
+        x = self.embed_tokens(input_ids)  # [batch, seq, embed]
+        for layer in self.layers:
+            x = layer(x, cos, sin, segment_ids)
+        return self.norm(x)
+
+
+class CausalLM(nnx.Module):
+    """Decoder plus LM head: `model(input_ids, positions=..., segment_ids=...) -> logits [b, s, vocab]`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        self.model = DecoderModel(cfg, rngs=rngs)
+        self.lm_head = (
+            None
+            if cfg.tie_word_embeddings
+            else Linear(
+                cfg.hidden_size,
+                cfg.vocab_size,
+                axes=("embed", "vocab"),
+                dtype=cfg.compute_dtype,
+                param_dtype=cfg.params_dtype,
+                init_std=cfg.initializer_range,
+                rngs=rngs,
+            )
+        )
+
+    def hidden_states(
+        self,
+        input_ids: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        """Final-norm hidden states `[batch, seq, embed]`; the loss projects them to the vocab in chunks."""
+        batch, seq = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, seq), jnp.int32)
+        return self.model(input_ids, positions, segment_ids)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Project hidden states `[..., embed]` to vocabulary logits `[..., vocab]`."""
+        if self.lm_head is None:
+            return self.model.embed_tokens.attend(hidden)
+        return self.lm_head(hidden)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        *,
+        positions: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        return self.logits(self.hidden_states(input_ids, positions=positions, segment_ids=segment_ids))

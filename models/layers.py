@@ -1,0 +1,218 @@
+"""Building blocks shared by every architecture: linear, embedding, RMSNorm, rotary embeddings, activations.
+
+Parameters are `nnx.Param`s carrying `logical_axes` metadata (`embed`, `mlp`, `heads`, `kv_heads`,
+`vocab`, ...); `swift_jax.parallel` maps those names to mesh axes, so no layer knows about meshes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from .config import RopeConfig
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    """Return the activation function for an HF `hidden_act` name."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"hidden_act={name!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class Linear(nnx.Module):
+    """`y = x @ kernel + bias` with kernel `[in, out]` (HF stores the transpose, `[out, in]`).
+
+    A LoRA adapter, when `swift_jax.tuners.lora` attaches one, adds `scale * (x @ lora_a) @ lora_b`
+    without ever forming the merged weight.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        axes: tuple[str, str],
+        use_bias: bool = False,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        init_std: float = 0.02,
+        rngs: nnx.Rngs,
+    ):
+        self.in_features, self.out_features = in_features, out_features
+        self.dtype = dtype
+        init = jax.nn.initializers.normal(init_std)
+        self.kernel = nnx.Param(init(rngs.params(), (in_features, out_features), param_dtype), logical_axes=axes)
+        self.bias = (
+            nnx.Param(jnp.zeros((out_features,), param_dtype), logical_axes=(axes[1],)) if use_bias else None
+        )
+        self.lora = None  # set by swift_jax.tuners.lora.loraize
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        y = x @ self.kernel[...].astype(self.dtype)
+        if self.lora is not None:
+            y = y + self.lora(x)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """Token embedding table `[vocab, embed]`; `attend` reuses it as a tied output projection."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        param_dtype: jnp.dtype = jnp.float32,
+        init_std: float = 0.02,
+        rngs: nnx.Rngs,
+    ):
+        self.dtype = dtype
+        init = jax.nn.initializers.normal(init_std)
+        self.embedding = nnx.Param(
+            init(rngs.params(), (num_embeddings, features), param_dtype), logical_axes=("vocab", "embed")
+        )
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        """Logits against the embedding table: `x @ embedding.T`."""
+        return x.astype(self.dtype) @ self.embedding[...].astype(self.dtype).T
+
+
+class RMSNorm(nnx.Module):
+    """RMSNorm computed in float32 and cast back before the scale, exactly as HF Llama/Qwen do."""
+
+    def __init__(
+        self, features: int, *, eps: float, axis_name: str = "embed", param_dtype: jnp.dtype = jnp.float32
+    ):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((features,), param_dtype), logical_axes=(axis_name,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(in_dtype) * x32.astype(in_dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rotary position embeddings: inverse frequencies per rope_type (mirrors transformers' ROPE_INIT_FUNCTIONS)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _default_inv_freq(theta: float, dim: int) -> np.ndarray:
+    return 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+
+
+def _yarn(rope: RopeConfig, dim: int, max_pos: int) -> tuple[np.ndarray, float]:
+    factor = rope.factor
+    original = rope.original_max_position_embeddings or max_pos
+    if factor is None:
+        factor = max_pos / original
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = rope.attention_factor
+    if attention_factor is None:
+        if rope.mscale and rope.mscale_all_dim:
+            attention_factor = mscale(factor, rope.mscale) / mscale(factor, rope.mscale_all_dim)
+        else:
+            attention_factor = mscale(factor)
+    beta_fast, beta_slow = rope.beta_fast or 32, rope.beta_slow or 1
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(rope.theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if rope.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+    extrapolation_weight = 1 - ramp
+    pos_freqs = rope.theta ** (np.arange(0, dim, 2).astype(np.float32) / dim)
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation_weight) + (1.0 / pos_freqs) * extrapolation_weight
+    return inv_freq.astype(np.float32), float(attention_factor)
+
+
+def _llama3(rope: RopeConfig, dim: int) -> np.ndarray:
+    inv_freq = _default_inv_freq(rope.theta, dim)
+    factor, low_ff, high_ff = rope.factor, rope.low_freq_factor, rope.high_freq_factor
+    old_len = rope.original_max_position_embeddings
+    low_wavelen, high_wavelen = old_len / low_ff, old_len / high_ff
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low_ff) / (high_ff - low_ff)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_frequencies(rope: RopeConfig, head_dim: int, max_pos: int) -> tuple[np.ndarray, float]:
+    """Static inverse frequencies `[rot_dim // 2]` and the cos/sin scale for a rope config.
+
+    `dynamic` returns its unscaled frequencies here; `rotary_cos_sin` rescales them from the sequence
+    length at run time, as transformers' dynamic NTK does.
+    """
+    dim = int(head_dim * rope.partial_rotary_factor)
+    kind = rope.rope_type
+    if kind in ("default", "dynamic"):
+        return _default_inv_freq(rope.theta, dim), 1.0
+    if kind == "linear":
+        return _default_inv_freq(rope.theta, dim) / rope.factor, 1.0
+    if kind == "llama3":
+        return _llama3(rope, dim), 1.0
+    if kind == "yarn":
+        return _yarn(rope, dim, max_pos)
+    raise ValueError(f"rope_type={kind!r} is not supported; expected default, linear, dynamic, yarn or llama3")
+
+
+def rotary_cos_sin(
+    positions: jax.Array, rope: RopeConfig, head_dim: int, max_pos: int
+) -> tuple[jax.Array, jax.Array]:
+    """cos and sin tables `[batch, seq, rot_dim]` (float32) for integer `positions` `[batch, seq]`."""
+    inv_freq, scale = rope_frequencies(rope, head_dim, max_pos)
+    inv_freq = jnp.asarray(inv_freq)
+    if rope.rope_type == "dynamic":
+        # NTK-aware base growth once the longest position exceeds the trained length.
+        dim = 2 * inv_freq.shape[0]
+        seq_len = jnp.maximum(jnp.max(positions) + 1, max_pos).astype(jnp.float32)
+        base = rope.theta * ((rope.factor * seq_len / max_pos) - (rope.factor - 1)) ** (dim / (dim - 2))
+        inv_freq = 1.0 / (base ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, seq, rot_dim // 2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)  # [batch, seq, rot_dim]
+    return jnp.cos(emb) * scale, jnp.sin(emb) * scale
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on `x` `[batch, seq, heads, head_dim]`; a partial rotary dim leaves the tail as is."""
+    rot_dim = cos.shape[-1]
+    x_rot, x_pass = x[..., :rot_dim], x[..., rot_dim:]
+    cos = cos[:, :, None, :].astype(x.dtype)
+    sin = sin[:, :, None, :].astype(x.dtype)
+    half = rot_dim // 2
+    rotated = jnp.concatenate([-x_rot[..., half:], x_rot[..., :half]], axis=-1)
+    out = x_rot * cos + rotated * sin
+    return jnp.concatenate([out, x_pass], axis=-1) if x_pass.shape[-1] else out

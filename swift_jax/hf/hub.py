@@ -1,0 +1,31 @@
+"""Resolve a local directory or a Hugging Face hub id to a local folder."""
+
+from __future__ import annotations
+
+import os
+
+MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+
+
+def resolve_model_dir(path_or_hub_id: str | os.PathLike) -> str:
+    """A local directory as is; otherwise download the hub repo's config, weights and tokenizer files.
+
+    Raises FileNotFoundError naming the argument when neither a directory nor a reachable hub repo.
+    """
+    path = os.fspath(path_or_hub_id)
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise NotADirectoryError(f"{path}: expected a model directory (with config.json), got a file")
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise FileNotFoundError(f"{path}: no such model directory (and it is not a hub id like 'Qwen/Qwen2.5-0.5B')")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(path, allow_patterns=MODEL_FILE_PATTERNS)
+    except Exception as err:  # network, auth, missing repo: all end here with the id named
+        raise FileNotFoundError(
+            f"{path}: not a local directory, and downloading it from the Hugging Face hub failed "
+            f"({type(err).__name__}: {err}). Pass a local model folder when offline."
+        ) from err

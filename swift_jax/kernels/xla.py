@@ -1,0 +1,71 @@
+"""Pure-JAX (XLA) attention: the reference every other backend is tested against."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def attention_mask(
+    q_segment_ids: jax.Array,
+    kv_segment_ids: jax.Array,
+    *,
+    causal: bool,
+    sliding_window: int | None,
+) -> jax.Array:
+    """Boolean `[batch, q_len, kv_len]`: True where query i may attend to key j.
+
+    Queries and keys are aligned at the end (query i sits at key index i + kv_len - q_len), so the
+    same mask serves prefill (q_len == kv_len) and decoding against a cache. Segment 0 is padding and
+    attends nowhere; different segments of a packed row never see each other.
+    """
+    q_len, kv_len = q_segment_ids.shape[1], kv_segment_ids.shape[1]
+    mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (q_segment_ids[:, :, None] != 0)
+    q_idx = jnp.arange(q_len)[:, None] + (kv_len - q_len)
+    kv_idx = jnp.arange(kv_len)[None, :]
+    if causal:
+        mask &= (kv_idx <= q_idx)[None]
+    if sliding_window is not None:
+        mask &= (kv_idx > q_idx - sliding_window)[None]
+    return mask
+
+
+def xla_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    segment_ids: jax.Array,
+    q_segment_ids: jax.Array | None = None,
+    causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
+    scale: float | None = None,
+) -> jax.Array:
+    """Softmax attention with GQA, packed segments, causal and sliding-window masks.
+
+    q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
+    segment_ids: [batch, kv_len] (0 = padding); q_segment_ids: [batch, q_len], defaults to segment_ids.
+    Returns [batch, q_len, heads, head_dim]; rows of padding queries are exactly zero.
+    Logits and softmax run in float32 whatever the input dtype.
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    if heads % kv_heads:
+        raise ValueError(f"query heads ({heads}) must be a multiple of kv heads ({kv_heads})")
+    if q_segment_ids is None:
+        q_segment_ids = segment_ids
+    scale = head_dim**-0.5 if scale is None else scale
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)  # [b, s, kv, group, d]
+    logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * scale
+    if logits_soft_cap is not None:
+        logits = logits_soft_cap * jnp.tanh(logits / logits_soft_cap)
+    mask = attention_mask(q_segment_ids, segment_ids, causal=causal, sliding_window=sliding_window)
+    mask = mask[:, None, None]  # [b, 1, 1, s, t]
+    logits = jnp.where(mask, logits, _MASKED)
+    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jnp.where(mask, probs, 0.0)  # fully masked (padding) rows become exact zeros
+    out = jnp.einsum("bkgst,btkd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(batch, q_len, heads, head_dim).astype(q.dtype)

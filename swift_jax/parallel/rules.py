@@ -1,0 +1,63 @@
+"""Logical axis names -> mesh axes: the one table that decides how parameters and activations shard."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# Each logical name maps to a mesh axis (or a tuple of them, or None = replicated). Mesh axes that the
+# mesh does not have, or that have size 1, are dropped, so one table serves every mesh shape.
+DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "seq": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "mlp": "tensor",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "expert": "expert",
+    "lora_rank": None,
+}
+
+
+def logical_to_spec(
+    axes: Sequence[str | None], mesh: Mesh, rules: dict[str, str | tuple[str, ...] | None] | None = None
+) -> PartitionSpec:
+    """PartitionSpec for an array whose dimensions carry the logical names `axes`.
+
+    A mesh axis is used at most once per array (the first dimension that asks for it wins).
+    """
+    rules = DEFAULT_RULES if rules is None else rules
+    used: set[str] = set()
+    spec = []
+    for name in axes:
+        target = rules.get(name) if name is not None else None
+        names = (target,) if isinstance(target, str) else tuple(target or ())
+        keep = tuple(n for n in names if n in mesh.shape and mesh.shape[n] > 1 and n not in used)
+        used.update(keep)
+        spec.append(None if not keep else keep[0] if len(keep) == 1 else keep)
+    return PartitionSpec(*spec)
+
+
+def param_sharding(
+    axes: Sequence[str | None] | None,
+    shape: Sequence[int],
+    mesh: Mesh,
+    rules: dict[str, str | tuple[str, ...] | None] | None = None,
+) -> NamedSharding:
+    """NamedSharding for one parameter; dimensions that do not divide evenly stay replicated."""
+    if axes is None:
+        return NamedSharding(mesh, PartitionSpec())
+    spec = list(logical_to_spec(axes, mesh, rules))
+    for dim, entry in enumerate(spec):
+        if entry is None:
+            continue
+        names = (entry,) if isinstance(entry, str) else entry
+        size = 1
+        for n in names:
+            size *= mesh.shape[n]
+        if shape[dim] % size:
+            spec[dim] = None
+    return NamedSharding(mesh, PartitionSpec(*spec))

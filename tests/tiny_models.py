@@ -1,0 +1,57 @@
+"""Tiny random Hugging Face checkpoints built offline, the reference for parity tests."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import transformers
+
+BASE = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+)
+
+CONFIG_CLASSES = {
+    "llama": transformers.LlamaConfig,
+    "qwen2": transformers.Qwen2Config,
+    "qwen3": transformers.Qwen3Config,
+    "mistral": transformers.MistralConfig,
+}
+
+
+def build_hf_model(model_type: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
+    """A float32 random HF causal LM with non-trivial norm weights (so a wrong norm formula shows)."""
+    torch.manual_seed(seed)
+    config = CONFIG_CLASSES[model_type](**{**BASE, **overrides})
+    config._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.5 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def save_hf_model(model: transformers.PreTrainedModel, path: str, dtype: torch.dtype | None = None) -> str:
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(path, safe_serialization=True)
+    return str(path)
+
+
+def hf_logits(model, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+    """transformers' float32 logits for `input_ids` [batch, seq]."""
+    with torch.no_grad():
+        ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+        mask = None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
+        return model(input_ids=ids, attention_mask=mask).logits.float().numpy()
