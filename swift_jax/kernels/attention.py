@@ -27,10 +27,12 @@ def attention(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     scale: float | None = None,
+    q_offset: jax.Array | int | None = None,
     impl: str = "auto",
 ) -> jax.Array:
     """Multi-head attention over packed rows; see `xla_attention` for the exact semantics.
 
+    `q_offset` places the queries inside a longer key sequence (decoding against a KV cache).
     `impl="auto"` picks the fastest backend that supports the call on the current platform.
     """
     name = "xla" if impl == "auto" else impl
@@ -46,4 +48,5 @@ def attention(
         sliding_window=sliding_window,
         logits_soft_cap=logits_soft_cap,
         scale=scale,
+        q_offset=q_offset,
     )

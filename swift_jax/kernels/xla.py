@@ -14,21 +14,24 @@ def attention_mask(
     *,
     causal: bool,
     sliding_window: int | None,
+    q_offset: jax.Array | int | None = None,
 ) -> jax.Array:
     """Boolean `[batch, q_len, kv_len]`: True where query i may attend to key j.
 
-    Queries and keys are aligned at the end (query i sits at key index i + kv_len - q_len), so the
-    same mask serves prefill (q_len == kv_len) and decoding against a cache. Segment 0 is padding and
-    attends nowhere; different segments of a packed row never see each other.
+    Query i sits at key index `q_offset + i`; `q_offset` (an int or a `[batch]` array) defaults to
+    `kv_len - q_len` (queries aligned with the last keys), so the same mask serves prefill and decoding
+    against a preallocated cache (pass each row's write position). Segment 0 is padding and attends
+    nowhere; different segments of a packed row never see each other.
     """
     q_len, kv_len = q_segment_ids.shape[1], kv_segment_ids.shape[1]
     mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (q_segment_ids[:, :, None] != 0)
-    q_idx = jnp.arange(q_len)[:, None] + (kv_len - q_len)
-    kv_idx = jnp.arange(kv_len)[None, :]
+    offset = kv_len - q_len if q_offset is None else q_offset
+    q_idx = jnp.arange(q_len)[None, :, None] + jnp.reshape(jnp.asarray(offset), (-1, 1, 1))  # [b|1, s, 1]
+    kv_idx = jnp.arange(kv_len)[None, None, :]  # [1, 1, t]
     if causal:
-        mask &= (kv_idx <= q_idx)[None]
+        mask &= kv_idx <= q_idx
     if sliding_window is not None:
-        mask &= (kv_idx > q_idx - sliding_window)[None]
+        mask &= kv_idx > q_idx - sliding_window
     return mask
 
 
@@ -43,11 +46,13 @@ def xla_attention(
     sliding_window: int | None = None,
     logits_soft_cap: float | None = None,
     scale: float | None = None,
+    q_offset: jax.Array | int | None = None,
 ) -> jax.Array:
     """Softmax attention with GQA, packed segments, causal and sliding-window masks.
 
     q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
     segment_ids: [batch, kv_len] (0 = padding); q_segment_ids: [batch, q_len], defaults to segment_ids.
+    q_offset: key index of the first query (int or [batch]); default kv_len - q_len (see attention_mask).
     Returns [batch, q_len, heads, head_dim]; rows of padding queries are exactly zero.
     Logits and softmax run in float32 whatever the input dtype.
     """
@@ -62,7 +67,9 @@ def xla_attention(
     logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * scale
     if logits_soft_cap is not None:
         logits = logits_soft_cap * jnp.tanh(logits / logits_soft_cap)
-    mask = attention_mask(q_segment_ids, segment_ids, causal=causal, sliding_window=sliding_window)
+    mask = attention_mask(
+        q_segment_ids, segment_ids, causal=causal, sliding_window=sliding_window, q_offset=q_offset
+    )
     mask = mask[:, None, None]  # [b, 1, 1, s, t]
     logits = jnp.where(mask, logits, _MASKED)
     probs = jax.nn.softmax(logits, axis=-1)
