@@ -1,0 +1,50 @@
+"""Print the worst float32 logit difference vs transformers per parity case (plain, padded, packed).
+
+    python scripts/parity_report.py
+
+Uses the same tiny random checkpoints and cases as tests/test_models.py (needs the `test` extra: torch).
+"""
+
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import swift_jax  # noqa: E402
+from test_models import CASES, _ids  # noqa: E402
+from tiny_models import build_hf_model, hf_logits, save_hf_model  # noqa: E402
+
+
+def worst_differences(hf, ours) -> dict[str, float]:
+    ids = _ids(2, 12)
+    plain = np.abs(hf_logits(hf, ids) - np.asarray(ours(jnp.asarray(ids)))).max()
+    mask = np.array([[1] * 12, [1] * 7 + [0] * 5], np.int32)
+    ref = hf_logits(hf, ids, mask)
+    got = np.asarray(ours(jnp.asarray(ids), segment_ids=jnp.asarray(mask)))
+    padded = max(np.abs(ref[0] - got[0]).max(), np.abs(ref[1, :7] - got[1, :7]).max())
+    seg = np.array([[1] * 5 + [2] * 4 + [3] * 3], np.int32)
+    pos = np.array([list(range(5)) + list(range(4)) + list(range(3))], np.int32)
+    got = np.asarray(ours(jnp.asarray(ids[:1]), positions=jnp.asarray(pos), segment_ids=jnp.asarray(seg)))
+    packed = max(
+        np.abs(hf_logits(hf, ids[:1, a:b]) - got[:, a:b]).max() for a, b in [(0, 5), (5, 9), (9, 12)]
+    )
+    return {"plain": float(plain), "padded": float(padded), "packed": float(packed)}
+
+
+def main() -> None:
+    print(f"{'case':36s} {'plain':>10s} {'padded':>10s} {'packed':>10s}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model_type, overrides in CASES:
+            hf = build_hf_model(model_type, **overrides)
+            ours = swift_jax.load_model(save_hf_model(hf, os.path.join(tmp, name)))
+            d = worst_differences(hf, ours)
+            print(f"{name:36s} {d['plain']:10.2e} {d['padded']:10.2e} {d['packed']:10.2e}")
+
+
+if __name__ == "__main__":
+    main()
