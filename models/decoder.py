@@ -11,9 +11,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from swift_jax.kernels import attention
+from swift_jax.parallel.rules import constrain
 
 from .config import ModelConfig
 from .layers import Embed, Linear, RMSNorm, activation, apply_rotary, rotary_cos_sin
+
+# Residual-stream activations are sharded over the batch (data, fsdp) at every layer boundary.
+ACTIVATION_AXES = ("batch", "seq", "embed_act")
 
 
 class Attention(nnx.Module):
@@ -97,9 +101,9 @@ class DecoderModel(nnx.Module):
     def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         cfg = self.cfg
         cos, sin = rotary_cos_sin(positions, cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
-        x = self.embed_tokens(input_ids)  # [batch, seq, embed]
+        x = constrain(self.embed_tokens(input_ids), ACTIVATION_AXES)  # [batch, seq, embed]
         for layer in self.layers:
-            x = layer(x, cos, sin, segment_ids)
+            x = constrain(layer(x, cos, sin, segment_ids), ACTIVATION_AXES)
         return self.norm(x)
 
 

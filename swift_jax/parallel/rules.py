@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 # Each logical name maps to a mesh axis (or a tuple of them, or None = replicated). Mesh axes that the
 # mesh does not have, or that have size 1, are dropped, so one table serves every mesh shape.
 DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": ("data", "fsdp"),
-    "seq": None,
+    "seq": "sequence",
     "vocab": "tensor",
     "embed": "fsdp",
+    "embed_act": None,  # the residual stream's hidden dim: activations shard by batch, not by fsdp
     "mlp": "tensor",
     "heads": "tensor",
     "kv_heads": "tensor",
@@ -29,7 +31,7 @@ def logical_to_spec(
 
     A mesh axis is used at most once per array (the first dimension that asks for it wins).
     """
-    rules = DEFAULT_RULES if rules is None else rules
+    rules = current_rules() if rules is None else rules
     used: set[str] = set()
     spec = []
     for name in axes:
@@ -61,3 +63,35 @@ def param_sharding(
         if shape[dim] % size:
             spec[dim] = None
     return NamedSharding(mesh, PartitionSpec(*spec))
+
+
+_ACTIVE_RULES: list[dict] = [DEFAULT_RULES]
+
+
+class logical_rules:
+    """Context manager that overrides the rule table for activations (and `current_rules()`)."""
+
+    def __init__(self, rules: dict[str, str | tuple[str, ...] | None]):
+        self.rules = {**DEFAULT_RULES, **rules}
+
+    def __enter__(self):
+        _ACTIVE_RULES.append(self.rules)
+        return self.rules
+
+    def __exit__(self, *exc):
+        _ACTIVE_RULES.pop()
+
+
+def current_rules() -> dict[str, str | tuple[str, ...] | None]:
+    return _ACTIVE_RULES[-1]
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Pin an activation's sharding by logical names, under the mesh set with `jax.set_mesh`.
+
+    A no-op outside a mesh context, so models run unchanged on one device.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(axes, mesh, current_rules()))
