@@ -1,0 +1,101 @@
+"""Model FLOPs accounting and MFU (model FLOPs utilisation) for training steps.
+
+Formula (per real, non-padding token; recomputation from remat is never counted):
+
+* Dense matmuls: every `Linear` kernel and the LM head (the tied embedding counts when it is the head);
+  embedding lookups cost nothing. With N = their parameter count:
+  - full fine-tuning: 6N (forward 2N, backward 4N: gradients of activations and of weights);
+  - LoRA: 4N for the frozen weights (forward 2N + activation gradients 2N, no weight gradients), plus 6 x the
+    adapter parameters r * (in + out) of every adapted layer.
+* Attention scores and values: per layer and per segment of real length L, the causal pairs
+  P = sum_i min(i + 1, window) cost 2 matmuls x 2 FLOPs x heads x head_dim per pair forward, x 3 for
+  forward + backward: 12 * heads * head_dim * P. Packed rows count each segment alone, so padding and
+  cross-segment pairs are never counted.
+
+MFU = achieved model FLOP/s / the device's peak dense bf16 FLOP/s (table below; unknown device: None).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from swift_jax.models.config import ModelConfig
+
+# Peak dense bf16 FLOP/s per chip, matched by substring of `jax.Device.device_kind` (first hit wins).
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+    ("TPU v6", 918e12),  # v6e ("TPU v6 lite")
+    ("TPU v5p", 459e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v4", 275e12),
+)
+
+
+def peak_flops(device_kind: str) -> float | None:
+    """Peak dense bf16 FLOP/s of one chip, or None for an unknown device (then MFU is omitted)."""
+    for key, value in PEAK_BF16_FLOPS:
+        if key.lower() in device_kind.lower():
+            return value
+    return None
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+    """Parameters that take part in matmuls: attention and MLP projections of every layer, and the LM head."""
+    h, kv, d, e, m = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
+    attention = e * h * d + 2 * e * kv * d + h * d * e
+    mlp = 3 * e * m
+    return cfg.num_hidden_layers * (attention + mlp) + e * cfg.vocab_size
+
+
+def causal_pairs(length: int, window: int | None) -> int:
+    """Number of (query, key) pairs a causal (optionally sliding-window) segment of `length` attends."""
+    i = np.arange(length)
+    return int(np.minimum(i + 1, window if window else length).sum())
+
+
+def attention_flops(cfg: ModelConfig, segment_lengths: Iterable[int]) -> float:
+    """Training FLOPs (forward + backward) of attention scores and values over real segments."""
+    windows = cfg.layer_windows or (None,) * cfg.num_hidden_layers
+    per_pair = 12 * cfg.num_attention_heads * cfg.head_dim
+    lengths = [int(n) for n in segment_lengths if n > 0]
+    return float(sum(per_pair * causal_pairs(n, w) for w in windows for n in lengths))
+
+
+def training_flops(
+    cfg: ModelConfig,
+    segment_lengths: Sequence[int],
+    *,
+    lora_params: int = 0,
+    full: bool = True,
+) -> float:
+    """Model FLOPs of one training step over real segments (see the module docstring).
+
+    `full=False` with `lora_params` = the adapters' parameter count gives the LoRA accounting.
+    """
+    tokens = int(sum(segment_lengths))
+    n = matmul_params(cfg)
+    dense = 6 * n * tokens if full else 4 * n * tokens + 6 * lora_params * tokens
+    return dense + attention_flops(cfg, segment_lengths)
+
+
+def segment_lengths(segment_ids: np.ndarray) -> list[int]:
+    """Real segment lengths of a packed batch `[batch, seq]` (segment 0 = padding)."""
+    lengths = []
+    for row in np.asarray(segment_ids):
+        _, counts = np.unique(row[row > 0], return_counts=True)
+        lengths.extend(int(c) for c in counts)
+    return lengths
+
+
+def mfu(flops: float, seconds: float, device_kind: str, num_devices: int) -> float | None:
+    """Model FLOPs utilisation of a step, or None when the device's peak is unknown."""
+    peak = peak_flops(device_kind)
+    if peak is None or seconds <= 0:
+        return None
+    return flops / seconds / (peak * num_devices)
