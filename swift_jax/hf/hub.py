@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
 
 
@@ -17,8 +19,7 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike) -> str:
         return path
     if os.path.exists(path):
         raise NotADirectoryError(f"{path}: expected a model directory (with config.json), got a file")
-    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
+    if not _HUB_ID.fullmatch(path) or path.startswith("."):
         raise FileNotFoundError(f"{path}: no such model directory (and it is not a hub id like 'Qwen/Qwen2.5-0.5B')")
     from huggingface_hub import snapshot_download
 
