@@ -2,18 +2,73 @@
 
 Every backend takes `[batch, seq, heads, head_dim]` queries and `[batch, seq, kv_heads, head_dim]`
 keys/values, `segment_ids` (0 = padding, equal ids attend to each other) and the same mask options.
-The XLA reference is always available and is the oracle for the others.
+The XLA reference is always available and is the oracle for the others. A backend that cannot run
+a particular call (for example decoding with `q_offset`) hands it to the XLA reference.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Callable, Iterator, NamedTuple
 
 import jax
 
+from . import cudnn, pallas_gpu, pallas_tpu
 from .xla import xla_attention
 
-BACKENDS: dict[str, Callable[..., jax.Array]] = {"xla": xla_attention}
+
+class Backend(NamedTuple):
+    fn: Callable[..., jax.Array]
+    unsupported_reason: Callable[..., str | None]  # None when the backend can run the call
+
+
+BACKENDS: dict[str, Backend] = {
+    "xla": Backend(xla_attention, lambda *a, **k: None),
+    "pallas_gpu": Backend(pallas_gpu.pallas_gpu_attention, pallas_gpu.unsupported_reason),
+    "pallas_tpu": Backend(pallas_tpu.pallas_tpu_attention, pallas_tpu.unsupported_reason),
+    "cudnn": Backend(cudnn.cudnn_attention, cudnn.unsupported_reason),
+}
+
+# What impl="auto" tries, in order, per platform; the first backend that supports the call wins.
+# Not yet measured on a GPU or TPU (scripts/bench_attention.py is the tool): these are the
+# backends that handle packed rows with block skipping and O(seq) memory. cuDNN is not in the GPU
+# list because it cannot take packed rows; name it explicitly for unpacked bf16 batches.
+AUTO_ORDER: dict[str, tuple[str, ...]] = {
+    "cpu": ("xla",),
+    "gpu": ("pallas_gpu", "xla"),
+    "tpu": ("pallas_tpu", "xla"),
+}
+
+_DEFAULT_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("attention_impl", default="auto")
+
+
+@contextlib.contextmanager
+def use_impl(impl: str) -> Iterator[None]:
+    """Within the block, `attention(..., impl="auto")` means `impl` (e.g. a model's `attn_impl`).
+
+    Read at trace time, so wrap the tracing call (`jit`, first call of a jitted step) with it.
+    """
+    if impl != "auto" and impl not in BACKENDS:
+        raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}")
+    token = _DEFAULT_IMPL.set(impl)
+    try:
+        yield
+    finally:
+        _DEFAULT_IMPL.reset(token)
+
+
+def resolve_impl(impl: str, q: jax.Array, k: jax.Array, **options) -> str:
+    """The backend name that `attention` will run for these arguments (see AUTO_ORDER)."""
+    if impl == "auto":
+        impl = _DEFAULT_IMPL.get()
+    if impl != "auto" and impl not in BACKENDS:
+        raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}")
+    candidates = AUTO_ORDER.get(jax.default_backend(), ("xla",)) if impl == "auto" else (impl,)
+    for name in candidates:
+        if BACKENDS[name].unsupported_reason(q, k, **options) is None:
+            return name
+    return "xla"
 
 
 def attention(
@@ -33,15 +88,11 @@ def attention(
     """Multi-head attention over packed rows; see `xla_attention` for the exact semantics.
 
     `q_offset` places the queries inside a longer key sequence (decoding against a KV cache).
-    `impl="auto"` picks the fastest backend that supports the call on the current platform.
+    `impl` names a backend ("xla", "pallas_gpu", "pallas_tpu", "cudnn") or "auto", which picks by
+    platform and arguments (AUTO_ORDER). Pallas backends run in interpret mode off their platform,
+    so any impl works everywhere; a call a backend cannot run goes to "xla".
     """
-    name = "xla" if impl == "auto" else impl
-    if name not in BACKENDS:
-        raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}")
-    return BACKENDS[name](
-        q,
-        k,
-        v,
+    options = dict(
         segment_ids=segment_ids,
         q_segment_ids=q_segment_ids,
         causal=causal,
@@ -50,3 +101,5 @@ def attention(
         scale=scale,
         q_offset=q_offset,
     )
+    name = resolve_impl(impl, q, k, **options)
+    return BACKENDS[name].fn(q, k, v, **options)
