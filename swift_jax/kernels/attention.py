@@ -31,12 +31,13 @@ BACKENDS: dict[str, Backend] = {
 }
 
 # What impl="auto" tries, in order, per platform; the first backend that supports the call wins.
-# Not yet measured on a GPU or TPU (scripts/bench_attention.py is the tool): these are the
-# backends that handle packed rows with block skipping and O(seq) memory. cuDNN is not in the GPU
-# list because it cannot take packed rows; name it explicitly for unpacked bf16 batches.
+# TPU: JAX's own splash attention. GPU: the XLA reference until `pallas_gpu` has been compiled and
+# timed on a real GPU (scripts/bench_attention.py); so far it is verified in interpret mode and by
+# lowering to Triton IR only, so it is opt-in (`impl="pallas_gpu"` / `--attn_impl pallas_gpu`).
+# cuDNN cannot take packed rows; name it explicitly for unpacked bf16 batches.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("xla",),
-    "gpu": ("pallas_gpu", "xla"),
+    "gpu": ("xla",),
     "tpu": ("pallas_tpu", "xla"),
 }
 
