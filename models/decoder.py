@@ -6,6 +6,8 @@ weight-map table is short and LoRA `target_modules` names are PEFT's names.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -18,6 +20,29 @@ from .layers import Embed, Linear, RMSNorm, activation, apply_rotary, rotary_cos
 
 # Residual-stream activations are sharded over the batch (data, fsdp) at every layer boundary.
 ACTIVATION_AXES = ("batch", "seq", "embed_act")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+    """Preallocated keys and values of every layer, for decoding (see `swift_jax.generation`).
+
+    A call with a cache writes its `seq` input tokens at slots `[index, index + seq)` of every row and
+    attends to all slots up to each query's own; slots whose `segment_ids` are 0 (left padding, not yet
+    written) are never attended to. Every row writes at the same `index` (prompts are left-padded).
+    """
+
+    keys: tuple[jax.Array, ...]  # per layer [batch, max_len, kv_heads, head_dim]
+    values: tuple[jax.Array, ...]  # per layer [batch, max_len, kv_heads, head_dim]
+    segment_ids: jax.Array  # [batch, max_len] int32, 0 = padding or not yet written
+    index: jax.Array  # [] int32: slot of the next input token
+
+    @classmethod
+    def create(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
+        """An empty cache for `batch` rows of up to `max_len` tokens, in the model's compute dtype."""
+        shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+        empty = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_hidden_layers))
+        return cls(empty, empty, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
 
 
 class Attention(nnx.Module):
@@ -39,7 +64,9 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None):
+        """`[batch, seq, embed] -> [batch, seq, embed]`; with `cache=(keys, values, kv_segment_ids, index)`
+        (one layer's slice of a `KVCache`) it returns `(out, (keys, values))` with this call's keys written."""
         cfg = self.cfg
         batch, seq, _ = x.shape
         q = self.q_proj(x).reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim)  # [b, s, h, d]
@@ -48,8 +75,28 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            return self._cached(q, k, v, segment_ids, cache)
         out = attention(q, k, v, segment_ids=segment_ids, causal=True, sliding_window=self.sliding_window)
         return self.o_proj(out.reshape(batch, seq, cfg.num_attention_heads * cfg.head_dim))
+
+    def _cached(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, cache):
+        """Attention of `q` `[b, s, h, d]` against the cache after writing `k`, `v` at its index."""
+        keys, values, kv_segment_ids, index = cache
+        keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)  # [b, max_len, kv, d]
+        values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
+        out = attention(
+            q,
+            keys,
+            values,
+            segment_ids=kv_segment_ids,
+            q_segment_ids=segment_ids,
+            causal=True,
+            sliding_window=self.sliding_window,
+            q_offset=index,
+        )
+        batch, seq = q.shape[:2]
+        return self.o_proj(out.reshape(batch, seq, -1)), (keys, values)
 
 
 class MLP(nnx.Module):
@@ -77,7 +124,11 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
         self.mlp = MLP(cfg, rngs=rngs)
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None):
+        if cache is not None:  # decoding: also return this layer's updated (keys, values)
+            h, kv = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, cache)
+            x = x + h
+            return x + self.mlp(self.post_attention_layernorm(x)), kv
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -98,13 +149,29 @@ class DecoderModel(nnx.Module):
         self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype)
 
-    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache | None = None):
         cfg = self.cfg
         cos, sin = rotary_cos_sin(positions, cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
         x = constrain(self.embed_tokens(input_ids), ACTIVATION_AXES)  # [batch, seq, embed]
+        if cache is not None:
+            return self._cached(x, cos, sin, segment_ids, cache)
         for layer in self.layers:
             x = constrain(layer(x, cos, sin, segment_ids), ACTIVATION_AXES)
         return self.norm(x)
+
+    def _cached(self, x, cos, sin, segment_ids, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """The layer stack against a KV cache: `(hidden [b, s, embed], cache advanced by s tokens)`."""
+        kv_segment_ids = jax.lax.dynamic_update_slice_in_dim(
+            cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1
+        )
+        keys, values = [], []
+        for i, layer in enumerate(self.layers):
+            x, (k, v) = layer(x, cos, sin, segment_ids, (cache.keys[i], cache.values[i], kv_segment_ids, cache.index))
+            x = constrain(x, ACTIVATION_AXES)
+            keys.append(k)
+            values.append(v)
+        new_cache = KVCache(tuple(keys), tuple(values), kv_segment_ids, cache.index + x.shape[1])
+        return self.norm(x), new_cache
 
 
 class CausalLM(nnx.Module):
@@ -133,14 +200,19 @@ class CausalLM(nnx.Module):
         *,
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        cache: KVCache | None = None,
     ) -> jax.Array:
-        """Final-norm hidden states `[batch, seq, embed]`; the loss projects them to the vocab in chunks."""
+        """Final-norm hidden states `[batch, seq, embed]`; the loss projects them to the vocab in chunks.
+
+        With a `KVCache` it returns `(hidden, cache)`: the inputs are written at `cache.index` and attend
+        to everything cached before them (pass `positions` then; the default counts from 0).
+        """
         batch, seq = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         if segment_ids is None:
             segment_ids = jnp.ones((batch, seq), jnp.int32)
-        return self.model(input_ids, positions, segment_ids)
+        return self.model(input_ids, positions, segment_ids, cache)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Project hidden states `[..., embed]` to vocabulary logits `[..., vocab]`."""

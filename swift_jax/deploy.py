@@ -1,0 +1,184 @@
+"""`python -m swift_jax.deploy`: an OpenAI-compatible HTTP server on top of `swift_jax.generation`.
+
+    python -m swift_jax.deploy --model Qwen/Qwen2.5-0.5B-Instruct --port 8000
+    # then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-").chat.completions.create(...)
+
+Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (with `stream: true` as server-sent events).
+Requests run one at a time (the standard library's threading server; generation holds a lock). Request
+fields: `messages`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`,
+`stream`, and the extras `top_k`, `repetition_penalty`; missing ones take the server's `--` defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Sequence
+
+from swift_jax.generation import GenerationConfig, Generator
+from swift_jax.infer import InferArgs, encode_chat, load_for_inference, parse_args
+
+
+@dataclasses.dataclass
+class DeployArgs(InferArgs):
+    """Arguments of `swift_jax.deploy`: the inference arguments (server defaults) plus the address."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None  # the `model` name clients use; default: --model
+
+
+class RequestError(ValueError):
+    """A client mistake, answered with HTTP 400 and an OpenAI-style error body."""
+
+
+def _config(body: dict[str, Any], args: DeployArgs) -> GenerationConfig:
+    """Generation settings of one request, falling back to the server's arguments."""
+    if body.get("n", 1) != 1:
+        raise RequestError(f"n={body['n']} is not supported; only n=1")
+    stop = body.get("stop") or args.stop_words
+    return GenerationConfig(
+        max_new_tokens=int(body.get("max_completion_tokens") or body.get("max_tokens") or args.max_new_tokens),
+        temperature=float(body.get("temperature", args.temperature) or 0.0),
+        top_k=int(body.get("top_k", args.top_k) or 0),
+        top_p=float(body.get("top_p", args.top_p) or 1.0),
+        repetition_penalty=float(body.get("repetition_penalty", args.repetition_penalty) or 1.0),
+        seed=int(body.get("seed", args.seed) or 0),
+        stop=(stop,) if isinstance(stop, str) else tuple(stop),
+    )
+
+
+def _messages(body: dict[str, Any], args: DeployArgs) -> list[dict]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty list of {'role', 'content'} objects")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise RequestError(f"messages[{i}] must be an object with 'role' and 'content'")
+        content = m["content"]
+        if isinstance(content, list):  # content parts: keep the text ones
+            content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        out.append({"role": m["role"], "content": content})
+    if args.system and out[0]["role"] != "system":
+        out.insert(0, {"role": "system", "content": args.system})
+    return out
+
+
+class ChatServer:
+    """Holds the generator and turns OpenAI chat requests into generation calls."""
+
+    def __init__(self, gen: Generator, args: DeployArgs):
+        self.gen, self.args = gen, args
+        self.name = args.served_model_name or args.model
+        self.lock = threading.Lock()
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "swift_jax"}]}
+
+    def complete(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A `chat.completion` object for a non-streaming request."""
+        prompt, config = encode_chat(self.gen.tokenizer, _messages(body, self.args)), _config(body, self.args)
+        with self.lock:
+            out = self.gen.generate_ids([prompt], config)[0]
+        return {
+            **self._head("chat.completion"),
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": out.text}, "finish_reason": out.finish_reason}
+            ],
+            "usage": {
+                "prompt_tokens": len(prompt),
+                "completion_tokens": len(out.token_ids),
+                "total_tokens": len(prompt) + len(out.token_ids),
+            },
+        }
+
+    def stream(self, body: dict[str, Any]):
+        """`chat.completion.chunk` objects for a streaming request (validated before the first one)."""
+        prompt, config = encode_chat(self.gen.tokenizer, _messages(body, self.args)), _config(body, self.args)
+        head = self._head("chat.completion.chunk")
+
+        def chunks():
+            with self.lock:
+                yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+                pieces = self.gen.stream(prompt, config)
+                while True:
+                    try:
+                        piece = next(pieces)
+                    except StopIteration as finished:
+                        reason = finished.value.finish_reason
+                        break
+                    yield {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+
+        return chunks()
+
+    def _head(self, kind: str) -> dict[str, Any]:
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": self.name}
+
+
+def make_server(chat: ChatServer, host: str, port: int) -> ThreadingHTTPServer:
+    """An HTTP server bound to (host, port) (port 0 picks a free one) that answers with `chat`."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, fmt, *a):  # keep the console for the server's own messages
+            pass
+
+        def _json(self, code: int, obj: dict) -> None:
+            data = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, code: int, message: str) -> None:
+            self._json(code, {"error": {"message": message, "type": "invalid_request_error", "code": code}})
+
+        def do_GET(self):
+            if self.path.rstrip("/") == "/v1/models":
+                self._json(200, chat.models())
+            else:
+                self._error(404, f"unknown path {self.path}; expected /v1/models or /v1/chat/completions")
+
+        def do_POST(self):
+            if self.path.rstrip("/") != "/v1/chat/completions":
+                return self._error(404, f"unknown path {self.path}; expected /v1/chat/completions")
+            try:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                if not isinstance(body, dict):
+                    raise RequestError("the request body must be a JSON object")
+                if not body.get("stream"):
+                    return self._json(200, chat.complete(body))
+                chunks = chat.stream(body)
+            except (RequestError, json.JSONDecodeError, TypeError, ValueError) as err:
+                return self._error(400, str(err))
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()
+            for chunk in chunks:
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            self.close_connection = True
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(DeployArgs, argv)
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args)
+    server = make_server(chat, args.host, args.port)
+    print(f"[INFO] serving {chat.name} at http://{args.host}:{server.server_address[1]}/v1", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

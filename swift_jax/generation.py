@@ -1,0 +1,321 @@
+"""Text generation: prefill + decode against a preallocated KV cache, with sampling and stop conditions.
+
+Prompts are left-padded into a `[batch, prompt_len]` bucket (powers of two), so every row writes the
+same cache slot at each step and shapes stay static. Two compiled functions serve each
+(batch, prompt_len, max_new_tokens) bucket: `_prefill` fills the cache and samples the first token;
+`_decode` runs a `lax.while_loop` until every row is done or a step limit is reached. The limit is a
+traced value, so the same compiled loop runs to the end in one call, or resumes chunk by chunk when
+the host must look at the text (streaming, stop strings). Sampling settings are traced too: changing
+temperature / top-k / top-p / repetition penalty / seed never recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Generator as PyGenerator
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from swift_jax.models.decoder import KVCache
+
+_NEG = -1e30  # logit of a filtered-out token (finite: keeps softmax free of NaN)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding settings, named as in ms-swift / transformers."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 = no top-k filter
+    top_p: float = 1.0  # 1 = no nucleus filter
+    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the prompt or response
+    seed: int = 0
+    stop: tuple[str, ...] = ()  # stop strings: the response ends before the first one
+    eos_token_ids: tuple[int, ...] | None = None  # None: the tokenizer's eos (and chat end) tokens
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+
+@dataclasses.dataclass
+class GenerationOutput:
+    """One response: its text, its token ids (without the eos) and why it ended ("stop" or "length")."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _State:
+    cache: KVCache
+    tokens: jax.Array  # [batch, max_new_tokens] int32, generated so far (pad after a row is done)
+    last: jax.Array  # [batch] int32, the token fed at the next step
+    position: jax.Array  # [batch] int32, its position
+    done: jax.Array  # [batch] bool
+    seen: jax.Array  # [batch, vocab] bool, tokens in prompt or response (repetition penalty)
+    step: jax.Array  # [] int32, columns of `tokens` filled
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _Sampling:
+    temperature: jax.Array  # [] float32
+    top_k: jax.Array  # [] int32
+    top_p: jax.Array  # [] float32
+    repetition_penalty: jax.Array  # [] float32
+    key: jax.Array  # PRNG key; step t samples with fold_in(key, t), so chunking never changes results
+    eos: jax.Array  # [n_eos] int32
+    pad: jax.Array  # [] int32, written after a row is done
+
+
+def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Top-k then top-p (nucleus) filtering of `[batch, vocab]` logits, as transformers' warpers do.
+
+    `top_k <= 0` and `top_p >= 1` switch a filter off. Filtered tokens get a very negative logit. One
+    sort serves both filters, and `k`, `p` are traced, so changing them does not recompile.
+    """
+    vocab = logits.shape[-1]
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # [b, vocab], descending
+    k = jnp.clip(jnp.where(top_k > 0, top_k, vocab), 1, vocab)
+    kth = ordered[:, k - 1][:, None]  # [b, 1]
+    logits = jnp.where(logits < kth, _NEG, logits)
+    ordered = jnp.where(jnp.arange(vocab) < k, ordered, _NEG)
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly larger tokens
+    keep = (before < top_p) | (jnp.arange(vocab) == 0)  # the top token always survives
+    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where((logits < threshold) & (top_p < 1.0), _NEG, logits)
+
+
+def penalize_repetition(logits: jax.Array, seen: jax.Array, penalty: jax.Array) -> jax.Array:
+    """transformers' repetition penalty: divide positive / multiply negative logits of seen tokens."""
+    penalized = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, penalized, logits)
+
+
+def _next_token(logits, seen, s: _Sampling, step, do_sample: bool):
+    """Pick the next token `[batch]` from float32 logits `[batch, vocab]`."""
+    logits = penalize_repetition(logits, seen, s.repetition_penalty)
+    if not do_sample:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = filter_logits(logits / s.temperature, s.top_k, s.top_p)
+    return jax.random.categorical(jax.random.fold_in(s.key, step), logits, axis=-1).astype(jnp.int32)
+
+
+def _mark_seen(seen: jax.Array, tokens: jax.Array, valid: jax.Array) -> jax.Array:
+    """Set `seen[b, tokens[b, i]]` where `valid[b, i]`; tokens `[batch, n]`."""
+    rows = jnp.arange(seen.shape[0])[:, None]
+    return seen.at[rows, tokens].max(valid)
+
+
+def _prefill(graphdef, params, ids, mask, sampling: _Sampling, *, max_new_tokens: int, do_sample: bool) -> _State:
+    """Run the left-padded prompts `ids`/`mask` `[batch, prompt_len]` through the model, sample token 0."""
+    model = nnx.merge(graphdef, params)
+    batch, prompt_len = ids.shape
+    cache = KVCache.create(model.config, batch, prompt_len + max_new_tokens)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)  # [b, prompt_len]
+    hidden, cache = model.hidden_states(ids, positions=positions, segment_ids=mask, cache=cache)
+    logits = model.logits(hidden[:, -1]).astype(jnp.float32)  # [b, vocab]; left padding: last slot is real
+    seen = _mark_seen(jnp.zeros(logits.shape, bool), ids, mask > 0)
+    empty = mask.sum(-1) == 0  # batch-bucket filler rows
+    token = jnp.where(empty, sampling.pad, _next_token(logits, seen, sampling, 0, do_sample))
+    tokens = jnp.full((batch, max_new_tokens), sampling.pad, jnp.int32).at[:, 0].set(token)
+    return _State(
+        cache=cache,
+        tokens=tokens,
+        last=token,
+        position=mask.sum(-1).astype(jnp.int32),
+        done=empty | jnp.isin(token, sampling.eos),
+        seen=_mark_seen(seen, token[:, None], ~empty[:, None]),
+        step=jnp.ones((), jnp.int32),
+    )
+
+
+def _decode(graphdef, params, state: _State, until, sampling: _Sampling, *, do_sample: bool) -> _State:
+    """Generate tokens one at a time (`lax.while_loop`) until step `until` or every row is done."""
+    model = nnx.merge(graphdef, params)
+    batch = state.last.shape[0]
+
+    def cond(s: _State):
+        return (s.step < until) & ~jnp.all(s.done)
+
+    def body(s: _State) -> _State:
+        hidden, cache = model.hidden_states(
+            s.last[:, None], positions=s.position[:, None], segment_ids=jnp.ones((batch, 1), jnp.int32), cache=s.cache
+        )
+        logits = model.logits(hidden[:, 0]).astype(jnp.float32)  # [b, vocab]
+        token = jnp.where(s.done, sampling.pad, _next_token(logits, s.seen, sampling, s.step, do_sample))
+        tokens = jax.lax.dynamic_update_slice_in_dim(s.tokens, token[:, None], s.step, axis=1)
+        return _State(
+            cache=cache,
+            tokens=tokens,
+            last=token,
+            position=s.position + 1,
+            done=s.done | jnp.isin(token, sampling.eos),
+            seen=_mark_seen(s.seen, token[:, None], ~s.done[:, None]),
+            step=s.step + 1,
+        )
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+_prefill_jit = jax.jit(_prefill, static_argnums=(0,), static_argnames=("max_new_tokens", "do_sample"))
+_decode_jit = jax.jit(_decode, static_argnums=(0,), static_argnames=("do_sample",), donate_argnums=(2,))
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """The padded size for `n`: the next power of two, at least `minimum` (bounds recompilation)."""
+    size = minimum
+    while size < n:
+        size *= 2
+    return size
+
+
+def _eos_ids(tokenizer, model) -> tuple[int, ...]:
+    """End tokens: the tokenizer's and config's eos, and ChatML's `<|im_end|>` / Llama-3's `<|eot_id|>`."""
+    ids = set()
+    if tokenizer is not None:
+        if tokenizer.eos_token_id is not None:
+            ids.add(int(tokenizer.eos_token_id))
+        vocab = tokenizer.get_vocab()
+        ids.update(vocab[t] for t in ("<|im_end|>", "<|eot_id|>") if t in vocab)
+    eos = model.config.hf_config.get("eos_token_id")
+    ids.update([eos] if isinstance(eos, int) else eos or [])
+    return tuple(sorted(ids))
+
+
+class Generator:
+    """Generates from one model; each (batch, prompt length, max_new_tokens) bucket compiles once.
+
+    Works with merged models, unmerged LoRA adapters (they are part of the model's state) and models
+    sharded over a mesh (the compiled functions follow the parameters' shardings).
+    """
+
+    def __init__(self, model: nnx.Module, tokenizer=None, *, max_batch_size: int = 16):
+        self.graphdef, self.params = nnx.split(model)
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.default_eos = _eos_ids(tokenizer, model)
+
+    def generate_ids(
+        self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig()
+    ) -> list[GenerationOutput]:
+        """Responses to token-id prompts, in order; batches of `max_batch_size` run together."""
+        outputs: list[GenerationOutput] = []
+        for start in range(0, len(prompts), self.max_batch_size):
+            run = self._run(prompts[start : start + self.max_batch_size], config, stream=False)
+            while True:
+                try:
+                    next(run)
+                except StopIteration as finished:
+                    outputs.extend(finished.value)
+                    break
+        return outputs
+
+    def generate(self, prompts: Sequence[str], config: GenerationConfig = GenerationConfig()) -> list[GenerationOutput]:
+        """Responses to text prompts (already formatted: apply the chat template first for chat models)."""
+        tok = self._need_tokenizer("text prompts")
+        return self.generate_ids([tok.encode(p, add_special_tokens=False) for p in prompts], config)
+
+    def stream(
+        self, prompt_ids: Sequence[int], config: GenerationConfig = GenerationConfig()
+    ) -> PyGenerator[str, None, GenerationOutput]:
+        """Yield the response to one prompt piece by piece as its tokens come in; return its full output
+        (`out = yield from gen.stream(...)` in a generator, or `StopIteration.value`)."""
+        run = self._run([prompt_ids], config, stream=True)
+        while True:
+            try:
+                _, delta = next(run)
+            except StopIteration as finished:
+                return finished.value[0]
+            yield delta
+
+    def _need_tokenizer(self, what: str):
+        if self.tokenizer is None:
+            raise ValueError(f"{what} need a tokenizer: pass Generator(model, tokenizer)")
+        return self.tokenizer
+
+    def _run(self, prompts, config: GenerationConfig, *, stream: bool):
+        """Generate one batch; yields `(row, new_text)` while streaming, returns the outputs."""
+        if config.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {config.max_new_tokens}")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        watch = stream or bool(config.stop)  # the host reads the text between decode chunks
+        if watch:
+            self._need_tokenizer("stop strings and streaming")
+        batch, prompt_len = bucket(len(prompts), 1), bucket(max(len(p) for p in prompts))
+        ids = np.zeros((batch, prompt_len), np.int32)
+        mask = np.zeros((batch, prompt_len), np.int32)
+        for row, p in enumerate(prompts):  # left padding: every prompt ends at the last slot
+            ids[row, prompt_len - len(p) :] = p
+            mask[row, prompt_len - len(p) :] = 1
+        eos = self.default_eos if config.eos_token_ids is None else tuple(config.eos_token_ids)
+        sampling = _Sampling(
+            temperature=jnp.float32(max(config.temperature, 1e-6)),
+            top_k=jnp.int32(config.top_k),
+            top_p=jnp.float32(config.top_p),
+            repetition_penalty=jnp.float32(config.repetition_penalty),
+            key=jax.random.key(config.seed),
+            eos=jnp.asarray(eos or (-1,), jnp.int32),
+            pad=jnp.int32(eos[0] if eos else 0),
+        )
+        n, sample = config.max_new_tokens, config.do_sample
+        state = _prefill_jit(self.graphdef, self.params, ids, mask, sampling, max_new_tokens=n, do_sample=sample)
+        chunk = 1 if stream else 16 if config.stop else n
+        stopped = np.zeros(batch, bool)
+        length = np.full(batch, n)  # tokens kept per row: a stop string ends a row where it is seen
+        sent = [""] * len(prompts)
+        while True:
+            if watch:
+                tokens = np.asarray(state.tokens)[:, : int(state.step)]
+                for i in range(len(prompts)):
+                    text, hit = self._text(tokens[i], eos, config.stop)
+                    if hit and not stopped[i]:
+                        stopped[i], length[i] = True, tokens.shape[1]
+                    safe = text if hit else text.rstrip("\ufffd")  # wait for whole characters
+                    if stream and len(safe) > len(sent[i]):
+                        yield i, safe[len(sent[i]) :]
+                        sent[i] = safe
+                state = dataclasses.replace(state, done=state.done | jnp.asarray(stopped))
+            step = int(state.step)
+            if step >= n or bool(jnp.all(state.done)):
+                break
+            until = jnp.int32(min(step + chunk, n))
+            state = _decode_jit(self.graphdef, self.params, state, until, sampling, do_sample=sample)
+        tokens = np.asarray(state.tokens)
+        outputs = []
+        for i in range(len(prompts)):
+            ids_i, ended = _until_eos(tokens[i, : length[i]], eos)
+            text, hit = self._text(tokens[i, : length[i]], eos, config.stop) if self.tokenizer is not None else ("", False)
+            outputs.append(GenerationOutput(text, ids_i, "stop" if ended or hit or stopped[i] else "length"))
+            if stream and len(text) > len(sent[i]):  # flush what was held back
+                yield i, text[len(sent[i]) :]
+        return outputs
+
+    def _text(self, row: np.ndarray, eos, stop: Sequence[str]) -> tuple[str, bool]:
+        """The decoded response of one row (before eos, cut before a stop string) and whether one was hit."""
+        text = self.tokenizer.decode(_until_eos(row, eos)[0], skip_special_tokens=True)
+        hits = [text.index(s) for s in stop if s and s in text]
+        return (text[: min(hits)], True) if hits else (text, False)
+
+
+def _until_eos(row: np.ndarray, eos) -> tuple[list[int], bool]:
+    """Token ids of one row before its first eos, and whether an eos ended it."""
+    hits = np.nonzero(np.isin(row, np.asarray(eos or (-1,))))[0]
+    return (row[: hits[0]].tolist(), True) if hits.size else (row.tolist(), False)
+
+
+def generate(
+    model: nnx.Module, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig(), tokenizer=None
+) -> list[GenerationOutput]:
+    """One-shot helper: responses to token-id prompts (build a `Generator` to reuse compilations)."""
+    return Generator(model, tokenizer, max_batch_size=max(len(prompts), 1)).generate_ids(prompts, config)

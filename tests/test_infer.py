@@ -1,0 +1,87 @@
+"""swift_jax.infer: batch inference to a result jsonl, interactive (streamed) chat, input errors."""
+
+import io
+import json
+
+import pytest
+import torch
+import transformers
+
+import swift_jax
+from infer_fixtures import build_chat_model
+from swift_jax import infer
+
+
+@pytest.fixture(scope="module")
+def chat(tmp_path_factory):
+    path = build_chat_model(tmp_path_factory.mktemp("chat"), "llama", seed=2)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return path, hf, swift_jax.load_tokenizer(path)
+
+
+def _hf_reply(hf, tok, messages, max_new_tokens):
+    ids = tok.encode(tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), add_special_tokens=False)
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=0)
+    return tok.decode(out[0, len(ids) :], skip_special_tokens=True)
+
+
+def test_batch_inference_writes_rows_with_response(chat, tmp_path):
+    path, hf, tok = chat
+    rows = [
+        {"messages": [{"role": "user", "content": "What is 6 times 7?"}, {"role": "assistant", "content": "42"}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]},
+        {"query": "Count: one two", "id": 7},
+        {"instruction": "Say the sky color.", "input": "one word"},
+    ]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = tmp_path / "out" / "result.jsonl"
+    argv = ["--model", path, "--val_dataset", str(data), "--result_path", str(result), "--max_new_tokens", "12"]
+    infer.main([*argv, "--max_batch_size", "2", "--system", "You are a bot."])
+    got = [json.loads(line) for line in result.read_text().splitlines()]
+    prompts = [
+        [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "What is 6 times 7?"}],
+        rows[1]["messages"],  # its own system prompt wins
+        [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "Count: one two"}],
+        [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "Say the sky color.\n\none word"}],
+    ]
+    assert len(got) == 4
+    for row, out, messages in zip(rows, got, prompts):
+        assert {k: v for k, v in out.items() if k != "response"} == row
+        assert out["response"] == _hf_reply(hf, tok, messages, 12)
+
+
+def test_interactive_chat_streams_and_keeps_history(chat):
+    path, hf, tok = chat
+    args = infer.parse_args(infer.InferArgs, ["--model", path, "--stream", "true", "--max_new_tokens", "6"])
+    assert args.stream is True
+    model, tokenizer = infer.load_for_inference(path)
+    gen = infer.Generator(model, tokenizer)
+    stdout = io.StringIO()
+    infer.chat_loop(gen, args, stdin=io.StringIO("What is 6 times 7?\nand 6 times 8?\nclear\nhi\nexit\n"), stdout=stdout)
+    first = _hf_reply(hf, tok, [{"role": "user", "content": "What is 6 times 7?"}], 6)
+    second = _hf_reply(
+        hf,
+        tok,
+        [
+            {"role": "user", "content": "What is 6 times 7?"},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": "and 6 times 8?"},
+        ],
+        6,
+    )
+    third = _hf_reply(hf, tok, [{"role": "user", "content": "hi"}], 6)  # history cleared
+    assert stdout.getvalue() == f"<<< {first}\n<<< {second}\n<<< <<< {third}\n<<< "
+
+
+def test_input_errors_are_clear(chat, tmp_path):
+    path, _, _ = chat
+    with pytest.raises(FileNotFoundError, match="--adapters .*nope: no such folder"):
+        infer.main(["--model", path, "--adapters", str(tmp_path / "nope")])
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"query": "ok"}) + "\n" + json.dumps({"prompt": "hi"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl row 1: expected a 'messages' list, a 'query' or an 'instruction' field; found fields \['prompt'\]"):
+        infer.main(["--model", path, "--val_dataset", str(data)])
+    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+        infer.main(["--model", path, "--val_dataset", str(tmp_path / "missing.jsonl")])
