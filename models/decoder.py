@@ -133,6 +133,10 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+def _run_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    return layer(x, cos, sin, segment_ids)
+
+
 class DecoderModel(nnx.Module):
     """Embedding, the stack of decoder layers and the final norm (HF's `model.*`)."""
 
@@ -148,6 +152,7 @@ class DecoderModel(nnx.Module):
         )
         self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype)
+        self.remat = False  # recompute each layer in the backward pass (set by the trainer)
 
     def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache | None = None):
         cfg = self.cfg
@@ -156,7 +161,11 @@ class DecoderModel(nnx.Module):
         if cache is not None:
             return self._cached(x, cos, sin, segment_ids, cache)
         for layer in self.layers:
-            x = constrain(layer(x, cos, sin, segment_ids), ACTIVATION_AXES)
+            if self.remat:
+                x = nnx.remat(_run_layer)(layer, x, cos, sin, segment_ids)
+            else:
+                x = layer(x, cos, sin, segment_ids)
+            x = constrain(x, ACTIVATION_AXES)
         return self.norm(x)
 
     def _cached(self, x, cos, sin, segment_ids, cache: KVCache) -> tuple[jax.Array, KVCache]:

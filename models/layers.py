@@ -12,6 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import qwix
 from flax import nnx
 
 from .config import RopeConfig
@@ -60,11 +61,18 @@ class Linear(nnx.Module):
         self.bias = (
             nnx.Param(jnp.zeros((out_features,), param_dtype), logical_axes=(axes[1],)) if use_bias else None
         )
-        self.lora = None  # set by swift_jax.tuners.lora.loraize
+        self.lora = nnx.data(None)  # an adapter module, set by swift_jax.tuners.lora.loraize
+
+    def weight(self) -> jax.Array:
+        """The kernel `[in, out]` in the compute dtype (dequantized when QLoRA stored it quantized)."""
+        kernel = self.kernel.get_value()
+        if isinstance(kernel, qwix.QArray):
+            kernel = qwix.dequantize(kernel)
+        return kernel.astype(self.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        y = x @ self.kernel[...].astype(self.dtype)
+        y = x @ self.weight()
         if self.lora is not None:
             y = y + self.lora(x)
         if self.bias is not None:

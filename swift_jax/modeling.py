@@ -43,10 +43,16 @@ def read_hf_config(model_dir: str) -> dict[str, Any]:
     return AutoConfig.from_pretrained(model_dir).to_dict()
 
 
-def model_config(hf_config: dict[str, Any], *, dtype: str | None = None) -> tuple[ModelConfig, Architecture]:
-    """`ModelConfig` and architecture for an HF config dict; `dtype` overrides the checkpoint's dtype."""
+def model_config(
+    hf_config: dict[str, Any], *, dtype: str | None = None, param_dtype: str | None = None
+) -> tuple[ModelConfig, Architecture]:
+    """`ModelConfig` and architecture for an HF config dict.
+
+    `dtype` is the compute dtype and, unless `param_dtype` is given, also the parameters' (default: the
+    checkpoint's). Full fine-tuning in bf16 passes `param_dtype="float32"` for float32 master weights.
+    """
     arch = architecture(hf_config.get("model_type", "<missing>"))
-    return arch.config_from_hf(hf_config, dtype=dtype), arch
+    return arch.config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype), arch
 
 
 def _placement(axes, shape, mesh: Mesh | None):
@@ -60,10 +66,15 @@ def _flat_params(state: nnx.State) -> dict[str, nnx.Variable]:
 
 
 def init_model(
-    hf_config: dict[str, Any], *, dtype: str | None = None, seed: int = 0, mesh: Mesh | None = None
+    hf_config: dict[str, Any],
+    *,
+    dtype: str | None = None,
+    seed: int = 0,
+    mesh: Mesh | None = None,
+    param_dtype: str | None = None,
 ) -> nnx.Module:
     """A randomly initialised model for an HF config dict (training from scratch)."""
-    cfg, arch = model_config(hf_config, dtype=dtype)
+    cfg, arch = model_config(hf_config, dtype=dtype, param_dtype=param_dtype)
     model = arch.module(cfg, rngs=nnx.Rngs(seed))
     if mesh is not None:
         graphdef, state = nnx.split(model)
@@ -76,15 +87,18 @@ def init_model(
     return model
 
 
-def load_model(path_or_hub_id: str, *, dtype: str | None = None, mesh: Mesh | None = None) -> nnx.Module:
+def load_model(
+    path_or_hub_id: str, *, dtype: str | None = None, mesh: Mesh | None = None, param_dtype: str | None = None
+) -> nnx.Module:
     """Load an HF safetensors checkpoint (local folder or hub id) into our Flax model.
 
     `dtype` ("float32", "bfloat16") sets parameter and compute dtype; default: the checkpoint's.
+    `param_dtype` stores parameters in another dtype than the compute one (float32 master weights).
     `mesh` shards parameters by their logical axes; default: the first device.
     Raises one error listing every missing, unexpected or mis-shaped tensor.
     """
     model_dir = resolve_model_dir(path_or_hub_id)
-    cfg, arch = model_config(read_hf_config(model_dir), dtype=dtype)
+    cfg, arch = model_config(read_hf_config(model_dir), dtype=dtype, param_dtype=param_dtype)
     abstract = nnx.eval_shape(lambda: arch.module(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     params = _flat_params(state)

@@ -1,0 +1,138 @@
+"""PEFT's LoRA adapter format: write ours so `peft.PeftModel.from_pretrained` loads it, read PEFT's back.
+
+Layout: `adapter_config.json` (peft_type LORA, r, lora_alpha, target_modules, base model) and
+`adapter_model.safetensors` with `base_model.model.<HF module path>.lora_A.weight` `[r, in]` and
+`.lora_B.weight` `[out, r]`. Module paths come from the architecture's weight-map table (the HF name of
+the layer's kernel without `.weight`), so they are the names PEFT sees in `transformers`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from swift_jax.models.config import to_jnp_dtype
+from swift_jax.models.registry import architecture
+from swift_jax.tuners.lora import iter_linears, lora_layers, loraize
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def hf_module_path(model: nnx.Module, path: str) -> str:
+    """The HF module path of one of our Linear layers (e.g. `model.layers.0.self_attn.q_proj`)."""
+    hit = architecture(model.config.model_type).weights.ours_to_hf(path + ".kernel")
+    if hit is None:
+        raise ValueError(f"layer {path} has no Hugging Face name in the {model.config.model_type} weight map")
+    return hit[0].removesuffix(".weight")
+
+
+def save_peft_adapter(
+    model: nnx.Module,
+    output_dir: str,
+    *,
+    base_model_name_or_path: str,
+    lora_dropout: float = 0.0,
+    dtype: str | None = None,
+) -> None:
+    """Write the model's LoRA adapters in PEFT's format (one rank/alpha for all layers, as PEFT's config)."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to save (train with --tuner_type lora)")
+    ranks = {m.lora.lora_a.shape[1] for _, m in layers}
+    scales = {m.lora.scale for _, m in layers}
+    if len(ranks) != 1 or len(scales) != 1:
+        raise ValueError(f"PEFT's config holds one rank and alpha; the adapters have ranks {ranks}, scales {scales}")
+    rank, scale = ranks.pop(), scales.pop()
+    tensors, targets = {}, set()
+    for path, linear in layers:
+        module = hf_module_path(model, path)
+        targets.add(module.split(".")[-1])
+        a = np.asarray(jax.device_get(linear.lora.lora_a[...]))  # [in, r]
+        b = np.asarray(jax.device_get(linear.lora.lora_b[...]))  # [r, out]
+        out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else a.dtype
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T).astype(out_dtype)
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T).astype(out_dtype)
+    os.makedirs(output_dir, exist_ok=True)
+    save_file(tensors, os.path.join(output_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": int(rank),
+        "lora_alpha": float(scale * rank),
+        "lora_dropout": float(lora_dropout),
+        "target_modules": sorted(targets),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+    }
+    with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+
+
+def read_peft_config(adapter_dir: str) -> dict[str, Any]:
+    path = os.path.join(adapter_dir, CONFIG_FILE)
+    with open(path) as f:
+        config = json.load(f)
+    unsupported = {k: config.get(k) for k in ("use_dora", "use_rslora") if config.get(k)}
+    if config.get("peft_type", "LORA") != "LORA" or unsupported:
+        raise ValueError(f"{path}: only plain LoRA adapters are supported (got peft_type={config.get('peft_type')}, {unsupported})")
+    if config.get("rank_pattern") or config.get("alpha_pattern"):
+        raise ValueError(f"{path}: per-layer rank_pattern/alpha_pattern are not supported")
+    return config
+
+
+def load_peft_adapter(model: nnx.Module, adapter_dir: str, *, dropout: float | None = None) -> nnx.Module:
+    """Attach the adapter stored in a PEFT folder to `model` (in place) and return the model.
+
+    Every tensor in the file must land on a layer of the model and vice versa; mismatches raise one error
+    listing them with the folder's path.
+    """
+    from safetensors import safe_open
+
+    config = read_peft_config(adapter_dir)
+    targets = config["target_modules"]
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    loraize(
+        model,
+        target_modules=targets,
+        rank=int(config["r"]),
+        alpha=float(config["lora_alpha"]),
+        dropout=float(config.get("lora_dropout", 0.0) if dropout is None else dropout),
+        rngs=nnx.Rngs(0),
+    )
+    by_module = {hf_module_path(model, p): m for p, m in iter_linears(model) if m.lora is not None}
+    path = os.path.join(adapter_dir, WEIGHTS_FILE)
+    problems, seen = [], set()
+    with safe_open(path, framework="numpy") as f:
+        for name in f.keys():
+            module, _, kind = name.removeprefix(PREFIX).rpartition(".lora_")
+            kind = kind.removesuffix(".default.weight").removesuffix(".weight")
+            linear = by_module.get(module)
+            if linear is None or kind not in ("A", "B"):
+                problems.append(f"unexpected tensor {name}")
+                continue
+            value = f.get_tensor(name).T  # A: [in, r], B: [r, out]
+            var = linear.lora.lora_a if kind == "A" else linear.lora.lora_b
+            if tuple(value.shape) != tuple(var.shape):
+                problems.append(f"tensor {name} has shape {list(value.T.shape)}, expected {list(var.shape[::-1])}")
+                continue
+            var[...] = jax.device_put(value.astype(var.dtype), var[...].sharding)
+            seen.add((module, kind))
+    problems += [f"missing tensor {PREFIX}{m}.lora_{k}.weight" for m in sorted(by_module) for k in "AB" if (m, k) not in seen]
+    if problems:
+        raise ValueError(f"{adapter_dir}: adapter does not match the model:\n  " + "\n  ".join(problems))
+    return model

@@ -1,0 +1,140 @@
+"""LoRA as a transform of the module tree (levanter's vocabulary: loraize / merge / partition).
+
+`loraize` attaches a `LoRA` adapter to every targeted `Linear` (its `lora` attribute); the layer then
+computes `x @ W + scale * (dropout(x) @ A) @ B` without forming `W + scale * A @ B`. The adapters are
+`nnx.LoRAParam`s, so "train only the adapters" is the filter `nnx.LoRAParam`; the frozen base kernels
+stay untouched (bit-identical) and are never copied. Target names are the HF module names our tree
+uses (`q_proj`, ..., `down_proj`), i.e. PEFT's `target_modules`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from swift_jax.models.layers import Linear
+
+ALL_LINEAR = "all-linear"
+# Linear layers never adapted by `all-linear` (PEFT excludes the output layer too).
+EXCLUDED_FROM_ALL_LINEAR = ("lm_head",)
+
+lora_state_filter = nnx.LoRAParam  # the optimizer's `wrt` for LoRA training
+
+
+class LoRA(nnx.Module):
+    """A low-rank update `scale * (dropout(x) @ lora_a) @ lora_b` for one Linear layer.
+
+    lora_a: [in, rank], initialised like PEFT's (kaiming-uniform, bound 1/sqrt(in));
+    lora_b: [rank, out], zero, so a fresh adapter leaves the model's output unchanged.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rank: int,
+        alpha: float,
+        dropout: float,
+        axes: tuple[str, str],
+        dtype: jnp.dtype,
+        param_dtype: jnp.dtype,
+        rngs: nnx.Rngs,
+    ):
+        bound = 1.0 / math.sqrt(in_features)
+        a = jax.random.uniform(rngs.params(), (in_features, rank), param_dtype, -bound, bound)
+        self.lora_a = nnx.LoRAParam(a, logical_axes=(axes[0], "lora_rank"))
+        self.lora_b = nnx.LoRAParam(jnp.zeros((rank, out_features), param_dtype), logical_axes=("lora_rank", axes[1]))
+        self.scale = alpha / rank
+        self.dtype = dtype
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.dropout is not None:
+            x = self.dropout(x)
+        a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)
+        return ((x @ a) @ b) * self.scale
+
+    def delta(self) -> jax.Array:
+        """The dense update `scale * A @ B` `[in, out]` in float32 (for merging)."""
+        return self.scale * (self.lora_a[...].astype(jnp.float32) @ self.lora_b[...].astype(jnp.float32))
+
+
+def iter_linears(model: nnx.Module) -> Iterator[tuple[str, Linear]]:
+    """(dotted path, module) for every `Linear` in the tree, e.g. ('model.layers.0.self_attn.q_proj', ...)."""
+    for path, module in nnx.iter_graph(model):
+        if isinstance(module, Linear):
+            yield ".".join(map(str, path)), module
+
+
+def resolve_targets(model: nnx.Module, target_modules: str | Sequence[str]) -> list[tuple[str, Linear]]:
+    """The Linear layers that `target_modules` names (PEFT semantics: module-name suffix match).
+
+    `all-linear` is every Linear but the LM head. Names that match nothing raise an error listing the
+    layer names the model has.
+    """
+    linears = list(iter_linears(model))
+    if isinstance(target_modules, str):
+        target_modules = [target_modules]
+    names = [t for t in target_modules]
+    if ALL_LINEAR in names:
+        return [(p, m) for p, m in linears if p.split(".")[-1] not in EXCLUDED_FROM_ALL_LINEAR]
+    chosen = [(p, m) for p, m in linears if p.split(".")[-1] in names or p in names]
+    found = {p.split(".")[-1] for p, _ in chosen} | {p for p, _ in chosen}
+    missing = [n for n in names if n not in found]
+    if missing:
+        available = sorted({p.split(".")[-1] for p, _ in linears})
+        raise ValueError(f"target_modules {missing} match no layer; the model's linear layers are {available} (or 'all-linear')")
+    return chosen
+
+
+def loraize(
+    model: nnx.Module,
+    *,
+    target_modules: str | Sequence[str] = ALL_LINEAR,
+    rank: int = 8,
+    alpha: float = 32.0,
+    dropout: float = 0.05,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """Attach a fresh LoRA adapter to every targeted Linear (in place); returns the model."""
+    if rank <= 0:
+        raise ValueError(f"lora_rank must be positive, got {rank}")
+    for _, linear in resolve_targets(model, target_modules):
+        axes = tuple(linear.kernel.get_metadata()["logical_axes"])
+        linear.lora = LoRA(
+            linear.in_features,
+            linear.out_features,
+            rank=rank,
+            alpha=alpha,
+            dropout=dropout,
+            axes=axes,
+            dtype=linear.dtype,
+            param_dtype=linear.kernel.dtype,
+            rngs=rngs,
+        )
+    return model
+
+
+def lora_layers(model: nnx.Module) -> list[tuple[str, Linear]]:
+    """The Linear layers that currently carry an adapter."""
+    return [(p, m) for p, m in iter_linears(model) if m.lora is not None]
+
+
+def merge_lora(model: nnx.Module) -> nnx.Module:
+    """Fold every adapter into its base kernel (`W += scale * A @ B`) and remove it (in place)."""
+    for _, linear in lora_layers(model):
+        kernel = linear.kernel[...]
+        linear.kernel[...] = (kernel.astype(jnp.float32) + linear.lora.delta()).astype(kernel.dtype)
+        linear.lora = None
+    return model
+
+
+def count_params(model: nnx.Module, *filters) -> int:
+    """Number of scalars in the model's variables matching `filters` (default: all Params)."""
+    state = nnx.state(model, *(filters or (nnx.Param,)))
+    return sum(int(x.size) for x in jax.tree.leaves(state))
