@@ -74,7 +74,7 @@ class ChatServer:
 
     def __init__(self, gen: Generator, args: DeployArgs):
         self.gen, self.args = gen, args
-        self.name = args.served_model_name or args.model
+        self.name = args.served_model_name or args.model or (args.adapters[0] if args.adapters else "swift_jax")
         self.lock = threading.Lock()
 
     def models(self) -> dict[str, Any]:

@@ -43,8 +43,8 @@ from swift_jax.infer import encode_chat, load_for_inference, parse_args, read_ro
 class EvalArgs:
     """Arguments of `swift_jax.eval` (names follow ms-swift's EvalArguments)."""
 
-    model: str  # HF model folder or hub id
     eval_dataset: list[str]  # task files, see the module docstring for the row formats
+    model: str | None = None  # HF model folder or hub id; default: the base model of --adapters
     adapters: list[str] = dataclasses.field(default_factory=list)
     dtype: str | None = None
     eval_limit: int | None = None  # first N rows of each task

@@ -25,7 +25,7 @@ from swift_jax.generation import GenerationConfig, Generator
 class InferArgs:
     """Arguments of `swift_jax.infer` (names follow ms-swift's InferArguments)."""
 
-    model: str  # HF model folder or hub id
+    model: str | None = None  # HF model folder or hub id; default: the base model of --adapters
     adapters: list[str] = dataclasses.field(default_factory=list)  # LoRA checkpoint folders
     dtype: str | None = None  # float32 | bfloat16; default: the checkpoint's
     max_new_tokens: int = 512
@@ -64,13 +64,22 @@ def parse_args(cls, argv: Sequence[str] | None = None):
     return tyro.cli(cls, args=argv, config=(tyro.conf.FlagConversionOff,))
 
 
-def load_for_inference(model: str, adapters: Sequence[str] = (), dtype: str | None = None):
-    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`."""
+def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None):
+    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`.
+
+    Without `model`, the base model recorded in the first adapter's adapter_config.json is used (as
+    ms-swift: `--adapters CKPT` alone is enough).
+    """
     import swift_jax
+    from swift_jax.tuners import base_model_of
 
     for path in adapters:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"--adapters {path}: no such folder; expected a LoRA checkpoint folder")
+    if not model:
+        if not adapters:
+            raise ValueError("--model is required (or --adapters CKPT, whose base model is then used)")
+        model = base_model_of(adapters[0])
     loaded = swift_jax.load_model(model, dtype=dtype)
     if adapters:
         loaded = _apply_adapters(loaded, adapters)
@@ -78,14 +87,9 @@ def load_for_inference(model: str, adapters: Sequence[str] = (), dtype: str | No
 
 
 def _apply_adapters(model, adapters: Sequence[str]):
-    """Attach saved LoRA adapters (PEFT folders) to `model`, unmerged."""
-    try:
-        from swift_jax.tuners import load_adapter
-    except ImportError as err:
-        raise NotImplementedError(
-            f"--adapters {list(adapters)}: this install has no adapter loader (swift_jax.tuners.load_adapter); "
-            "merge the adapter into the model and pass the merged folder as --model"
-        ) from err
+    """Attach saved LoRA adapters (PEFT folders, as our LoRA checkpoints hold) to `model`, unmerged."""
+    from swift_jax.tuners import load_adapter
+
     for path in adapters:
         model = load_adapter(model, path)
     return model
