@@ -7,11 +7,12 @@ import os
 
 from flax import nnx
 
-from swift_jax.hf.peft import CONFIG_FILE, load_peft_adapter
 
 
 def load_adapter(model: nnx.Module, path: str) -> nnx.Module:
     """Attach the LoRA adapter in `path` (PEFT format: ours from a training checkpoint, or PEFT's/ms-swift's)."""
+    from swift_jax.hf.peft import CONFIG_FILE, load_peft_adapter  # lazy: hf.peft builds on tuners.lora
+
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--adapters {path}: no such folder")
     if not os.path.exists(os.path.join(path, CONFIG_FILE)):
@@ -24,6 +25,10 @@ def load_adapter(model: nnx.Module, path: str) -> nnx.Module:
 
 def base_model_of(path: str) -> str:
     """The base model an adapter was trained on (`base_model_name_or_path` of its adapter_config.json)."""
+    from swift_jax.hf.peft import CONFIG_FILE
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--adapters {path}: no such folder")
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.exists(config_path):
         raise FileNotFoundError(f"--adapters {path}: no {CONFIG_FILE}, so the base model is unknown; pass --model")

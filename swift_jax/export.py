@@ -1,0 +1,112 @@
+"""`python -m swift_jax.export`: merged HF checkpoints, PEFT adapters, quantized weights.
+
+    python -m swift_jax.export --adapters output/vN-.../checkpoint_100 --merge_lora true --output_dir merged
+    python -m swift_jax.export --adapters output/vN-.../checkpoint_100 --to_peft true --output_dir peft
+    python -m swift_jax.export --model merged --quant_method rtn --quant_bits 4 --output_dir merged-int4
+
+As in ms-swift, `--adapters CKPT` alone is enough: the base model comes from the adapter's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import sys
+from typing import Sequence
+
+from swift_jax.cli import parse_config
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+)
+
+
+@dataclasses.dataclass
+class ExportArgs:
+    """Arguments of `swift_jax.export` (ms-swift's ExportArguments names)."""
+
+    output_dir: str = ""
+    """Where to write the exported folder (must not exist, or be empty)."""
+    model: str | None = None
+    """Base model folder or hub id; default: the base model recorded in --adapters."""
+    adapters: list[str] = dataclasses.field(default_factory=list)
+    """LoRA checkpoint(s) in PEFT format (our checkpoint_STEP folders, or PEFT's)."""
+    merge_lora: bool = False
+    """Fold the adapters into the base weights and write a full HF model folder."""
+    to_peft: bool = False
+    """Write the adapter as a PEFT folder (adapter_config.json + adapter_model.safetensors)."""
+    dtype: str | None = None
+    """Saved dtype (float32 | bfloat16); default: the model's."""
+    max_shard_size: str = "5GB"
+    quant_method: str | None = None
+    """Weight-only quantization of the exported model: rtn (compressed-tensors pack-quantized)."""
+    quant_bits: int = 4
+    group_size: int = 128
+
+
+def copy_tokenizer_files(src: str, dst: str) -> None:
+    """Copy the tokenizer and generation config files a model folder has (hub ids: downloaded first)."""
+    from swift_jax.hf.hub import resolve_model_dir
+
+    src = resolve_model_dir(src)
+    for name in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
+
+
+def export(args: ExportArgs) -> str:
+    """Run the export the arguments describe; returns the output folder."""
+    import swift_jax
+    from swift_jax.hf.peft import save_peft_adapter
+    from swift_jax.tuners import base_model_of, load_adapter, merge_lora
+
+    if not args.output_dir:
+        raise ValueError("--output_dir is required")
+    if os.path.isdir(args.output_dir) and os.listdir(args.output_dir):
+        raise FileExistsError(f"--output_dir {args.output_dir} exists and is not empty; choose a new folder")
+    chosen = [name for name, on in (("merge_lora", args.merge_lora), ("to_peft", args.to_peft), ("quant_method", args.quant_method)) if on]
+    if not chosen:
+        raise ValueError("nothing to export: pass --merge_lora true, --to_peft true or --quant_method rtn")
+    if args.to_peft and (args.merge_lora or args.quant_method):
+        raise ValueError("--to_peft writes only the adapter; do not combine it with --merge_lora or --quant_method")
+    if (args.merge_lora or args.to_peft) and not args.adapters:
+        raise ValueError("--merge_lora/--to_peft need --adapters CKPT")
+    base = args.model or base_model_of(args.adapters[0])
+    model = swift_jax.load_model(base, dtype=args.dtype)
+    for path in args.adapters:
+        load_adapter(model, path)
+    os.makedirs(args.output_dir, exist_ok=True)
+    if args.to_peft:
+        save_peft_adapter(model, args.output_dir, base_model_name_or_path=base, dtype=args.dtype)
+        return args.output_dir
+    merge_lora(model)
+    if args.quant_method:
+        from swift_jax.quant.export import save_quantized
+
+        save_quantized(model, args.output_dir, method=args.quant_method, bits=args.quant_bits, group_size=args.group_size)
+    else:
+        swift_jax.save_pretrained(model, args.output_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
+    copy_tokenizer_files(base, args.output_dir)
+    return args.output_dir
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    out = export(parse_config(ExportArgs, argv))
+    print(f"exported to {out}")
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
