@@ -1,0 +1,5 @@
+"""Weight-only post-training quantization and its export formats."""
+
+from .rtn import dequantize, quantize_rtn
+
+__all__ = ["quantize_rtn", "dequantize"]
