@@ -1,0 +1,213 @@
+"""Training throughput: swift_jax (packed / padded) against a plain PyTorch `transformers` + `peft` loop.
+
+    python scripts/bench_train.py                      # CPU: tiny Qwen2-architecture model
+    python scripts/bench_train.py --preset gpu-0.5b    # one GPU: Qwen2.5-0.5B architecture, bf16
+
+Every variant trains the same model (random weights, Qwen2 architecture), the same LoRA (rank 8, alpha 32,
+all-linear), on the same synthetic chat-like samples (log-normal lengths, loss on the second part of each
+sample), with the same samples per step. Each variant runs in its own subprocess (clean memory figures);
+warm-up steps (compilation) are excluded and reported separately; the step time is the median of the
+timed steps. Tokens/s counts real (non-padding) tokens. The last line reads `ratio packed/pytorch: R`.
+
+Variants: (a) swift_jax packed, (b) swift_jax padded, (c) PyTorch padded to the longest sample of each
+batch (the way most users run it), (d) PyTorch packed where transformers supports it (flash-attention
+position_ids packing: CUDA only), (e) ms-swift `swift sft` if installed (not measured by this script yet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+PRESETS = {
+    "cpu": dict(
+        model=dict(vocab_size=2048, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+                   num_attention_heads=4, num_key_value_heads=2),
+        max_length=512, samples_per_step=16, mean_length=96, steps=6, warmup=2, dtype="float32",
+    ),
+    "gpu-0.5b": dict(
+        model=dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                   num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
+        max_length=4096, samples_per_step=64, mean_length=600, steps=10, warmup=3, dtype="bfloat16",
+    ),
+    "gpu-1.5b": dict(
+        model=dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                   num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
+        max_length=4096, samples_per_step=64, mean_length=600, steps=10, warmup=3, dtype="bfloat16",
+    ),
+}
+VARIANTS = ("swift_jax packed", "swift_jax padded", "pytorch padded", "pytorch packed")
+
+
+def synthetic_samples(preset: dict, num_steps: int, seed: int = 0) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """Per step, a list of (input_ids, labels) samples with log-normal lengths; labels -100 on the prompt."""
+    rng = np.random.default_rng(seed)
+    vocab, max_len = preset["model"]["vocab_size"], preset["max_length"]
+    steps = []
+    for _ in range(num_steps):
+        lengths = np.clip(rng.lognormal(np.log(preset["mean_length"]), 0.8, preset["samples_per_step"]), 8, max_len)
+        step = []
+        for n in lengths.astype(int):
+            ids = rng.integers(3, vocab, n, dtype=np.int32)
+            labels = ids.copy()
+            labels[: max(1, int(0.4 * n))] = -100  # the "prompt" is not trained; first token never is
+            step.append((ids, labels))
+        steps.append(step)
+    return steps
+
+
+def pad_batch(samples, length: int | None = None) -> dict[str, np.ndarray]:
+    """Right-pad samples to `length` (default: the longest) as one row each."""
+    length = length or max(len(ids) for ids, _ in samples)
+    out = {k: np.zeros((len(samples), length), np.int32) for k in ("input_ids", "segment_ids", "positions")}
+    out["labels"] = np.full((len(samples), length), -100, np.int32)
+    for row, (ids, labels) in enumerate(samples):
+        n = len(ids)
+        out["input_ids"][row, :n], out["labels"][row, :n] = ids, labels
+        out["segment_ids"][row, :n], out["positions"][row, :n] = 1, np.arange(n)
+    return out
+
+
+def pack_batch(samples, max_length: int) -> dict[str, np.ndarray]:
+    """First-fit-decreasing packing of samples into rows of `max_length` with segment ids and positions."""
+    rows: list[list[int]] = []
+    space: list[int] = []
+    for i in sorted(range(len(samples)), key=lambda i: -len(samples[i][0])):
+        n = len(samples[i][0])
+        slot = next((r for r, free in enumerate(space) if free >= n), None)
+        if slot is None:
+            rows.append([]), space.append(max_length)
+            slot = len(rows) - 1
+        rows[slot].append(i)
+        space[slot] -= n
+    out = {k: np.zeros((len(rows), max_length), np.int32) for k in ("input_ids", "segment_ids", "positions")}
+    out["labels"] = np.full((len(rows), max_length), -100, np.int32)
+    for r, members in enumerate(rows):
+        start = 0
+        for k, i in enumerate(members):
+            ids, labels = samples[i]
+            end = start + len(ids)
+            out["input_ids"][r, start:end], out["labels"][r, start:end] = ids, labels
+            out["segment_ids"][r, start:end], out["positions"][r, start:end] = k + 1, np.arange(len(ids))
+            start = end
+    return out
+
+
+def _peak_memory_bytes() -> int:
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    return int(line.split()[1]) * 1024
+
+
+def run_pytorch(preset: dict, packed: bool) -> dict:
+    """A plain transformers + peft LoRA loop, as most PyTorch users run it."""
+    import peft
+    import torch
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    if packed and not cuda:
+        return {"skipped": "transformers packs sequences (position_ids) only with flash-attention on CUDA"}
+    device = "cuda" if cuda else "cpu"
+    dtype = torch.bfloat16 if preset["dtype"] == "bfloat16" else torch.float32
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(**preset["model"])
+    attn = "flash_attention_2" if packed else "sdpa"
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn).to(device)
+    model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    steps = synthetic_samples(preset, preset["warmup"] + preset["steps"])
+    times, real_tokens = [], []
+    for i, samples in enumerate(steps):
+        if packed:
+            batch = pack_batch(samples, preset["max_length"])
+            flat = {k: v.reshape(1, -1) for k, v in batch.items()}
+            kwargs = dict(input_ids=flat["input_ids"], position_ids=flat["positions"], labels=flat["labels"])
+        else:
+            batch = pad_batch(samples)
+            kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["segment_ids"], labels=batch["labels"])
+        kwargs = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in kwargs.items()}
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        loss = model(**kwargs).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        real_tokens.append(int((batch["segment_ids"] > 0).sum()))
+    memory = torch.cuda.max_memory_allocated() if cuda else _peak_memory_bytes()
+    return _summary(times, real_tokens, preset["warmup"], memory)
+
+
+def run_swift_jax(preset: dict, packed: bool) -> dict:
+    """swift_jax's own LoRA train step on packed or padded batches."""
+    raise NotImplementedError("swift_jax variants are wired in once swift_jax.trainer exposes its train step")
+
+
+def _summary(times: list[float], real_tokens: list[int], warmup: int, memory: int) -> dict:
+    timed, tokens = times[warmup:], real_tokens[warmup:]
+    step = statistics.median(timed)
+    return {
+        "tokens_per_sec": statistics.median(t / s for t, s in zip(tokens, timed)),
+        "step_ms": 1000 * step,
+        "warmup_s": sum(times[:warmup]),
+        "peak_memory_mb": memory / 1e6,
+    }
+
+
+RUNNERS = {
+    "swift_jax packed": lambda p: run_swift_jax(p, packed=True),
+    "swift_jax padded": lambda p: run_swift_jax(p, packed=False),
+    "pytorch padded": lambda p: run_pytorch(p, packed=False),
+    "pytorch packed": lambda p: run_pytorch(p, packed=True),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: the preset's)")
+    parser.add_argument("--variant", choices=VARIANTS, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    preset = dict(PRESETS[args.preset])
+    if args.steps:
+        preset["steps"] = args.steps
+    if args.variant:  # child process: run one variant, print JSON
+        try:
+            result = RUNNERS[args.variant](preset)
+        except NotImplementedError as err:
+            result = {"skipped": str(err)}
+        print("RESULT " + json.dumps(result))
+        return
+    results = {}
+    for variant in VARIANTS:
+        cmd = [sys.executable, __file__, "--preset", args.preset, "--variant", variant]
+        if args.steps:
+            cmd += ["--steps", str(args.steps)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+        results[variant] = json.loads(line[7:]) if line else {"skipped": f"failed: {out.stderr.strip()[-300:]}"}
+    base = results["pytorch padded"].get("tokens_per_sec")
+    print(f"preset {args.preset}: {json.dumps(PRESETS[args.preset]['model'])}")
+    print(f"{'variant':18s} {'real tok/s':>11s} {'step ms':>9s} {'warm-up s':>10s} {'peak MB':>9s} {'tok/s ratio':>12s}")
+    for variant, r in results.items():
+        if "skipped" in r:
+            print(f"{variant:18s} skipped: {r['skipped']}")
+            continue
+        ratio = r["tokens_per_sec"] / base if base else float("nan")
+        print(f"{variant:18s} {r['tokens_per_sec']:11.0f} {r['step_ms']:9.1f} {r['warmup_s']:10.1f} {r['peak_memory_mb']:9.0f} {ratio:12.2f}")
+    packed = results["swift_jax packed"].get("tokens_per_sec")
+    print(f"ratio packed/pytorch: {packed / base:.2f}" if packed and base else "ratio packed/pytorch: n/a")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Typed arguments of `python -m swift_jax.train` (names and defaults follow ms-swift's `swift sft`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from swift_jax.data import DataArgs
+from swift_jax.parallel.distributed import DistributedArgs
+from swift_jax.parallel.mesh import MeshArgs
+
+# ms-swift 3.x names accepted as aliases of the 4.x ones.
+ALIASES = {"train_type": "tuner_type", "torch_dtype": "dtype"}
+TUNER_TYPES = ("full", "lora", "qlora")
+
+
+@dataclasses.dataclass
+class ModelArgs:
+    model: str = ""
+    """HF model folder or hub id (with config.json; weights unless --init_from_scratch)."""
+    dtype: str | None = None
+    """Parameter and compute dtype: float32 | bfloat16. Default: the checkpoint's. Full fine-tuning keeps
+    float32 master weights and optimizer state and computes in this dtype."""
+    init_from_scratch: bool = False
+    """Randomly initialise the model from its config.json instead of loading weights (pre-training demos)."""
+    attn_impl: str = "auto"
+    """Attention backend: auto | xla | pallas_gpu | pallas_tpu | cudnn (see the README)."""
+
+
+@dataclasses.dataclass
+class TunerArgs:
+    tuner_type: str = "lora"
+    """full | lora | qlora (3.x name: train_type)."""
+    adapters: list[str] = dataclasses.field(default_factory=list)
+    """Start from an existing LoRA adapter (a PEFT folder or one of our checkpoints)."""
+    lora_rank: int = 8
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    target_modules: list[str] = dataclasses.field(default_factory=lambda: ["all-linear"])
+    """HF module names to adapt (q_proj, v_proj, ...) or all-linear (every linear layer but lm_head)."""
+    quant_bits: int = 4
+    """qlora: bits of the frozen quantized base (4 or 8)."""
+
+
+@dataclasses.dataclass
+class TrainingArgs:
+    output_dir: str = "output"
+    """Each run writes output_dir/vN-YYYYMMDD-HHMMSS/."""
+    learning_rate: float | None = None
+    """Peak learning rate. Default: 1e-4 for lora/qlora, 1e-5 for full (as ms-swift)."""
+    lr_scheduler_type: str = "cosine"
+    """cosine | linear | constant (after linear warmup; decays to 0)."""
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    """Optimizer steps to run; -1 = num_train_epochs over the training set."""
+    per_device_train_batch_size: int = 1
+    per_device_eval_batch_size: int = 1
+    gradient_accumulation_steps: int | None = None
+    """Micro-batches per optimizer step. Default (as ms-swift): ceil(16 / global micro-batch)."""
+    gradient_checkpointing: bool = True
+    """Recompute each decoder layer in the backward pass (less memory, ~1/3 more compute)."""
+    loss_chunk_size: int = 1024
+    """Sequence chunk of the cross-entropy: fp32 logits exist for one chunk at a time."""
+    logging_steps: int = 5
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    """Keep only the newest N checkpoints (None: all)."""
+    eval_steps: int | None = None
+    """Evaluate every N steps (default: save_steps) when there is a validation split."""
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder (output_dir/vN-.../checkpoint_STEP) to continue exactly from."""
+    seed: int = 42
+    train_dataloader_shuffle: bool = True
+    """Shuffle the training samples every epoch."""
+    report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
+    """tensorboard and/or none."""
+
+
+@dataclasses.dataclass
+class TrainArguments:
+    """Everything `python -m swift_jax.train` reads; flags and YAML keys are the flat field names."""
+
+    model_args: ModelArgs = dataclasses.field(default_factory=ModelArgs)
+    tuner: TunerArgs = dataclasses.field(default_factory=TunerArgs)
+    data: DataArgs = dataclasses.field(default_factory=DataArgs)
+    training: TrainingArgs = dataclasses.field(default_factory=TrainingArgs)
+    mesh: MeshArgs = dataclasses.field(default_factory=MeshArgs)
+    distributed: DistributedArgs = dataclasses.field(default_factory=DistributedArgs)
+
+    def validate(self) -> "TrainArguments":
+        """Check values that types cannot, with the offending flag in the message; fill derived defaults."""
+        if not self.model_args.model:
+            raise ValueError("--model is required (an HF model folder or hub id)")
+        if self.tuner.tuner_type not in TUNER_TYPES:
+            raise ValueError(f"--tuner_type {self.tuner.tuner_type!r}: expected one of {TUNER_TYPES}")
+        t = self.training
+        if t.learning_rate is None:
+            t.learning_rate = 1e-5 if self.tuner.tuner_type == "full" else 1e-4
+        if t.per_device_train_batch_size < 1:
+            raise ValueError(f"--per_device_train_batch_size must be >= 1, got {t.per_device_train_batch_size}")
+        if not 0 <= t.warmup_ratio < 1:
+            raise ValueError(f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
+        if t.eval_steps is None:
+            t.eval_steps = t.save_steps
+        return self
+
+    def accumulation_steps(self, batch_devices: int) -> int:
+        """ms-swift's default: enough micro-batches for a global batch of 16 samples."""
+        t = self.training
+        if t.gradient_accumulation_steps is not None:
+            return t.gradient_accumulation_steps
+        return max(1, math.ceil(16 / (t.per_device_train_batch_size * batch_devices)))

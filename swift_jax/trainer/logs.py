@@ -1,0 +1,107 @@
+"""Run folder, metric logs (jsonl, tensorboard), PNG plots and the progress bar; process 0 only."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import re
+from typing import Any
+
+from tqdm.auto import tqdm
+
+
+def new_run_dir(output_dir: str) -> str:
+    """`output_dir/vN-YYYYMMDD-HHMMSS` with N one more than the highest existing version (as ms-swift)."""
+    os.makedirs(output_dir, exist_ok=True)
+    versions = [int(m.group(1)) for d in os.listdir(output_dir) if (m := re.match(r"v(\d+)-", d))]
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(output_dir, f"v{max(versions, default=-1) + 1}-{stamp}")
+    os.makedirs(path)
+    return path
+
+
+class RunLogger:
+    """Writes `logging.jsonl`, tensorboard events and `images/*.png` in a run folder and drives a tqdm bar."""
+
+    PLOTS = {"train_loss": "loss", "eval_loss": "eval_loss", "learning_rate": "learning_rate", "eval_token_acc": "eval_token_acc"}
+
+    def __init__(self, run_dir: str, *, total_steps: int, initial_step: int = 0, enabled: bool = True, tensorboard: bool = True):
+        self.run_dir, self.enabled = run_dir, enabled
+        self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in self.PLOTS}
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        os.makedirs(os.path.join(run_dir, "images"), exist_ok=True)
+        self._load_history()
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(run_dir, "runs"))
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc="Train", dynamic_ncols=True)
+
+    def _load_history(self) -> None:
+        path = os.path.join(self.run_dir, "logging.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path) as f:
+            for line in f:
+                self._remember(json.loads(line))
+
+    def _remember(self, record: dict[str, Any]) -> None:
+        for plot, key in self.PLOTS.items():
+            if key in record:
+                self.history[plot].append((record["step"], record[key]))
+
+    def write_args(self, args: Any) -> None:
+        if self.enabled:
+            with open(os.path.join(self.run_dir, "args.json"), "w") as f:
+                json.dump(dataclasses.asdict(args), f, indent=2, default=str)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record (must hold `step`) to logging.jsonl and tensorboard, and redraw the plots."""
+        if not self.enabled:
+            return
+        with open(os.path.join(self.run_dir, "logging.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(("eval/" if key.startswith("eval_") else "train/") + key, value, record["step"])
+            self.writer.flush()
+        self._remember(record)
+        self._plot()
+        shown = {k: f"{record[k]:.4g}" for k in ("loss", "eval_loss", "tokens_per_sec") if k in record}
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}))
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def _plot(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        for name, points in self.history.items():
+            if not points:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 4))
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o" if len(points) < 30 else None)
+            ax.set_xlabel("step")
+            ax.set_title(name)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(os.path.join(self.run_dir, "images", f"{name}.png"))
+            plt.close(fig)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
