@@ -133,8 +133,21 @@ class DecoderLayer(nnx.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-def _run_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    return layer(x, cos, sin, segment_ids)
+def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """Run a layer under `jax.checkpoint`: its activations are recomputed in the backward pass.
+
+    The layer is split into a pure function of its state, so the weights pass through the checkpoint
+    as arguments (never copied), and RNG streams (LoRA dropout) advance as in the plain call.
+    """
+    graphdef, state = nnx.split(layer)
+
+    def run(state, x, cos, sin, segment_ids):
+        module = nnx.merge(graphdef, state)
+        return module(x, cos, sin, segment_ids), nnx.state(module, nnx.RngState)
+
+    out, rng_state = jax.checkpoint(run)(state, x, cos, sin, segment_ids)
+    nnx.update(layer, rng_state)
+    return out
 
 
 class DecoderModel(nnx.Module):
@@ -162,7 +175,7 @@ class DecoderModel(nnx.Module):
             return self._cached(x, cos, sin, segment_ids, cache)
         for layer in self.layers:
             if self.remat:
-                x = nnx.remat(_run_layer)(layer, x, cos, sin, segment_ids)
+                x = _remat_layer(layer, x, cos, sin, segment_ids)
             else:
                 x = layer(x, cos, sin, segment_ids)
             x = constrain(x, ACTIVATION_AXES)

@@ -3,6 +3,8 @@
     python -m swift_jax.export --adapters output/vN-.../checkpoint_100 --merge_lora true --output_dir merged
     python -m swift_jax.export --adapters output/vN-.../checkpoint_100 --to_peft true --output_dir peft
     python -m swift_jax.export --model merged --quant_method rtn --quant_bits 4 --output_dir merged-int4
+    python -m swift_jax.export --adapters CKPT --quant_method gptq --quant_bits 4 --group_size 128 \
+        --dataset calib.jsonl --quant_n_samples 128 --max_length 2048 --output_dir merged-gptq-int4
 
 As in ms-swift, `--adapters CKPT` alone is enough: the base model comes from the adapter's config.
 """
@@ -47,9 +49,20 @@ class ExportArgs:
     """Saved dtype (float32 | bfloat16); default: the model's."""
     max_shard_size: str = "5GB"
     quant_method: str | None = None
-    """Weight-only quantization of the exported model: rtn (compressed-tensors pack-quantized)."""
+    """Weight-only quantization of every linear layer but lm_head, written in the compressed-tensors
+    format: rtn | gptq (int4/int8 pack-quantized, group-wise scales) | fp8 (float8 e4m3, per-channel)."""
     quant_bits: int = 4
+    """4 or 8 (fp8: 8)."""
     group_size: int = 128
+    """Input features per scale (rtn/gptq); -1: one scale per output channel."""
+    dataset: list[str] = dataclasses.field(default_factory=list)
+    """GPTQ calibration data: local .json/.jsonl files (text, messages, alpaca or query/response rows)."""
+    quant_n_samples: int = 128
+    """GPTQ calibration rows of --max_length tokens."""
+    max_length: int = 2048
+    """Tokens per calibration row."""
+    quant_batch_size: int = 8
+    """Calibration rows per forward pass while collecting GPTQ statistics."""
 
 
 def copy_tokenizer_files(src: str, dst: str) -> None:
@@ -74,11 +87,18 @@ def export(args: ExportArgs) -> str:
         raise FileExistsError(f"--output_dir {args.output_dir} exists and is not empty; choose a new folder")
     chosen = [name for name, on in (("merge_lora", args.merge_lora), ("to_peft", args.to_peft), ("quant_method", args.quant_method)) if on]
     if not chosen:
-        raise ValueError("nothing to export: pass --merge_lora true, --to_peft true or --quant_method rtn")
+        raise ValueError("nothing to export: pass --merge_lora true, --to_peft true or --quant_method rtn|gptq|fp8")
     if args.to_peft and (args.merge_lora or args.quant_method):
         raise ValueError("--to_peft writes only the adapter; do not combine it with --merge_lora or --quant_method")
     if (args.merge_lora or args.to_peft) and not args.adapters:
         raise ValueError("--merge_lora/--to_peft need --adapters CKPT")
+    spec = None
+    if args.quant_method:
+        from swift_jax.quant import QuantSpec
+
+        spec = QuantSpec(args.quant_method, args.quant_bits, args.group_size)  # bad settings fail before loading
+        if spec.method == "gptq" and not args.dataset:
+            raise ValueError("--quant_method gptq needs calibration data: pass --dataset FILE.jsonl")
     base = args.model or base_model_of(args.adapters[0])
     model = swift_jax.load_model(base, dtype=args.dtype)
     for path in args.adapters:
@@ -91,7 +111,16 @@ def export(args: ExportArgs) -> str:
     if args.quant_method:
         from swift_jax.quant.export import save_quantized
 
-        save_quantized(model, args.output_dir, method=args.quant_method, bits=args.quant_bits, group_size=args.group_size)
+        calibration = None
+        if spec.method == "gptq":
+            from swift_jax.quant.calibration import calibration_rows
+
+            tokenizer = swift_jax.load_tokenizer(base)
+            calibration = calibration_rows(tokenizer, args.dataset, n_samples=args.quant_n_samples, seq_len=args.max_length)
+        save_quantized(
+            model, args.output_dir, spec, calibration=calibration, batch_size=args.quant_batch_size,
+            dtype=args.dtype, max_shard_size=args.max_shard_size,
+        )
     else:
         swift_jax.save_pretrained(model, args.output_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
     copy_tokenizer_files(base, args.output_dir)

@@ -33,6 +33,7 @@ from swift_jax.parallel import (
     memory_report,
     mesh_from_args,
 )
+from swift_jax.hf.peft import save_peft_adapter
 from swift_jax.trainer import checkpoint as ckpt
 from swift_jax.trainer.logs import RunLogger, new_run_dir
 from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
@@ -221,6 +222,10 @@ def train(args: TrainArguments) -> dict[str, Any]:
     def save() -> None:
         check_finite()
         ckpt.save(manager, step, state, iterator.get_state())
+        if lora_params and main:  # LoRA checkpoints also hold the adapter in PEFT format (--adapters, peft)
+            manager.wait_until_finished()
+            current = nnx.merge(graphdef, state.params, state.rng, frozen)
+            save_peft_adapter(current, ckpt.step_dir(run_dir, step), base_model_name_or_path=resolve_path(args.model_args.model), lora_dropout=args.tuner.lora_dropout)
 
     try:
         while step < total_steps:

@@ -1,4 +1,5 @@
-"""RTN int4/int8 export in compressed-tensors format, loaded back by transformers + compressed-tensors."""
+"""Quantized exports (RTN/GPTQ int4/int8, fp8) in compressed-tensors format, loaded back by transformers +
+compressed-tensors on CPU, with logits equal to our own quantized forward (float32, < 1e-4)."""
 
 import json
 
@@ -9,40 +10,112 @@ import transformers
 
 import swift_jax
 from swift_jax.export import main as export_main
-from swift_jax.quant import dequantize, quantize_rtn
-from swift_jax.quant.export import pack_int32
-from swift_jax.tuners.lora import iter_linears
+from swift_jax.hf.compressed_tensors import unpack_int32
+from swift_jax.quant import QuantSpec
+from swift_jax.quant.export import save_quantized
+from swift_jax.quant.calibration import calibration_rows
+from safetensors.numpy import load_file
+from infer_fixtures import build_chat_model
 from tiny_models import build_hf_model, hf_logits, save_hf_model
 
 IDS = np.random.RandomState(0).randint(0, 128, (2, 10)).astype(np.int32)
+TOL = 1e-4
 
 
-def test_pack_layout_matches_compressed_tensors():
-    import torch
-    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
-
-    q = np.random.RandomState(0).randint(-8, 8, (6, 64)).astype(np.int8)
-    assert np.array_equal(pack_int32(q, 4), pack_to_int32(torch.from_numpy(q), 4).numpy())
-    q8 = np.random.RandomState(1).randint(-128, 128, (3, 32)).astype(np.int8)
-    assert np.array_equal(pack_int32(q8, 8), pack_to_int32(torch.from_numpy(q8), 8).numpy())
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny llama folder (hidden 64, mlp 96: group sizes 32 divide every layer) and its logits."""
+    hf = build_hf_model("llama")
+    return save_hf_model(hf, tmp_path_factory.mktemp("base")), hf_logits(hf, IDS)
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_rtn_export_loads_in_transformers_with_equal_logits(tmp_path, bits):
-    path = save_hf_model(build_hf_model("llama"), tmp_path / "base")
-    out = tmp_path / "quant"
-    export_main(["--model", path, "--quant_method", "rtn", "--quant_bits", str(bits), "--group_size", "32", "--output_dir", str(out)])
-    config = json.loads((out / "config.json").read_text())
-    assert config["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] == bits
-    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    # our reference: the same model with every non-head kernel replaced by its dequantized RTN weights
+@pytest.mark.parametrize(
+    "spec,max_error",
+    [
+        (QuantSpec("rtn", 4, 32), 0.5),
+        (QuantSpec("rtn", 8, -1), 0.05),
+        (QuantSpec("gptq", 4, 32), 0.5),
+        (QuantSpec("fp8", 8), 0.1),
+    ],
+    ids=lambda s: f"{s.method}{s.bits}-g{s.group_size}" if isinstance(s, QuantSpec) else str(s),
+)
+def test_export_loads_in_transformers_with_our_quantized_logits(base, tmp_path, spec, max_error):
+    path, original = base
     ours = swift_jax.load_model(path)
-    for name, linear in iter_linears(ours):
-        if name != "lm_head":
-            q, scale = quantize_rtn(linear.kernel[...].T, bits=bits, group_size=32)
-            linear.kernel[...] = dequantize(q, scale).T
-    expected = np.asarray(ours(jnp.asarray(IDS)))
-    assert np.abs(hf_logits(reloaded, IDS) - expected).max() < 1e-4
-    original = hf_logits(build_hf_model("llama"), IDS)
+    calibration = np.random.RandomState(1).randint(0, 128, (16, 32)) if spec.method == "gptq" else None
+    quantized = save_quantized(ours, str(tmp_path), spec, calibration=calibration)
+    assert len(quantized) == 2 * 7  # every linear of both layers, not lm_head
+    config = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert config["format"] == ("float-quantized" if spec.is_float else "pack-quantized") and config["ignore"] == ["lm_head"]
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    expected = np.asarray(ours(jnp.asarray(IDS)))  # our forward with the dequantized kernels
+    assert np.abs(hf_logits(reloaded, IDS) - expected).max() < TOL
     error = np.abs(expected - original).max()
-    assert 0 < error < (0.5 if bits == 4 else 0.05), error  # quantized, yet close to the original
+    assert 0 < error < max_error, error  # quantized, yet close to the original
+
+
+def test_int4_folder_holds_packed_codes(base, tmp_path):
+    path, _ = base
+    model = swift_jax.load_model(path)
+    kernel = np.asarray(model.model.layers[0].mlp.down_proj.kernel[...])  # [96, 64]
+    export_main(["--model", path, "--quant_method", "rtn", "--quant_bits", "4", "--group_size", "32", "--output_dir", str(tmp_path)])
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    name = "model.layers.0.mlp.down_proj"
+    assert tensors[f"{name}.weight_packed"].shape == (64, 96 * 4 // 32) and tensors[f"{name}.weight_packed"].dtype == np.int32
+    assert tensors[f"{name}.weight_scale"].shape == (64, 3) and list(tensors[f"{name}.weight_shape"]) == [64, 96]
+    assert "lm_head.weight" in tensors and "model.layers.0.mlp.down_proj.weight" not in tensors
+    codes = unpack_int32(tensors[f"{name}.weight_packed"], 4, 96)  # [out, in]
+    dequantized = codes.reshape(64, 3, 32) * tensors[f"{name}.weight_scale"][:, :, None]
+    np.testing.assert_allclose(dequantized.reshape(64, 96).T, kernel, atol=np.abs(kernel).max() / 7)
+
+
+def test_gptq_export_from_the_command_line(tmp_path):
+    """`--quant_method gptq --dataset chat.jsonl` end to end, with the model's tokenizer and chat template."""
+    path = build_chat_model(tmp_path / "chat")
+    rows = [{"messages": [{"role": "user", "content": f"what is {i} times 7?"}, {"role": "assistant", "content": f"It is {7 * i}."}]} for i in range(60)]
+    calib = tmp_path / "calib.jsonl"
+    calib.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ids = calibration_rows(swift_jax.load_tokenizer(path), [str(calib)], n_samples=8, seq_len=32)
+    assert ids.shape == (8, 32) and ids.max() < 320
+    out = tmp_path / "gptq"
+    with pytest.raises(ValueError, match="--quant_method gptq needs calibration data"):
+        export_main(["--model", path, "--quant_method", "gptq", "--output_dir", str(out)])
+    with pytest.raises(ValueError, match="not a multiple of --group_size 128"):
+        export_main(["--model", path, "--quant_method", "rtn", "--output_dir", str(tmp_path / "bad")])
+    with pytest.raises(ValueError, match="--quant_bits 3"):
+        export_main(["--model", path, "--quant_method", "rtn", "--quant_bits", "3", "--output_dir", str(tmp_path / "bad")])
+    export_main(
+        ["--model", path, "--quant_method", "gptq", "--group_size", "32", "--dataset", str(calib),
+         "--quant_n_samples", "8", "--max_length", "32", "--output_dir", str(out)]
+    )
+    assert (out / "tokenizer.json").exists()
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    original = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+    chat_ids = IDS + 100
+    assert 0 < np.abs(hf_logits(reloaded, chat_ids) - hf_logits(original, chat_ids)).max() < 0.5
+
+
+def test_adapter_is_merged_before_quantizing(base, tmp_path):
+    """`--adapters CKPT --quant_method rtn`: the LoRA update is folded in first, then quantized."""
+    import jax
+    from flax import nnx
+
+    from swift_jax.hf.peft import save_peft_adapter
+    from swift_jax.quant import quantize_model
+    from swift_jax.tuners import loraize, merge_lora
+
+    path, original = base
+    model = loraize(swift_jax.load_model(path), rank=4, alpha=8, dropout=0.0, rngs=nnx.Rngs(0))
+    adapters = [v for _, v in nnx.iter_graph(model) if isinstance(v, nnx.LoRAParam)]
+    for i, var in enumerate(adapters):
+        var[...] = 0.05 * jax.random.normal(jax.random.key(i), var.shape, var.dtype)
+    adapter = str(tmp_path / "checkpoint_5")
+    save_peft_adapter(model, adapter, base_model_name_or_path=path)
+    merge_lora(model)
+    quantize_model(model, QuantSpec("rtn", 8, 32))
+    expected = np.asarray(model(jnp.asarray(IDS)))
+    out = tmp_path / "int8"
+    export_main(["--adapters", adapter, "--quant_method", "rtn", "--quant_bits", "8", "--group_size", "32", "--output_dir", str(out)])
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    assert np.abs(hf_logits(reloaded, IDS) - expected).max() < TOL
+    assert np.abs(expected - original).max() > 0.01  # the adapter's update is really in the export

@@ -9,6 +9,7 @@ the layer's kernel without `.weight`), so they are the names PEFT sees in `trans
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -84,15 +85,32 @@ def save_peft_adapter(
 
 
 def read_peft_config(adapter_dir: str) -> dict[str, Any]:
+    """An adapter folder's `adapter_config.json`, refused with the reason when we cannot apply it."""
     path = os.path.join(adapter_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{adapter_dir}: no {CONFIG_FILE}; expected a PEFT LoRA adapter folder")
     with open(path) as f:
         config = json.load(f)
-    unsupported = {k: config.get(k) for k in ("use_dora", "use_rslora") if config.get(k)}
+    unsupported = {k: config.get(k) for k in ("use_dora",) if config.get(k)}
+    if config.get("bias", "none") != "none":
+        unsupported["bias"] = config["bias"]
+    if config.get("modules_to_save"):
+        unsupported["modules_to_save"] = config["modules_to_save"]
     if config.get("peft_type", "LORA") != "LORA" or unsupported:
         raise ValueError(f"{path}: only plain LoRA adapters are supported (got peft_type={config.get('peft_type')}, {unsupported})")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ValueError(f"{path}: per-layer rank_pattern/alpha_pattern are not supported")
     return config
+
+
+def _module_of(name: str) -> str:
+    """`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight` -> `model.layers.0.self_attn.q_proj`."""
+    return name.removeprefix(PREFIX).rpartition(".lora_")[0]
+
+
+def _kind_of(name: str) -> str:
+    """"A" or "B" for a PEFT LoRA tensor name (older files carry the adapter name: `lora_A.default.weight`)."""
+    return name.rpartition(".lora_")[2].removesuffix(".default.weight").removesuffix(".weight")
 
 
 def load_peft_adapter(model: nnx.Module, adapter_dir: str, *, dropout: float | None = None) -> nnx.Module:
@@ -104,23 +122,34 @@ def load_peft_adapter(model: nnx.Module, adapter_dir: str, *, dropout: float | N
     from safetensors import safe_open
 
     config = read_peft_config(adapter_dir)
-    targets = config["target_modules"]
-    targets = [targets] if isinstance(targets, str) else list(targets)
+    path = os.path.join(adapter_dir, WEIGHTS_FILE)
+    if not os.path.exists(path):
+        found = sorted(os.listdir(adapter_dir))
+        raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_FILE} (files: {found}); only safetensors adapters are supported")
+    # The adapted layers are the ones the file holds tensors for: PEFT's target_modules may be a regex.
+    ours = {hf_module_path(model, p): p for p, _ in iter_linears(model)}
+    with safe_open(path, framework="numpy") as f:
+        names = list(f.keys())
+    targets = sorted({ours[m] for m in (_module_of(n) for n in names) if m in ours})
+    if not targets:
+        raise ValueError(f"{path}: no tensor names a linear layer of this {model.config.model_type} model (first: {names[:2]})")
+    rank = int(config["r"])
     loraize(
         model,
         target_modules=targets,
-        rank=int(config["r"]),
+        rank=rank,
         alpha=float(config["lora_alpha"]),
         dropout=float(config.get("lora_dropout", 0.0) if dropout is None else dropout),
         rngs=nnx.Rngs(0),
     )
     by_module = {hf_module_path(model, p): m for p, m in iter_linears(model) if m.lora is not None}
-    path = os.path.join(adapter_dir, WEIGHTS_FILE)
+    if config.get("use_rslora"):  # rank-stabilised LoRA scales by alpha / sqrt(r)
+        for linear in by_module.values():
+            linear.lora.scale = float(config["lora_alpha"]) / math.sqrt(rank)
     problems, seen = [], set()
     with safe_open(path, framework="numpy") as f:
         for name in f.keys():
-            module, _, kind = name.removeprefix(PREFIX).rpartition(".lora_")
-            kind = kind.removesuffix(".default.weight").removesuffix(".weight")
+            module, kind = _module_of(name), _kind_of(name)
             linear = by_module.get(module)
             if linear is None or kind not in ("A", "B"):
                 problems.append(f"unexpected tensor {name}")

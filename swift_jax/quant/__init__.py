@@ -1,5 +1,16 @@
-"""Weight-only post-training quantization and its export formats."""
+"""Weight-only post-training quantization: RTN and fp8 (through qwix) and GPTQ (in JAX)."""
 
-from .rtn import dequantize, quantize_rtn
+from .base import QUANT_METHODS, QuantizedWeight, QuantSpec, quantizable_linears
+from .gptq import gptq_quantize_kernel
+from .model import quantize_model
+from .rtn import quantize_kernel
 
-__all__ = ["quantize_rtn", "dequantize"]
+__all__ = [
+    "QUANT_METHODS",
+    "QuantSpec",
+    "QuantizedWeight",
+    "gptq_quantize_kernel",
+    "quantizable_linears",
+    "quantize_kernel",
+    "quantize_model",
+]

@@ -12,6 +12,8 @@ before they enter layer `l + 1`, so later layers compensate earlier layers' erro
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,14 +65,12 @@ def _gptq_layerwise(model: nnx.Module, spec: QuantSpec, calibration: np.ndarray,
     """GPTQ over the decoder layers in order, on calibration token rows `[n, seq]`."""
     cfg = model.config
     n, seq = calibration.shape
-    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (min(batch_size, n), seq))
+    batch = math.gcd(n, batch_size)  # equal batches: one compilation per layer shape
+    positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
     segment_ids = jnp.ones_like(positions)
     cos, sin = rotary_cos_sin(positions, cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
     embed = nnx.jit(lambda emb, ids: emb(ids))
-    chunks = [embed(model.model.embed_tokens, jnp.asarray(calibration[i : i + batch_size])) for i in range(0, n, batch_size)]
-    chunks = [c for c in chunks if c.shape[0] == positions.shape[0]]  # equal batches: one compilation per layer
-    if not chunks:
-        raise ValueError(f"GPTQ needs at least {batch_size} calibration rows; got {n} (raise --quant_n_samples)")
+    chunks = [embed(model.model.embed_tokens, jnp.asarray(calibration[i : i + batch])) for i in range(0, n, batch)]  # [batch, seq, embed]
     results: dict[str, QuantizedWeight] = {}
     prefix = "model.layers"
     for index, layer in enumerate(model.model.layers):

@@ -1,30 +1,37 @@
-"""Round-to-nearest symmetric group-wise weight quantization (int4 / int8), in JAX."""
+"""Round-to-nearest quantization of one kernel (int4/int8 group-wise, fp8 per-channel) with qwix.
+
+qwix's `quantize` gives the scales and values: symmetric absmax calibration, one scale per
+`group_size` input rows (its `tiled_axes`) and per output column (its `channelwise_axes`). Its integer
+convention maps the group's absmax to qmax + 0.5 (int4: 7.5), so the top bucket is fully used.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+import qwix
+
+from .base import QuantizedWeight, QuantSpec
+
+_INT_QTYPES = {4: jnp.int4, 8: jnp.int8}
 
 
-def quantize_rtn(kernel: jax.Array, *, bits: int, group_size: int) -> tuple[jax.Array, jax.Array]:
-    """Quantize an HF-layout weight `[out, in]` per group of `group_size` input columns.
-
-    Returns `(q [out, in] int8 in [-2^(b-1), 2^(b-1) - 1], scale [out, in // group_size] float32)` with
-    `weight ~= q * scale` (scale = absmax / (2^(b-1) - 1), so the largest value is exact).
-    """
-    out_features, in_features = kernel.shape
-    if in_features % group_size:
-        raise ValueError(f"group_size {group_size} does not divide the input dimension {in_features}")
-    qmax = 2 ** (bits - 1) - 1
-    groups = kernel.astype(jnp.float32).reshape(out_features, in_features // group_size, group_size)
-    scale = jnp.max(jnp.abs(groups), axis=-1) / qmax  # [out, groups]
-    scale = jnp.where(scale == 0, 1.0, scale)
-    q = jnp.clip(jnp.round(groups / scale[..., None]), -qmax - 1, qmax).astype(jnp.int8)
-    return q.reshape(out_features, in_features), scale
+def int_bound(bits: int) -> float:
+    """The absmax that maps to the edge of the integer range; qwix's convention (qmax + 0.5)."""
+    return 2 ** (bits - 1) - 0.5
 
 
-def dequantize(q: jax.Array, scale: jax.Array) -> jax.Array:
-    """`[out, in]` float32 weights from int codes and per-group scales."""
-    out_features, in_features = q.shape
-    groups = scale.shape[1]
-    return (q.reshape(out_features, groups, -1).astype(jnp.float32) * scale[..., None]).reshape(out_features, in_features)
+def quantize_kernel(kernel: jax.Array, spec: QuantSpec) -> QuantizedWeight:
+    """RTN (or fp8) quantization of a kernel `[in, out]`: values `[in, out]`, scales `[groups, out]`."""
+    kernel = jnp.asarray(kernel, jnp.float32)
+    if spec.is_float:
+        qarray = qwix.quantize(kernel, jnp.float8_e4m3fn, channelwise_axes=(1,))
+        qvalue = np.asarray(jax.device_get(qarray.qvalue))
+    else:
+        group = kernel.shape[0] if spec.group_size == -1 else spec.group_size
+        spec.groups(kernel.shape[0], "kernel")
+        qarray = qwix.quantize(kernel, _INT_QTYPES[spec.bits], channelwise_axes=(1,), tiled_axes={0: group})
+        qvalue = np.asarray(jax.device_get(qarray.qvalue.astype(jnp.int8)))
+    scale = np.asarray(jax.device_get(qarray.scale), np.float32)  # [groups, out]
+    return QuantizedWeight(qvalue=qvalue, scale=scale)

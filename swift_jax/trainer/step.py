@@ -36,7 +36,8 @@ def split_model(model: nnx.Module, trainable_filter) -> tuple[nnx.GraphDef, Any,
 
 
 def _micro_loss(graphdef, params, rng, frozen, batch, loss_chunk):
-    model = nnx.merge(graphdef, params, rng, frozen)
+    # Fresh RNG variables at this trace level: dropout advances their counters inside the trace.
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rng), frozen)
     hidden = model.hidden_states(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
     loss_sum, count, correct = chunked_cross_entropy(hidden, batch["labels"], model.logits, chunk_size=loss_chunk)
     new_rng = nnx.state(model, nnx.RngState)

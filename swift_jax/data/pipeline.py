@@ -1,0 +1,216 @@
+"""build_data: rows -> grain pipeline of fixed-shape batches, plus validation batches and statistics.
+
+    rows (mixed, #N-sampled) --shuffle(seed, new order each epoch)--> repeat --[process::count]-->
+    map(SampleProcessor, lazily in `dataset_num_proc` threads) --pad or pack--> batch --thread prefetch
+
+Tokenisation is lazy, so a million-row dataset starts in seconds; the statistics reported at start-up
+(kept/dropped rows, lengths, packing efficiency, steps per epoch) come from a probe of up to
+`PROBE_ROWS` rows, and are exact when the probe covers the whole training set (`stats["exact"]`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import weakref
+
+import grain
+import grain.experimental as grain_exp
+import numpy as np
+
+from swift_jax.data import batching
+from swift_jax.data.args import DataArgs
+from swift_jax.data.errors import BadRows, DataError
+from swift_jax.data.samples import Counters, SampleProcessor
+from swift_jax.data.sources import RowTable, load_table
+
+log = logging.getLogger("swift_jax.data")
+PROBE_ROWS = 1000
+
+
+def split_train_val(table: RowTable, ratio: float, seed: int) -> tuple[RowTable, RowTable | None]:
+    """Hold out ceil(ratio * rows) random rows for validation (ms-swift's split_dataset_ratio)."""
+    if ratio <= 0:
+        return table, None
+    if not 0 < ratio < 1:
+        raise DataError(f"--split_dataset_ratio {ratio}: expected a fraction in [0, 1)")
+    n_val = math.ceil(ratio * len(table))
+    if n_val >= len(table):
+        raise DataError(f"--split_dataset_ratio {ratio} leaves no training rows out of {len(table)}")
+    order = np.random.default_rng(seed + 1).permutation(len(table))
+    return table.subset(np.sort(order[n_val:])), table.subset(np.sort(order[:n_val]))
+
+
+class DataPipeline:
+    """The training stream and validation batches of one run; see `build_data`."""
+
+    def __init__(self, args: DataArgs, tokenizer, train: RowTable, val: RowTable | None, *, batch_size: int, seed: int,
+                 shuffle: bool, process_index: int, process_count: int):
+        self.args = args
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle and args.dataset_shuffle
+        self.process_index, self.process_count = process_index, process_count
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.train_table, self.val_table = train, val
+        self.counters = Counters()
+        self.process = SampleProcessor(args, tokenizer, self.counters)
+        self._val_batches: list[dict[str, np.ndarray]] | None = None
+        self.stats = self._probe(tokenizer)
+
+    # -- the training stream -------------------------------------------------------------------------
+    def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
+        """This process's share of the tokenised training samples (unpadded), lazily, epoch after epoch."""
+        ds = grain.MapDataset.source(self.train_table)
+        if self.shuffle:
+            ds = ds.shuffle(seed=self.seed)
+        ds = ds.repeat(num_epochs)[self.process_index :: self.process_count]
+        ds = ds.map(self.process)
+        threads = max(1, self.args.dataset_num_proc)
+        return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 16 * threads)))
+
+    def rows(self, num_epochs: int | None = None) -> grain.IterDataset:
+        """Fixed-length rows (packed or padded) of this process's share."""
+        args = self.args
+        if args.packing:
+            bins = max(args.packing_num_bins, self.batch_size)
+            return batching.pack(self.samples(num_epochs), args.max_length, self.pad_id, bins, self.seed, self.shuffle)
+        return batching.pad_stream(self.samples(num_epochs), args.max_length, self.pad_id)
+
+    def train_dataset(self, num_epochs: int | None = None) -> grain.IterDataset:
+        """Batches `[batch_size, max_length]` of np.int32, prefetched in a background thread."""
+        batched = self.rows(num_epochs).batch(self.batch_size, drop_remainder=True)
+        return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
+
+    def train_iterator(self, num_epochs: int | None = None) -> grain.DatasetIterator:
+        """A checkpointable iterator over training batches: `get_state()` / `set_state(state)` resume the
+        exact stream. `num_epochs=None` repeats forever (each epoch in a new order)."""
+        iterator = iter(self.train_dataset(num_epochs))
+        _close_at_exit(iterator)
+        return iterator
+
+    # -- validation -----------------------------------------------------------------------------------
+    def val_batches(self) -> list[dict[str, np.ndarray]]:
+        """Validation batches of the same shape as training batches (one sample per row, not packed).
+
+        Every process gets the same number of batches (rows dropped or missing become padding rows, whose
+        labels are all ignored), so multi-host evaluation stays in step."""
+        if self._val_batches is None:
+            self._val_batches = self._build_val()
+        return self._val_batches
+
+    def _build_val(self) -> list[dict[str, np.ndarray]]:
+        if self.val_table is None:
+            return []
+        args, n = self.args, len(self.val_table)
+        order = np.random.default_rng(self.seed).permutation(n) if args.val_dataset_shuffle else np.arange(n)
+        per_process = math.ceil(n / self.process_count)
+        mine = order[self.process_index :: self.process_count]
+        process = SampleProcessor(args, self.process.encoder.tokenizer, Counters())
+        rows = []
+        for i in mine:
+            sample = process(self.val_table[int(i)])
+            rows.append(batching.pad_sample(sample, args.max_length, self.pad_id) if sample else None)
+        empty = batching.empty_row(args.max_length, self.pad_id)
+        rows = [r if r is not None else empty for r in rows] + [empty] * (per_process - len(rows))
+        rows += [empty] * (-len(rows) % self.batch_size)
+        return [
+            {k: np.stack([r[k] for r in rows[b : b + self.batch_size]]) for k in batching.FEATURES}
+            for b in range(0, len(rows), self.batch_size)
+        ]
+
+    # -- statistics -----------------------------------------------------------------------------------
+    def _probe(self, tokenizer) -> dict:
+        """Encode (up to PROBE_ROWS) training rows to measure drops, lengths, packing and steps per epoch."""
+        n = len(self.train_table)
+        exact = n <= PROBE_ROWS
+        picks = np.arange(n) if exact else np.sort(np.random.default_rng(self.seed).choice(n, PROBE_ROWS, replace=False))
+        counters = Counters()
+        process = SampleProcessor(self.args, tokenizer, counters)
+        samples = [s for s in (process(self.train_table[int(i)]) for i in picks) if s is not None]
+        if not samples:
+            raise DataError(
+                f"no usable training sample in {len(picks)} rows probed: {counters.as_dict()}; check --max_length "
+                f"({self.args.max_length}), --truncation_strategy, and that rows have assistant turns"
+            )
+        counts = counters.as_dict()
+        scale = n / len(picks)
+        lengths = np.asarray([len(s["input_ids"]) for s in samples])
+        kept_rows = counts["kept"] * scale / self.process_count
+        if self.args.packing:
+            probe_ds = grain.MapDataset.source(samples).to_iter_dataset()
+            packed = list(batching.pack(probe_ds, self.args.max_length, self.pad_id, max(self.args.packing_num_bins, self.batch_size), self.seed, False))
+            efficiency = batching.packing_efficiency(packed)
+            rows_per_epoch = len(packed) * scale / self.process_count
+        else:
+            efficiency = float(lengths.sum() / (len(lengths) * self.args.max_length))
+            rows_per_epoch = kept_rows
+        stats = {
+            "num_train_samples": int(round(counts["kept"] * scale)),
+            "num_val_samples": len(self.val_table) if self.val_table is not None else 0,
+            "num_train_rows": n,
+            "dropped_too_long": int(round(counts["dropped_too_long"] * scale)),
+            "dropped_no_target": int(round(counts["dropped_no_target"] * scale)),
+            "bad_rows_skipped": int(round(counts["bad_rows_skipped"] * scale)),
+            "packing_efficiency": round(efficiency, 4),
+            "mean_length": round(float(lengths.mean()), 1),
+            "max_length_seen": int(lengths.max()),
+            "tokens_per_epoch": int(round(lengths.sum() * scale)),
+            "exact": exact,
+        }
+        self.steps_per_epoch = max(1, int(rows_per_epoch // self.batch_size))
+        stats["steps_per_epoch"] = self.steps_per_epoch
+        log.info("data: %s", stats)
+        return stats
+
+    def length_histogram(self, bins: int = 10) -> list[tuple[int, int, int]]:
+        """(lowest, highest, count) of probed sample lengths, for `swift_jax.data.inspect`."""
+        process = SampleProcessor(self.args, self.process.encoder.tokenizer, Counters())
+        n = min(len(self.train_table), PROBE_ROWS)
+        lengths = [len(s["input_ids"]) for s in (process(self.train_table[i]) for i in range(n)) if s is not None]
+        edges = np.unique(np.linspace(min(lengths), max(lengths) + 1, bins + 1).astype(int))  # whole tokens
+        counts, edges = np.histogram(lengths, bins=edges)
+        return [(int(edges[i]), int(edges[i + 1]) - 1, int(c)) for i, c in enumerate(counts)]
+
+
+def _close_at_exit(iterator) -> None:
+    """Stop the prefetch thread at interpreter exit; grain's finaliser would call close() again after
+    module teardown and print a spurious traceback, so the closed iterator's close becomes a no-op."""
+    ref = weakref.ref(iterator)
+
+    def close():
+        it = ref()
+        if it is not None:
+            it.close()
+            it.close = lambda: None
+
+    atexit.register(close)
+
+
+def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, shuffle: bool = True,
+               process_index: int = 0, process_count: int = 1) -> DataPipeline:
+    """Load, split and prepare the datasets of `args` for training with `tokenizer`.
+
+    `batch_size` is this process's batch (rows per host batch); `seed` drives the training order and the
+    packer (`args.data_seed` drives #N sampling and the validation split, as in ms-swift). Bad rows raise
+    a DataError naming file and line unless `args.strict` is false."""
+    if batch_size <= 0:
+        raise DataError(f"batch_size must be positive, got {batch_size}")
+    if args.max_length <= 1:
+        raise DataError(f"--max_length must be at least 2, got {args.max_length}")
+    if args.streaming:
+        from swift_jax.data.streaming import build_streaming
+
+        return build_streaming(args, tokenizer, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                               process_index=process_index, process_count=process_count)
+    bad = BadRows(args.strict)
+    train = load_table(args.dataset, args.data_seed, bad)
+    if args.val_dataset:
+        val = load_table(args.val_dataset, args.data_seed, bad)
+    else:
+        train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
+    pipe = DataPipeline(args, tokenizer, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                        process_index=process_index, process_count=process_count)
+    pipe.stats["bad_rows_skipped"] += bad.count  # unreadable lines skipped while loading
+    return pipe

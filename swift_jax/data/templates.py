@@ -1,0 +1,161 @@
+"""Render conversations with a chat template and derive the loss mask by rendering prefixes.
+
+The mask must be right for any Jinja chat template, including those without generation markers. For
+each assistant message i we render two prefixes with the tokenizer's own template:
+
+    start = len(render(messages[:i], add_generation_prompt=True))   # the assistant header ends here
+    end   = len(render(messages[:i + 1]))                            # the turn, its end token and separator
+
+and train on characters [start, end) of the full rendering, as ms-swift does (for ChatML: the content,
+`<|im_end|>` and `\\n`). Templates with a default system prompt work unchanged, since every prefix
+carries it. The full string is tokenised once, and a token is trained when its first character lies in
+a trained span (so tokenisation matches inference, which also tokenises the whole rendering).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import numpy as np
+
+from swift_jax.data.errors import DataError
+
+log = logging.getLogger("swift_jax.data")
+IGNORE = -100
+
+# Built-in templates for base-model tokenizers that ship none (--template NAME).
+CHATML = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+# Meta-Llama-3-8B-Instruct's template, verbatim.
+LLAMA3 = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+# name -> (jinja source, the special tokens it expects in the vocabulary)
+BUILTIN_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "chatml": (CHATML, ("<|im_start|>", "<|im_end|>")),
+    "qwen": (CHATML, ("<|im_start|>", "<|im_end|>")),
+    "llama3": (LLAMA3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
+}
+
+
+def resolve_template(name: str | None, tokenizer) -> str:
+    """The Jinja source to render with: a built-in by name, a .jinja file, or the tokenizer's own."""
+    if name is None:
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(
+                "the tokenizer has no chat template; pass --template with one of "
+                f"{sorted(BUILTIN_TEMPLATES)} or a .jinja file (or use rows with 'text' for pre-training)"
+            )
+        return tokenizer.chat_template
+    if name in BUILTIN_TEMPLATES:
+        source, markers = BUILTIN_TEMPLATES[name]
+        vocab = tokenizer.get_vocab()
+        missing = [m for m in markers if m not in vocab]
+        if missing:
+            log.warning("template %r: tokens %s are not in the tokenizer vocabulary; they will be split into pieces", name, missing)
+        return source
+    if os.path.isfile(name):
+        with open(name) as f:
+            return f.read()
+    raise DataError(f"--template {name!r} is neither a built-in ({sorted(BUILTIN_TEMPLATES)}) nor a .jinja file")
+
+
+@dataclasses.dataclass
+class Encoded:
+    """One tokenised sample: `input_ids` and HF-style unshifted `labels` (IGNORE where not trained)."""
+
+    input_ids: np.ndarray  # [n] int32
+    labels: np.ndarray  # [n] int32
+
+
+class ChatEncoder:
+    """Turns normalised samples ({"messages"} or {"text"}) into token ids and labels."""
+
+    def __init__(self, tokenizer, template: str | None = None, system: str | None = None, loss_on_prompt: bool = False):
+        self.tokenizer = tokenizer
+        self.system = system
+        self.loss_on_prompt = loss_on_prompt
+        self._template_name = template
+        self._template: str | None = None  # resolved on first chat sample: text-only data needs none
+        self.eos_id = tokenizer.eos_token_id
+        # templates read bos_token / eos_token; a base tokenizer may lack one (render it as nothing)
+        self._token_strings = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
+
+    @property
+    def template(self) -> str:
+        if self._template is None:
+            self._template = resolve_template(self._template_name, self.tokenizer)
+        return self._template
+
+    def render(self, messages: list[dict], tools=None, add_generation_prompt: bool = False) -> str:
+        """The template's text for `messages` (a Jinja error becomes a DataError naming the template)."""
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages,
+                tools=tools or None,
+                chat_template=self.template,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                **self._token_strings,
+            )
+        except DataError:
+            raise
+        except Exception as e:  # jinja2 raises TemplateError and plain exceptions from raise_exception()
+            raise DataError(f"the chat template failed on this conversation: {type(e).__name__}: {e}") from None
+
+    def trained_spans(self, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
+        """The full rendering and the [start, end) character spans of the assistant turns."""
+        full = self.render(messages, tools)
+        spans = []
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            head = self.render(messages[:i], tools, add_generation_prompt=True) if i else self._empty_head(tools)
+            turn = self.render(messages[: i + 1], tools)
+            if not (full.startswith(head) and full.startswith(turn) and len(head) <= len(turn)):
+                raise DataError(
+                    f"the chat template does not render message {i} as a prefix of the whole conversation "
+                    "(it rewrites earlier turns), so the loss mask cannot be derived; pick --template chatml|llama3 "
+                    "or a .jinja template without history rewriting"
+                )
+            spans.append((len(head), len(turn)))
+        return full, spans
+
+    def _empty_head(self, tools) -> str:
+        """The generation prompt for a conversation that starts with the assistant."""
+        try:
+            return self.render([], tools, add_generation_prompt=True)
+        except DataError:  # templates that index messages[0] cannot render an empty conversation
+            return ""
+
+    def encode(self, sample: dict) -> Encoded:
+        """Tokens and labels of one sample. Text samples train on every token and end with eos."""
+        if "text" in sample:
+            ids = list(self.tokenizer(sample["text"]).input_ids)
+            if self.eos_id is not None:
+                ids.append(self.eos_id)
+            ids = np.asarray(ids, np.int32)
+            return Encoded(ids, ids.copy())
+        messages = sample["messages"]
+        if self.system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system}] + messages
+        full, spans = self.trained_spans(messages, sample.get("tools"))
+        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+        ids = np.asarray(enc["input_ids"], np.int32)
+        if self.loss_on_prompt:
+            return Encoded(ids, ids.copy())
+        starts = np.asarray([o[0] for o in enc["offset_mapping"]], np.int64)  # [n] first character of each token
+        trained = np.zeros(len(ids), bool)
+        for lo, hi in spans:
+            trained |= (starts >= lo) & (starts < hi)
+        return Encoded(ids, np.where(trained, ids, IGNORE).astype(np.int32))

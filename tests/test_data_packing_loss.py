@@ -1,0 +1,51 @@
+"""The loss over a packed batch equals the loss over the same samples unpacked (foundation model, token mean)."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tiny_models import BASE
+from tokenizers_for_tests import bundled_tokenizer
+
+import swift_jax
+from swift_jax.data import DataArgs, build_data
+from swift_jax.data.batching import pad_sample
+from swift_jax.data.templates import IGNORE
+
+
+def token_mean_loss(model, batch) -> float:
+    """Shifted cross-entropy, mean over target tokens: logits[t] predicts labels[t + 1]."""
+    logits = model(jnp.asarray(batch["input_ids"]), positions=jnp.asarray(batch["positions"]), segment_ids=jnp.asarray(batch["segment_ids"]))
+    labels = jnp.asarray(batch["labels"])[:, 1:]
+    mask = labels != IGNORE
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32), jnp.where(mask, labels, 0))
+    return float((ce * mask).sum() / mask.sum())
+
+
+def test_packed_loss_equals_unpacked_loss(tmp_path):
+    words = ["hello", "world", "token", "model", "grain", "packing", "jax", "flax", "optax", "orbax"]
+    rows = []
+    for i, w in enumerate(words):  # multi-turn rows of different lengths
+        turns = [{"role": "user", "content": f"reverse {w}"}, {"role": "assistant", "content": w[::-1]}] * (1 + i % 3)
+        rows.append({"messages": turns})
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = bundled_tokenizer()
+    pipe = build_data(DataArgs(dataset=[str(path)], max_length=128, packing=True), tokenizer, batch_size=2)
+    packed = next(pipe.train_iterator())
+    assert packed["segment_ids"].max() >= 3  # several samples share a row
+
+    unpacked_rows = []
+    for r in range(packed["input_ids"].shape[0]):
+        seg = packed["segment_ids"][r]
+        for s in range(1, seg.max() + 1):
+            sample = {k: packed[k][r][seg == s] for k in ("input_ids", "labels")}
+            unpacked_rows.append(pad_sample(sample, 128, tokenizer.pad_token_id))
+    unpacked = {k: np.stack([row[k] for row in unpacked_rows]) for k in unpacked_rows[0]}
+
+    config = {**BASE, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": len(tokenizer), "max_position_embeddings": 128}
+    model = swift_jax.init_model(config, dtype="float32", seed=0)
+    packed_loss, unpacked_loss = token_mean_loss(model, packed), token_mean_loss(model, unpacked)
+    assert np.isfinite(packed_loss) and packed_loss > 1.0  # a random model is far from the targets
+    np.testing.assert_allclose(packed_loss, unpacked_loss, rtol=1e-5)

@@ -1,0 +1,168 @@
+"""Formats -> messages, chat templates -> loss masks (token by token), truncation, --system, --template."""
+
+import numpy as np
+import pytest
+from tokenizers_for_tests import base_tokenizer, bundled_tokenizer, llama3_tokenizer, qwen25_tokenizer
+
+from swift_jax.data import DataArgs, DataError, normalize
+from swift_jax.data.samples import SampleProcessor
+from swift_jax.data.templates import IGNORE, ChatEncoder
+
+EXPECTED = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "reverse hello"},
+    {"role": "assistant", "content": "olleh"},
+]
+HISTORY = [["What is the capital of France?", "Paris."]]
+
+SAME_CONVERSATION = {
+    "messages": {"messages": EXPECTED},
+    "sharegpt": {
+        "system": "Be brief.",
+        "conversations": [
+            {"from": "human", "value": "What is the capital of France?"},
+            {"from": "gpt", "value": "Paris."},
+            {"from": "human", "value": "reverse hello"},
+            {"from": "gpt", "value": "olleh"},
+        ],
+    },
+    "alpaca": {"system": "Be brief.", "history": HISTORY, "instruction": "reverse", "input": "hello", "output": "olleh"},
+    "query_response": {"system": "Be brief.", "history": HISTORY, "query": "reverse hello", "response": "olleh"},
+    "prompt_completion": {"system": "Be brief.", "history": HISTORY, "prompt": "reverse hello", "completion": "olleh"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(SAME_CONVERSATION))
+def test_every_format_gives_the_same_messages(name):
+    row = SAME_CONVERSATION[name]
+    if name == "alpaca":  # alpaca joins instruction and input with a newline
+        expected = EXPECTED[:3] + [{"role": "user", "content": "reverse\nhello"}, EXPECTED[4]]
+    else:
+        expected = EXPECTED
+    assert normalize(row)["messages"] == expected
+
+
+def test_text_and_column_mapping():
+    assert normalize({"text": "plain words"}) == {"text": "plain words"}
+    assert normalize({"q": "hi", "a": "ho"}, columns={"q": "query", "a": "response"})["messages"] == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "ho"},
+    ]
+
+
+def _runs(tokenizer, ids, labels):
+    """Decoded text of each maximal run of trained / untrained tokens, in order, as (trained, text)."""
+    runs, current, trained = [], [], None
+    for tok, lab in zip(ids.tolist(), labels.tolist()):
+        flag = lab != IGNORE
+        if flag != trained and current:
+            runs.append((trained, tokenizer.decode(current)))
+            current = []
+        trained = flag
+        current.append(tok)
+    runs.append((trained, tokenizer.decode(current)))
+    return runs
+
+
+TEMPLATE_CASES = {
+    # tokenizer -> (trained parts, in order; the full rendering)
+    "chatml": (bundled_tokenizer, ["Paris.<|im_end|>\n", "olleh<|im_end|>\n"]),
+    "qwen2.5": (qwen25_tokenizer, ["Paris.<|im_end|>\n", "olleh<|im_end|>\n"]),
+    "llama3": (llama3_tokenizer, ["Paris.<|eot_id|>", "olleh<|eot_id|>"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE_CASES))
+@pytest.mark.parametrize("with_system", [True, False])
+def test_mask_is_exactly_the_assistant_turns(name, with_system):
+    make, trained_parts = TEMPLATE_CASES[name]
+    tokenizer = make()
+    messages = EXPECTED if with_system else EXPECTED[1:]
+    enc = ChatEncoder(tokenizer).encode({"messages": messages})
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    # the ids are the tokenisation of the template's own rendering (what inference sees)
+    assert tokenizer.decode(enc.input_ids) == full
+    assert enc.input_ids.tolist() == tokenizer(full, add_special_tokens=False).input_ids
+    runs = _runs(tokenizer, enc.input_ids, enc.labels)
+    assert [text for trained, text in runs if trained] == trained_parts
+    # everything else (system, user, headers) is not trained, and labels equal ids where trained
+    assert "".join(text for _, text in runs) == full
+    trained = enc.labels != IGNORE
+    np.testing.assert_array_equal(enc.labels[trained], enc.input_ids[trained])
+    if name == "qwen2.5" and not with_system:  # the template's default system prompt is present, untrained
+        assert runs[0][1].startswith("<|im_start|>system\nYou are Qwen") and runs[0][0] is False
+
+
+def test_tool_turns_are_not_trained_but_tool_calls_are():
+    tokenizer = qwen25_tokenizer()
+    call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
+    messages = [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "sunny"},
+        {"role": "assistant", "content": "It is sunny."},
+    ]
+    tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    enc = ChatEncoder(tokenizer).encode(normalize({"messages": messages, "tools": tools}))
+    trained = [t for ok, t in _runs(tokenizer, enc.input_ids, enc.labels) if ok]
+    # the generation prompt '<|im_start|>assistant\n' is the prompt; the call after it is trained
+    assert trained == [
+        '<tool_call>\n{"name": "weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n',
+        "It is sunny.<|im_end|>\n",
+    ]
+
+
+def test_default_system_argument_and_builtin_templates():
+    row = {"messages": EXPECTED[1:3]}
+    args = DataArgs(system="Answer in French.", template="chatml", max_length=512)
+    sample = SampleProcessor(args, base_tokenizer())(({**row}, "f.jsonl"))
+    text = base_tokenizer().decode(sample["input_ids"])
+    assert text.startswith("<|im_start|>system\nAnswer in French.<|im_end|>\n<|im_start|>user\n")
+    # a row's own system prompt wins over --system
+    own = SampleProcessor(args, base_tokenizer())(({"messages": EXPECTED[:3]}, "f.jsonl"))
+    assert "Be brief." in base_tokenizer().decode(own["input_ids"])
+    llama = ChatEncoder(base_tokenizer(), template="llama3").encode({"messages": EXPECTED[1:3]})
+    assert base_tokenizer().decode(llama.input_ids).startswith("<|start_header_id|>user<|end_header_id|>\n\n")
+    with pytest.raises(DataError, match="no chat template.*--template"):
+        ChatEncoder(base_tokenizer()).encode({"messages": EXPECTED[1:3]})
+    with pytest.raises(DataError, match="neither a built-in"):
+        ChatEncoder(base_tokenizer(), template="nosuch").encode({"messages": EXPECTED[1:3]})
+
+
+def test_text_rows_train_every_token_and_end_with_eos():
+    tokenizer = base_tokenizer()
+    sample = SampleProcessor(DataArgs(max_length=512), tokenizer)(({"text": "The quick brown fox"}, "f.jsonl"))
+    ids, labels = sample["input_ids"], sample["labels"]
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids[:-1]) == "The quick brown fox"
+    assert labels[0] == IGNORE  # first token of every sample: no prediction crosses samples
+    np.testing.assert_array_equal(labels[1:], ids[1:])
+
+
+@pytest.mark.parametrize("strategy", ["delete", "left", "right"])
+def test_truncation_strategies(strategy):
+    tokenizer = bundled_tokenizer()
+    row = {"messages": [{"role": "user", "content": "reverse hello there"}, {"role": "assistant", "content": "ereht olleh"}]}
+    full = SampleProcessor(DataArgs(max_length=4096), tokenizer)((row, "f.jsonl"))
+    n = len(full["input_ids"])
+    process = SampleProcessor(DataArgs(max_length=n - 5, truncation_strategy=strategy), tokenizer)
+    cut = process((row, "f.jsonl"))
+    if strategy == "delete":
+        assert cut is None and process.counters.as_dict()["dropped_too_long"] == 1
+        return
+    keep = slice(5, None) if strategy == "left" else slice(0, n - 5)
+    np.testing.assert_array_equal(cut["input_ids"], full["input_ids"][keep])
+    expected = full["labels"][keep].copy()
+    expected[0] = IGNORE
+    np.testing.assert_array_equal(cut["labels"], expected)
+
+
+def test_rows_without_a_trainable_token_are_dropped_and_counted():
+    tokenizer = bundled_tokenizer()
+    process = SampleProcessor(DataArgs(max_length=14, truncation_strategy="right"), tokenizer)
+    row = {"messages": [{"role": "user", "content": "a long question that fills the window"}, {"role": "assistant", "content": "yes"}]}
+    assert process((row, "f.jsonl")) is None
+    assert process((EXPECTED[1:2] and {"messages": EXPECTED[1:2]}, "f.jsonl")) is None  # no assistant turn
+    assert process.counters.as_dict()["dropped_no_target"] == 2

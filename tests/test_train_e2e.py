@@ -1,0 +1,90 @@
+"""End-to-end `python -m swift_jax.train` runs on the bundled quickstart assets (offline, CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+QUICK = os.path.join(ROOT, "swift_jax", "assets", "quickstart")
+COMMON = [
+    "--model", QUICK, "--init_from_scratch", "true", "--dtype", "float32",
+    "--dataset", os.path.join(QUICK, "train.jsonl"), "--val_dataset", os.path.join(QUICK, "val.jsonl"),
+    "--max_length", "32", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
+    "--learning_rate", "3e-3", "--logging_steps", "1", "--report_to", "none", "--fsdp_size", "1",
+    "--data_parallel_size", "-1", "--gradient_checkpointing", "true",
+    "--tuner_type", "lora", "--lora_rank", "4", "--lora_dropout", "0.1",  # dropout: the RNG must resume too
+]
+
+
+def _run(args, **kw):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    return subprocess.Popen([sys.executable, "-m", "swift_jax.train", *COMMON, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _losses(run_dir):
+    with open(os.path.join(run_dir, "logging.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def _run_dir(output_dir):
+    (name,) = os.listdir(output_dir)
+    return os.path.join(output_dir, name)
+
+
+def test_output_folder_and_eval(tmp_path):
+    out = tmp_path / "out"
+    proc = _run(["--output_dir", str(out), "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2", "--save_total_limit", "1",
+                 "--report_to", "tensorboard"])
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    run_dir = _run_dir(out)
+    assert os.path.basename(run_dir).startswith("v0-")
+    records = [json.loads(l) for l in open(os.path.join(run_dir, "logging.jsonl"))]
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_sec", "elapsed"} <= set(train[0])
+    assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
+    assert sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint")) == ["checkpoint_4"]  # keep-1
+    assert os.path.exists(os.path.join(run_dir, "checkpoint_4", "adapter_model.safetensors"))
+    assert {"train_loss.png", "eval_loss.png", "learning_rate.png"} <= set(os.listdir(os.path.join(run_dir, "images")))
+    assert os.listdir(os.path.join(run_dir, "runs"))  # tensorboard events
+    args = json.load(open(os.path.join(run_dir, "args.json")))
+    assert args["tuner"]["lora_rank"] == 4
+    assert "trainable params" in log and "held-out token accuracy" in log
+
+
+def test_kill_9_then_resume_gives_the_same_losses(tmp_path):
+    steps = ["--max_steps", "24"]  # same schedule in all three runs
+    reference = _run(["--output_dir", str(tmp_path / "ref"), *steps, "--save_steps", "100"])
+    log, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, log[-3000:]
+    expected = _losses(_run_dir(tmp_path / "ref"))
+
+    out = tmp_path / "crash"
+    victim = _run(["--output_dir", str(out), *steps, "--save_steps", "4"])
+    deadline = time.time() + 240
+    marker = None
+    while time.time() < deadline and victim.poll() is None:
+        if os.path.isdir(out) and os.listdir(out):
+            marker = os.path.join(_run_dir(out), "checkpoint_4", "adapter_model.safetensors")
+            if os.path.exists(marker):
+                break
+        time.sleep(0.05)
+    assert marker and os.path.exists(marker), victim.communicate()[0][-3000:]
+    victim.send_signal(signal.SIGKILL)  # mid-run, some steps after checkpoint_4
+    victim.wait()
+
+    checkpoint = os.path.join(_run_dir(out), "checkpoint_4")
+    resumed = _run(["--output_dir", str(out), *steps, "--save_steps", "100", "--resume_from_checkpoint", checkpoint])
+    log, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, log[-3000:]
+    after = {s: l for s, l in _losses(_run_dir(out)).items() if s >= 5}  # the resumed run's lines come last
+    assert sorted(after) == list(range(5, 25))
+    for step in after:
+        assert abs(after[step] - expected[step]) < 1e-6, (step, after[step], expected[step])
