@@ -19,11 +19,12 @@ import shutil
 ROOT = os.path.join(os.path.dirname(__file__), "..", "swift_jax", "assets")
 OUT = os.path.join(ROOT, "quickstart")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-# Letters are space-separated so every letter is one token of the byte-level BPE: the tasks are then
-# token-level (copy in reverse order, map each token to its capital), learnable by a ~1M model in minutes.
+# Words are 4 letters, space-separated, so every letter is one token of the byte-level BPE: the tasks are
+# token-level copies at fixed relative offsets (reverse order; capitals), learnable by a ~1M model in minutes.
+# Answers start with "= " so that their letters are the same tokens as the prompt's (" x", not "x").
 TASKS = {
-    "reverse": lambda w: " ".join(reversed(w.split())),
-    "upper": lambda w: w.upper(),
+    "reverse": lambda w: "= " + " ".join(reversed(w.split())),
+    "upper": lambda w: "= " + w.upper(),
 }
 
 
@@ -52,6 +53,7 @@ def main() -> None:
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
+        rope_theta=10000.0,  # Qwen2's default 1e6 rotates too slowly to resolve short relative offsets
         tie_word_embeddings=True,
         rms_norm_eps=1e-6,
         eos_token_id=tokenizer.eos_token_id,
@@ -61,7 +63,7 @@ def main() -> None:
     config.save_pretrained(OUT)
     rng = random.Random(0)
     letters = "abcdefghijklmnopqrstuvwxyz"
-    words = sorted({" ".join(rng.choice(letters) for _ in range(rng.randint(3, 6))) for _ in range(6000)})
+    words = sorted({" ".join(rng.choice(letters) for _ in range(4)) for _ in range(6000)})
     rng.shuffle(words)
     val, train = words[:200], words[200:]
     for name, split in (("train.jsonl", train), ("val.jsonl", val)):

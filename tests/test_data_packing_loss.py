@@ -5,6 +5,7 @@ import json
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 from tiny_models import BASE
 from tokenizers_for_tests import bundled_tokenizer
 
@@ -14,9 +15,14 @@ from swift_jax.data.batching import pad_sample
 from swift_jax.data.templates import IGNORE
 
 
+@nnx.jit
+def _forward(model, input_ids, positions, segment_ids):
+    return model(input_ids, positions=positions, segment_ids=segment_ids)
+
+
 def token_mean_loss(model, batch) -> float:
     """Shifted cross-entropy, mean over target tokens: logits[t] predicts labels[t + 1]."""
-    logits = model(jnp.asarray(batch["input_ids"]), positions=jnp.asarray(batch["positions"]), segment_ids=jnp.asarray(batch["segment_ids"]))
+    logits = _forward(model, *(jnp.asarray(batch[k]) for k in ("input_ids", "positions", "segment_ids")))
     labels = jnp.asarray(batch["labels"])[:, 1:]
     mask = labels != IGNORE
     ce = optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1].astype(jnp.float32), jnp.where(mask, labels, 0))

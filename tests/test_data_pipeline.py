@@ -174,7 +174,7 @@ def test_strict_false_skips_and_counts_bad_rows(tmp_path):
 
 
 def test_missing_dataset_and_bad_spec(tmp_path):
-    with pytest.raises(DataError, match="not a local file or folder"):
+    with pytest.raises(DataError, match="nope.jsonl: no such file or folder"):
         build([str(tmp_path / "nope.jsonl")])
     with pytest.raises(DataError, match="positive sample count"):
         build([str(tmp_path / "a.jsonl#x")])
@@ -196,6 +196,13 @@ def test_streaming_reads_every_row_and_resumes(jsonl):
     again.set_state(state)
     for w in want:
         np.testing.assert_array_equal(next(again)["input_ids"], w["input_ids"])
+
+
+def test_streaming_sample_counts_repeat_a_small_dataset(jsonl):
+    pipe = build([f"{jsonl}#150"], streaming=True, dataset_shuffle=False, batch_size=1)
+    texts = user_texts(pipe, list(pipe.train_iterator(num_epochs=1)))
+    assert len(texts) == 150 and pipe.steps_per_epoch == 150
+    assert texts == [f"reverse {w}" for w in WORDS * 3][:150]  # two full passes, then the first 30 rows
 
 
 def test_bad_rows_found_while_training_name_their_line(tmp_path, monkeypatch):

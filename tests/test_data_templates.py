@@ -1,8 +1,10 @@
 """Formats -> messages, chat templates -> loss masks (token by token), truncation, --system, --template."""
 
+import json
+
 import numpy as np
 import pytest
-from tokenizers_for_tests import base_tokenizer, bundled_tokenizer, llama3_tokenizer, qwen25_tokenizer
+from tokenizers_for_tests import base_tokenizer, bundled_tokenizer, llama3_tokenizer, qwen3_tokenizer, qwen25_tokenizer
 
 from swift_jax.data import DataArgs, DataError, normalize
 from swift_jax.data.samples import SampleProcessor
@@ -95,6 +97,39 @@ def test_mask_is_exactly_the_assistant_turns(name, with_system):
         assert runs[0][1].startswith("<|im_start|>system\nYou are Qwen") and runs[0][0] is False
 
 
+def test_mask_for_a_template_that_rewrites_earlier_turns():
+    """Qwen3 drops the reasoning of assistant turns before the last user message: the earlier turn is not a
+    prefix of the whole rendering, so its span is found in the rendering (content + `<|im_end|>\\n`)."""
+    tokenizer = qwen3_tokenizer()
+    messages = [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "<think>\nrecall it\n</think>\n\nParis."},
+        {"role": "user", "content": "reverse hello"},
+        {"role": "assistant", "content": "<think>\nreverse it\n</think>\n\nolleh"},
+    ]
+    enc = ChatEncoder(tokenizer).encode({"messages": messages})
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    assert "recall it" not in full and "reverse it" in full  # the template rewrote the first turn
+    runs = _runs(tokenizer, enc.input_ids, enc.labels)
+    assert "".join(text for _, text in runs) == full
+    assert [text for trained, text in runs if trained] == [
+        "Paris.<|im_end|>\n",
+        "<think>\nreverse it\n</think>\n\nolleh<|im_end|>\n",
+    ]
+
+
+def test_a_template_that_hides_an_earlier_turn_gives_a_clear_error():
+    hiding = (
+        "{%- for m in messages %}{{- '<|im_start|>' + m.role + '\\n' }}"
+        "{%- if m.role == 'assistant' and not loop.last %}[hidden]{% else %}{{ m.content }}{% endif %}"
+        "{{- '<|im_end|>\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+    )
+    encoder = ChatEncoder(base_tokenizer(), template=None)
+    encoder._template = hiding
+    with pytest.raises(DataError, match="rewrites assistant message 2.*--template"):
+        encoder.encode({"messages": EXPECTED})
+
+
 def test_tool_turns_are_not_trained_but_tool_calls_are():
     tokenizer = qwen25_tokenizer()
     call = {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}
@@ -106,6 +141,9 @@ def test_tool_turns_are_not_trained_but_tool_calls_are():
     ]
     tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
     enc = ChatEncoder(tokenizer).encode(normalize({"messages": messages, "tools": tools}))
+    # ms-swift datasets often store `tools` as a JSON string: the same sample
+    as_string = ChatEncoder(tokenizer).encode(normalize({"messages": messages, "tools": json.dumps(tools)}))
+    np.testing.assert_array_equal(as_string.input_ids, enc.input_ids)
     trained = [t for ok, t in _runs(tokenizer, enc.input_ids, enc.labels) if ok]
     # the generation prompt '<|im_start|>assistant\n' is the prompt; the call after it is trained
     assert trained == [
@@ -114,7 +152,7 @@ def test_tool_turns_are_not_trained_but_tool_calls_are():
     ]
 
 
-def test_default_system_argument_and_builtin_templates():
+def test_default_system_argument_and_builtin_templates(tmp_path):
     row = {"messages": EXPECTED[1:3]}
     args = DataArgs(system="Answer in French.", template="chatml", max_length=512)
     sample = SampleProcessor(args, base_tokenizer())(({**row}, "f.jsonl"))
@@ -127,6 +165,12 @@ def test_default_system_argument_and_builtin_templates():
     assert base_tokenizer().decode(llama.input_ids).startswith("<|start_header_id|>user<|end_header_id|>\n\n")
     with pytest.raises(DataError, match="no chat template.*--template"):
         ChatEncoder(base_tokenizer()).encode({"messages": EXPECTED[1:3]})
+    jinja = tmp_path / "plain.jinja"  # a template file
+    jinja.write_text("{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+                     "{% if add_generation_prompt %}assistant: {% endif %}")
+    own_file = ChatEncoder(base_tokenizer(), template=str(jinja)).encode({"messages": EXPECTED[1:3]})
+    # the prompt ends with a space that the tokenizer merges into " Paris": that token is trained
+    assert [t for ok, t in _runs(base_tokenizer(), own_file.input_ids, own_file.labels) if ok] == [" Paris.\n"]
     with pytest.raises(DataError, match="neither a built-in"):
         ChatEncoder(base_tokenizer(), template="nosuch").encode({"messages": EXPECTED[1:3]})
 

@@ -88,3 +88,27 @@ def test_kill_9_then_resume_gives_the_same_losses(tmp_path):
     assert sorted(after) == list(range(5, 25))
     for step in after:
         assert abs(after[step] - expected[step]) < 1e-6, (step, after[step], expected[step])
+
+
+def _first_logged_step(output_dir):
+    """True once the run in `output_dir` has logged a training step (so the loop is running)."""
+    if not (os.path.isdir(output_dir) and os.listdir(output_dir)):
+        return False
+    log = os.path.join(_run_dir(output_dir), "logging.jsonl")
+    return os.path.exists(log) and bool(_losses(_run_dir(output_dir)))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    out = tmp_path / "pre"
+    proc = _run(["--output_dir", str(out), "--max_steps", "10000", "--save_steps", "10000", "--report_to", "none"])
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not _first_logged_step(out):
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    proc.send_signal(signal.SIGTERM)  # preemption
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, log[-3000:]
+    assert "SIGTERM: saving checkpoint" in log
+    saved = [d for d in os.listdir(_run_dir(out)) if d.startswith("checkpoint_")]
+    assert len(saved) == 1 and int(saved[0].split("_")[1]) >= 1
+    assert os.path.exists(os.path.join(_run_dir(out), saved[0], "adapter_model.safetensors"))

@@ -112,12 +112,27 @@ def from_messages(row: dict) -> dict:
         raise DataError(f"'messages' must be a non-empty list of messages, got {raw!r:.80}")
     if all(isinstance(m, dict) and "role" not in m and "from" not in m and ("user" in m or "human" in m) for m in raw):
         pairs = [(m.get("user", m.get("human")), m.get("assistant", m.get("gpt"))) for m in raw]
-        return {"messages": _pairs_to_messages(pairs, _system_of(row)), "tools": row.get("tools")}
+        return {"messages": _pairs_to_messages(pairs, _system_of(row)), "tools": _tools(row)}
     messages = [_message(m, i) for i, m in enumerate(raw)]
     system = _system_of(row)
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
-    return {"messages": messages, "tools": row.get("tools")}
+    return {"messages": messages, "tools": _tools(row)}
+
+
+def _tools(row: dict) -> list | None:
+    """The row's `tools` (a list of function schemas); ms-swift datasets often store it as a JSON string."""
+    tools = row.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = json.loads(tools) if tools.strip() else None
+        except json.JSONDecodeError as e:
+            raise DataError(f"'tools' is a string that is not valid JSON ({e.msg})") from None
+    if tools is not None and not isinstance(tools, list):
+        tools = [tools] if isinstance(tools, dict) else tools
+    if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+        raise DataError(f"'tools' must be a list of function schemas (objects), got {tools!r:.80}")
+    return tools or None
 
 
 def _history(row: dict) -> list:

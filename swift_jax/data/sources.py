@@ -151,10 +151,18 @@ def load_hub(name: str) -> FileRows:
     return FileRows(name, ds)
 
 
+def check_local(path: str) -> None:
+    """Raise when a missing `path` is clearly meant as a local file (a data suffix, or starts with / . ~),
+    instead of trying it as a hub id."""
+    if os.path.splitext(path)[1].lower() in BUILDERS or path.startswith((os.sep, ".", "~")):
+        raise DataError(f"{path}: no such file or folder (a local path, not a hub id); check --dataset / --val_dataset")
+
+
 def load_source(path: str, bad: BadRows) -> list[FileRows]:
     """The files of one dataset path (a file, a folder, or a hub id)."""
     if os.path.exists(path):
         return [load_file(f, bad) for f in list_files(path)]
+    check_local(path)
     return [load_hub(path)]
 
 

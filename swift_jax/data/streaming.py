@@ -22,7 +22,7 @@ from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, RowRef
 from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, load_table
 from swift_jax.data.samples import Counters, SampleProcessor
-from swift_jax.data.sources import BUILDERS, DatasetSpec, list_files
+from swift_jax.data.sources import BUILDERS, DatasetSpec, check_local, list_files
 
 
 def _json_lines(path: str, bad: BadRows) -> Iterator[tuple[dict, RowRef]]:
@@ -41,6 +41,7 @@ def stream_rows(path: str, bad: BadRows) -> Iterator[tuple[dict, RowRef]]:
     import datasets
 
     if not os.path.exists(path):
+        check_local(path)
         try:
             stream = datasets.load_dataset(path, split="train", streaming=True)
         except Exception as e:
@@ -56,6 +57,18 @@ def stream_rows(path: str, bad: BadRows) -> Iterator[tuple[dict, RowRef]]:
             yield from ((row, RowRef(file, i)) for i, row in enumerate(stream))
 
 
+def _cycle(path: str, strict: bool) -> Iterator[tuple[dict, RowRef]]:
+    """The rows of `path` over and over (a streamed `path#N` larger than the dataset repeats it, as the
+    in-memory `#N` takes every row once per full pass)."""
+    while True:
+        empty = True
+        for item in stream_rows(path, BadRows(strict)):
+            empty = False
+            yield item
+        if empty:
+            raise DataError(f"{path}: the dataset is empty (no rows)")
+
+
 class _StreamIterator(grain.DatasetIterator):
     """Checkpointable iterator over the rows of several datasets; state = (epoch, dataset, rows read)."""
 
@@ -67,7 +80,7 @@ class _StreamIterator(grain.DatasetIterator):
 
     def _open(self) -> None:
         spec = self.specs[self._dataset]
-        rows = stream_rows(spec.path, BadRows(self.strict))
+        rows = stream_rows(spec.path, BadRows(self.strict)) if spec.num_samples is None else _cycle(spec.path, self.strict)
         self._rows = itertools.islice(rows, self._read, spec.num_samples)
 
     def __next__(self) -> tuple[dict, RowRef]:
@@ -129,8 +142,12 @@ class StreamingPipeline(DataPipeline):
         samples = [s for s in (process(item) for item in first) if s is not None]
         lengths = np.asarray([len(s["input_ids"]) for s in samples] or [0])
         row_bytes = np.mean([len(json.dumps(row)) for row, _ in first])
-        total_bytes = sum(os.path.getsize(f) for s in self.specs if os.path.exists(s.path) for f in list_files(s.path))
-        rows = total_bytes / row_bytes if all(os.path.exists(s.path) for s in self.specs) else 0.0
+        rows = 0.0  # per epoch: N for `path#N`, else the file sizes over the probed bytes per row (0 for hub streams)
+        for spec in self.specs:
+            if spec.num_samples is not None:
+                rows += spec.num_samples
+            elif os.path.exists(spec.path):
+                rows += sum(os.path.getsize(f) for f in list_files(spec.path)) / row_bytes
         keep = counters.as_dict()["kept"] / len(first)
         per_row = (lengths.mean() / (self.args.max_length * 0.95)) if self.args.packing else 1.0
         self.steps_per_epoch = int(rows * keep * per_row / self.process_count // self.batch_size)

@@ -8,8 +8,15 @@ each assistant message i we render two prefixes with the tokenizer's own templat
 
 and train on characters [start, end) of the full rendering, as ms-swift does (for ChatML: the content,
 `<|im_end|>` and `\\n`). Templates with a default system prompt work unchanged, since every prefix
-carries it. The full string is tokenised once, and a token is trained when its first character lies in
-a trained span (so tokenisation matches inference, which also tokenises the whole rendering).
+carries it. Templates that rewrite earlier turns when a turn is added (Qwen3 drops the reasoning of
+assistant turns before the last user message) break the prefix property for those turns; there the span
+is found in the full rendering instead: the turn's content, searched after `start`, plus the text the
+template puts after an assistant message (`turn_suffix`, measured once with a probe conversation).
+
+The full string is tokenised once (so tokenisation matches inference, which also tokenises the whole
+rendering), and a token is trained when any of its characters lies in a trained span: a token that
+merges the end of a prompt with the start of the answer (`": Paris"` after a prompt ending in `": "`)
+is trained rather than losing the answer's first token.
 """
 
 from __future__ import annotations
@@ -87,6 +94,7 @@ class ChatEncoder:
         self.loss_on_prompt = loss_on_prompt
         self._template_name = template
         self._template: str | None = None  # resolved on first chat sample: text-only data needs none
+        self._suffix: str | None = None  # see turn_suffix
         self.eos_id = tokenizer.eos_token_id
         # templates read bos_token / eos_token; a base tokenizer may lack one (render it as nothing)
         self._token_strings = {"bos_token": tokenizer.bos_token or "", "eos_token": tokenizer.eos_token or ""}
@@ -116,20 +124,48 @@ class ChatEncoder:
     def trained_spans(self, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
         """The full rendering and the [start, end) character spans of the assistant turns."""
         full = self.render(messages, tools)
-        spans = []
+        spans, cursor = [], 0
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
             head = self.render(messages[:i], tools, add_generation_prompt=True) if i else self._empty_head(tools)
             turn = self.render(messages[: i + 1], tools)
-            if not (full.startswith(head) and full.startswith(turn) and len(head) <= len(turn)):
-                raise DataError(
-                    f"the chat template does not render message {i} as a prefix of the whole conversation "
-                    "(it rewrites earlier turns), so the loss mask cannot be derived; pick --template chatml|llama3 "
-                    "or a .jinja template without history rewriting"
-                )
-            spans.append((len(head), len(turn)))
+            head_ok = full.startswith(head) and len(head) >= cursor
+            if head_ok and full.startswith(turn) and len(head) <= len(turn):
+                spans.append((len(head), len(turn)))
+            else:  # the template rewrites this turn once later turns follow: find it in the full rendering
+                spans.append(self._search_turn(full, message, i, len(head) if head_ok else cursor, head_ok, tools))
+            cursor = spans[-1][1]
         return full, spans
+
+    def _search_turn(self, full: str, message: dict, index: int, start: int, head_ok: bool, tools) -> tuple[int, int]:
+        """The span of assistant message `index` in `full`, searched from `start` (the end of its generation
+        prompt when `head_ok`, else the end of the previous turn): through its (possibly reasoning-stripped)
+        content, plus the template's turn suffix when that follows."""
+        content = message["content"]
+        for text in dict.fromkeys(c for c in (content, content.strip(), content.split("</think>")[-1].strip()) if c):
+            at = full.find(text, start)
+            if at < 0:
+                continue
+            end = at + len(text)
+            suffix = self.turn_suffix()
+            if suffix and full.startswith(suffix, end):
+                end += len(suffix)
+            return (start if head_ok else at), end
+        raise DataError(
+            f"the chat template rewrites assistant message {index} when later turns follow, and its content "
+            "could not be found in the rendering, so the loss mask cannot be derived; pick --template "
+            "chatml|llama3 or a .jinja template without history rewriting"
+        )
+
+    def turn_suffix(self) -> str:
+        """What the template writes after an assistant message's content (ChatML: `<|im_end|>\\n`),
+        measured once by rendering a probe conversation that ends with an assistant turn."""
+        if self._suffix is None:
+            marker = "\x00swift-jax-probe\x00"
+            probe = self.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}])
+            self._suffix = probe[probe.rindex(marker) + len(marker):] if marker in probe else ""
+        return self._suffix
 
     def _empty_head(self, tools) -> str:
         """The generation prompt for a conversation that starts with the assistant."""
@@ -154,8 +190,9 @@ class ChatEncoder:
         ids = np.asarray(enc["input_ids"], np.int32)
         if self.loss_on_prompt:
             return Encoded(ids, ids.copy())
-        starts = np.asarray([o[0] for o in enc["offset_mapping"]], np.int64)  # [n] first character of each token
+        offsets = np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2)  # [n, 2] characters of each token
+        starts, ends = offsets[:, 0], np.maximum(offsets[:, 1], offsets[:, 0] + 1)
         trained = np.zeros(len(ids), bool)
         for lo, hi in spans:
-            trained |= (starts >= lo) & (starts < hi)
+            trained |= (starts < hi) & (ends > lo)  # any overlap: a token merging prompt and answer is trained
         return Encoded(ids, np.where(trained, ids, IGNORE).astype(np.int32))
