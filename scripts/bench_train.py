@@ -11,7 +11,8 @@ timed steps. Tokens/s counts real (non-padding) tokens. The last line reads `rat
 
 Variants: (a) swift_jax packed, (b) swift_jax padded, (c) PyTorch padded to the longest sample of each
 batch (the way most users run it), (d) PyTorch packed where transformers supports it (flash-attention
-position_ids packing: CUDA only), (e) ms-swift `swift sft` if installed (not measured by this script yet).
+position_ids packing: CUDA only), (e) ms-swift `swift sft` is not measured by this script (its
+HF Trainer loop is (c) plus logging and data collation; see scripts/parity_ms_swift.py for the side-by-side run).
 """
 
 from __future__ import annotations
@@ -149,8 +150,47 @@ def run_pytorch(preset: dict, packed: bool) -> dict:
 
 
 def run_swift_jax(preset: dict, packed: bool) -> dict:
-    """swift_jax's own LoRA train step on packed or padded batches."""
-    raise NotImplementedError("swift_jax variants are wired in once swift_jax.trainer exposes its train step")
+    """swift_jax's own jit LoRA train step (the trainer's) on packed rows or rows padded to `max_length`.
+
+    Padded rows use one static length (`max_length`), as the trainer does, so the step compiles once.
+    """
+    import jax
+    import jax.numpy as jnp
+    import transformers
+    from flax import nnx
+
+    from swift_jax.modeling import init_model
+    from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
+    from swift_jax.trainer.step import TrainState, make_train_step, split_model
+    from swift_jax.tuners import loraize
+
+    hf_config = transformers.Qwen2Config(**preset["model"]).to_dict()
+    model = init_model(hf_config, dtype=preset["dtype"], seed=0)
+    loraize(model, rank=8, alpha=32, dropout=0.0, rngs=nnx.Rngs(0))
+    graphdef, params, rng, frozen = split_model(model, nnx.LoRAParam)
+    optimizer = make_optimizer(learning_rate_schedule("constant", 1e-4, 1, 0), weight_decay=0.0,
+                               adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0)
+    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
+    train_step = make_train_step(graphdef, optimizer)
+    steps = synthetic_samples(preset, preset["warmup"] + preset["steps"])
+    max_len = preset["max_length"]
+    batches = [pack_batch(s, max_len) if packed else pad_batch(s, max_len) for s in steps]
+    rows = max(len(b["input_ids"]) for b in batches)  # a static row count per step: one compilation
+    times, real_tokens = [], []
+    for batch in batches:
+        grow = rows - len(batch["input_ids"])  # empty rows (segment 0) fill the static batch shape
+        batch = {k: np.pad(v, ((0, grow), (0, 0)), constant_values=-100 if k == "labels" else 0)[None] for k, v in batch.items()}
+        device_batch = jax.device_put(batch)
+        start = time.perf_counter()
+        state, metrics = train_step(state, frozen, device_batch)
+        jax.block_until_ready(metrics["loss"])
+        times.append(time.perf_counter() - start)
+        real_tokens.append(int((batch["segment_ids"] > 0).sum()))
+    memory = _peak_memory_bytes()
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:  # accelerators: the device's own peak
+        memory = stats["peak_bytes_in_use"]
+    return _summary(times, real_tokens, preset["warmup"], memory)
 
 
 def _summary(times: list[float], real_tokens: list[int], warmup: int, memory: int) -> dict:
@@ -182,10 +222,7 @@ def main() -> None:
     if args.steps:
         preset["steps"] = args.steps
     if args.variant:  # child process: run one variant, print JSON
-        try:
-            result = RUNNERS[args.variant](preset)
-        except NotImplementedError as err:
-            result = {"skipped": str(err)}
+        result = RUNNERS[args.variant](preset)
         print("RESULT " + json.dumps(result))
         return
     results = {}

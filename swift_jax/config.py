@@ -80,6 +80,10 @@ class TrainingArgs:
     """Shuffle the training samples every epoch."""
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
     """tensorboard and/or none."""
+    num_predict_samples: int = 0
+    """After training, answer the first N rows of the first --val_dataset file greedily, print a few
+    question/answer pairs and the exact-match rate (0: off)."""
+    predict_max_new_tokens: int = 64
 
 
 @dataclasses.dataclass

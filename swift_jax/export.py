@@ -18,17 +18,8 @@ import sys
 from typing import Sequence
 
 from swift_jax.cli import parse_config
+from swift_jax.hf.hub import copy_tokenizer_files
 
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "generation_config.json",
-)
 
 
 @dataclasses.dataclass
@@ -63,16 +54,6 @@ class ExportArgs:
     """Tokens per calibration row."""
     quant_batch_size: int = 8
     """Calibration rows per forward pass while collecting GPTQ statistics."""
-
-
-def copy_tokenizer_files(src: str, dst: str) -> None:
-    """Copy the tokenizer and generation config files a model folder has (hub ids: downloaded first)."""
-    from swift_jax.hf.hub import resolve_model_dir
-
-    src = resolve_model_dir(src)
-    for name in TOKENIZER_FILES:
-        if os.path.exists(os.path.join(src, name)):
-            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
 
 
 def export(args: ExportArgs) -> str:

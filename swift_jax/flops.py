@@ -99,3 +99,27 @@ def mfu(flops: float, seconds: float, device_kind: str, num_devices: int) -> flo
     if peak is None or seconds <= 0:
         return None
     return flops / seconds / (peak * num_devices)
+
+
+_BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compiles = [0]
+_listening = [False]
+
+
+def _count_compile(event: str, duration: float, **_) -> None:
+    if event == _BACKEND_COMPILE_EVENT:
+        _compiles[0] += 1
+
+
+def compile_count() -> int:
+    """XLA compilations in this process since the first call (a `jax.monitoring` listener counts them).
+
+    The trainer logs the difference per logging window (`compiles`): after the first step it must stay 0,
+    since a recompiling step (a changed shape, dtype or sharding) costs seconds to minutes each time.
+    """
+    if not _listening[0]:
+        import jax
+
+        jax.monitoring.register_event_duration_secs_listener(_count_compile)
+        _listening[0] = True
+    return _compiles[0]

@@ -25,7 +25,7 @@ from swift_jax import flops
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES, TrainArguments
 from swift_jax.kernels.attention import use_impl
-from swift_jax.modeling import init_model, load_model, load_tokenizer, read_hf_config, resolve_model_dir
+from swift_jax.modeling import init_model, load_model, load_tokenizer, read_hf_config, resolve_model_dir, save_pretrained
 from swift_jax.parallel import (
     initialize_distributed,
     is_main_process,
@@ -34,6 +34,7 @@ from swift_jax.parallel import (
     mesh_from_args,
 )
 from swift_jax.hf.peft import save_peft_adapter
+from swift_jax.hf.hub import copy_tokenizer_files
 from swift_jax.trainer import checkpoint as ckpt
 from swift_jax.trainer.logs import RunLogger, new_run_dir
 from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
@@ -98,6 +99,33 @@ def _shard_like_params(optimizer, params, mesh):
         optimizer, lambda _, s: s, shapes, param_shardings, transform_non_params=lambda _: replicated
     )
     return jax.jit(optimizer.init, out_shardings=shardings)(params)
+
+
+def predict_held_out(model: nnx.Module, tokenizer, path: str, n: int, max_new_tokens: int, say) -> float | None:
+    """Greedy answers to the first `n` rows of `path` (rows whose last message is the reference answer);
+    prints a few pairs and returns the exact-match rate (the response equals the reference exactly)."""
+    from swift_jax.generation import GenerationConfig, Generator
+    from swift_jax.infer import encode_chat, read_rows, row_messages
+
+    if not os.path.isfile(path):
+        say(f"predict: {path} is not a local file; skipped")
+        return None
+    prompts, references = [], []
+    for i, row in enumerate(read_rows(path, limit=n)):
+        messages, reference = row_messages(row, where=f"{path} row {i}")
+        if reference is not None:
+            prompts.append((messages[-1]["content"], encode_chat(tokenizer, messages)))
+            references.append(reference)
+    if not prompts:
+        say(f"predict: no rows of {path} end with an assistant answer; skipped")
+        return None
+    outputs = Generator(model, tokenizer).generate_ids([ids for _, ids in prompts], GenerationConfig(max_new_tokens=max_new_tokens))
+    hits = [o.text.strip() == r.strip() for o, r in zip(outputs, references)]
+    for (question, _), out, ref, hit in list(zip(prompts, outputs, references, hits))[:5]:
+        say(f"  {question!r} -> {out.text.strip()!r} (reference {ref!r}{'' if hit else ', wrong'})")
+    rate = sum(hits) / len(hits)
+    say(f"held-out exact match: {rate:.4f} ({sum(hits)}/{len(hits)} greedy answers)")
+    return rate
 
 
 def _stack_batches(batches: list[dict[str, np.ndarray]], sharding) -> dict[str, jax.Array]:
@@ -205,7 +233,8 @@ def train(args: TrainArguments) -> dict[str, Any]:
     lora_params = n_trainable if args.tuner.tuner_type != "full" else 0
 
     pending: list[tuple[int, Any]] = []  # (step, device loss) since the last host check
-    window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
+    window_tokens, window_slots, window_flops, window_start = 0, 0, 0.0, time.perf_counter()
+    window_compiles = flops.compile_count()
     run_start = time.perf_counter()
     final: dict[str, Any] = {}
     step = start_step
@@ -222,10 +251,16 @@ def train(args: TrainArguments) -> dict[str, Any]:
     def save() -> None:
         check_finite()
         ckpt.save(manager, step, state, iterator.get_state())
-        if lora_params and main:  # LoRA checkpoints also hold the adapter in PEFT format (--adapters, peft)
-            manager.wait_until_finished()
-            current = nnx.merge(graphdef, state.params, state.rng, frozen)
-            save_peft_adapter(current, ckpt.step_dir(run_dir, step), base_model_name_or_path=resolve_path(args.model_args.model), lora_dropout=args.tuner.lora_dropout)
+        if not main:
+            return
+        manager.wait_until_finished()
+        current = nnx.merge(graphdef, state.params, state.rng, frozen)
+        folder = ckpt.step_dir(run_dir, step)
+        if lora_params:  # LoRA checkpoints also hold the adapter in PEFT format (--adapters, peft)
+            save_peft_adapter(current, folder, base_model_name_or_path=resolve_path(args.model_args.model), lora_dropout=args.tuner.lora_dropout)
+        else:  # full fine-tuning: an HF model folder, as ms-swift, so --model checkpoint_STEP works everywhere
+            save_pretrained(current, folder, dtype=args.model_args.dtype)
+            copy_tokenizer_files(resolve_path(args.model_args.model), folder)
 
     try:
         while step < total_steps:
@@ -233,6 +268,7 @@ def train(args: TrainArguments) -> dict[str, Any]:
             for b in host_batches:
                 lengths = flops.segment_lengths(b["segment_ids"])
                 window_tokens += sum(lengths)
+                window_slots += b["segment_ids"].size
                 window_flops += flops.training_flops(model.config, lengths, full=lora_params == 0, lora_params=lora_params)
             with use_impl(args.model_args.attn_impl):
                 state, metrics = train_step(state, frozen, _stack_batches(host_batches, batch_sharding))
@@ -250,6 +286,8 @@ def train(args: TrainArguments) -> dict[str, Any]:
                     "learning_rate": float(schedule(step - 1)),
                     "epoch": round(step / steps_per_epoch, 4),
                     "tokens_per_sec": window_tokens * jax.process_count() / elapsed,
+                    "padding_ratio": round(1.0 - window_tokens / max(window_slots, 1), 4),
+                    "compiles": flops.compile_count() - window_compiles,  # XLA compilations in this window
                     "elapsed": round(time.perf_counter() - run_start, 3),
                 }
                 utilisation = flops.mfu(window_flops * jax.process_count(), elapsed, device_kind, jax.device_count())
@@ -257,7 +295,8 @@ def train(args: TrainArguments) -> dict[str, Any]:
                     record["mfu"] = utilisation
                 logger.log(record)
                 final.update(record)
-                window_tokens, window_flops, window_start = 0, 0.0, time.perf_counter()
+                window_tokens, window_slots, window_flops, window_start = 0, 0, 0.0, time.perf_counter()
+                window_compiles = flops.compile_count()
             if val_batches and (step % t.eval_steps == 0 or step == total_steps):
                 with use_impl(args.model_args.attn_impl):
                     result = {"step": step, **evaluate(eval_step, state, frozen, val_batches, eval_sharding)}
@@ -277,6 +316,13 @@ def train(args: TrainArguments) -> dict[str, Any]:
         logger.close()
     if "eval_token_acc" in final:
         say(f"held-out token accuracy: {final['eval_token_acc']:.4f} (eval_loss {final['eval_loss']:.4f})")
+    if t.num_predict_samples > 0 and args.data.val_dataset and main and step >= total_steps:
+        current = nnx.merge(graphdef, state.params, state.rng, frozen)
+        current.eval()
+        path = resolve_path(args.data.val_dataset[0].split("#")[0])
+        rate = predict_held_out(current, tokenizer, path, t.num_predict_samples, t.predict_max_new_tokens, say)
+        if rate is not None:
+            final["exact_match"] = rate
     say(f"finished {step} steps in {time.perf_counter() - run_start:.1f}s; outputs in {run_dir}")
     final["run_dir"] = run_dir
     return final

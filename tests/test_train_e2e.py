@@ -48,7 +48,8 @@ def test_output_folder_and_eval(tmp_path):
     records = [json.loads(l) for l in open(os.path.join(run_dir, "logging.jsonl"))]
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [1, 2, 3, 4]
-    assert {"loss", "learning_rate", "grad_norm", "tokens_per_sec", "elapsed"} <= set(train[0])
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_sec", "padding_ratio", "compiles", "elapsed"} <= set(train[0])
+    assert all(0.0 <= r["padding_ratio"] < 1.0 for r in train)
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
     assert sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint")) == ["checkpoint_4"]  # keep-1
     assert os.path.exists(os.path.join(run_dir, "checkpoint_4", "adapter_model.safetensors"))
@@ -65,6 +66,10 @@ def test_kill_9_then_resume_gives_the_same_losses(tmp_path):
     log, _ = reference.communicate(timeout=300)
     assert reference.returncode == 0, log[-3000:]
     expected = _losses(_run_dir(tmp_path / "ref"))
+    with open(os.path.join(_run_dir(tmp_path / "ref"), "logging.jsonl")) as f:
+        compiles = {r["step"]: r["compiles"] for r in map(json.loads, f) if "loss" in r}
+    assert compiles[1] >= 1  # the first step compiles the train step ...
+    assert all(compiles[s] == 0 for s in range(2, 25)), compiles  # ... and no later step recompiles
 
     out = tmp_path / "crash"
     victim = _run(["--output_dir", str(out), *steps, "--save_steps", "4"])
@@ -112,3 +117,37 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     saved = [d for d in os.listdir(_run_dir(out)) if d.startswith("checkpoint_")]
     assert len(saved) == 1 and int(saved[0].split("_")[1]) >= 1
     assert os.path.exists(os.path.join(_run_dir(out), saved[0], "adapter_model.safetensors"))
+
+
+def test_full_fine_tuning_checkpoint_is_an_hf_folder(tmp_path):
+    import numpy as np
+    import torch
+    import transformers
+
+    import swift_jax
+
+    out = tmp_path / "full"
+    proc = _run(["--output_dir", str(out), "--max_steps", "2", "--save_steps", "2", "--tuner_type", "full", "--report_to", "none"])
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, log[-3000:]
+    checkpoint = os.path.join(_run_dir(out), "checkpoint_2")
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(checkpoint))
+    ids = np.arange(3, 19, dtype=np.int64)[None]
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)(torch.from_numpy(ids)).logits
+    ours = np.asarray(swift_jax.load_model(checkpoint)(ids.astype(np.int32)))
+    assert np.abs(ours - theirs.detach().numpy()).max() < 1e-4
+    assert swift_jax.load_tokenizer(checkpoint).eos_token_id is not None
+
+
+def test_quickstart_learns_the_held_out_task(tmp_path):
+    """The quickstart as the README runs it generalises to words it never saw (eval only at the end)."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    cmd = [sys.executable, "-m", "swift_jax.train", "--config", "configs/quickstart.yaml", "--output_dir", str(tmp_path / "qs"),
+           "--eval_steps", "400", "--num_predict_samples", "32", "--report_to", "none"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    with open(os.path.join(_run_dir(tmp_path / "qs"), "logging.jsonl")) as f:
+        evals = [r for r in map(json.loads, f) if "eval_token_acc" in r]
+    assert evals[-1]["step"] == 400 and evals[-1]["eval_token_acc"] > 0.99, evals
+    exact = float(proc.stdout.split("held-out exact match: ")[1].split()[0])
+    assert exact >= 0.9, proc.stdout[-2000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 MODEL_FILE_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -30,3 +31,24 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike) -> str:
             f"{path}: not a local directory, and downloading it from the Hugging Face hub failed "
             f"({type(err).__name__}: {err}). Pass a local model folder when offline."
         ) from err
+
+
+# Tokenizer and generation files copied beside exported or checkpointed weights.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+)
+
+
+def copy_tokenizer_files(src: str, dst: str) -> None:
+    """Copy the tokenizer and generation config files a model folder has (hub ids: downloaded first)."""
+    src = resolve_model_dir(src)
+    for name in TOKENIZER_FILES:
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy(os.path.join(src, name), os.path.join(dst, name))
