@@ -21,50 +21,57 @@ def decoder_weights(
     attn_projs: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
     mlp_projs: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj"),
     layer_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm"),
+    prefix: str = "",
 ) -> WeightMap:
-    """The weight-map table of our decoder for one set of HF module names (they are ours too)."""
-    return WeightMap(
-        [
-            Rule("model.embed_tokens.weight", "model.embed_tokens.embedding"),
-            Rule(
-                "model.layers.{i}.self_attn.{proj}.weight",
-                "model.layers.{i}.self_attn.{proj}.kernel",
-                "transpose",
-                {"proj": attn_projs},
-            ),
-            Rule(
-                "model.layers.{i}.self_attn.{proj}.bias",
-                "model.layers.{i}.self_attn.{proj}.bias",
-                values={"proj": attn_projs},
-            ),
-            Rule(
-                "model.layers.{i}.self_attn.{norm}.weight",
-                "model.layers.{i}.self_attn.{norm}.scale",
-                values={"norm": ("q_norm", "k_norm")},
-            ),
-            Rule(
-                "model.layers.{i}.mlp.{proj}.weight",
-                "model.layers.{i}.mlp.{proj}.kernel",
-                "transpose",
-                {"proj": mlp_projs},
-            ),
-            Rule(
-                "model.layers.{i}.mlp.{proj}.bias",
-                "model.layers.{i}.mlp.{proj}.bias",
-                values={"proj": mlp_projs},
-            ),
-            Rule("model.layers.{i}.{norm}.weight", "model.layers.{i}.{norm}.scale", values={"norm": layer_norms}),
-            Rule("model.norm.weight", "model.norm.scale"),
-            Rule("lm_head.weight", "lm_head.kernel", "transpose"),
-        ]
-    )
+    """The weight-map table of our decoder for one set of HF module names (they are ours too).
+
+    `prefix` is where a larger HF model keeps the language model (`language_model.` in Gemma 3's
+    image-text checkpoints); our paths stay the same.
+    """
+    rules = [
+        Rule("model.embed_tokens.weight", "model.embed_tokens.embedding"),
+        Rule(
+            "model.layers.{i}.self_attn.{proj}.weight",
+            "model.layers.{i}.self_attn.{proj}.kernel",
+            "transpose",
+            {"proj": attn_projs},
+        ),
+        Rule(
+            "model.layers.{i}.self_attn.{proj}.bias",
+            "model.layers.{i}.self_attn.{proj}.bias",
+            values={"proj": attn_projs},
+        ),
+        Rule(
+            "model.layers.{i}.self_attn.{norm}.weight",
+            "model.layers.{i}.self_attn.{norm}.scale",
+            values={"norm": ("q_norm", "k_norm")},
+        ),
+        Rule(
+            "model.layers.{i}.mlp.{proj}.weight",
+            "model.layers.{i}.mlp.{proj}.kernel",
+            "transpose",
+            {"proj": mlp_projs},
+        ),
+        Rule(
+            "model.layers.{i}.mlp.{proj}.bias",
+            "model.layers.{i}.mlp.{proj}.bias",
+            values={"proj": mlp_projs},
+        ),
+        Rule("model.layers.{i}.{norm}.weight", "model.layers.{i}.{norm}.scale", values={"norm": layer_norms}),
+        Rule("model.norm.weight", "model.norm.scale"),
+        Rule("lm_head.weight", "lm_head.kernel", "transpose"),
+    ]
+    return WeightMap([Rule(prefix + r.hf, r.ours, r.transform, dict(r.values)) for r in rules])
 
 
 LLAMA_FAMILY_WEIGHTS = decoder_weights()
 # Gemma 2/3: norms before and after both sublayers.
-GEMMA_WEIGHTS = decoder_weights(
-    layer_norms=("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
-)
+GEMMA_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+GEMMA_WEIGHTS = decoder_weights(layer_norms=GEMMA_NORMS)
+# Gemma 3 image-text checkpoints (`gemma3`): the text model under `language_model.`, as the hub's and
+# transformers' save_pretrained write it; the vision tower and projector are skipped (GEMMA3_VISION).
+GEMMA3_MULTIMODAL_WEIGHTS = decoder_weights(layer_norms=GEMMA_NORMS, prefix="language_model.")
+GEMMA3_VISION = (r"vision_tower\..*", r"multi_modal_projector\..*")
 # Phi-3: fused projections keep their HF (and PEFT target) names; the split happens after the matmul.
 PHI3_WEIGHTS = decoder_weights(attn_projs=("qkv_proj", "o_proj"), mlp_projs=("gate_up_proj", "down_proj"))
 
@@ -208,6 +215,24 @@ def gemma_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str |
     )
 
 
+def gemma3_multimodal_config(
+    hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None
+) -> ModelConfig:
+    """The text model of a `gemma3` image-text config (its `text_config`), as a `gemma3_text` config:
+    it is saved back (and its LoRA adapters named) as a text-only Gemma 3 (Gemma3ForCausalLM)."""
+    hf = _hf_dict(hf_config)
+    text = dict(hf["text_config"])
+    text["model_type"] = "gemma3_text"
+    text["architectures"] = ["Gemma3ForCausalLM"]
+    text["dtype"] = text.get("dtype") or hf.get("dtype") or hf.get("torch_dtype")
+    if hf.get("tie_word_embeddings") is not None:
+        text["tie_word_embeddings"] = hf["tie_word_embeddings"]
+    # transformers' Gemma3ForConditionalGeneration never applies final_logit_softcapping (its text-only
+    # model does): dropped, so we and the saved gemma3_text model compute what the checkpoint did.
+    text["final_logit_softcapping"] = None
+    return gemma_config(text, dtype=dtype, param_dtype=param_dtype)
+
+
 def phi3_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
     """Build a `ModelConfig` for phi3: fused qkv / gate-up projections, longrope, optional partial
     rotary, one sliding window for every layer when `sliding_window` is set."""
@@ -229,6 +254,8 @@ class Architecture:
     config_from_hf: Callable[..., ModelConfig]
     module: Callable[..., nnx.Module]
     weights: WeightMap
+    # Regexes of checkpoint tensors that loading skips (parts of a larger model we do not build).
+    ignored_hf: tuple[str, ...] = ()
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -238,6 +265,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     },
     "gemma2": Architecture(gemma_config, CausalLM, GEMMA_WEIGHTS),
     "gemma3_text": Architecture(gemma_config, CausalLM, GEMMA_WEIGHTS),
+    "gemma3": Architecture(gemma3_multimodal_config, CausalLM, GEMMA3_MULTIMODAL_WEIGHTS, GEMMA3_VISION),
     "phi3": Architecture(phi3_config, CausalLM, PHI3_WEIGHTS),
 }
 
