@@ -59,7 +59,9 @@ class Attention(nnx.Module):
         d, h, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, init_std=cfg.initializer_range, rngs=rngs)
         if cfg.fused_qkv:  # HF order along the output: q heads, then k heads, then v heads
-            self.qkv_proj = Linear(cfg.hidden_size, (h + 2 * kv) * d, axes=("embed", "heads"), use_bias=cfg.qkv_bias, **kw)
+            self.qkv_proj = Linear(
+                cfg.hidden_size, (h + 2 * kv) * d, axes=("embed", "heads"), use_bias=cfg.qkv_bias, **kw
+            )
         else:
             self.q_proj = Linear(cfg.hidden_size, h * d, axes=("embed", "heads"), use_bias=cfg.qkv_bias, **kw)
             self.k_proj = Linear(cfg.hidden_size, kv * d, axes=("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
@@ -98,7 +100,8 @@ class Attention(nnx.Module):
 
     def _mask_options(self) -> dict:
         """This layer's window, logit scale and soft cap, as `attention` keyword arguments."""
-        return dict(sliding_window=self.sliding_window, logits_soft_cap=self.cfg.attn_soft_cap, scale=self.cfg.query_scale)
+        cfg = self.cfg
+        return dict(sliding_window=self.sliding_window, logits_soft_cap=cfg.attn_soft_cap, scale=cfg.query_scale)
 
     def _cached(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, cache):
         """Attention of `q` `[b, s, h, d]` against the cache after writing `k`, `v` at its index."""
