@@ -39,7 +39,7 @@ def to_jnp_dtype(name: Any) -> jnp.dtype:
 class RopeConfig:
     """Rotary embedding parameters in transformers' `rope_parameters` vocabulary."""
 
-    rope_type: str = "default"  # default | linear | dynamic | yarn | llama3
+    rope_type: str = "default"  # default | linear | dynamic | yarn | llama3 | longrope
     theta: float = 10000.0
     factor: float | None = None
     original_max_position_embeddings: int | None = None
@@ -52,6 +52,8 @@ class RopeConfig:
     mscale_all_dim: float | None = None  # yarn
     truncate: bool = True  # yarn
     partial_rotary_factor: float = 1.0
+    short_factor: tuple[float, ...] | None = None  # longrope: per-frequency divisors up to the original length
+    long_factor: tuple[float, ...] | None = None  # longrope: beyond original_max_position_embeddings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,20 @@ class ModelConfig:
     qk_norm: bool = False
     # Sliding window per layer (None = full attention); length num_hidden_layers.
     layer_windows: tuple[int | None, ...] = ()
+    # Rotary settings per layer (Gemma 3: local layers use another base); empty = `rope` everywhere.
+    layer_ropes: tuple[RopeConfig, ...] = ()
+    # Gemma: RMSNorm scales by (norm_offset + weight), computed in float32 before the cast back.
+    norm_offset: float = 0.0
+    embed_scale: float | None = None  # Gemma: embeddings times sqrt(hidden_size), in the compute dtype
+    # Gemma 2/3 "sandwich" block: norms after attention and MLP outputs too (post_attention_layernorm is
+    # then the attention-output norm and pre_feedforward_layernorm the MLP-input norm).
+    post_norms: bool = False
+    query_scale: float | None = None  # attention logit scale; None = head_dim ** -0.5
+    attn_soft_cap: float | None = None  # cap * tanh(logits / cap) on attention logits (Gemma 2)
+    final_soft_cap: float | None = None  # the same on the output logits (Gemma 2/3)
+    # Phi-3: one `qkv_proj` and one `gate_up_proj` Linear (HF's and PEFT's names), split after the matmul.
+    fused_qkv: bool = False
+    fused_gate_up: bool = False
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters
@@ -96,4 +112,9 @@ class ModelConfig:
         return json.loads(self.hf_config_json)
 
     def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+    def layer_rope(self, layer_idx: int) -> RopeConfig:
+        """The rotary settings of one layer (`layer_ropes` when set, else the model-wide `rope`)."""
+        return self.layer_ropes[layer_idx] if self.layer_ropes else self.rope

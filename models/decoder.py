@@ -1,7 +1,11 @@
-"""One decoder for the Llama family (llama, qwen2, qwen3, mistral), parameterised by `ModelConfig`.
+"""One decoder for the Llama family (llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3),
+parameterised by `ModelConfig`.
 
 Module and parameter names mirror Hugging Face's (`model.layers.3.self_attn.q_proj.kernel`), so the
-weight-map table is short and LoRA `target_modules` names are PEFT's names.
+weight-map table is short and LoRA `target_modules` names are PEFT's names. That includes Phi-3's fused
+`qkv_proj` / `gate_up_proj`: they stay one Linear each (PEFT targets them by those names) and are split
+after the matmul. Gemma's differences are config switches: (1 + w) norms, scaled embeddings, norms
+around both sublayers, logit soft-capping, a query scale, and per-layer windows and rotary bases.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from swift_jax.kernels import attention
 from swift_jax.parallel.rules import constrain
 
 from .config import ModelConfig
-from .layers import Embed, Linear, RMSNorm, activation, apply_rotary, rotary_cos_sin
+from .layers import Embed, Linear, RMSNorm, activation, apply_rotary, rotary_cos_sin, soft_cap
 
 # Residual-stream activations are sharded over the batch (data, fsdp) at every layer boundary.
 ACTIVATION_AXES = ("batch", "seq", "embed_act")
@@ -46,19 +50,27 @@ class KVCache:
 
 
 class Attention(nnx.Module):
-    """Grouped-query self-attention with optional q/k RMSNorm, biases and a sliding window."""
+    """Grouped-query self-attention with optional q/k RMSNorm, biases, a sliding window, a query scale,
+    logit soft-capping and a fused `qkv_proj` (Phi-3)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.sliding_window = cfg.layer_windows[layer_idx] if cfg.layer_windows else None
         d, h, kv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
         kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, init_std=cfg.initializer_range, rngs=rngs)
-        self.q_proj = Linear(cfg.hidden_size, h * d, axes=("embed", "heads"), use_bias=cfg.qkv_bias, **kw)
-        self.k_proj = Linear(cfg.hidden_size, kv * d, axes=("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
-        self.v_proj = Linear(cfg.hidden_size, kv * d, axes=("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
+        if cfg.fused_qkv:  # HF order along the output: q heads, then k heads, then v heads
+            self.qkv_proj = Linear(
+                cfg.hidden_size, (h + 2 * kv) * d, axes=("embed", "heads"), use_bias=cfg.qkv_bias, **kw
+            )
+        else:
+            self.q_proj = Linear(cfg.hidden_size, h * d, axes=("embed", "heads"), use_bias=cfg.qkv_bias, **kw)
+            self.k_proj = Linear(cfg.hidden_size, kv * d, axes=("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
+            self.v_proj = Linear(cfg.hidden_size, kv * d, axes=("embed", "kv_heads"), use_bias=cfg.qkv_bias, **kw)
         self.o_proj = Linear(h * d, cfg.hidden_size, axes=("heads", "embed"), use_bias=cfg.o_bias, **kw)
         if cfg.qk_norm:
-            norm_kw = dict(eps=cfg.rms_norm_eps, axis_name="head_dim", param_dtype=cfg.params_dtype)
+            norm_kw = dict(
+                eps=cfg.rms_norm_eps, axis_name="head_dim", param_dtype=cfg.params_dtype, offset=cfg.norm_offset
+            )
             self.q_norm = RMSNorm(d, **norm_kw)
             self.k_norm = RMSNorm(d, **norm_kw)
         else:
@@ -69,16 +81,27 @@ class Attention(nnx.Module):
         (one layer's slice of a `KVCache`) it returns `(out, (keys, values))` with this call's keys written."""
         cfg = self.cfg
         batch, seq, _ = x.shape
-        q = self.q_proj(x).reshape(batch, seq, cfg.num_attention_heads, cfg.head_dim)  # [b, s, h, d]
-        k = self.k_proj(x).reshape(batch, seq, cfg.num_key_value_heads, cfg.head_dim)  # [b, s, kv, d]
-        v = self.v_proj(x).reshape(batch, seq, cfg.num_key_value_heads, cfg.head_dim)
+        h, kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        if cfg.fused_qkv:
+            qkv = self.qkv_proj(x)  # [b, s, (h + 2 kv) * d]
+            q, k, v = jnp.split(qkv, [h * d, (h + kv) * d], axis=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(batch, seq, h, d)  # [b, s, h, d]
+        k = k.reshape(batch, seq, kv, d)  # [b, s, kv, d]
+        v = v.reshape(batch, seq, kv, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             return self._cached(q, k, v, segment_ids, cache)
-        out = attention(q, k, v, segment_ids=segment_ids, causal=True, sliding_window=self.sliding_window)
+        out = attention(q, k, v, segment_ids=segment_ids, causal=True, **self._mask_options())
         return self.o_proj(out.reshape(batch, seq, cfg.num_attention_heads * cfg.head_dim))
+
+    def _mask_options(self) -> dict:
+        """This layer's window, logit scale and soft cap, as `attention` keyword arguments."""
+        cfg = self.cfg
+        return dict(sliding_window=self.sliding_window, logits_soft_cap=cfg.attn_soft_cap, scale=cfg.query_scale)
 
     def _cached(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, cache):
         """Attention of `q` `[b, s, h, d]` against the cache after writing `k`, `v` at its index."""
@@ -92,45 +115,70 @@ class Attention(nnx.Module):
             segment_ids=kv_segment_ids,
             q_segment_ids=segment_ids,
             causal=True,
-            sliding_window=self.sliding_window,
             q_offset=index,
+            **self._mask_options(),
         )
         batch, seq = q.shape[:2]
         return self.o_proj(out.reshape(batch, seq, -1)), (keys, values)
 
 
 class MLP(nnx.Module):
-    """Gated MLP: `down(act(gate(x)) * up(x))`."""
+    """Gated MLP: `down(act(gate(x)) * up(x))`; Phi-3 computes gate and up with one `gate_up_proj`."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, init_std=cfg.initializer_range, rngs=rngs)
         e, m = cfg.hidden_size, cfg.intermediate_size
-        self.gate_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
-        self.up_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
+        self.fused = cfg.fused_gate_up
+        if self.fused:  # HF order along the output: gate, then up
+            self.gate_up_proj = Linear(e, 2 * m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
+        else:
+            self.gate_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
+            self.up_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
         self.down_proj = Linear(m, e, axes=("mlp", "embed"), use_bias=cfg.mlp_bias, **kw)
         self.act = activation(cfg.hidden_act)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+        """`[..., embed] -> [..., embed]`."""
+        if self.fused:
+            gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)  # [..., mlp] each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act(gate) * up)
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm residual block: attention then MLP."""
+    """Pre-norm residual block: attention then MLP.
+
+    Llama style: `x += attn(input_norm(x)); x += mlp(post_attention_norm(x))`. With `post_norms`
+    (Gemma 2/3): `x += post_attention_norm(attn(input_norm(x))); x += post_ff_norm(mlp(pre_ff_norm(x)))`.
+    """
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, *, rngs: nnx.Rngs):
-        norm_kw = dict(eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype)
+        norm_kw = dict(eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype, offset=cfg.norm_offset)
+        self.post_norms = cfg.post_norms
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
         self.self_attn = Attention(cfg, layer_idx, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
+        if self.post_norms:
+            self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
         self.mlp = MLP(cfg, rngs=rngs)
 
+    def _feed_forward(self, x: jax.Array) -> jax.Array:
+        if self.post_norms:
+            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def _attn_residual(self, h: jax.Array) -> jax.Array:
+        return self.post_attention_layernorm(h) if self.post_norms else h
+
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None):
+        """`[batch, seq, embed] -> [batch, seq, embed]` (and this layer's `(keys, values)` with a cache)."""
         if cache is not None:  # decoding: also return this layer's updated (keys, values)
             h, kv = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, cache)
-            x = x + h
-            return x + self.mlp(self.post_attention_layernorm(x)), kv
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
-        return x + self.mlp(self.post_attention_layernorm(x))
+            return self._feed_forward(x + self._attn_residual(h)), kv
+        x = x + self._attn_residual(self.self_attn(self.input_layernorm(x), cos, sin, segment_ids))
+        return self._feed_forward(x)
 
 
 def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
@@ -164,16 +212,33 @@ class DecoderModel(nnx.Module):
             rngs=rngs,
         )
         self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_hidden_layers)])
-        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype)
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype, offset=cfg.norm_offset)
         self.remat = False  # recompute each layer in the backward pass (set by the trainer)
 
-    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache | None = None):
+    def embed(self, input_ids: jax.Array) -> jax.Array:
+        """Token embeddings `[batch, seq, embed]`, times `embed_scale` (Gemma) in the compute dtype."""
+        x = self.embed_tokens(input_ids)
+        if self.cfg.embed_scale is not None:
+            x = x * jnp.asarray(self.cfg.embed_scale, x.dtype)
+        return x
+
+    def rotary(self, positions: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
+        """Each layer's `(cos, sin)` `[batch, seq, rot_dim]`; layers with equal rope settings share one table."""
         cfg = self.cfg
-        cos, sin = rotary_cos_sin(positions, cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
-        x = constrain(self.embed_tokens(input_ids), ACTIVATION_AXES)  # [batch, seq, embed]
+        tables = {}
+        for i in range(cfg.num_hidden_layers):
+            rope = cfg.layer_rope(i)
+            if rope not in tables:
+                tables[rope] = rotary_cos_sin(positions, rope, cfg.head_dim, cfg.max_position_embeddings)
+        return [tables[cfg.layer_rope(i)] for i in range(cfg.num_hidden_layers)]
+
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache | None = None):
+        """Final-norm hidden states `[batch, seq, embed]` (and the advanced cache when given one)."""
+        rotary = self.rotary(positions)
+        x = constrain(self.embed(input_ids), ACTIVATION_AXES)  # [batch, seq, embed]
         if cache is not None:
-            return self._cached(x, cos, sin, segment_ids, cache)
-        for layer in self.layers:
+            return self._cached(x, rotary, segment_ids, cache)
+        for layer, (cos, sin) in zip(self.layers, rotary):
             if self.remat:
                 x = _remat_layer(layer, x, cos, sin, segment_ids)
             else:
@@ -181,13 +246,13 @@ class DecoderModel(nnx.Module):
             x = constrain(x, ACTIVATION_AXES)
         return self.norm(x)
 
-    def _cached(self, x, cos, sin, segment_ids, cache: KVCache) -> tuple[jax.Array, KVCache]:
+    def _cached(self, x, rotary, segment_ids, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """The layer stack against a KV cache: `(hidden [b, s, embed], cache advanced by s tokens)`."""
         kv_segment_ids = jax.lax.dynamic_update_slice_in_dim(
             cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1
         )
         keys, values = [], []
-        for i, layer in enumerate(self.layers):
+        for i, (layer, (cos, sin)) in enumerate(zip(self.layers, rotary)):
             x, (k, v) = layer(x, cos, sin, segment_ids, (cache.keys[i], cache.values[i], kv_segment_ids, cache.index))
             x = constrain(x, ACTIVATION_AXES)
             keys.append(k)
@@ -237,10 +302,15 @@ class CausalLM(nnx.Module):
         return self.model(input_ids, positions, segment_ids, cache)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
-        """Project hidden states `[..., embed]` to vocabulary logits `[..., vocab]`."""
+        """Project hidden states `[..., embed]` to vocabulary logits `[..., vocab]` (soft-capped for Gemma).
+
+        The loss, evaluation and generation all project through here, so they all see the cap.
+        """
         if self.lm_head is None:
-            return self.model.embed_tokens.attend(hidden)
-        return self.lm_head(hidden)
+            logits = self.model.embed_tokens.attend(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        return soft_cap(logits, self.config.final_soft_cap)
 
     def __call__(
         self,

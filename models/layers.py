@@ -108,19 +108,38 @@ class Embed(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """RMSNorm computed in float32 and cast back before the scale, exactly as HF Llama/Qwen do."""
+    """RMSNorm computed in float32, with HF's two conventions for the scale.
+
+    `offset=0` (Llama, Qwen, Phi-3): cast back to the input dtype, then multiply by `scale`.
+    `offset=1` (Gemma): multiply by `(1 + scale)` in float32, then cast back; `scale` starts at zero.
+    """
 
     def __init__(
-        self, features: int, *, eps: float, axis_name: str = "embed", param_dtype: jnp.dtype = jnp.float32
+        self,
+        features: int,
+        *,
+        eps: float,
+        axis_name: str = "embed",
+        param_dtype: jnp.dtype = jnp.float32,
+        offset: float = 0.0,
     ):
         self.eps = eps
-        self.scale = nnx.Param(jnp.ones((features,), param_dtype), logical_axes=(axis_name,))
+        self.offset = offset
+        init = jnp.zeros if offset else jnp.ones
+        self.scale = nnx.Param(init((features,), param_dtype), logical_axes=(axis_name,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         in_dtype = x.dtype
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.offset:
+            return (x32 * (self.offset + self.scale[...].astype(jnp.float32))).astype(in_dtype)
         return self.scale[...].astype(in_dtype) * x32.astype(in_dtype)
+
+
+def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
+    """`cap * tanh(x / cap)` (Gemma's logit soft-capping); the identity when `cap` is None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,14 +197,30 @@ def _llama3(rope: RopeConfig, dim: int) -> np.ndarray:
     return np.where(medium, smoothed, scaled).astype(np.float32)
 
 
+def _longrope(rope: RopeConfig, dim: int, max_pos: int, factors: tuple[float, ...]) -> tuple[np.ndarray, float]:
+    """Phi-3 LongRoPE: default frequencies divided by per-frequency `factors`, and the attention factor
+    `sqrt(1 + log(factor) / log(original))` with `factor` defaulting to max_pos / original (as HF)."""
+    original = rope.original_max_position_embeddings or max_pos
+    factor = rope.factor if rope.factor is not None else max_pos / original
+    attention_factor = rope.attention_factor
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    if factors is None or len(factors) != dim // 2:
+        raise ValueError(f"longrope short_factor/long_factor need {dim // 2} entries (rotary dim {dim}), got {factors}")
+    inv_freq = 1.0 / (np.asarray(factors, np.float32) * rope.theta ** (np.arange(0, dim, 2).astype(np.float32) / dim))
+    return inv_freq.astype(np.float32), float(attention_factor)
+
+
 def rope_frequencies(rope: RopeConfig, head_dim: int, max_pos: int) -> tuple[np.ndarray, float]:
     """Static inverse frequencies `[rot_dim // 2]` and the cos/sin scale for a rope config.
 
-    `dynamic` returns its unscaled frequencies here; `rotary_cos_sin` rescales them from the sequence
-    length at run time, as transformers' dynamic NTK does.
+    `dynamic` returns its unscaled frequencies here and `longrope` its short ones; `rotary_cos_sin`
+    picks the sequence-length-dependent ones at run time, as transformers does.
     """
     dim = int(head_dim * rope.partial_rotary_factor)
     kind = rope.rope_type
+    if kind == "longrope":
+        return _longrope(rope, dim, max_pos, rope.short_factor)
     if kind in ("default", "dynamic"):
         return _default_inv_freq(rope.theta, dim), 1.0
     if kind == "linear":
@@ -194,7 +229,9 @@ def rope_frequencies(rope: RopeConfig, head_dim: int, max_pos: int) -> tuple[np.
         return _llama3(rope, dim), 1.0
     if kind == "yarn":
         return _yarn(rope, dim, max_pos)
-    raise ValueError(f"rope_type={kind!r} is not supported; expected default, linear, dynamic, yarn or llama3")
+    raise ValueError(
+        f"rope_type={kind!r} is not supported; expected default, linear, dynamic, yarn, llama3 or longrope"
+    )
 
 
 def rotary_cos_sin(
@@ -209,6 +246,12 @@ def rotary_cos_sin(
         seq_len = jnp.maximum(jnp.max(positions) + 1, max_pos).astype(jnp.float32)
         base = rope.theta * ((rope.factor * seq_len / max_pos) - (rope.factor - 1)) ** (dim / (dim - 2))
         inv_freq = 1.0 / (base ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+    if rope.rope_type == "longrope":
+        # transformers picks one factor set for the whole call from its longest position.
+        dim = int(head_dim * rope.partial_rotary_factor)
+        long_inv_freq, _ = _longrope(rope, dim, max_pos, rope.long_factor)
+        original = rope.original_max_position_embeddings or max_pos
+        inv_freq = jnp.where(jnp.max(positions) + 1 > original, jnp.asarray(long_inv_freq), inv_freq)
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, seq, rot_dim // 2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)  # [batch, seq, rot_dim]
     return jnp.cos(emb) * scale, jnp.sin(emb) * scale

@@ -16,19 +16,30 @@ from .config import ModelConfig, RopeConfig
 from .decoder import CausalLM
 from .weight_map import Rule, WeightMap
 
-LLAMA_FAMILY_WEIGHTS = WeightMap(
-    [
+
+def decoder_weights(
+    attn_projs: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+    mlp_projs: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj"),
+    layer_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm"),
+    prefix: str = "",
+) -> WeightMap:
+    """The weight-map table of our decoder for one set of HF module names (they are ours too).
+
+    `prefix` is where a larger HF model keeps the language model (`language_model.` in Gemma 3's
+    image-text checkpoints); our paths stay the same.
+    """
+    rules = [
         Rule("model.embed_tokens.weight", "model.embed_tokens.embedding"),
         Rule(
             "model.layers.{i}.self_attn.{proj}.weight",
             "model.layers.{i}.self_attn.{proj}.kernel",
             "transpose",
-            {"proj": ("q_proj", "k_proj", "v_proj", "o_proj")},
+            {"proj": attn_projs},
         ),
         Rule(
             "model.layers.{i}.self_attn.{proj}.bias",
             "model.layers.{i}.self_attn.{proj}.bias",
-            values={"proj": ("q_proj", "k_proj", "v_proj", "o_proj")},
+            values={"proj": attn_projs},
         ),
         Rule(
             "model.layers.{i}.self_attn.{norm}.weight",
@@ -39,22 +50,30 @@ LLAMA_FAMILY_WEIGHTS = WeightMap(
             "model.layers.{i}.mlp.{proj}.weight",
             "model.layers.{i}.mlp.{proj}.kernel",
             "transpose",
-            {"proj": ("gate_proj", "up_proj", "down_proj")},
+            {"proj": mlp_projs},
         ),
         Rule(
             "model.layers.{i}.mlp.{proj}.bias",
             "model.layers.{i}.mlp.{proj}.bias",
-            values={"proj": ("gate_proj", "up_proj", "down_proj")},
+            values={"proj": mlp_projs},
         ),
-        Rule(
-            "model.layers.{i}.{norm}.weight",
-            "model.layers.{i}.{norm}.scale",
-            values={"norm": ("input_layernorm", "post_attention_layernorm")},
-        ),
+        Rule("model.layers.{i}.{norm}.weight", "model.layers.{i}.{norm}.scale", values={"norm": layer_norms}),
         Rule("model.norm.weight", "model.norm.scale"),
         Rule("lm_head.weight", "lm_head.kernel", "transpose"),
     ]
-)
+    return WeightMap([Rule(prefix + r.hf, r.ours, r.transform, dict(r.values)) for r in rules])
+
+
+LLAMA_FAMILY_WEIGHTS = decoder_weights()
+# Gemma 2/3: norms before and after both sublayers.
+GEMMA_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+GEMMA_WEIGHTS = decoder_weights(layer_norms=GEMMA_NORMS)
+# Gemma 3 image-text checkpoints (`gemma3`): the text model under `language_model.`, as the hub's and
+# transformers' save_pretrained write it; the vision tower and projector are skipped (GEMMA3_VISION).
+GEMMA3_MULTIMODAL_WEIGHTS = decoder_weights(layer_norms=GEMMA_NORMS, prefix="language_model.")
+GEMMA3_VISION = (r"vision_tower\..*", r"multi_modal_projector\..*")
+# Phi-3: fused projections keep their HF (and PEFT target) names; the split happens after the matmul.
+PHI3_WEIGHTS = decoder_weights(attn_projs=("qkv_proj", "o_proj"), mlp_projs=("gate_up_proj", "down_proj"))
 
 _ROPE_FIELDS = {f.name for f in dataclasses.fields(RopeConfig)}
 
@@ -66,10 +85,18 @@ def _hf_dict(hf_config: Any) -> dict[str, Any]:
 def rope_from_hf(hf: dict[str, Any]) -> RopeConfig:
     """Read rotary settings from either transformers 5 `rope_parameters` or 4.x `rope_theta`/`rope_scaling`."""
     params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    kind = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    legacy = params.pop("type", None)  # 4.x configs spell it `type`
+    kind = params.pop("rope_type", None) or legacy or "default"
+    if hf.get("model_type") == "phi3" and kind in ("su", "yarn"):  # Phi-3's old names for longrope
+        kind = "longrope"
     theta = params.pop("rope_theta", None) or hf.get("rope_theta") or 10000.0
-    if kind in ("llama3", "yarn") and params.get("original_max_position_embeddings") is None:
-        params["original_max_position_embeddings"] = hf.get("max_position_embeddings")
+    if kind in ("llama3", "yarn", "longrope") and params.get("original_max_position_embeddings") is None:
+        params["original_max_position_embeddings"] = hf.get("original_max_position_embeddings") or hf.get(
+            "max_position_embeddings"
+        )
+    for key in ("short_factor", "long_factor"):  # lists -> tuples: the config must stay hashable
+        if params.get(key) is not None:
+            params[key] = tuple(float(f) for f in params[key])
     if "partial_rotary_factor" not in params and hf.get("partial_rotary_factor") is not None:
         params["partial_rotary_factor"] = hf["partial_rotary_factor"]
     unknown = sorted(set(params) - _ROPE_FIELDS)
@@ -94,38 +121,129 @@ def _layer_windows(hf: dict[str, Any], num_layers: int, model_type: str) -> tupl
     return tuple(window if t == "sliding_attention" else None for t in types)
 
 
-def llama_family_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
-    """Build a `ModelConfig` for llama, qwen2, qwen3 and mistral from an HF config (object or dict)."""
-    hf = _hf_dict(hf_config)
-    model_type = hf["model_type"]
+def _common_fields(hf: dict[str, Any], dtype: str | None, param_dtype: str | None) -> dict[str, Any]:
+    """The `ModelConfig` fields every architecture reads the same way from its HF config."""
     heads = hf["num_attention_heads"]
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     attention_bias = bool(hf.get("attention_bias", False))
     checkpoint_dtype = hf.get("dtype") or hf.get("torch_dtype") or "float32"
     param_dtype = param_dtype or dtype or checkpoint_dtype
-    return ModelConfig(
-        model_type=model_type,
+    return dict(
+        model_type=hf["model_type"],
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
         intermediate_size=hf["intermediate_size"],
         num_hidden_layers=hf["num_hidden_layers"],
         num_attention_heads=heads,
         num_key_value_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=head_dim,
+        head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
-        rope=rope_from_hf(hf),
-        hidden_act=hf.get("hidden_act", "silu"),
+        hidden_act=hf.get("hidden_act") or "silu",
         rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        qkv_bias=attention_bias or model_type == "qwen2",
+        qkv_bias=attention_bias,
         o_bias=attention_bias,
         mlp_bias=bool(hf.get("mlp_bias", False)),
-        qk_norm=model_type == "qwen3",
-        layer_windows=_layer_windows(hf, hf["num_hidden_layers"], model_type),
         initializer_range=hf.get("initializer_range", 0.02),
         dtype=str(dtype or param_dtype),
         param_dtype=str(param_dtype),
         hf_config_json=json.dumps(hf, sort_keys=True, default=str),
+    )
+
+
+def llama_family_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+    """Build a `ModelConfig` for llama, qwen2, qwen3 and mistral from an HF config (object or dict)."""
+    hf = _hf_dict(hf_config)
+    model_type = hf["model_type"]
+    fields = _common_fields(hf, dtype, param_dtype)
+    return ModelConfig(
+        **{**fields, "qkv_bias": fields["qkv_bias"] or model_type == "qwen2"},
+        rope=rope_from_hf(hf),
+        qk_norm=model_type == "qwen3",
+        layer_windows=_layer_windows(hf, hf["num_hidden_layers"], model_type),
+    )
+
+
+def _gemma_layer_types(hf: dict[str, Any]) -> list[str]:
+    """`layer_types`, or the pattern transformers derives when a config predates the field."""
+    n = hf["num_hidden_layers"]
+    if hf.get("layer_types"):
+        return list(hf["layer_types"])
+    pattern = 2 if hf["model_type"] == "gemma2" else hf.get("sliding_window_pattern") or 6
+    return ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n)]
+
+
+def _gemma3_ropes(hf: dict[str, Any], layer_types: list[str]) -> tuple[RopeConfig, ...]:
+    """Per-layer rotary settings of Gemma 3: transformers 5 nests `rope_parameters` by layer type;
+    4.x configs carry `rope_theta` / `rope_scaling` (global layers) and `rope_local_base_freq` (local)."""
+    params = hf.get("rope_parameters") or {}
+    if "full_attention" in params or "sliding_attention" in params:
+        by_type = {t: rope_from_hf({**hf, "rope_parameters": params.get(t) or {}}) for t in set(layer_types)}
+    else:
+        by_type = {
+            "full_attention": rope_from_hf({**hf, "rope_theta": hf.get("rope_theta") or 1_000_000.0}),
+            "sliding_attention": RopeConfig(theta=float(hf.get("rope_local_base_freq") or 10_000.0)),
+        }
+    return tuple(by_type[t] for t in layer_types)
+
+
+def gemma_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+    """Build a `ModelConfig` for gemma2 and gemma3_text: (1 + w) norms, sqrt(hidden) embedding scale,
+    norms around both sublayers, GeGLU, query_pre_attn_scalar, soft caps, local/global layers."""
+    hf = _hf_dict(hf_config)
+    model_type = hf["model_type"]
+    if hf.get("use_bidirectional_attention"):
+        raise ValueError(f"{model_type}: use_bidirectional_attention=True is not supported (causal LMs only)")
+    types = _gemma_layer_types(hf)
+    window = hf.get("sliding_window")
+    gemma3 = model_type == "gemma3_text"
+    fields = _common_fields(hf, dtype, param_dtype)
+    fields["tie_word_embeddings"] = bool(hf.get("tie_word_embeddings", True))
+    fields["hidden_act"] = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+    return ModelConfig(
+        **fields,
+        rope=rope_from_hf(hf) if not gemma3 else RopeConfig(),
+        layer_ropes=_gemma3_ropes(hf, types) if gemma3 else (),
+        qk_norm=gemma3,
+        layer_windows=tuple(window if t == "sliding_attention" else None for t in types),
+        norm_offset=1.0,
+        embed_scale=float(hf["hidden_size"]) ** 0.5,
+        post_norms=True,
+        query_scale=float(hf.get("query_pre_attn_scalar") or 256) ** -0.5,
+        # transformers' Gemma 3 attention never applies attn_logit_softcapping, so neither do we.
+        attn_soft_cap=None if gemma3 else hf.get("attn_logit_softcapping"),
+        final_soft_cap=hf.get("final_logit_softcapping"),
+    )
+
+
+def gemma3_multimodal_config(
+    hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None
+) -> ModelConfig:
+    """The text model of a `gemma3` image-text config (its `text_config`), as a `gemma3_text` config:
+    it is saved back (and its LoRA adapters named) as a text-only Gemma 3 (Gemma3ForCausalLM)."""
+    hf = _hf_dict(hf_config)
+    text = dict(hf["text_config"])
+    text["model_type"] = "gemma3_text"
+    text["architectures"] = ["Gemma3ForCausalLM"]
+    text["dtype"] = text.get("dtype") or hf.get("dtype") or hf.get("torch_dtype")
+    if hf.get("tie_word_embeddings") is not None:
+        text["tie_word_embeddings"] = hf["tie_word_embeddings"]
+    # transformers' Gemma3ForConditionalGeneration never applies final_logit_softcapping (its text-only
+    # model does): dropped, so we and the saved gemma3_text model compute what the checkpoint did.
+    text["final_logit_softcapping"] = None
+    return gemma_config(text, dtype=dtype, param_dtype=param_dtype)
+
+
+def phi3_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+    """Build a `ModelConfig` for phi3: fused qkv / gate-up projections, longrope, optional partial
+    rotary, one sliding window for every layer when `sliding_window` is set."""
+    hf = _hf_dict(hf_config)
+    window = hf.get("sliding_window")
+    return ModelConfig(
+        **_common_fields(hf, dtype, param_dtype),
+        rope=rope_from_hf(hf),
+        layer_windows=(window,) * hf["num_hidden_layers"],
+        fused_qkv=True,
+        fused_gate_up=True,
     )
 
 
@@ -136,11 +254,19 @@ class Architecture:
     config_from_hf: Callable[..., ModelConfig]
     module: Callable[..., nnx.Module]
     weights: WeightMap
+    # Regexes of checkpoint tensors that loading skips (parts of a larger model we do not build).
+    ignored_hf: tuple[str, ...] = ()
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    name: Architecture(llama_family_config, CausalLM, LLAMA_FAMILY_WEIGHTS)
-    for name in ("llama", "qwen2", "qwen3", "mistral")
+    **{
+        name: Architecture(llama_family_config, CausalLM, LLAMA_FAMILY_WEIGHTS)
+        for name in ("llama", "qwen2", "qwen3", "mistral")
+    },
+    "gemma2": Architecture(gemma_config, CausalLM, GEMMA_WEIGHTS),
+    "gemma3_text": Architecture(gemma_config, CausalLM, GEMMA_WEIGHTS),
+    "gemma3": Architecture(gemma3_multimodal_config, CausalLM, GEMMA3_MULTIMODAL_WEIGHTS, GEMMA3_VISION),
+    "phi3": Architecture(phi3_config, CausalLM, PHI3_WEIGHTS),
 }
 
 

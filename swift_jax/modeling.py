@@ -116,9 +116,11 @@ def load_model(
         raise RuntimeError(f"weight map for {cfg.model_type} has no row for parameters {unmapped}")
 
     available = set(reader.names())
-    ignorable = {n for n in available if any(p.match(n) for p in _IGNORED_HF_NAMES)}
+    skipped = _IGNORED_HF_NAMES + tuple(re.compile(p + r"\Z") for p in arch.ignored_hf)
+    ignorable = {n for n in available if any(p.match(n) for p in skipped)}
     if cfg.tie_word_embeddings:
-        ignorable.add("lm_head.weight")  # tied checkpoints sometimes store the shared matrix twice
+        # tied checkpoints sometimes store the shared matrix twice
+        ignorable.update(n for n in available if n.endswith("lm_head.weight"))
     problems = [f"missing tensor {n} (for {expected[n][0]})" for n in sorted(set(expected) - available)]
     problems += [f"unexpected tensor {n}" for n in sorted(available - set(expected) - ignorable)]
     for name in sorted(set(expected) & available):

@@ -19,18 +19,42 @@ BASE = dict(
     rms_norm_eps=1e-5,
 )
 
+TINY_SIGLIP = dict(
+    model_type="siglip_vision_model",
+    hidden_size=16,
+    intermediate_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    image_size=16,
+    patch_size=4,
+)
+
 CONFIG_CLASSES = {
     "llama": transformers.LlamaConfig,
     "qwen2": transformers.Qwen2Config,
     "qwen3": transformers.Qwen3Config,
     "mistral": transformers.MistralConfig,
+    "gemma2": transformers.Gemma2Config,
+    "gemma3_text": transformers.Gemma3TextConfig,
+    "phi3": transformers.Phi3Config,
 }
 
 
 def build_hf_model(model_type: str, seed: int = 0, **overrides) -> transformers.PreTrainedModel:
     """A float32 random HF causal LM with non-trivial norm weights (so a wrong norm formula shows)."""
     torch.manual_seed(seed)
-    config = CONFIG_CLASSES[model_type](**{**BASE, **overrides})
+    if model_type == "gemma3":  # image-text Gemma 3: the overrides go to its text model
+        config = transformers.Gemma3Config(
+            text_config=transformers.Gemma3TextConfig(**{**BASE, **overrides}).to_dict(),
+            vision_config=TINY_SIGLIP,
+            mm_tokens_per_image=4,
+            image_token_index=125,
+            boi_token_index=126,
+            eoi_token_index=127,
+            tie_word_embeddings=overrides.get("tie_word_embeddings", True),  # the top-level flag is the one used
+        )
+    else:
+        config = CONFIG_CLASSES[model_type](**{**BASE, **overrides})
     config._attn_implementation = "eager"
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     with torch.no_grad():

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from swift_jax.models.layers import Linear, rotary_cos_sin
+from swift_jax.models.layers import Linear
 
 from .base import QuantizedWeight, QuantSpec, quantizable_linears, set_dequantized
 from .gptq import accumulate_hessian, gptq_quantize_kernel
@@ -63,17 +63,16 @@ def _run_layer(layer, x, cos, sin, segment_ids):
 
 def _gptq_layerwise(model: nnx.Module, spec: QuantSpec, calibration: np.ndarray, batch_size: int, scale_dtype) -> dict[str, QuantizedWeight]:
     """GPTQ over the decoder layers in order, on calibration token rows `[n, seq]`."""
-    cfg = model.config
     n, seq = calibration.shape
     batch = math.gcd(n, batch_size)  # equal batches: one compilation per layer shape
     positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
     segment_ids = jnp.ones_like(positions)
-    cos, sin = rotary_cos_sin(positions, cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
-    embed = nnx.jit(lambda emb, ids: emb(ids))
-    chunks = [embed(model.model.embed_tokens, jnp.asarray(calibration[i : i + batch])) for i in range(0, n, batch)]  # [batch, seq, embed]
+    rotary = model.model.rotary(positions)  # per layer (cos, sin): Gemma 3 layers differ
+    embed = nnx.jit(lambda decoder, ids: decoder.embed(ids))
+    chunks = [embed(model.model, jnp.asarray(calibration[i : i + batch])) for i in range(0, n, batch)]  # [batch, seq, embed]
     results: dict[str, QuantizedWeight] = {}
     prefix = "model.layers"
-    for index, layer in enumerate(model.model.layers):
+    for index, (layer, (cos, sin)) in enumerate(zip(model.model.layers, rotary)):
         linears = [(f"{prefix}.{index}.{path}", m) for path, m in quantizable_linears(layer)]
         for _, linear in linears:
             linear.lora = HessianTap(linear.in_features, linear.out_features)
