@@ -1,4 +1,4 @@
-"""One decoder for the Llama family (llama, qwen2, qwen3, mistral), parameterised by `ModelConfig`.
+"""One decoder for the Llama family (llama, qwen2, qwen3, mistral; with `moe.py`: mixtral, qwen3_moe), parameterised by `ModelConfig`.
 
 Module and parameter names mirror Hugging Face's (`model.layers.3.self_attn.q_proj.kernel`), so the
 weight-map table is short and LoRA `target_modules` names are PEFT's names.
@@ -17,6 +17,7 @@ from swift_jax.parallel.rules import constrain
 
 from .config import ModelConfig
 from .layers import Embed, Linear, RMSNorm, activation, apply_rotary, rotary_cos_sin
+from .moe import SparseMoE, is_sparse_layer, load_balancing_loss
 
 # Residual-stream activations are sharded over the batch (data, fsdp) at every layer boundary.
 ACTIVATION_AXES = ("batch", "seq", "embed_act")
@@ -115,22 +116,28 @@ class MLP(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    """Pre-norm residual block: attention then MLP."""
+    """Pre-norm residual block: attention then MLP (or the MoE block, returning `(x, RouterStats)`)."""
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, *, rngs: nnx.Rngs):
         norm_kw = dict(eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype)
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
         self.self_attn = Attention(cfg, layer_idx, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = SparseMoE(cfg, rngs=rngs) if is_sparse_layer(cfg, layer_idx) else MLP(cfg, rngs=rngs)
+
+    def _feed_forward(self, x: jax.Array, segment_ids: jax.Array):
+        if isinstance(self.mlp, SparseMoE):
+            return self.mlp(x, segment_ids > 0)
+        return self.mlp(x), None
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None):
         if cache is not None:  # decoding: also return this layer's updated (keys, values)
             h, kv = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, cache)
             x = x + h
-            return x + self.mlp(self.post_attention_layernorm(x)), kv
+            return x + self._feed_forward(self.post_attention_layernorm(x), segment_ids)[0], kv
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, segment_ids)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        h, stats = self._feed_forward(self.post_attention_layernorm(x), segment_ids)
+        return x + h if stats is None else (x + h, stats)
 
 
 def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
@@ -167,19 +174,32 @@ class DecoderModel(nnx.Module):
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype)
         self.remat = False  # recompute each layer in the backward pass (set by the trainer)
 
-    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache | None = None):
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array,
+        cache: KVCache | None = None,
+        *,
+        with_router_stats: bool = False,
+    ):
+        """Final-norm hidden states; `with_router_stats` also returns the MoE layers' `RouterStats` list."""
         cfg = self.cfg
         cos, sin = rotary_cos_sin(positions, cfg.rope, cfg.head_dim, cfg.max_position_embeddings)
         x = constrain(self.embed_tokens(input_ids), ACTIVATION_AXES)  # [batch, seq, embed]
         if cache is not None:
             return self._cached(x, cos, sin, segment_ids, cache)
+        stats = []
         for layer in self.layers:
             if self.remat:
                 x = _remat_layer(layer, x, cos, sin, segment_ids)
             else:
                 x = layer(x, cos, sin, segment_ids)
+            if isinstance(x, tuple):  # an MoE layer: (x, RouterStats)
+                x, layer_stats = x
+                stats.append(layer_stats)
             x = constrain(x, ACTIVATION_AXES)
-        return self.norm(x)
+        return (self.norm(x), stats) if with_router_stats else self.norm(x)
 
     def _cached(self, x, cos, sin, segment_ids, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """The layer stack against a KV cache: `(hidden [b, s, embed], cache advanced by s tokens)`."""
@@ -223,18 +243,26 @@ class CausalLM(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
         cache: KVCache | None = None,
+        return_aux_loss: bool = False,
     ) -> jax.Array:
         """Final-norm hidden states `[batch, seq, embed]`; the loss projects them to the vocab in chunks.
 
         With a `KVCache` it returns `(hidden, cache)`: the inputs are written at `cache.index` and attend
         to everything cached before them (pass `positions` then; the default counts from 0).
+        With `return_aux_loss` it returns `(hidden, aux_loss)`: the MoE router load-balancing loss over
+        the non-padding tokens (transformers' `aux_loss`, unscaled; 0 for dense models).
         """
         batch, seq = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         if segment_ids is None:
             segment_ids = jnp.ones((batch, seq), jnp.int32)
-        return self.model(input_ids, positions, segment_ids, cache)
+        if not return_aux_loss or cache is not None:
+            return self.model(input_ids, positions, segment_ids, cache)
+        hidden, stats = self.model(input_ids, positions, segment_ids, with_router_stats=True)
+        if not stats:
+            return hidden, jnp.zeros((), jnp.float32)
+        return hidden, load_balancing_loss(stats, self.config.moe.num_experts)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Project hidden states `[..., embed]` to vocabulary logits `[..., vocab]`."""
