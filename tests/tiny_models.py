@@ -24,6 +24,8 @@ CONFIG_CLASSES = {
     "qwen2": transformers.Qwen2Config,
     "qwen3": transformers.Qwen3Config,
     "mistral": transformers.MistralConfig,
+    "qwen3_moe": transformers.Qwen3MoeConfig,
+    "mixtral": transformers.MixtralConfig,
 }
 
 
@@ -38,6 +40,10 @@ def build_hf_model(model_type: str, seed: int = 0, **overrides) -> transformers.
             if "norm" in name:
                 p.copy_(1.0 + 0.5 * torch.randn_like(p))
             elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            elif name.endswith("mlp.gate.weight"):  # MoE router: decisive routing, no near-ties
+                p.copy_(0.5 * torch.randn_like(p))
+            elif ".experts." in name:  # MoE experts: big enough that a wrong routing shows in the logits
                 p.copy_(0.1 * torch.randn_like(p))
     return model.eval()
 
