@@ -214,3 +214,18 @@ def test_lora_all_linear_skips_experts_and_router(tmp_path):
     merge_lora(model)
     swift_jax.save_pretrained(model, tmp_path / "merged")
     assert transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged") is not None
+
+
+@pytest.mark.parametrize("model_type,overrides", [("qwen3_moe", dict(QWEN3_MOE, num_experts_per_tok=2)), ("mixtral", MIXTRAL)])
+def test_kv_cache_greedy_decoding_matches_transformers(model_type, overrides, tmp_path):
+    from swift_jax.generation import GenerationConfig, Generator
+
+    hf = build_hf_model(model_type, **overrides)
+    model = swift_jax.load_model(save_hf_model(hf, tmp_path))
+    prompt = _ids(1, 6, seed=8)[0].tolist()
+    out = Generator(model).generate_ids([prompt], GenerationConfig(max_new_tokens=8, eos_token_ids=()))[0]
+    with torch.no_grad():
+        ref = hf.generate(
+            input_ids=torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None
+        )
+    assert out.token_ids == ref[0, 6:].tolist()
