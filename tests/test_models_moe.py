@@ -132,21 +132,25 @@ def _tmp(name):
 
 def test_train_loss_adds_scaled_aux_loss_like_transformers():
     hf = build_hf_model("qwen3_moe", **dict(QWEN3_MOE, num_experts_per_tok=2), router_aux_loss_coef=0.5, output_router_logits=True)
-    model = swift_jax.load_model(save_hf_model(hf, _tmp("train")))
+    path = save_hf_model(hf, _tmp("train"))
+    model = swift_jax.load_model(path)
     assert router_aux_coef(model.config) == 0.5 and router_aux_coef(model.config, 0.0) == 0.0
     ids = _ids(2, 12, seed=5)
     with torch.no_grad():
         ref = hf(input_ids=torch.as_tensor(ids, dtype=torch.long), labels=torch.as_tensor(ids, dtype=torch.long)).loss
-    graphdef, params, rng, frozen = split_model(model, nnx.Param)
     optimizer = optax.sgd(0.0)
-    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
     batch = dict(
         input_ids=ids, labels=ids, segment_ids=np.ones_like(ids), positions=np.broadcast_to(np.arange(12, dtype=np.int32), ids.shape)
     )
     batches = jax.tree.map(lambda x: jnp.asarray(x)[None], batch)
-    step = make_train_step(graphdef, optimizer, router_aux_loss_coef=router_aux_coef(model.config))
-    _, metrics = step(state, frozen, batches)
-    assert abs(float(metrics["loss"]) - float(ref)) < 1e-5, (float(metrics["loss"]), float(ref))
+    for remat in (False, True):  # gradient checkpointing passes the router statistics through
+        model = swift_jax.load_model(path)  # the step donates (deletes) the state it is given
+        model.model.remat = remat
+        graphdef, params, rng, frozen = split_model(model, nnx.Param)
+        state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
+        step = make_train_step(graphdef, optimizer, router_aux_loss_coef=router_aux_coef(model.config))
+        _, metrics = step(state, frozen, batches)
+        assert abs(float(metrics["loss"]) - float(ref)) < 1e-5, (remat, float(metrics["loss"]), float(ref))
 
 
 def test_ragged_dot_experts_equal_the_dense_reference():
@@ -229,3 +233,20 @@ def test_kv_cache_greedy_decoding_matches_transformers(model_type, overrides, tm
             input_ids=torch.tensor([prompt]), max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None
         )
     assert out.token_ids == ref[0, 6:].tolist()
+
+
+def test_peft_adapter_on_attention_matches_peft(tmp_path):
+    import peft
+
+    from swift_jax.hf.peft import load_peft_adapter
+
+    overrides = dict(QWEN3_MOE, num_experts_per_tok=2, mlp_only_layers=[0])
+    base = save_hf_model(build_hf_model("qwen3_moe", **overrides), tmp_path / "base")
+    torch.manual_seed(1)
+    config = peft.LoraConfig(r=4, lora_alpha=8, init_lora_weights=False, target_modules=["q_proj", "v_proj"])
+    peft_model = peft.get_peft_model(build_hf_model("qwen3_moe", **overrides), config).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ours = load_peft_adapter(swift_jax.load_model(base), str(tmp_path / "adapter"))
+    assert len(lora_layers(ours)) == 2 * 2  # (peft refuses gate_proj/up_proj here: it maps them onto the fused experts)
+    ids = _ids(2, 10, seed=9)
+    assert np.abs(hf_logits(peft_model, ids) - np.asarray(ours(jnp.asarray(ids)))).max() < TOL
