@@ -1,4 +1,5 @@
-"""One decoder for the Llama family (llama, qwen2, qwen3, mistral; with `moe.py`: mixtral, qwen3_moe), parameterised by `ModelConfig`.
+"""One decoder for the Llama family (llama, qwen2, qwen3, mistral; mixtral, qwen3_moe with the MoE block
+of `moe.py`), parameterised by `ModelConfig`.
 
 Module and parameter names mirror Hugging Face's (`model.layers.3.self_attn.q_proj.kernel`), so the
 weight-map table is short and LoRA `target_modules` names are PEFT's names.

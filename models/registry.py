@@ -152,7 +152,12 @@ MIXTRAL_WEIGHTS = WeightMap(
         *LLAMA_FAMILY_WEIGHTS.rules,
         Rule("model.layers.{i}.block_sparse_moe.gate.weight", "model.layers.{i}.mlp.gate.kernel", "transpose"),
         *(
-            Rule(f"model.layers.{{i}}.block_sparse_moe.experts.{{j}}.{w}.weight", f"model.layers.{{i}}.mlp.experts.{proj}", "transpose", stack="j")
+            Rule(
+                f"model.layers.{{i}}.block_sparse_moe.experts.{{j}}.{w}.weight",
+                f"model.layers.{{i}}.mlp.experts.{proj}",
+                "transpose",
+                stack="j",
+            )
             for w, proj in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))
         ),
     ]
