@@ -57,6 +57,20 @@ class RopeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MoeConfig:
+    """Sparse Mixture-of-Experts feed-forward settings (mixtral, qwen3_moe); see `models/moe.py`."""
+
+    num_experts: int
+    top_k: int  # experts per token (HF num_experts_per_tok)
+    intermediate_size: int  # per expert (qwen3_moe: moe_intermediate_size)
+    norm_topk_prob: bool = True  # renormalise the top-k probabilities to sum to 1 (mixtral: always)
+    sparse_layers: tuple[int, ...] = ()  # layers whose MLP is the MoE block; the rest are dense MLPs
+    router_aux_loss_coef: float = 0.0
+    output_router_logits: bool = False  # HF: add the load-balancing loss to the training loss
+    impl: str = "ragged"  # ragged (grouped matmuls on tokens sorted by expert) | dense (reference)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything the decoder needs to know; hashable so it can live as static module state."""
 
@@ -96,6 +110,7 @@ class ModelConfig:
     initializer_range: float = 0.02
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters
+    moe: MoeConfig | None = None  # Mixture-of-Experts feed-forward (None: dense MLPs everywhere)
     # The original HF config as JSON, written back by `save_pretrained`.
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
 

@@ -1,5 +1,5 @@
-"""One decoder for the Llama family (llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3),
-parameterised by `ModelConfig`.
+"""One decoder for the Llama family (llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3; mixtral and
+qwen3_moe with the MoE block of `moe.py`), parameterised by `ModelConfig`.
 
 Module and parameter names mirror Hugging Face's (`model.layers.3.self_attn.q_proj.kernel`), so the
 weight-map table is short and LoRA `target_modules` names are PEFT's names. That includes Phi-3's fused
@@ -21,6 +21,7 @@ from swift_jax.parallel.rules import constrain
 
 from .config import ModelConfig
 from .layers import Embed, Linear, RMSNorm, activation, apply_rotary, rotary_cos_sin, soft_cap
+from .moe import SparseMoE, is_sparse_layer, load_balancing_loss
 
 # Residual-stream activations are sharded over the batch (data, fsdp) at every layer boundary.
 ACTIVATION_AXES = ("batch", "seq", "embed_act")
@@ -151,6 +152,7 @@ class DecoderLayer(nnx.Module):
 
     Llama style: `x += attn(input_norm(x)); x += mlp(post_attention_norm(x))`. With `post_norms`
     (Gemma 2/3): `x += post_attention_norm(attn(input_norm(x))); x += post_ff_norm(mlp(pre_ff_norm(x)))`.
+    On MoE layers the MLP is the sparse block and the layer returns `(x, RouterStats)`.
     """
 
     def __init__(self, cfg: ModelConfig, layer_idx: int, *, rngs: nnx.Rngs):
@@ -162,12 +164,21 @@ class DecoderLayer(nnx.Module):
         if self.post_norms:
             self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
             self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
-        self.mlp = MLP(cfg, rngs=rngs)
+        self.mlp = SparseMoE(cfg, rngs=rngs) if is_sparse_layer(cfg, layer_idx) else MLP(cfg, rngs=rngs)
 
-    def _feed_forward(self, x: jax.Array) -> jax.Array:
+    def _mlp(self, x: jax.Array, segment_ids: jax.Array):
+        """The MLP (or MoE) output and the router statistics (None for a dense MLP)."""
+        if isinstance(self.mlp, SparseMoE):
+            return self.mlp(x, segment_ids > 0)
+        return self.mlp(x), None
+
+    def _feed_forward(self, x: jax.Array, segment_ids: jax.Array):
+        """`x` plus the feed-forward branch, and the router statistics."""
         if self.post_norms:
-            return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
-        return x + self.mlp(self.post_attention_layernorm(x))
+            h, stats = self._mlp(self.pre_feedforward_layernorm(x), segment_ids)
+            return x + self.post_feedforward_layernorm(h), stats
+        h, stats = self._mlp(self.post_attention_layernorm(x), segment_ids)
+        return x + h, stats
 
     def _attn_residual(self, h: jax.Array) -> jax.Array:
         return self.post_attention_layernorm(h) if self.post_norms else h
@@ -176,9 +187,10 @@ class DecoderLayer(nnx.Module):
         """`[batch, seq, embed] -> [batch, seq, embed]` (and this layer's `(keys, values)` with a cache)."""
         if cache is not None:  # decoding: also return this layer's updated (keys, values)
             h, kv = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, cache)
-            return self._feed_forward(x + self._attn_residual(h)), kv
+            return self._feed_forward(x + self._attn_residual(h), segment_ids)[0], kv
         x = x + self._attn_residual(self.self_attn(self.input_layernorm(x), cos, sin, segment_ids))
-        return self._feed_forward(x)
+        x, stats = self._feed_forward(x, segment_ids)
+        return x if stats is None else (x, stats)
 
 
 def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
@@ -232,19 +244,32 @@ class DecoderModel(nnx.Module):
                 tables[rope] = rotary_cos_sin(positions, rope, cfg.head_dim, cfg.max_position_embeddings)
         return [tables[cfg.layer_rope(i)] for i in range(cfg.num_hidden_layers)]
 
-    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array, cache: KVCache | None = None):
-        """Final-norm hidden states `[batch, seq, embed]` (and the advanced cache when given one)."""
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array,
+        cache: KVCache | None = None,
+        *,
+        with_router_stats: bool = False,
+    ):
+        """Final-norm hidden states `[batch, seq, embed]` (and the advanced cache when given one);
+        `with_router_stats` also returns the MoE layers' `RouterStats` list."""
         rotary = self.rotary(positions)
         x = constrain(self.embed(input_ids), ACTIVATION_AXES)  # [batch, seq, embed]
         if cache is not None:
             return self._cached(x, rotary, segment_ids, cache)
+        stats = []
         for layer, (cos, sin) in zip(self.layers, rotary):
             if self.remat:
                 x = _remat_layer(layer, x, cos, sin, segment_ids)
             else:
                 x = layer(x, cos, sin, segment_ids)
+            if isinstance(x, tuple):  # an MoE layer: (x, RouterStats)
+                x, layer_stats = x
+                stats.append(layer_stats)
             x = constrain(x, ACTIVATION_AXES)
-        return self.norm(x)
+        return (self.norm(x), stats) if with_router_stats else self.norm(x)
 
     def _cached(self, x, rotary, segment_ids, cache: KVCache) -> tuple[jax.Array, KVCache]:
         """The layer stack against a KV cache: `(hidden [b, s, embed], cache advanced by s tokens)`."""
@@ -288,18 +313,26 @@ class CausalLM(nnx.Module):
         positions: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
         cache: KVCache | None = None,
+        return_aux_loss: bool = False,
     ) -> jax.Array:
         """Final-norm hidden states `[batch, seq, embed]`; the loss projects them to the vocab in chunks.
 
         With a `KVCache` it returns `(hidden, cache)`: the inputs are written at `cache.index` and attend
         to everything cached before them (pass `positions` then; the default counts from 0).
+        With `return_aux_loss` it returns `(hidden, aux_loss)`: the MoE router load-balancing loss over
+        the non-padding tokens (transformers' `aux_loss`, unscaled; 0 for dense models).
         """
         batch, seq = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         if segment_ids is None:
             segment_ids = jnp.ones((batch, seq), jnp.int32)
-        return self.model(input_ids, positions, segment_ids, cache)
+        if not return_aux_loss or cache is not None:
+            return self.model(input_ids, positions, segment_ids, cache)
+        hidden, stats = self.model(input_ids, positions, segment_ids, with_router_stats=True)
+        if not stats:
+            return hidden, jnp.zeros((), jnp.float32)
+        return hidden, load_balancing_loss(stats, self.config.moe.num_experts)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Project hidden states `[..., embed]` to vocabulary logits `[..., vocab]` (soft-capped for Gemma).

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from flax import nnx
 
-from .config import ModelConfig, RopeConfig
+from .config import ModelConfig, MoeConfig, RopeConfig
 from .decoder import CausalLM
 from .weight_map import Rule, WeightMap
 
@@ -247,6 +247,67 @@ def phi3_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | 
     )
 
 
+_EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
+
+# qwen3_moe: Llama rows (dense MLPs of `mlp_only_layers`) + router + per-expert tensors stacked on axis 0.
+QWEN3_MOE_WEIGHTS = WeightMap(
+    [
+        *LLAMA_FAMILY_WEIGHTS.rules,
+        Rule("model.layers.{i}.mlp.gate.weight", "model.layers.{i}.mlp.gate.kernel", "transpose"),
+        Rule(
+            "model.layers.{i}.mlp.experts.{j}.{proj}.weight",
+            "model.layers.{i}.mlp.experts.{proj}",
+            "transpose",
+            {"proj": _EXPERT_PROJS},
+            stack="j",
+        ),
+    ]
+)
+
+# mixtral checkpoints keep the 4.x names (`block_sparse_moe`, w1 = gate, w3 = up, w2 = down).
+MIXTRAL_WEIGHTS = WeightMap(
+    [
+        *LLAMA_FAMILY_WEIGHTS.rules,
+        Rule("model.layers.{i}.block_sparse_moe.gate.weight", "model.layers.{i}.mlp.gate.kernel", "transpose"),
+        *(
+            Rule(
+                f"model.layers.{{i}}.block_sparse_moe.experts.{{j}}.{w}.weight",
+                f"model.layers.{{i}}.mlp.experts.{proj}",
+                "transpose",
+                stack="j",
+            )
+            for w, proj in (("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj"))
+        ),
+    ]
+)
+
+
+def moe_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+    """`ModelConfig` for mixtral and qwen3_moe: the Llama-family fields plus `MoeConfig`."""
+    hf = _hf_dict(hf_config)
+    model_type, layers = hf["model_type"], hf["num_hidden_layers"]
+    cfg = llama_family_config(hf, dtype=dtype, param_dtype=param_dtype)
+    num_experts = hf.get("num_local_experts") or hf.get("num_experts") or 0
+    if model_type == "mixtral":
+        sparse = tuple(range(layers))
+        windows, expert_size, norm_topk = (hf.get("sliding_window"),) * layers, hf["intermediate_size"], True
+    else:  # qwen3_moe
+        skip, step = set(hf.get("mlp_only_layers") or ()), hf.get("decoder_sparse_step", 1)
+        sparse = tuple(i for i in range(layers) if i not in skip and num_experts > 0 and (i + 1) % step == 0)
+        window = hf.get("sliding_window") if hf.get("use_sliding_window") else None
+        windows, expert_size, norm_topk = (window,) * layers, hf["moe_intermediate_size"], bool(hf.get("norm_topk_prob"))
+    moe = MoeConfig(
+        num_experts=num_experts,
+        top_k=hf["num_experts_per_tok"],
+        intermediate_size=expert_size,
+        norm_topk_prob=norm_topk,
+        sparse_layers=sparse,
+        router_aux_loss_coef=float(hf.get("router_aux_loss_coef") or 0.0),
+        output_router_logits=bool(hf.get("output_router_logits", False)),
+    )
+    return cfg.replace(moe=moe, layer_windows=windows, qk_norm=model_type == "qwen3_moe")
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """How one HF model_type maps onto our code."""
@@ -267,6 +328,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma3_text": Architecture(gemma_config, CausalLM, GEMMA_WEIGHTS),
     "gemma3": Architecture(gemma3_multimodal_config, CausalLM, GEMMA3_MULTIMODAL_WEIGHTS, GEMMA3_VISION),
     "phi3": Architecture(phi3_config, CausalLM, PHI3_WEIGHTS),
+    "qwen3_moe": Architecture(moe_config, CausalLM, QWEN3_MOE_WEIGHTS),
+    "mixtral": Architecture(moe_config, CausalLM, MIXTRAL_WEIGHTS),
 }
 
 

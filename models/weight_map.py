@@ -7,6 +7,10 @@ and export, so the two directions cannot drift apart:
          transform="transpose", values={"proj": ("q_proj", "k_proj", "v_proj", "o_proj")})
 
 `{i}` matches a layer number; other placeholders match one of the listed `values`.
+
+A row with `stack="j"` maps many HF tensors onto one of ours: HF's per-expert tensors
+`...experts.{j}.gate_proj.weight` `[out, in]` are the slices `[j]` of our stacked `[expert, in, out]`
+array (the transform applies to each slice). `ours_to_hf` then returns the HF name with `{j}` left in.
 """
 
 from __future__ import annotations
@@ -28,10 +32,14 @@ class Rule:
     ours: str
     transform: str = "identity"
     values: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    stack: str | None = None  # placeholder in `hf` that indexes axis 0 of our (stacked) array
 
-    def __init__(self, hf: str, ours: str, transform: str = "identity", values: dict | None = None):
+    def __init__(
+        self, hf: str, ours: str, transform: str = "identity", values: dict | None = None, stack: str | None = None
+    ):
         if transform not in TRANSFORMS:
             raise ValueError(f"unknown transform {transform!r}; expected one of {TRANSFORMS}")
+        object.__setattr__(self, "stack", stack)
         object.__setattr__(self, "hf", hf)
         object.__setattr__(self, "ours", ours)
         object.__setattr__(self, "transform", transform)
@@ -54,10 +62,22 @@ class Rule:
         m = self._regex(self.hf).match(name)
         return self.ours.format(**m.groupdict()) if m else None
 
+    def stack_index(self, name: str) -> int | None:
+        """For a stacking row, the slice of our array that HF tensor `name` holds (else None)."""
+        m = self._regex(self.hf).match(name) if self.stack else None
+        return int(m.group(self.stack)) if m else None
+
+    def stacked_names(self, template: str, count: int) -> list[str]:
+        """The `count` HF names of a stacking row's `ours_to_hf` result, slice 0 first."""
+        return [template.replace("{" + self.stack + "}", str(j)) for j in range(count)]
+
     def match_ours(self, path: str) -> str | None:
         """The HF tensor name for one of our paths, or None if this row does not cover it."""
         m = self._regex(self.ours).match(path)
-        return self.hf.format(**m.groupdict()) if m else None
+        if not m:
+            return None
+        keep = {self.stack: "{" + self.stack + "}"} if self.stack else {}
+        return self.hf.format(**m.groupdict(), **keep)
 
 
 def to_ours(array: np.ndarray, transform: str) -> np.ndarray:

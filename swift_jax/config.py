@@ -67,6 +67,9 @@ class TrainingArgs:
     """Recompute each decoder layer in the backward pass (less memory, ~1/3 more compute)."""
     loss_chunk_size: int = 1024
     """Sequence chunk of the cross-entropy: fp32 logits exist for one chunk at a time."""
+    router_aux_loss_coef: float | None = None
+    """MoE models: weight of the router load-balancing loss added to the training loss. Default: the
+    model config's router_aux_loss_coef if its output_router_logits is true (as transformers), else 0."""
     logging_steps: int = 5
     save_steps: int = 500
     save_total_limit: int | None = None

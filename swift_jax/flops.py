@@ -46,11 +46,18 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 def matmul_params(cfg: ModelConfig) -> int:
-    """Parameters that take part in matmuls: attention and MLP projections of every layer, and the LM head."""
+    """Parameters that take part in matmuls: attention and MLP projections of every layer, and the LM head.
+
+    MoE layers count what one token uses: the router and its top-k experts (active parameters).
+    """
     h, kv, d, e, m = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
     attention = e * h * d + 2 * e * kv * d + h * d * e
     mlp = 3 * e * m
-    return cfg.num_hidden_layers * (attention + mlp) + e * cfg.vocab_size
+    total = cfg.num_hidden_layers * (attention + mlp) + e * cfg.vocab_size
+    if cfg.moe is not None:
+        sparse = len(cfg.moe.sparse_layers)
+        total += sparse * (e * cfg.moe.num_experts + cfg.moe.top_k * 3 * e * cfg.moe.intermediate_size - mlp)
+    return total
 
 
 def causal_pairs(length: int, window: int | None) -> int:

@@ -105,13 +105,17 @@ def load_model(
     reader = SafetensorsReader(model_dir)
 
     expected: dict[str, tuple[str, Rule]] = {}
+    sources: dict[str, tuple[Rule, list[str]]] = {}  # our path -> (rule, its HF names: one, or one per slice)
     unmapped = []
     for path in params:
         hit = arch.weights.ours_to_hf(path)
         if hit is None:
             unmapped.append(path)
-        else:
-            expected[hit[0]] = (path, hit[1])
+            continue
+        name, rule = hit
+        names = rule.stacked_names(name, params[path].shape[0]) if rule.stack else [name]
+        sources[path] = (rule, names)
+        expected.update({n: (path, rule) for n in names})
     if unmapped:  # a table bug, not a user error
         raise RuntimeError(f"weight map for {cfg.model_type} has no row for parameters {unmapped}")
 
@@ -126,20 +130,24 @@ def load_model(
     for name in sorted(set(expected) & available):
         path, rule = expected[name]
         hf_shape, _ = reader.shape_dtype(name)
-        want = to_hf_shape(params[path].shape, rule)
+        want = to_hf_shape(params[path].shape[1:] if rule.stack else params[path].shape, rule)
         if hf_shape != want:
             problems.append(f"tensor {name} has shape {list(hf_shape)}, expected {list(want)}")
     if problems:
         raise ValueError(f"{model_dir}: checkpoint does not match {cfg.model_type} config:\n  " + "\n  ".join(problems))
 
     pure: dict[str, Any] = {}
-    for name, (path, rule) in expected.items():
+    for path, (rule, names) in sources.items():
         var = params[path]
         sharding = _placement(var.logical_axes, var.shape, mesh)
         dtype_ = var.dtype
 
-        def read_shard(index, name=name, rule=rule, dtype_=dtype_):
-            return to_ours(reader.read(name, hf_index_to_ours(index, rule.transform)), rule.transform).astype(dtype_)
+        def read_shard(index, names=names, rule=rule, dtype_=dtype_):
+            t = rule.transform
+            if not rule.stack:
+                return to_ours(reader.read(names[0], hf_index_to_ours(index, t)), t).astype(dtype_)
+            rows = range(*index[0].indices(len(names)))  # a stacked array: one HF tensor per slice
+            return np.stack([to_ours(reader.read(names[j], hf_index_to_ours(index[1:], t)), t) for j in rows]).astype(dtype_)
 
         _assign(pure, path, jax.make_array_from_callback(tuple(var.shape), sharding, read_shard))
     nnx.replace_by_pure_dict(state, pure)
@@ -177,12 +185,16 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: str | None = N
             )
         name, rule = hit
         out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else np.dtype(var.dtype)
-        entries.append((name, int(np.prod(var.shape)) * out_dtype.itemsize))
-        sources[name] = (var, rule, out_dtype)
+        slices = list(enumerate(rule.stacked_names(name, var.shape[0]))) if rule.stack else [(None, name)]
+        for j, hf_name in slices:  # a stacked array (experts) is written as one HF tensor per slice
+            shape = var.shape if j is None else var.shape[1:]
+            entries.append((hf_name, int(np.prod(shape)) * out_dtype.itemsize))
+            sources[hf_name] = (var, rule, out_dtype, j)
 
     def fetch(name: str) -> np.ndarray:
-        var, rule, out_dtype = sources[name]
-        return to_hf(np.asarray(jax.device_get(var[...])), rule.transform).astype(out_dtype)
+        var, rule, out_dtype, j = sources[name]
+        value = var[...] if j is None else var[...][j]
+        return to_hf(np.asarray(jax.device_get(value)), rule.transform).astype(out_dtype)
 
     os.makedirs(output_dir, exist_ok=True)
     write_sharded_safetensors(output_dir, entries, fetch, max_shard_size=max_shard_size)

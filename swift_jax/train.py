@@ -38,7 +38,7 @@ from swift_jax.hf.hub import copy_tokenizer_files
 from swift_jax.trainer import checkpoint as ckpt
 from swift_jax.trainer.logs import RunLogger, new_run_dir
 from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
-from swift_jax.trainer.step import TrainState, make_eval_step, make_train_step, split_model
+from swift_jax.trainer.step import TrainState, make_eval_step, make_train_step, router_aux_coef, split_model
 from swift_jax.tuners import count_params, loraize
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -224,7 +224,8 @@ def train(args: TrainArguments) -> dict[str, Any]:
     batch_sharding = NamedSharding(mesh, logical_to_spec((None, "batch", "seq"), mesh))
     eval_sharding = NamedSharding(mesh, logical_to_spec(("batch", "seq"), mesh))
     with use_impl(args.model_args.attn_impl):
-        train_step = make_train_step(graphdef, optimizer, loss_chunk=t.loss_chunk_size)
+        aux_coef = router_aux_coef(model.config, t.router_aux_loss_coef)
+        train_step = make_train_step(graphdef, optimizer, loss_chunk=t.loss_chunk_size, router_aux_loss_coef=aux_coef)
         eval_step = make_eval_step(graphdef, loss_chunk=t.loss_chunk_size)
     manager = ckpt.checkpoint_manager(run_dir, save_total_limit=t.save_total_limit) if main or jax.process_count() > 1 else None
     preemption = _Preemption()

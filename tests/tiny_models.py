@@ -37,6 +37,8 @@ CONFIG_CLASSES = {
     "gemma2": transformers.Gemma2Config,
     "gemma3_text": transformers.Gemma3TextConfig,
     "phi3": transformers.Phi3Config,
+    "qwen3_moe": transformers.Qwen3MoeConfig,
+    "mixtral": transformers.MixtralConfig,
 }
 
 
@@ -62,6 +64,10 @@ def build_hf_model(model_type: str, seed: int = 0, **overrides) -> transformers.
             if "norm" in name:
                 p.copy_(1.0 + 0.5 * torch.randn_like(p))
             elif name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+            elif name.endswith("mlp.gate.weight"):  # MoE router: decisive routing, no near-ties
+                p.copy_(0.5 * torch.randn_like(p))
+            elif ".experts." in name:  # MoE experts: big enough that a wrong routing shows in the logits
                 p.copy_(0.1 * torch.randn_like(p))
     return model.eval()
 

@@ -143,6 +143,11 @@ def save_compressed(
         if hit is None:
             raise ValueError(f"parameter {path} has no Hugging Face name; merge LoRA adapters before exporting")
         name, rule = hit
+        if rule.stack:
+            raise NotImplementedError(
+                f"{cfg.model_type}: quantized export of Mixture-of-Experts weights ({path}) is not supported; "
+                "export unquantized with save_pretrained"
+            )
         module = path.removesuffix(".kernel")
         if path.endswith(".kernel") and module in quantized:
             tensors = _quantized_tensors(name.removesuffix(".weight"), quantized[module], spec, out_dtype)

@@ -63,8 +63,11 @@ def xla_attention(
     if q_segment_ids is None:
         q_segment_ids = segment_ids
     scale = head_dim**-0.5 if scale is None else scale
-    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)  # [b, s, kv, group, d]
-    logits = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=jnp.float32) * scale
+    # Heads go in front before the matmuls: XLA then runs plain batched matmuls (on CPU the einsum over
+    # the [b, s, kv, group, d] layout is ~4x slower, as it transposes inside the dot).
+    q = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim).transpose(0, 2, 3, 1, 4)  # [b, kv, g, s, d]
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [b, kv, t, d]
+    logits = jnp.einsum("bkgsd,bktd->bkgst", q, k, preferred_element_type=jnp.float32) * scale
     if logits_soft_cap is not None:
         logits = logits_soft_cap * jnp.tanh(logits / logits_soft_cap)
     mask = attention_mask(
@@ -74,5 +77,5 @@ def xla_attention(
     logits = jnp.where(mask, logits, _MASKED)
     probs = jax.nn.softmax(logits, axis=-1)
     probs = jnp.where(mask, probs, 0.0)  # fully masked (padding) rows become exact zeros
-    out = jnp.einsum("bkgst,btkd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return out.reshape(batch, q_len, heads, head_dim).astype(q.dtype)
+    out = jnp.einsum("bkgst,bktd->bkgsd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim).astype(q.dtype)

@@ -9,6 +9,7 @@ state, optimizer state and RNG state; the frozen state is never copied or donate
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -35,22 +36,42 @@ def split_model(model: nnx.Module, trainable_filter) -> tuple[nnx.GraphDef, Any,
     return nnx.split(model, trainable_filter, nnx.RngState, ...)
 
 
-def _micro_loss(graphdef, params, rng, frozen, batch, loss_chunk):
+def _micro_loss(graphdef, params, rng, frozen, batch, loss_chunk, aux_coef=0.0):
     # Fresh RNG variables at this trace level: dropout advances their counters inside the trace.
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rng), frozen)
-    hidden = model.hidden_states(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
+    if aux_coef:  # MoE: + coef * router load-balancing loss, weighted by tokens like the mean CE
+        hidden, aux = model.hidden_states(batch["input_ids"], **inputs, return_aux_loss=True)
+    else:
+        hidden = model.hidden_states(batch["input_ids"], **inputs)
     loss_sum, count, correct = chunked_cross_entropy(hidden, batch["labels"], model.logits, chunk_size=loss_chunk)
+    if aux_coef:
+        loss_sum = loss_sum + aux_coef * aux * count
     new_rng = nnx.state(model, nnx.RngState)
     return loss_sum, (count, correct, new_rng)
 
 
-def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, loss_chunk: int = 512):
+def router_aux_coef(config, override: float | None = None) -> float:
+    """The weight of the MoE load-balancing loss: `override` if given, else the model config's
+    `router_aux_loss_coef` when its `output_router_logits` is set (as transformers), else 0."""
+    moe = getattr(config, "moe", None)
+    if moe is None:
+        return 0.0
+    if override is not None:
+        return float(override)
+    return moe.router_aux_loss_coef if moe.output_router_logits else 0.0
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, optimizer: optax.GradientTransformation, *, loss_chunk: int = 512, router_aux_loss_coef: float = 0.0
+):
     """A function `(state, frozen, batches) -> (state, metrics)`; batches are `[accum, batch, seq]` arrays.
 
     The loss is the mean over every target token of all micro-batches (sum of losses / token count), so
-    accumulating 4 x batch 2 equals one batch of 8.
+    accumulating 4 x batch 2 equals one batch of 8. For MoE models `router_aux_loss_coef` > 0 adds
+    `coef * aux_loss` (transformers' load-balancing loss) to each micro-batch's mean loss.
     """
-    grad_fn = jax.value_and_grad(_micro_loss, argnums=1, has_aux=True)
+    grad_fn = jax.value_and_grad(functools.partial(_micro_loss, aux_coef=router_aux_loss_coef), argnums=1, has_aux=True)
 
     def train_step(state: TrainState, frozen, batches):
         def body(carry, batch):

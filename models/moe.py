@@ -1,0 +1,174 @@
+"""Sparse Mixture-of-Experts feed-forward block (mixtral, qwen3_moe), used by `DecoderLayer` when
+`ModelConfig.moe` lists the layer in `sparse_layers`.
+
+A router scores every token against every expert, keeps the top-k and mixes those experts' gated MLPs
+with the (optionally renormalised) routing probabilities. The experts run as grouped matmuls
+(`jax.lax.ragged_dot`) on the token copies sorted by expert, so compute is `tokens x top_k`, not
+`tokens x num_experts`; `experts_dense` is the plain reference the tests compare it with.
+
+Expert weights are stacked `[expert, in, out]` and carry the logical axis `expert`, which
+`swift_jax.parallel` maps to the `expert` mesh axis (`--expert_parallel_size`). They are plain
+parameters, not `Linear` layers, so LoRA `all-linear` leaves them (and the router) frozen.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from .config import ModelConfig
+from .layers import activation
+
+# Per-layer load-balancing statistics: (selections per expert [E], summed probabilities [E], rows []),
+# all float32 and counted over unmasked tokens only; summed over layers before the loss.
+RouterStats = tuple[jax.Array, jax.Array, jax.Array]
+
+
+def route(logits: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Softmax over experts, then top-k: `(probs [T, E] f32, weights [T, k] f32, experts [T, k] int32)`.
+
+    Mixtral always renormalises the k weights to sum to 1; qwen3_moe only with `norm_topk_prob`.
+    """
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights, experts = jax.lax.top_k(probs, top_k)
+    if norm_topk_prob:
+        weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return probs, weights, experts.astype(jnp.int32)
+
+
+def experts_ragged(
+    x: jax.Array,
+    experts: jax.Array,
+    weights: jax.Array,
+    gate: jax.Array,
+    up: jax.Array,
+    down: jax.Array,
+    act: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
+    """Mixture output `[T, embed]` for tokens `x` `[T, embed]` routed to `experts` `[T, k]`.
+
+    The `T * k` token copies are sorted by expert, so each expert's rows are contiguous, and three
+    grouped matmuls (`ragged_dot` with per-expert group sizes) apply gate `[E, embed, mlp]`, up
+    `[E, embed, mlp]` and down `[E, mlp, embed]`; the results are unsorted and mixed with `weights`.
+    """
+    tokens, k = experts.shape
+    num_experts = gate.shape[0]
+    flat = experts.reshape(-1)  # [T * k]
+    order = jnp.argsort(flat, stable=True)  # copies sorted by expert
+    xs = jnp.take(x, order // k, axis=0)  # [T * k, embed]
+    sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)  # [E]
+    h = act(jax.lax.ragged_dot(xs, gate, sizes)) * jax.lax.ragged_dot(xs, up, sizes)  # [T * k, mlp]
+    out = jax.lax.ragged_dot(h, down, sizes)  # [T * k, embed], sorted order
+    out = jnp.take(out, jnp.argsort(order), axis=0).reshape(tokens, k, -1)  # [T, k, embed]
+    return jnp.einsum("tkd,tk->td", out, weights.astype(out.dtype))
+
+
+def experts_dense(
+    x: jax.Array,
+    experts: jax.Array,
+    weights: jax.Array,
+    gate: jax.Array,
+    up: jax.Array,
+    down: jax.Array,
+    act: Callable[[jax.Array], jax.Array],
+) -> jax.Array:
+    """Reference for `experts_ragged`: every expert on every token, mixed by a `[T, E]` combine matrix."""
+    num_experts = gate.shape[0]
+    combine = jnp.sum(jax.nn.one_hot(experts, num_experts, dtype=x.dtype) * weights[..., None].astype(x.dtype), axis=1)
+    h = act(jnp.einsum("td,edm->etm", x, gate)) * jnp.einsum("td,edm->etm", x, up)  # [E, T, mlp]
+    out = jnp.einsum("etm,emd->etd", h, down)  # [E, T, embed]
+    return jnp.einsum("etd,te->td", out, combine)
+
+
+EXPERT_IMPLS = {"ragged": experts_ragged, "dense": experts_dense}
+
+
+def router_stats(probs: jax.Array, experts: jax.Array, mask: jax.Array) -> RouterStats:
+    """One layer's load-balancing statistics over the tokens where `mask` `[T]` is true."""
+    m = mask.astype(jnp.float32)
+    counts = jnp.sum(jax.nn.one_hot(experts, probs.shape[-1], dtype=jnp.float32) * m[:, None, None], axis=(0, 1))
+    return counts, jnp.sum(probs * m[:, None], axis=0), jnp.sum(m)
+
+
+def load_balancing_loss(stats: Sequence[RouterStats], num_experts: int) -> jax.Array:
+    """Switch-Transformer auxiliary loss, as transformers' `load_balancing_loss_func` computes it.
+
+    Statistics of all MoE layers are pooled (as HF concatenates their router logits):
+    `num_experts * sum_e (selections_e / rows) * (mean probability_e)`; masked (padding) tokens do not count.
+    """
+    counts = sum(s[0] for s in stats)
+    prob_sum = sum(s[1] for s in stats)
+    rows = jnp.maximum(sum(s[2] for s in stats), 1.0)
+    return num_experts * jnp.sum((counts / rows) * (prob_sum / rows))
+
+
+class Router(nnx.Module):
+    """Router logits `x @ kernel`, kernel `[embed, experts]` (HF's `gate.weight` is its transpose)."""
+
+    def __init__(self, features: int, num_experts: int, *, dtype, param_dtype, init_std: float, rngs: nnx.Rngs):
+        self.dtype = dtype
+        init = jax.nn.initializers.normal(init_std)
+        self.kernel = nnx.Param(init(rngs.params(), (features, num_experts), param_dtype), logical_axes=("embed", None))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
+
+
+class Experts(nnx.Module):
+    """Stacked expert weights: gate/up `[expert, embed, mlp]`, down `[expert, mlp, embed]`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        e, d, m = cfg.moe.num_experts, cfg.hidden_size, cfg.moe.intermediate_size
+        init = jax.nn.initializers.normal(cfg.initializer_range)
+        p = cfg.params_dtype
+        self.gate_proj = nnx.Param(init(rngs.params(), (e, d, m), p), logical_axes=("expert", "embed", "mlp"))
+        self.up_proj = nnx.Param(init(rngs.params(), (e, d, m), p), logical_axes=("expert", "embed", "mlp"))
+        self.down_proj = nnx.Param(init(rngs.params(), (e, m, d), p), logical_axes=("expert", "mlp", "embed"))
+
+
+class SparseMoE(nnx.Module):
+    """Router + experts: `(x [b, s, embed], mask [b, s]) -> (y [b, s, embed], RouterStats)`."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        moe = cfg.moe
+        self.top_k, self.norm_topk_prob = moe.top_k, moe.norm_topk_prob
+        if moe.impl not in EXPERT_IMPLS:
+            raise ValueError(f"moe impl {moe.impl!r}: expected one of {sorted(EXPERT_IMPLS)}")
+        self.impl = moe.impl
+        self.dtype = cfg.compute_dtype
+        self.act = activation(cfg.hidden_act)
+        self.gate = Router(
+            cfg.hidden_size,
+            moe.num_experts,
+            dtype=cfg.compute_dtype,
+            param_dtype=cfg.params_dtype,
+            init_std=cfg.initializer_range,
+            rngs=rngs,
+        )
+        self.experts = Experts(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, RouterStats]:
+        batch, seq, embed = x.shape
+        flat = x.reshape(batch * seq, embed).astype(self.dtype)  # [T, embed]
+        with jax.named_scope("router"):
+            probs, weights, experts = route(self.gate(flat), self.top_k, self.norm_topk_prob)
+        w = self.experts
+        with jax.named_scope("experts"):
+            y = EXPERT_IMPLS[self.impl](
+                flat,
+                experts,
+                weights,
+                w.gate_proj[...].astype(self.dtype),
+                w.up_proj[...].astype(self.dtype),
+                w.down_proj[...].astype(self.dtype),
+                self.act,
+            )
+        return y.reshape(batch, seq, embed), router_stats(probs, experts, mask.reshape(-1))
+
+
+def is_sparse_layer(cfg: ModelConfig, layer_idx: int) -> bool:
+    """Whether layer `layer_idx` uses the MoE block (else the dense MLP)."""
+    return cfg.moe is not None and layer_idx in cfg.moe.sparse_layers
