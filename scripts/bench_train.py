@@ -33,6 +33,11 @@ PRESETS = {
                    num_attention_heads=4, num_key_value_heads=2),
         max_length=512, samples_per_step=16, mean_length=96, steps=6, warmup=2, dtype="float32",
     ),
+    "ci": dict(  # a smoke run of every variant (tests/test_benchmarks.py); its figures mean nothing
+        model=dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2),
+        max_length=128, samples_per_step=8, mean_length=32, steps=2, warmup=1, dtype="float32",
+    ),
     "gpu-0.5b": dict(
         model=dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                    num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
