@@ -223,3 +223,59 @@ def test_peft_adapter_on_latent_attention_matches_peft(tmp_path):
     diff = np.abs(hf_logits(peft_model, ids) - np.asarray(ours(jnp.asarray(ids)))).max()
     print(f"peft adapter: max |logits diff| {diff:.2e}")
     assert diff < TOL, diff
+
+
+def test_full_fine_tuning_step_matches_transformers_loss_and_keeps_the_bias(tmp_path):
+    import optax
+
+    from swift_jax.trainer.step import TrainState, make_train_step, router_aux_coef, split_model
+
+    hf = build_hf_model("deepseek_v3", **CASES[0][1])
+    model = swift_jax.load_model(save_hf_model(hf, tmp_path))
+    assert router_aux_coef(model.config) == 0.0  # transformers adds no load-balancing loss for deepseek_v3
+    ids = _ids(2, 12, seed=5)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.as_tensor(ids, dtype=torch.long), labels=torch.as_tensor(ids, dtype=torch.long)).loss
+    bias = np.asarray(model.model.layers[1].mlp.gate.e_score_correction_bias[...])
+    batch = dict(
+        input_ids=ids, labels=ids, segment_ids=np.ones_like(ids), positions=np.broadcast_to(np.arange(12, dtype=np.int32), ids.shape)
+    )
+    optimizer = optax.sgd(0.1)
+    graphdef, params, rng, frozen = split_model(model, nnx.Param)
+    assert any("e_score_correction_bias" in ".".join(map(str, p)) for p, _ in nnx.to_flat_state(frozen))
+    before = np.asarray(params["model"]["layers"][1]["mlp"]["experts"]["gate_proj"][...])
+    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
+    state, metrics = make_train_step(graphdef, optimizer)(state, frozen, jax.tree.map(lambda x: jnp.asarray(x)[None], batch))
+    assert abs(float(metrics["loss"]) - float(ref)) < 1e-5, (float(metrics["loss"]), float(ref))
+    assert np.abs(np.asarray(state.params["model"]["layers"][1]["mlp"]["experts"]["gate_proj"][...]) - before).max() > 0
+    trained = nnx.merge(graphdef, state.params, state.rng, frozen)
+    np.testing.assert_array_equal(np.asarray(trained.model.layers[1].mlp.gate.e_score_correction_bias[...]), bias)
+
+
+def test_bfloat16_load_runs_close_to_float32(tmp_path):
+    hf = build_hf_model("deepseek_v3", **CASES[1][1])
+    path = save_hf_model(hf, tmp_path)
+    ids = jnp.asarray(_ids(2, 10, seed=6))
+    ref = np.asarray(swift_jax.load_model(path)(ids))
+    model = swift_jax.load_model(path, dtype="bfloat16")
+    assert model.model.layers[1].mlp.gate.e_score_correction_bias[...].dtype == jnp.float32
+    got = np.asarray(model(ids).astype(jnp.float32))
+    assert np.isfinite(got).all() and np.abs(got - ref).max() < 0.05 * np.abs(ref).max() + 0.02
+
+
+def test_expert_and_fsdp_sharded_mesh_keeps_logits(tmp_path):
+    from jax.sharding import PartitionSpec as P
+
+    from swift_jax.parallel import make_mesh
+
+    hf = build_hf_model("deepseek_v3", **CASES[0][1])
+    path = save_hf_model(hf, tmp_path)
+    mesh = make_mesh(expert_parallel_size=4, fsdp_size=2)
+    model = swift_jax.load_model(path, mesh=mesh)
+    layer = model.model.layers[1]
+    assert layer.mlp.experts.gate_proj[...].sharding.spec == P("expert", "fsdp", None)
+    assert layer.self_attn.kv_a_proj_with_mqa.kernel[...].sharding.spec == P("fsdp", None)
+    ids = _ids(4, 10, seed=7)
+    with jax.set_mesh(mesh):
+        sharded = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(ids)))
+    assert np.abs(sharded - hf_logits(hf, ids)).max() < TOL
