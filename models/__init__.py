@@ -5,4 +5,15 @@ from .decoder import CausalLM
 from .registry import ARCHITECTURES, Architecture, architecture
 from .weight_map import Rule, WeightMap
 
-__all__ = ["MlaConfig", "ModelConfig", "MoeConfig", "RopeConfig", "CausalLM", "ARCHITECTURES", "Architecture", "architecture", "Rule", "WeightMap"]
+__all__ = [
+    "MlaConfig",
+    "ModelConfig",
+    "MoeConfig",
+    "RopeConfig",
+    "CausalLM",
+    "ARCHITECTURES",
+    "Architecture",
+    "architecture",
+    "Rule",
+    "WeightMap",
+]

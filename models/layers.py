@@ -1,4 +1,5 @@
-"""Building blocks shared by every architecture: linear, embedding, RMSNorm, rotary embeddings, activations.
+"""Building blocks shared by every architecture: linear, embedding, RMSNorm, gated MLP, rotary embeddings,
+activations, attention against a KV cache, and `Buffer` (non-trained checkpoint tensors).
 
 Parameters are `nnx.Param`s carrying `logical_axes` metadata (`embed`, `mlp`, `heads`, `kv_heads`,
 `vocab`, ...); `swift_jax.parallel` maps those names to mesh axes, so no layer knows about meshes.

@@ -237,15 +237,15 @@ def test_full_fine_tuning_step_matches_transformers_loss_and_keeps_the_bias(tmp_
     with torch.no_grad():
         ref = hf(input_ids=torch.as_tensor(ids, dtype=torch.long), labels=torch.as_tensor(ids, dtype=torch.long)).loss
     bias = np.asarray(model.model.layers[1].mlp.gate.e_score_correction_bias[...])
-    batch = dict(
-        input_ids=ids, labels=ids, segment_ids=np.ones_like(ids), positions=np.broadcast_to(np.arange(12, dtype=np.int32), ids.shape)
-    )
+    positions = np.broadcast_to(np.arange(12, dtype=np.int32), ids.shape)
+    batch = dict(input_ids=ids, labels=ids, segment_ids=np.ones_like(ids), positions=positions)
     optimizer = optax.sgd(0.1)
     graphdef, params, rng, frozen = split_model(model, nnx.Param)
     assert any("e_score_correction_bias" in ".".join(map(str, p)) for p, _ in nnx.to_flat_state(frozen))
     before = np.asarray(params["model"]["layers"][1]["mlp"]["experts"]["gate_proj"][...])
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
-    state, metrics = make_train_step(graphdef, optimizer)(state, frozen, jax.tree.map(lambda x: jnp.asarray(x)[None], batch))
+    batches = jax.tree.map(lambda x: jnp.asarray(x)[None], batch)
+    state, metrics = make_train_step(graphdef, optimizer)(state, frozen, batches)
     assert abs(float(metrics["loss"]) - float(ref)) < 1e-5, (float(metrics["loss"]), float(ref))
     assert np.abs(np.asarray(state.params["model"]["layers"][1]["mlp"]["experts"]["gate_proj"][...]) - before).max() > 0
     trained = nnx.merge(graphdef, state.params, state.rng, frozen)
