@@ -1,8 +1,19 @@
 """Flax NNX architectures, installed as `swift_jax.models`."""
 
-from .config import ModelConfig, MoeConfig, RopeConfig
+from .config import MlaConfig, ModelConfig, MoeConfig, RopeConfig
 from .decoder import CausalLM
 from .registry import ARCHITECTURES, Architecture, architecture
 from .weight_map import Rule, WeightMap
 
-__all__ = ["ModelConfig", "MoeConfig", "RopeConfig", "CausalLM", "ARCHITECTURES", "Architecture", "architecture", "Rule", "WeightMap"]
+__all__ = [
+    "MlaConfig",
+    "ModelConfig",
+    "MoeConfig",
+    "RopeConfig",
+    "CausalLM",
+    "ARCHITECTURES",
+    "Architecture",
+    "architecture",
+    "Rule",
+    "WeightMap",
+]

@@ -68,6 +68,37 @@ class MoeConfig:
     router_aux_loss_coef: float = 0.0
     output_router_logits: bool = False  # HF: add the load-balancing loss to the training loss
     impl: str = "ragged"  # ragged (grouped matmuls on tokens sorted by expert) | dense (reference)
+    # Router variant. softmax: top-k of softmax probabilities (mixtral, qwen3_moe). sigmoid (deepseek_v3):
+    # sigmoid scores; experts chosen by scores + `e_score_correction_bias` within the best `topk_group` of
+    # `n_group` expert groups, weighted by the uncorrected scores times `routed_scaling_factor`.
+    scoring: str = "softmax"
+    n_group: int = 1
+    topk_group: int = 1
+    routed_scaling_factor: float = 1.0
+    score_correction_bias: bool = False  # a non-trained `Buffer` per router (deepseek_v3)
+    shared_intermediate_size: int = 0  # > 0: a dense "shared experts" MLP of this width added on every token
+
+
+@dataclasses.dataclass(frozen=True)
+class MlaConfig:
+    """Multi-head latent attention (deepseek_v3); see `models/mla.py`."""
+
+    q_lora_rank: int | None  # None: one q_proj; else q_a_proj -> q_a_layernorm -> q_b_proj
+    kv_lora_rank: int  # width of the compressed key/value latent
+    qk_nope_head_dim: int  # per-head query/key dims without rotary
+    qk_rope_head_dim: int  # rotary dims: per head for queries, one key part shared by all heads
+    v_head_dim: int
+    rope_interleave: bool = True  # rotary pairs are (x0, x1), (x2, x3), ... (transformers' rope_interleave)
+
+    @property
+    def qk_head_dim(self) -> int:
+        return self.qk_nope_head_dim + self.qk_rope_head_dim
+
+    @property
+    def cache_head_dim(self) -> int:
+        """Per-head width of cached keys and values: the attention kernels take one head_dim, so the
+        shorter of k (qk_head_dim) and v (v_head_dim) is zero-padded to the longer."""
+        return max(self.qk_head_dim, self.v_head_dim)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +142,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations
     param_dtype: str = "float32"  # storage dtype of parameters
     moe: MoeConfig | None = None  # Mixture-of-Experts feed-forward (None: dense MLPs everywhere)
+    # Multi-head latent attention (deepseek_v3) instead of grouped-query attention; `head_dim` is then
+    # the rotary dim (qk_rope_head_dim, as in HF's config) and num_key_value_heads = num_attention_heads.
+    mla: MlaConfig | None = None
     # The original HF config as JSON, written back by `save_pretrained`.
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
 

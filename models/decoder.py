@@ -1,5 +1,6 @@
 """One decoder for the Llama family (llama, qwen2, qwen3, mistral, gemma2, gemma3_text, phi3; mixtral and
-qwen3_moe with the MoE block of `moe.py`), parameterised by `ModelConfig`.
+qwen3_moe with the MoE block of `moe.py`; deepseek_v3 with latent attention from `mla.py` and the MoE
+block), parameterised by `ModelConfig`.
 
 Module and parameter names mirror Hugging Face's (`model.layers.3.self_attn.q_proj.kernel`), so the
 weight-map table is short and LoRA `target_modules` names are PEFT's names. That includes Phi-3's fused
@@ -20,7 +21,8 @@ from swift_jax.kernels import attention
 from swift_jax.parallel.rules import constrain
 
 from .config import ModelConfig
-from .layers import Embed, Linear, RMSNorm, activation, apply_rotary, rotary_cos_sin, soft_cap
+from .layers import MLP, Embed, Linear, RMSNorm, apply_rotary, cached_attention, rotary_cos_sin, soft_cap
+from .mla import MLAttention
 from .moe import SparseMoE, is_sparse_layer, load_balancing_loss
 
 # Residual-stream activations are sharded over the batch (data, fsdp) at every layer boundary.
@@ -37,8 +39,8 @@ class KVCache:
     written) are never attended to. Every row writes at the same `index` (prompts are left-padded).
     """
 
-    keys: tuple[jax.Array, ...]  # per layer [batch, max_len, kv_heads, head_dim]
-    values: tuple[jax.Array, ...]  # per layer [batch, max_len, kv_heads, head_dim]
+    keys: tuple[jax.Array, ...]  # per layer [batch, max_len, kv_heads, head_dim] (MLA: heads, cache_head_dim)
+    values: tuple[jax.Array, ...]  # per layer, the same shape as keys
     segment_ids: jax.Array  # [batch, max_len] int32, 0 = padding or not yet written
     index: jax.Array  # [] int32: slot of the next input token
 
@@ -46,6 +48,8 @@ class KVCache:
     def create(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
         """An empty cache for `batch` rows of up to `max_len` tokens, in the model's compute dtype."""
         shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
+        if cfg.mla is not None:  # full per-head keys and values, v zero-padded to the key width (mla.py)
+            shape = (batch, max_len, cfg.num_attention_heads, cfg.mla.cache_head_dim)
         empty = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_hidden_layers))
         return cls(empty, empty, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
 
@@ -106,45 +110,9 @@ class Attention(nnx.Module):
 
     def _cached(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, cache):
         """Attention of `q` `[b, s, h, d]` against the cache after writing `k`, `v` at its index."""
-        keys, values, kv_segment_ids, index = cache
-        keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)  # [b, max_len, kv, d]
-        values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
-        out = attention(
-            q,
-            keys,
-            values,
-            segment_ids=kv_segment_ids,
-            q_segment_ids=segment_ids,
-            causal=True,
-            q_offset=index,
-            **self._mask_options(),
-        )
+        out, kv = cached_attention(q, k, v, segment_ids, cache, **self._mask_options())
         batch, seq = q.shape[:2]
-        return self.o_proj(out.reshape(batch, seq, -1)), (keys, values)
-
-
-class MLP(nnx.Module):
-    """Gated MLP: `down(act(gate(x)) * up(x))`; Phi-3 computes gate and up with one `gate_up_proj`."""
-
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
-        kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, init_std=cfg.initializer_range, rngs=rngs)
-        e, m = cfg.hidden_size, cfg.intermediate_size
-        self.fused = cfg.fused_gate_up
-        if self.fused:  # HF order along the output: gate, then up
-            self.gate_up_proj = Linear(e, 2 * m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
-        else:
-            self.gate_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
-            self.up_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
-        self.down_proj = Linear(m, e, axes=("mlp", "embed"), use_bias=cfg.mlp_bias, **kw)
-        self.act = activation(cfg.hidden_act)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """`[..., embed] -> [..., embed]`."""
-        if self.fused:
-            gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)  # [..., mlp] each
-        else:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        return self.down_proj(self.act(gate) * up)
+        return self.o_proj(out.reshape(batch, seq, -1)), kv
 
 
 class DecoderLayer(nnx.Module):
@@ -159,7 +127,8 @@ class DecoderLayer(nnx.Module):
         norm_kw = dict(eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype, offset=cfg.norm_offset)
         self.post_norms = cfg.post_norms
         self.input_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
-        self.self_attn = Attention(cfg, layer_idx, rngs=rngs)
+        attn = Attention if cfg.mla is None else MLAttention
+        self.self_attn = attn(cfg, layer_idx, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)
         if self.post_norms:
             self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, **norm_kw)

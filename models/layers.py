@@ -1,4 +1,5 @@
-"""Building blocks shared by every architecture: linear, embedding, RMSNorm, rotary embeddings, activations.
+"""Building blocks shared by every architecture: linear, embedding, RMSNorm, gated MLP, rotary embeddings,
+activations, attention against a KV cache, and `Buffer` (non-trained checkpoint tensors).
 
 Parameters are `nnx.Param`s carrying `logical_axes` metadata (`embed`, `mlp`, `heads`, `kv_heads`,
 `vocab`, ...); `swift_jax.parallel` maps those names to mesh axes, so no layer knows about meshes.
@@ -15,7 +16,9 @@ import numpy as np
 import qwix
 from flax import nnx
 
-from .config import RopeConfig
+from swift_jax.kernels import attention
+
+from .config import ModelConfig, RopeConfig
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "silu": jax.nn.silu,
@@ -78,6 +81,53 @@ class Linear(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
+
+
+class Buffer(nnx.Variable):
+    """A tensor loaded from and saved to the checkpoint but never trained (HF's persistent buffers,
+    e.g. deepseek_v3's `e_score_correction_bias`): not an `nnx.Param`, so neither full fine-tuning
+    (which trains `nnx.Param`) nor LoRA puts it in the optimizer; it rides in the frozen state."""
+
+
+class MLP(nnx.Module):
+    """Gated MLP: `down(act(gate(x)) * up(x))`; Phi-3 computes gate and up with one `gate_up_proj`.
+
+    `intermediate_size` overrides the config's (deepseek_v3's shared experts are narrower).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, intermediate_size: int | None = None, rngs: nnx.Rngs):
+        kw = dict(dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, init_std=cfg.initializer_range, rngs=rngs)
+        e, m = cfg.hidden_size, intermediate_size or cfg.intermediate_size
+        self.fused = cfg.fused_gate_up
+        if self.fused:  # HF order along the output: gate, then up
+            self.gate_up_proj = Linear(e, 2 * m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
+        else:
+            self.gate_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
+            self.up_proj = Linear(e, m, axes=("embed", "mlp"), use_bias=cfg.mlp_bias, **kw)
+        self.down_proj = Linear(m, e, axes=("mlp", "embed"), use_bias=cfg.mlp_bias, **kw)
+        self.act = activation(cfg.hidden_act)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """`[..., embed] -> [..., embed]`."""
+        if self.fused:
+            gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)  # [..., mlp] each
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(self.act(gate) * up)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, cache, **options):
+    """Causal attention of `q` `[b, s, h, d]` against one layer's KV cache after writing `k`, `v`
+    `[b, s, kv, d]` at its index; `cache = (keys, values, kv_segment_ids, index)`, keys/values
+    `[b, max_len, kv, d]`. Returns `(out [b, s, h, d], (keys, values))`. `options` are the mask options
+    of `attention` (sliding_window, logits_soft_cap, scale)."""
+    keys, values, kv_segment_ids, index = cache
+    keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
+    out = attention(
+        q, keys, values, segment_ids=kv_segment_ids, q_segment_ids=segment_ids, causal=True, q_offset=index, **options
+    )
+    return out, (keys, values)
 
 
 class Embed(nnx.Module):

@@ -1,8 +1,10 @@
-"""Sparse Mixture-of-Experts feed-forward block (mixtral, qwen3_moe), used by `DecoderLayer` when
-`ModelConfig.moe` lists the layer in `sparse_layers`.
+"""Sparse Mixture-of-Experts feed-forward block (mixtral, qwen3_moe, deepseek_v3), used by `DecoderLayer`
+when `ModelConfig.moe` lists the layer in `sparse_layers`.
 
 A router scores every token against every expert, keeps the top-k and mixes those experts' gated MLPs
-with the (optionally renormalised) routing probabilities. The experts run as grouped matmuls
+with the (optionally renormalised) routing probabilities. Two routers: `route` (softmax, top-k) and
+`route_grouped` (deepseek_v3: sigmoid scores, a non-trained selection bias, group-limited top-k, scaled
+weights); deepseek_v3 also adds a dense `shared_experts` MLP on every token. The experts run as grouped matmuls
 (`jax.lax.ragged_dot`) on the token copies sorted by expert, so compute is `tokens x top_k`, not
 `tokens x num_experts`; `experts_dense` is the plain reference the tests compare it with.
 
@@ -20,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import ModelConfig
-from .layers import activation
+from .layers import MLP, Buffer, activation
 
 # Per-layer load-balancing statistics: (selections per expert [E], summed probabilities [E], rows []),
 # all float32 and counted over unmasked tokens only; summed over layers before the loss.
@@ -37,6 +39,38 @@ def route(logits: jax.Array, top_k: int, norm_topk_prob: bool) -> tuple[jax.Arra
     if norm_topk_prob:
         weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
     return probs, weights, experts.astype(jnp.int32)
+
+
+def route_grouped(
+    logits: jax.Array,
+    bias: jax.Array,
+    top_k: int,
+    n_group: int,
+    topk_group: int,
+    norm_topk_prob: bool,
+    scaling: float,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """deepseek_v3's router: `(scores [T, E] f32, weights [T, k] f32, experts [T, k] int32)`.
+
+    Scores are `sigmoid(logits)`. Selection uses `scores + bias` (`e_score_correction_bias` `[E]`):
+    the experts split into `n_group` contiguous groups, a group scores the sum of its two best
+    experts, only the best `topk_group` groups stay eligible, and the top-k eligible experts win.
+    Their weights are the uncorrected scores, renormalised with `norm_topk_prob` (+1e-20, as HF) and
+    times `scaling` (routed_scaling_factor).
+    """
+    scores = jax.nn.sigmoid(logits.astype(jnp.float32))  # [T, E]
+    tokens, num_experts = scores.shape
+    choice = scores + bias.astype(jnp.float32)
+    grouped = choice.reshape(tokens, n_group, num_experts // n_group)  # [T, G, E / G]
+    group_scores = jnp.sum(jax.lax.top_k(grouped, 2)[0], axis=-1)  # [T, G]
+    _, groups = jax.lax.top_k(group_scores, topk_group)  # [T, topk_group]
+    keep = jnp.any(jax.nn.one_hot(groups, n_group, dtype=jnp.bool_), axis=1)  # [T, G]
+    keep = jnp.repeat(keep, num_experts // n_group, axis=-1)  # [T, E]
+    _, experts = jax.lax.top_k(jnp.where(keep, choice, -jnp.inf), top_k)
+    weights = jnp.take_along_axis(scores, experts, axis=-1)  # [T, k]
+    if norm_topk_prob:
+        weights = weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-20)
+    return scores, weights * scaling, experts.astype(jnp.int32)
 
 
 def experts_ragged(
@@ -106,12 +140,28 @@ def load_balancing_loss(stats: Sequence[RouterStats], num_experts: int) -> jax.A
 
 
 class Router(nnx.Module):
-    """Router logits `x @ kernel`, kernel `[embed, experts]` (HF's `gate.weight` is its transpose)."""
+    """Router logits `x @ kernel`, kernel `[embed, experts]` (HF's `gate.weight` is its transpose).
 
-    def __init__(self, features: int, num_experts: int, *, dtype, param_dtype, init_std: float, rngs: nnx.Rngs):
+    With `correction_bias` (deepseek_v3) it also holds `e_score_correction_bias` `[experts]`, a `Buffer`:
+    loaded and saved with the checkpoint, never trained (DeepSeek updates it outside the gradient).
+    """
+
+    def __init__(
+        self,
+        features: int,
+        num_experts: int,
+        *,
+        dtype,
+        param_dtype,
+        init_std: float,
+        rngs: nnx.Rngs,
+        correction_bias: bool = False,
+    ):
         self.dtype = dtype
         init = jax.nn.initializers.normal(init_std)
         self.kernel = nnx.Param(init(rngs.params(), (features, num_experts), param_dtype), logical_axes=("embed", None))
+        if correction_bias:  # float32 like HF (_keep_in_fp32_modules_strict)
+            self.e_score_correction_bias = Buffer(jnp.zeros((num_experts,), jnp.float32), logical_axes=(None,))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return x.astype(self.dtype) @ self.kernel[...].astype(self.dtype)
@@ -130,11 +180,16 @@ class Experts(nnx.Module):
 
 
 class SparseMoE(nnx.Module):
-    """Router + experts: `(x [b, s, embed], mask [b, s]) -> (y [b, s, embed], RouterStats)`."""
+    """Router + experts (+ shared experts): `(x [b, s, embed], mask [b, s]) -> (y [b, s, embed], RouterStats)`."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         moe = cfg.moe
+        self.moe = moe
         self.top_k, self.norm_topk_prob = moe.top_k, moe.norm_topk_prob
+        if moe.scoring not in ("softmax", "sigmoid"):
+            raise ValueError(f"moe scoring {moe.scoring!r}: expected 'softmax' or 'sigmoid'")
+        if moe.num_experts % moe.n_group:
+            raise ValueError(f"moe: {moe.num_experts} experts do not split into n_group={moe.n_group} groups")
         if moe.impl not in EXPERT_IMPLS:
             raise ValueError(f"moe impl {moe.impl!r}: expected one of {sorted(EXPERT_IMPLS)}")
         self.impl = moe.impl
@@ -147,14 +202,29 @@ class SparseMoE(nnx.Module):
             param_dtype=cfg.params_dtype,
             init_std=cfg.initializer_range,
             rngs=rngs,
+            correction_bias=moe.score_correction_bias,
         )
         self.experts = Experts(cfg, rngs=rngs)
+        shared = moe.shared_intermediate_size
+        self.shared_experts = MLP(cfg, intermediate_size=shared, rngs=rngs) if shared else None
+
+    def _route(self, flat: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`(probabilities or scores [T, E], weights [T, k], experts [T, k])` for tokens `[T, embed]`."""
+        moe = self.moe
+        if moe.scoring == "softmax":
+            return route(self.gate(flat), self.top_k, self.norm_topk_prob)
+        # deepseek_v3 keeps the router in float32 (HF: _keep_in_fp32_modules_strict)
+        logits = flat.astype(jnp.float32) @ self.gate.kernel[...].astype(jnp.float32)
+        bias = self.gate.e_score_correction_bias[...] if moe.score_correction_bias else jnp.zeros(logits.shape[-1])
+        return route_grouped(
+            logits, bias, self.top_k, moe.n_group, moe.topk_group, self.norm_topk_prob, moe.routed_scaling_factor
+        )
 
     def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, RouterStats]:
         batch, seq, embed = x.shape
         flat = x.reshape(batch * seq, embed).astype(self.dtype)  # [T, embed]
         with jax.named_scope("router"):
-            probs, weights, experts = route(self.gate(flat), self.top_k, self.norm_topk_prob)
+            probs, weights, experts = self._route(flat)
         w = self.experts
         with jax.named_scope("experts"):
             y = EXPERT_IMPLS[self.impl](
@@ -166,7 +236,10 @@ class SparseMoE(nnx.Module):
                 w.down_proj[...].astype(self.dtype),
                 self.act,
             )
-        return y.reshape(batch, seq, embed), router_stats(probs, experts, mask.reshape(-1))
+        y = y.reshape(batch, seq, embed)
+        if self.shared_experts is not None:
+            y = y + self.shared_experts(x)
+        return y, router_stats(probs, experts, mask.reshape(-1))
 
 
 def is_sparse_layer(cfg: ModelConfig, layer_idx: int) -> bool:

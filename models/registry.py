@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from typing import Any, Callable
 
 from flax import nnx
 
-from .config import ModelConfig, MoeConfig, RopeConfig
+from .config import MlaConfig, ModelConfig, MoeConfig, RopeConfig
 from .decoder import CausalLM
 from .weight_map import Rule, WeightMap
 
@@ -308,6 +309,87 @@ def moe_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | N
     return cfg.replace(moe=moe, layer_windows=windows, qk_norm=model_type == "qwen3_moe")
 
 
+_MLA_PROJS = ("q_proj", "q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj")
+
+# deepseek_v3: latent-attention projections and norms, dense MLPs of the first `first_k_dense_replace`
+# layers, then router (+ its non-trained correction bias), stacked routed experts and shared experts.
+DEEPSEEK_V3_WEIGHTS = WeightMap(
+    [
+        *decoder_weights(attn_projs=_MLA_PROJS).rules,
+        Rule(
+            "model.layers.{i}.self_attn.{norm}.weight",
+            "model.layers.{i}.self_attn.{norm}.scale",
+            values={"norm": ("q_a_layernorm", "kv_a_layernorm")},
+        ),
+        Rule("model.layers.{i}.mlp.gate.weight", "model.layers.{i}.mlp.gate.kernel", "transpose"),
+        Rule("model.layers.{i}.mlp.gate.e_score_correction_bias", "model.layers.{i}.mlp.gate.e_score_correction_bias"),
+        Rule(
+            "model.layers.{i}.mlp.experts.{j}.{proj}.weight",
+            "model.layers.{i}.mlp.experts.{proj}",
+            "transpose",
+            {"proj": _EXPERT_PROJS},
+            stack="j",
+        ),
+        Rule(
+            "model.layers.{i}.mlp.shared_experts.{proj}.weight",
+            "model.layers.{i}.mlp.shared_experts.{proj}.kernel",
+            "transpose",
+            {"proj": _EXPERT_PROJS},
+        ),
+    ]
+)
+# The multi-token-prediction layer of the released DeepSeek-V3 (layer 61) is not built, as in transformers.
+DEEPSEEK_V3_MTP = (r"model\.layers\.61\..*",)
+
+
+def _yarn_mscale(scale: float, mscale: float) -> float:
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def deepseek_v3_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+    """`ModelConfig` for deepseek_v3: latent attention (`MlaConfig`), sigmoid group-limited routing with
+    a correction bias and shared experts (`MoeConfig`), dense MLPs in the first `first_k_dense_replace`
+    layers. `head_dim` is the rotary dim (HF's config sets head_dim = qk_rope_head_dim)."""
+    hf = _hf_dict(hf_config)
+    heads, layers = hf["num_attention_heads"], hf["num_hidden_layers"]
+    mla = MlaConfig(
+        q_lora_rank=hf.get("q_lora_rank"),
+        kv_lora_rank=hf["kv_lora_rank"],
+        qk_nope_head_dim=hf["qk_nope_head_dim"],
+        qk_rope_head_dim=hf["qk_rope_head_dim"],
+        v_head_dim=hf.get("v_head_dim") or hf["qk_nope_head_dim"] + hf["qk_rope_head_dim"],
+        rope_interleave=bool(hf.get("rope_interleave", True)),
+    )
+    rope = rope_from_hf(hf)
+    scale = mla.qk_head_dim**-0.5
+    if rope.rope_type != "default" and rope.mscale_all_dim:  # transformers' yarn_apply_mscale
+        scale *= _yarn_mscale(rope.factor, rope.mscale_all_dim) ** 2
+    num_experts = hf.get("n_routed_experts") or 0
+    first_dense = hf.get("first_k_dense_replace") or 0
+    moe = MoeConfig(
+        num_experts=num_experts,
+        top_k=hf.get("num_experts_per_tok") or 1,
+        intermediate_size=hf["moe_intermediate_size"],
+        norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
+        sparse_layers=tuple(range(first_dense, layers)) if num_experts else (),
+        scoring="sigmoid",
+        n_group=hf.get("n_group") or 1,
+        topk_group=hf.get("topk_group") or 1,
+        routed_scaling_factor=float(hf.get("routed_scaling_factor") or 1.0),
+        score_correction_bias=True,
+        shared_intermediate_size=hf["moe_intermediate_size"] * (hf.get("n_shared_experts") or 0),
+    )  # transformers computes no load-balancing loss for deepseek_v3: router_aux_loss_coef stays 0
+    fields = _common_fields(hf, dtype, param_dtype)
+    return ModelConfig(
+        **{**fields, "head_dim": mla.qk_rope_head_dim, "num_key_value_heads": heads},
+        rope=rope,
+        layer_windows=(None,) * layers,
+        query_scale=scale,
+        moe=moe,
+        mla=mla,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """How one HF model_type maps onto our code."""
@@ -330,6 +412,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "phi3": Architecture(phi3_config, CausalLM, PHI3_WEIGHTS),
     "qwen3_moe": Architecture(moe_config, CausalLM, QWEN3_MOE_WEIGHTS),
     "mixtral": Architecture(moe_config, CausalLM, MIXTRAL_WEIGHTS),
+    "deepseek_v3": Architecture(deepseek_v3_config, CausalLM, DEEPSEEK_V3_WEIGHTS, DEEPSEEK_V3_MTP),
 }
 
 

@@ -10,7 +10,10 @@ Formula (per real, non-padding token; recomputation from remat is never counted)
 * Attention scores and values: per layer and per segment of real length L, the causal pairs
   P = sum_i min(i + 1, window) cost 2 matmuls x 2 FLOPs x heads x head_dim per pair forward, x 3 for
   forward + backward: 12 * heads * head_dim * P. Packed rows count each segment alone, so padding and
-  cross-segment pairs are never counted.
+  cross-segment pairs are never counted. Latent attention (deepseek_v3) has key width qk_head_dim and
+  value width v_head_dim: 6 * heads * (qk_head_dim + v_head_dim) * P (the kernels' zero padding of the
+  shorter one is not counted).
+* MoE layers count active parameters: the router, top_k routed experts and the shared experts.
 
 MFU = achieved model FLOP/s / the device's peak dense bf16 FLOP/s (table below; unknown device: None).
 """
@@ -48,16 +51,31 @@ def peak_flops(device_kind: str) -> float | None:
 def matmul_params(cfg: ModelConfig) -> int:
     """Parameters that take part in matmuls: attention and MLP projections of every layer, and the LM head.
 
-    MoE layers count what one token uses: the router and its top-k experts (active parameters).
+    MoE layers count what one token uses: the router, its top-k experts and any shared experts (active
+    parameters). Biases and norms are not counted.
     """
     h, kv, d, e, m = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size, cfg.intermediate_size
     attention = e * h * d + 2 * e * kv * d + h * d * e
+    if cfg.mla is not None:
+        attention = _mla_params(cfg)
     mlp = 3 * e * m
     total = cfg.num_hidden_layers * (attention + mlp) + e * cfg.vocab_size
     if cfg.moe is not None:
-        sparse = len(cfg.moe.sparse_layers)
-        total += sparse * (e * cfg.moe.num_experts + cfg.moe.top_k * 3 * e * cfg.moe.intermediate_size - mlp)
+        moe, sparse = cfg.moe, len(cfg.moe.sparse_layers)
+        active = e * moe.num_experts + (moe.top_k * moe.intermediate_size + moe.shared_intermediate_size) * 3 * e
+        total += sparse * (active - mlp)
     return total
+
+
+def _mla_params(cfg: ModelConfig) -> int:
+    """Matmul parameters of one latent-attention layer (q path, kv down/up projections, o_proj)."""
+    mla, e, h = cfg.mla, cfg.hidden_size, cfg.num_attention_heads
+    if mla.q_lora_rank is None:
+        q = e * h * mla.qk_head_dim
+    else:
+        q = e * mla.q_lora_rank + mla.q_lora_rank * h * mla.qk_head_dim
+    kv = e * (mla.kv_lora_rank + mla.qk_rope_head_dim) + mla.kv_lora_rank * h * (mla.qk_nope_head_dim + mla.v_head_dim)
+    return q + kv + h * mla.v_head_dim * e
 
 
 def causal_pairs(length: int, window: int | None) -> int:
@@ -70,6 +88,8 @@ def attention_flops(cfg: ModelConfig, segment_lengths: Iterable[int]) -> float:
     """Training FLOPs (forward + backward) of attention scores and values over real segments."""
     windows = cfg.layer_windows or (None,) * cfg.num_hidden_layers
     per_pair = 12 * cfg.num_attention_heads * cfg.head_dim
+    if cfg.mla is not None:
+        per_pair = 6 * cfg.num_attention_heads * (cfg.mla.qk_head_dim + cfg.mla.v_head_dim)
     lengths = [int(n) for n in segment_lengths if n > 0]
     return float(sum(per_pair * causal_pairs(n, w) for w in windows for n in lengths))
 

@@ -20,6 +20,7 @@ from jax.sharding import Mesh
 from swift_jax.hf.hub import resolve_model_dir
 from swift_jax.hf.safetensors_io import SafetensorsReader, write_sharded_safetensors
 from swift_jax.models.config import ModelConfig, to_jnp_dtype
+from swift_jax.models.layers import Buffer
 from swift_jax.models.registry import Architecture, architecture
 from swift_jax.models.weight_map import Rule, hf_index_to_ours, to_hf, to_ours
 from swift_jax.parallel.rules import param_sharding
@@ -174,7 +175,7 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: str | None = N
     """
     cfg: ModelConfig = model.config
     arch = architecture(cfg.model_type)
-    params = _flat_params(nnx.state(model, nnx.Param))
+    params = _flat_params(nnx.state(model, nnx.Any(nnx.Param, Buffer)))  # buffers: non-trained tensors
     entries, sources = [], {}
     for path, var in params.items():
         hit = arch.weights.ours_to_hf(path)

@@ -39,6 +39,7 @@ CONFIG_CLASSES = {
     "phi3": transformers.Phi3Config,
     "qwen3_moe": transformers.Qwen3MoeConfig,
     "mixtral": transformers.MixtralConfig,
+    "deepseek_v3": transformers.DeepseekV3Config,
 }
 
 
@@ -67,6 +68,9 @@ def build_hf_model(model_type: str, seed: int = 0, **overrides) -> transformers.
                 p.copy_(0.1 * torch.randn_like(p))
             elif name.endswith("mlp.gate.weight"):  # MoE router: decisive routing, no near-ties
                 p.copy_(0.5 * torch.randn_like(p))
+                bias = getattr(model.get_submodule(name.removesuffix(".weight")), "e_score_correction_bias", None)
+                if bias is not None:  # deepseek_v3's selection bias: non-zero so that using it shows
+                    bias.copy_(0.5 * torch.randn_like(bias))
             elif ".experts." in name:  # MoE experts: big enough that a wrong routing shows in the logits
                 p.copy_(0.1 * torch.randn_like(p))
     return model.eval()

@@ -36,6 +36,8 @@ def activation_bytes_estimate(
     tokens = batch_per_device * seq_len
     item = np.dtype(cfg.compute_dtype).itemsize
     qkv = (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim
+    if cfg.mla is not None:  # latent attention: full per-head q, k, v of the kernels' width
+        qkv = 3 * cfg.num_attention_heads * cfg.mla.cache_head_dim
     per_layer = tokens * item * (4 * cfg.hidden_size + 2 * qkv + 3 * cfg.intermediate_size)
     attention_probs = batch_per_device * cfg.num_attention_heads * seq_len * seq_len * 4
     layer_peak = per_layer + attention_probs
