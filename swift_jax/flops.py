@@ -129,17 +129,19 @@ def mfu(flops: float, seconds: float, device_kind: str, num_devices: int) -> flo
 
 
 _BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"  # a compilation served by the persistent cache
 _compiles = [0]
 _listening = [False]
 
 
-def _count_compile(event: str, duration: float, **_) -> None:
-    if event == _BACKEND_COMPILE_EVENT:
+def _count_compile(event: str, *_, **__) -> None:
+    if event in (_BACKEND_COMPILE_EVENT, _CACHE_HIT_EVENT):
         _compiles[0] += 1
 
 
 def compile_count() -> int:
-    """XLA compilations in this process since the first call (a `jax.monitoring` listener counts them).
+    """XLA compilations in this process since the first call, persistent-cache hits included (a
+    `jax.monitoring` listener counts them).
 
     The trainer logs the difference per logging window (`compiles`): after the first step it must stay 0,
     since a recompiling step (a changed shape, dtype or sharding) costs seconds to minutes each time.
@@ -148,5 +150,6 @@ def compile_count() -> int:
         import jax
 
         jax.monitoring.register_event_duration_secs_listener(_count_compile)
+        jax.monitoring.register_event_listener(_count_compile)
         _listening[0] = True
     return _compiles[0]
