@@ -3,7 +3,7 @@
     python scripts/parity_report.py
 
 Uses the same tiny random checkpoints and cases as tests/test_models.py, tests/test_models_gemma_phi.py and
-tests/test_models_moe.py (needs the `test` extra: torch), on rows of 12 tokens.
+tests/test_models_moe.py, tests/test_models_deepseek.py (needs the `test` extra: torch), on rows of 12 tokens.
 """
 
 import os
@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 
 import swift_jax  # noqa: E402
 from test_models import CASES as LLAMA_CASES, _ids  # noqa: E402
-from test_models_gemma_phi import CASES as GEMMA_PHI_CASES  # noqa: E402
+from test_models_deepseek import CASES as DEEPSEEK_CASES  # noqa: E402
+from test_models_gemma_phi import CASES as GEMMA_PHI_CASES, TOKENS  # noqa: E402
 from test_models_moe import CASES as MOE_CASES  # noqa: E402
 from tiny_models import build_hf_model, hf_logits, save_hf_model  # noqa: E402
 
@@ -42,7 +43,13 @@ def worst_differences(hf, ours) -> dict[str, float]:
 def main() -> None:
     print(f"{'case':36s} {'plain':>10s} {'padded':>10s} {'packed':>10s}")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model_type, overrides in [*LLAMA_CASES, *GEMMA_PHI_CASES, *MOE_CASES]:
+        cases = [
+            *LLAMA_CASES,
+            *((name, model_type, {**TOKENS, **overrides}) for name, model_type, overrides in GEMMA_PHI_CASES),
+            *MOE_CASES,
+            *((name, "deepseek_v3", overrides) for name, overrides in DEEPSEEK_CASES),
+        ]
+        for name, model_type, overrides in cases:
             hf = build_hf_model(model_type, **overrides)
             ours = swift_jax.load_model(save_hf_model(hf, os.path.join(tmp, name)))
             d = worst_differences(hf, ours)
