@@ -249,19 +249,23 @@ def phi3_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | 
 
 
 _EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
+# The router and the per-expert tensors (stacked on axis 0) under HF's `mlp.` (qwen3_moe, deepseek_v3).
+ROUTED_EXPERT_RULES = (
+    Rule("model.layers.{i}.mlp.gate.weight", "model.layers.{i}.mlp.gate.kernel", "transpose"),
+    Rule(
+        "model.layers.{i}.mlp.experts.{j}.{proj}.weight",
+        "model.layers.{i}.mlp.experts.{proj}",
+        "transpose",
+        {"proj": _EXPERT_PROJS},
+        stack="j",
+    ),
+)
 
 # qwen3_moe: Llama rows (dense MLPs of `mlp_only_layers`) + router + per-expert tensors stacked on axis 0.
 QWEN3_MOE_WEIGHTS = WeightMap(
     [
         *LLAMA_FAMILY_WEIGHTS.rules,
-        Rule("model.layers.{i}.mlp.gate.weight", "model.layers.{i}.mlp.gate.kernel", "transpose"),
-        Rule(
-            "model.layers.{i}.mlp.experts.{j}.{proj}.weight",
-            "model.layers.{i}.mlp.experts.{proj}",
-            "transpose",
-            {"proj": _EXPERT_PROJS},
-            stack="j",
-        ),
+        *ROUTED_EXPERT_RULES,
     ]
 )
 
@@ -321,15 +325,8 @@ DEEPSEEK_V3_WEIGHTS = WeightMap(
             "model.layers.{i}.self_attn.{norm}.scale",
             values={"norm": ("q_a_layernorm", "kv_a_layernorm")},
         ),
-        Rule("model.layers.{i}.mlp.gate.weight", "model.layers.{i}.mlp.gate.kernel", "transpose"),
+        *ROUTED_EXPERT_RULES,
         Rule("model.layers.{i}.mlp.gate.e_score_correction_bias", "model.layers.{i}.mlp.gate.e_score_correction_bias"),
-        Rule(
-            "model.layers.{i}.mlp.experts.{j}.{proj}.weight",
-            "model.layers.{i}.mlp.experts.{proj}",
-            "transpose",
-            {"proj": _EXPERT_PROJS},
-            stack="j",
-        ),
         Rule(
             "model.layers.{i}.mlp.shared_experts.{proj}.weight",
             "model.layers.{i}.mlp.shared_experts.{proj}.kernel",

@@ -15,7 +15,7 @@ from swift_jax.flops import matmul_params, training_flops
 from swift_jax.models.layers import Buffer
 from swift_jax.tuners import loraize
 from swift_jax.tuners.lora import lora_layers
-from tiny_models import build_hf_model, hf_logits, save_hf_model
+from tiny_models import build_hf_model, hf_logits, packed_row, save_hf_model
 
 TOL = 1e-4
 # MLA needs num_key_value_heads == num_attention_heads in transformers (its k/v already have every head).
@@ -119,13 +119,7 @@ def test_packed_row_matches_each_segment_alone(pair):
     lengths = [5, 4, 3]
     seq = sum(lengths) + 2  # two padding slots at the end
     ids = _ids(1, seq, seed=2)
-    segment_ids = np.zeros((1, seq), np.int32)
-    positions = np.zeros((1, seq), np.int32)
-    start = 0
-    for k, n in enumerate(lengths):
-        segment_ids[0, start : start + n] = k + 1
-        positions[0, start : start + n] = np.arange(n)
-        start += n
+    segment_ids, positions = packed_row(lengths, seq)
     got = np.asarray(ours(jnp.asarray(ids), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segment_ids)))
     start, diff = 0, 0.0
     for n in lengths:

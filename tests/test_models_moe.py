@@ -18,7 +18,7 @@ from swift_jax.parallel import make_mesh
 from swift_jax.trainer.step import TrainState, make_train_step, router_aux_coef, split_model
 from swift_jax.tuners import loraize
 from swift_jax.tuners.lora import lora_layers, merge_lora
-from tiny_models import build_hf_model, hf_logits, save_hf_model
+from tiny_models import build_hf_model, hf_logits, packed_row, save_hf_model
 
 TOL = 1e-4
 QWEN3_MOE = dict(num_experts=8, moe_intermediate_size=32)
@@ -79,13 +79,7 @@ def test_packed_row_matches_each_segment_alone(pair):
     lengths = [5, 4, 3]
     seq = sum(lengths) + 2  # two padding slots at the end
     ids = _ids(1, seq, seed=2)
-    segment_ids = np.zeros((1, seq), np.int32)
-    positions = np.zeros((1, seq), np.int32)
-    start = 0
-    for k, n in enumerate(lengths):
-        segment_ids[0, start : start + n] = k + 1
-        positions[0, start : start + n] = np.arange(n)
-        start += n
+    segment_ids, positions = packed_row(lengths, seq)
     got = np.asarray(ours(jnp.asarray(ids), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segment_ids)))
     start = 0
     for n in lengths:

@@ -89,3 +89,16 @@ def hf_logits(model, input_ids: np.ndarray, attention_mask: np.ndarray | None = 
         ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
         mask = None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask), dtype=torch.long)
         return model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+
+
+def packed_row(lengths: list[int], seq: int) -> tuple[np.ndarray, np.ndarray]:
+    """`(segment_ids, positions)` `[1, seq]` of one packed row: segments of `lengths` numbered from 1,
+    positions restarting at 0 in each, padding (segment 0) after them."""
+    segment_ids = np.zeros((1, seq), np.int32)
+    positions = np.zeros((1, seq), np.int32)
+    start = 0
+    for k, n in enumerate(lengths):
+        segment_ids[0, start : start + n] = k + 1
+        positions[0, start : start + n] = np.arange(n)
+        start += n
+    return segment_ids, positions
