@@ -15,7 +15,13 @@ from swift_jax.flops import matmul_params, training_flops
 from swift_jax.models.layers import Buffer
 from swift_jax.tuners import loraize
 from swift_jax.tuners.lora import lora_layers
-from tiny_models import build_hf_model, hf_logits, packed_row, save_hf_model
+from test_models import (  # noqa: F401  (collected here with this file's `pair`)
+    _ids,
+    test_packed_row_matches_each_segment_alone,
+    test_plain_rows,
+    test_right_padded_batch,
+)
+from tiny_models import build_hf_model, hf_logits, save_hf_model
 
 TOL = 1e-4
 # MLA needs num_key_value_heads == num_attention_heads in transformers (its k/v already have every head).
@@ -75,17 +81,14 @@ CASES = [
 
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
 def pair(request, tmp_path_factory):
-    """(HF reference model, our loaded model) for one case."""
+    """(HF reference model, our loaded model, checkpoint path) for one case (as tests/test_models.py)."""
     hf = build_hf_model("deepseek_v3", **request.param[1])
-    return hf, swift_jax.load_model(save_hf_model(hf, tmp_path_factory.mktemp(request.param[0])))
-
-
-def _ids(batch, seq, seed=0):
-    return np.random.RandomState(seed).randint(0, 128, (batch, seq)).astype(np.int32)
+    path = save_hf_model(hf, tmp_path_factory.mktemp(request.param[0]))
+    return hf, swift_jax.load_model(path), path
 
 
 def test_config_and_layer_kinds(pair):
-    hf, ours = pair
+    hf, ours, _ = pair
     c, cfg = hf.config, ours.config
     assert cfg.mla.q_lora_rank == c.q_lora_rank and cfg.mla.v_head_dim == c.v_head_dim
     assert cfg.moe.sparse_layers == (1, 2) and (cfg.moe.n_group, cfg.moe.topk_group) == (c.n_group, c.topk_group)
@@ -93,45 +96,8 @@ def test_config_and_layer_kinds(pair):
     assert abs(cfg.query_scale - hf.model.layers[0].self_attn.scaling) < 1e-7
 
 
-def test_plain_rows(pair):
-    hf, ours = pair
-    ids = _ids(2, 12)
-    diff = np.abs(hf_logits(hf, ids) - np.asarray(ours(jnp.asarray(ids)))).max()
-    print(f"plain: max |logits diff| {diff:.2e}")
-    assert diff < TOL, diff
-
-
-def test_right_padded_batch(pair):
-    hf, ours = pair
-    ids = _ids(2, 12, seed=1)
-    lengths = [12, 7]
-    mask = np.array([[1] * n + [0] * (12 - n) for n in lengths], np.int32)
-    ref = hf_logits(hf, ids, mask)
-    got = np.asarray(ours(jnp.asarray(ids), segment_ids=jnp.asarray(mask)))
-    diff = max(np.abs(ref[row, :n] - got[row, :n]).max() for row, n in enumerate(lengths))
-    print(f"right-padded: max |logits diff| {diff:.2e}")
-    assert diff < TOL, diff
-    assert np.isfinite(got).all()
-
-
-def test_packed_row_matches_each_segment_alone(pair):
-    hf, ours = pair
-    lengths = [5, 4, 3]
-    seq = sum(lengths) + 2  # two padding slots at the end
-    ids = _ids(1, seq, seed=2)
-    segment_ids, positions = packed_row(lengths, seq)
-    got = np.asarray(ours(jnp.asarray(ids), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segment_ids)))
-    start, diff = 0, 0.0
-    for n in lengths:
-        diff = max(diff, np.abs(hf_logits(hf, ids[:, start : start + n]) - got[:, start : start + n]).max())
-        start += n
-    print(f"packed: max |logits diff| {diff:.2e}")
-    assert diff < TOL, diff
-    assert np.isfinite(got).all()
-
-
 def test_save_pretrained_round_trips_through_transformers(pair, tmp_path):
-    hf, ours = pair
+    hf, ours, _ = pair
     swift_jax.save_pretrained(ours, tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     for a, b in zip(hf.model.layers[1:], reloaded.model.layers[1:]):  # the buffer is written too
@@ -147,7 +113,7 @@ def test_save_pretrained_round_trips_through_transformers(pair, tmp_path):
 def test_kv_cache_greedy_decoding_matches_transformers(pair):
     from swift_jax.generation import GenerationConfig, Generator
 
-    hf, ours = pair
+    hf, ours, _ = pair
     prompts = [_ids(1, 6, seed=8)[0].tolist(), _ids(1, 4, seed=9)[0].tolist()]  # left-padded together
     outs = Generator(ours).generate_ids(prompts, GenerationConfig(max_new_tokens=8, eos_token_ids=()))
     for prompt, out in zip(prompts, outs):
@@ -159,7 +125,7 @@ def test_kv_cache_greedy_decoding_matches_transformers(pair):
 
 
 def test_correction_bias_is_a_frozen_buffer_that_changes_routing(pair):
-    hf, ours = pair
+    hf, ours, _ = pair
     gate = ours.model.layers[1].mlp.gate
     assert isinstance(gate.e_score_correction_bias, Buffer)
     params = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(ours, nnx.Param))}
@@ -175,7 +141,7 @@ def test_correction_bias_is_a_frozen_buffer_that_changes_routing(pair):
 
 
 def test_flops_count_mla_and_active_experts(pair):
-    _, ours = pair
+    _, ours, _ = pair
     cfg = ours.config
     shapes = {".".join(map(str, p)): v.shape for p, v in nnx.to_flat_state(nnx.state(ours, nnx.Param))}
     # every matrix but the embedding lookup (biases and norms are vectors), routed experts at top_k / E
@@ -186,7 +152,7 @@ def test_flops_count_mla_and_active_experts(pair):
 
 
 def test_lora_targets_are_the_hf_module_names(pair, tmp_path):
-    hf, ours = pair
+    hf, ours, _ = pair
     names = ["q_a_proj", "q_b_proj"] if hf.config.q_lora_rank else ["q_proj"]
     names += ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
     model = swift_jax.load_model(save_hf_model(hf, tmp_path / "base"))

@@ -18,7 +18,13 @@ from swift_jax.parallel import make_mesh
 from swift_jax.trainer.step import TrainState, make_train_step, router_aux_coef, split_model
 from swift_jax.tuners import loraize
 from swift_jax.tuners.lora import lora_layers, merge_lora
-from tiny_models import build_hf_model, hf_logits, packed_row, save_hf_model
+from test_models import (  # noqa: F401  (collected here with this file's `pair`)
+    _ids,
+    test_packed_row_matches_each_segment_alone,
+    test_plain_rows,
+    test_right_padded_batch,
+)
+from tiny_models import build_hf_model, hf_logits, save_hf_model
 
 TOL = 1e-4
 QWEN3_MOE = dict(num_experts=8, moe_intermediate_size=32)
@@ -41,18 +47,15 @@ CASES = [
 
 @pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
 def pair(request, tmp_path_factory):
-    """(HF reference model, our loaded model) for one case."""
+    """(HF reference model, our loaded model, checkpoint path) for one case (as tests/test_models.py)."""
     _, model_type, overrides = request.param
     hf = build_hf_model(model_type, **overrides)
-    return hf, swift_jax.load_model(save_hf_model(hf, tmp_path_factory.mktemp(request.param[0])))
-
-
-def _ids(batch, seq, seed=0):
-    return np.random.RandomState(seed).randint(0, 128, (batch, seq)).astype(np.int32)
+    path = save_hf_model(hf, tmp_path_factory.mktemp(request.param[0]))
+    return hf, swift_jax.load_model(path), path
 
 
 def test_config_reads_the_moe_fields(pair):
-    hf, ours = pair
+    hf, ours, _ = pair
     moe, c = ours.config.moe, hf.config
     assert (moe.num_experts, moe.top_k) == (8, c.num_experts_per_tok)
     if c.model_type == "mixtral":
@@ -66,31 +69,8 @@ def test_config_reads_the_moe_fields(pair):
         ]
 
 
-def test_plain_rows(pair):
-    hf, ours = pair
-    ids = _ids(2, 12)
-    diff = np.abs(hf_logits(hf, ids) - np.asarray(ours(jnp.asarray(ids)))).max()
-    print(f"max |logits diff| {diff:.2e}")
-    assert diff < TOL, diff
-
-
-def test_packed_row_matches_each_segment_alone(pair):
-    hf, ours = pair
-    lengths = [5, 4, 3]
-    seq = sum(lengths) + 2  # two padding slots at the end
-    ids = _ids(1, seq, seed=2)
-    segment_ids, positions = packed_row(lengths, seq)
-    got = np.asarray(ours(jnp.asarray(ids), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segment_ids)))
-    start = 0
-    for n in lengths:
-        diff = np.abs(hf_logits(hf, ids[:, start : start + n]) - got[:, start : start + n]).max()
-        assert diff < TOL, diff
-        start += n
-    assert np.isfinite(got).all()
-
-
 def test_save_pretrained_round_trips_through_transformers(pair, tmp_path):
-    hf, ours = pair
+    hf, ours, _ = pair
     swift_jax.save_pretrained(ours, tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     ids = _ids(2, 10, seed=3)
