@@ -25,7 +25,7 @@ from swift_jax.kernels.blocks import tile_liveness
 from swift_jax.kernels.cudnn import cudnn_attention
 from swift_jax.kernels.pallas_gpu import pallas_gpu_attention
 from swift_jax.kernels.pallas_tpu import pallas_tpu_attention
-from swift_jax.kernels.xla import xla_attention
+from swift_jax.kernels.xla import xla_attention, xla_blocked_attention
 
 
 def one_sample_rows(batch: int, seq: int, rng) -> np.ndarray:
@@ -77,7 +77,7 @@ def tokamax_attention(q, k, v, *, segment_ids):
 
 def backends(platform: str, interpret_pallas: bool) -> dict[str, Callable]:
     """Name -> fn(q, k, v, *, segment_ids) for what can run on this platform."""
-    found = {"xla": xla_attention, "pallas_gpu (ours)": pallas_gpu_attention}
+    found = {"xla": xla_attention, "xla_blocked": xla_blocked_attention, "pallas_gpu (ours)": pallas_gpu_attention}
     if platform == "gpu":
         found["cudnn"] = cudnn_attention
         found["jax pallas mha"] = shipped_pallas_mha

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from swift_jax.kernels import attention
 from swift_jax.kernels.pallas_gpu import pallas_gpu_attention
 from swift_jax.kernels.pallas_tpu import pallas_tpu_attention
-from swift_jax.kernels.xla import xla_attention
+from swift_jax.kernels.xla import xla_attention, xla_blocked_attention
 
 SEQ, BLOCK = 64, 16
 
@@ -85,6 +85,11 @@ def test_pallas_gpu_matches_reference(heads, kv_heads, head_dim, dtype, opts):
     ours = lambda q, k, v, segment_ids: pallas_gpu_attention(  # noqa: E731
         q, k, v, segment_ids=segment_ids, block_q=BLOCK, block_kv=BLOCK, **opts
     )
+    assert_matches_reference(ours, q, k, v, w, seg, dtype, opts)
+
+
+def assert_matches_reference(ours, q, k, v, w, seg, dtype, opts):
+    """`ours` gives the reference's output and q/k/v gradients on LAYOUT (row 1 all padding: exact zeros)."""
     ref = lambda q, k, v, segment_ids: xla_attention(q, k, v, segment_ids=segment_ids, **opts)  # noqa: E731
     (gq, gk, gv), out = value_and_grads(ours, seg, w)(q, k, v)
     (rq, rk, rv), want = value_and_grads(ref, seg, w)(q, k, v)
@@ -123,6 +128,18 @@ def _jitted_gpu(window):
             )
         )
     return _GPU_FNS[window]
+
+
+@pytest.mark.parametrize("block", [BLOCK, 24], ids=["block16", "ragged-block24"])
+@pytest.mark.parametrize("heads,kv_heads,head_dim,dtype,opts", [c[1:] for c in GPU_CASES], ids=[c[0] for c in GPU_CASES])
+def test_xla_blocked_matches_reference(heads, kv_heads, head_dim, dtype, opts, block):
+    """Query blocks against their live keys only; 24 does not divide 64, so the last block is short."""
+    q, k, v, w = qkv(3, SEQ, heads, kv_heads, head_dim, dtype)
+    seg = jnp.asarray(LAYOUT)
+    ours = lambda q, k, v, segment_ids: xla_blocked_attention(  # noqa: E731
+        q, k, v, segment_ids=segment_ids, block=block, **opts
+    )
+    assert_matches_reference(ours, q, k, v, w, seg, dtype, opts)
 
 
 TPU_CASES = [
@@ -169,5 +186,5 @@ def test_attention_dispatch_through_every_backend_name():
     seg = jnp.asarray(LAYOUT)
     q, k, v, _ = qkv(3, SEQ, 4, 2, 64, jnp.float32)
     want = xla_attention(q, k, v, segment_ids=seg)
-    for impl in ("auto", "xla", "pallas_gpu"):
+    for impl in ("auto", "xla", "xla_blocked", "pallas_gpu"):
         assert_close(attention(q, k, v, segment_ids=seg, impl=impl), want, jnp.float32, impl)

@@ -71,7 +71,10 @@ def test_auto_and_explicit_backend_choice():
     q, k = jnp.zeros((1, 8, 4, 16)), jnp.zeros((1, 8, 2, 16))
     seg = jnp.ones((1, 8), jnp.int32)
     opts = dict(segment_ids=seg)
-    assert resolve_impl("auto", q, k, **opts) == "xla"  # CPU
+    assert resolve_impl("auto", q, k, **opts) == "xla"  # CPU, shorter than two query blocks
+    long_q, long_k = jnp.zeros((1, 256, 4, 16)), jnp.zeros((1, 256, 2, 16))
+    assert resolve_impl("auto", long_q, long_k, segment_ids=jnp.ones((1, 256), jnp.int32)) == "xla_blocked"
+    assert resolve_impl("auto", long_q, long_k, segment_ids=jnp.ones((1, 256), jnp.int32), causal=False) == "xla"
     assert resolve_impl("pallas_gpu", q, k, **opts) == "pallas_gpu"
     assert resolve_impl("cudnn", q, k, **opts) == "xla"  # float32: cuDNN does not cover it
     assert resolve_impl("pallas_gpu", q[:, :1], k, q_offset=3, **opts) == "xla"  # decoding

@@ -79,3 +79,60 @@ def xla_attention(
     probs = jnp.where(mask, probs, 0.0)  # fully masked (padding) rows become exact zeros
     out = jnp.einsum("bkgst,bktd->bkgsd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim).astype(q.dtype)
+
+
+def blocked_unsupported_reason(q: jax.Array, k: jax.Array, *, causal: bool = True, q_offset=None, block: int = 128, **_) -> str | None:
+    """Why `xla_blocked_attention` would not help this call (None when it runs it)."""
+    if not causal:
+        return "bidirectional attention has no dead blocks to skip"
+    if q_offset is not None or q.shape[1] != k.shape[1]:
+        return "decoding (q_offset / q_len != kv_len) runs the reference"
+    if q.shape[1] < 2 * block:
+        return f"sequence {q.shape[1]} is shorter than two blocks of {block}"
+    return None
+
+
+def xla_blocked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    segment_ids: jax.Array,
+    q_segment_ids: jax.Array | None = None,
+    causal: bool = True,
+    sliding_window: int | None = None,
+    logits_soft_cap: float | None = None,
+    scale: float | None = None,
+    q_offset: jax.Array | int | None = None,
+    block: int = 128,
+) -> jax.Array:
+    """`xla_attention` for causal self-attention, one query block at a time against only its live keys.
+
+    Query block i (`block` positions) attends to keys `[lo, hi)`: `hi` ends at the block's last query
+    (causal), `lo` starts at its first query's window (sliding_window), so the score tensors above the
+    diagonal or outside the window are never built. That is about half of the attention work and
+    memory of a causal row (less with windows), forward and backward, with static shapes throughout.
+    Same arguments and results as `xla_attention`; calls it cannot help go to it unchanged.
+    """
+    options = dict(causal=causal, sliding_window=sliding_window, logits_soft_cap=logits_soft_cap, scale=scale)
+    if blocked_unsupported_reason(q, k, causal=causal, q_offset=q_offset, block=block) is not None:
+        return xla_attention(q, k, v, segment_ids=segment_ids, q_segment_ids=q_segment_ids, q_offset=q_offset, **options)
+    if q_segment_ids is None:
+        q_segment_ids = segment_ids
+    seq = q.shape[1]
+    outputs = []
+    for first in range(0, seq, block):
+        last = min(first + block, seq)  # queries [first, last)
+        lo = 0 if sliding_window is None else max(0, first - sliding_window + 1)
+        outputs.append(
+            xla_attention(
+                q[:, first:last],  # [batch, block, heads, head_dim]
+                k[:, lo:last],  # [batch, last - lo, kv_heads, head_dim]
+                v[:, lo:last],
+                segment_ids=segment_ids[:, lo:last],
+                q_segment_ids=q_segment_ids[:, first:last],
+                q_offset=first - lo,
+                **options,
+            )
+        )
+    return jnp.concatenate(outputs, axis=1)  # [batch, seq, heads, head_dim]
