@@ -5,7 +5,9 @@
 
 Every variant trains the same model (random weights, Qwen2 architecture), the same LoRA (rank 8, alpha 32,
 all-linear), on the same synthetic chat-like samples (log-normal lengths, loss on the second part of each
-sample), with the same samples per step. Each variant runs in its own subprocess (clean memory figures);
+sample). A step is one global token budget, as in the trainer: `rows_per_step` rows of `max_length`
+slots filled from one sample stream (synthetic_steps), and every variant trains on exactly those
+samples per step, packed into the rows or one per row, padded. Each variant runs in its own subprocess (clean memory figures);
 warm-up steps (compilation) are excluded and reported separately; the step time is the median of the
 timed steps. Tokens/s counts real (non-padding) tokens. The last line reads `ratio packed/pytorch: R`.
 
@@ -31,41 +33,53 @@ PRESETS = {
     "cpu": dict(
         model=dict(vocab_size=2048, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
                    num_attention_heads=4, num_key_value_heads=2),
-        max_length=512, samples_per_step=16, mean_length=96, steps=6, warmup=2, dtype="float32",
+        max_length=512, rows_per_step=4, mean_length=96, steps=10, warmup=2, dtype="float32",
     ),
     "ci": dict(  # a smoke run of every variant (tests/test_benchmarks.py); its figures mean nothing
         model=dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2),
-        max_length=128, samples_per_step=8, mean_length=32, steps=2, warmup=1, dtype="float32",
+        max_length=128, rows_per_step=2, mean_length=32, steps=2, warmup=1, dtype="float32",
     ),
     "gpu-0.5b": dict(
         model=dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                    num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True),
-        max_length=4096, samples_per_step=64, mean_length=600, steps=10, warmup=3, dtype="bfloat16",
+        max_length=4096, rows_per_step=16, mean_length=600, steps=10, warmup=3, dtype="bfloat16",
     ),
     "gpu-1.5b": dict(
         model=dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                    num_attention_heads=12, num_key_value_heads=2, tie_word_embeddings=True),
-        max_length=4096, samples_per_step=64, mean_length=600, steps=10, warmup=3, dtype="bfloat16",
+        max_length=4096, rows_per_step=16, mean_length=600, steps=10, warmup=3, dtype="bfloat16",
     ),
 }
 VARIANTS = ("swift_jax packed", "swift_jax padded", "pytorch padded", "pytorch packed")
 
 
-def synthetic_samples(preset: dict, num_steps: int, seed: int = 0) -> list[list[tuple[np.ndarray, np.ndarray]]]:
-    """Per step, a list of (input_ids, labels) samples with log-normal lengths; labels -100 on the prompt."""
+def synthetic_steps(preset: dict, num_steps: int, seed: int = 0) -> list[list[list[tuple[np.ndarray, np.ndarray]]]]:
+    """Per step, `rows_per_step` rows, each a list of (input_ids, labels) samples; one global token budget.
+
+    Samples (log-normal lengths, labels -100 on the prompt) arrive as a stream and go first-fit into the
+    step's open rows of `max_length`; the first sample that fits nowhere closes the step and opens the
+    next one, as the trainer's packer emits its bins. Every variant trains on exactly these samples per
+    step: packed as the rows are, or one sample per row, padded.
+    """
     rng = np.random.default_rng(seed)
-    vocab, max_len = preset["model"]["vocab_size"], preset["max_length"]
-    steps = []
-    for _ in range(num_steps):
-        lengths = np.clip(rng.lognormal(np.log(preset["mean_length"]), 0.8, preset["samples_per_step"]), 8, max_len)
-        step = []
-        for n in lengths.astype(int):
-            ids = rng.integers(3, vocab, n, dtype=np.int32)
-            labels = ids.copy()
-            labels[: max(1, int(0.4 * n))] = -100  # the "prompt" is not trained; first token never is
-            step.append((ids, labels))
-        steps.append(step)
+    vocab, max_len, num_rows = preset["model"]["vocab_size"], preset["max_length"], preset["rows_per_step"]
+
+    def sample():
+        n = int(np.clip(rng.lognormal(np.log(preset["mean_length"]), 0.8), 8, max_len))
+        ids = rng.integers(3, vocab, n, dtype=np.int32)
+        labels = ids.copy()
+        labels[: max(1, int(0.4 * n))] = -100  # the "prompt" is not trained; first token never is
+        return ids, labels
+
+    steps, pending = [], sample()
+    while len(steps) < num_steps:
+        rows, space = [[] for _ in range(num_rows)], [max_len] * num_rows
+        while (slot := next((r for r, free in enumerate(space) if free >= len(pending[0])), None)) is not None:
+            rows[slot].append(pending)
+            space[slot] -= len(pending[0])
+            pending = sample()
+        steps.append(rows)
     return steps
 
 
@@ -81,29 +95,22 @@ def pad_batch(samples, length: int | None = None) -> dict[str, np.ndarray]:
     return out
 
 
-def pack_batch(samples, max_length: int) -> dict[str, np.ndarray]:
-    """First-fit-decreasing packing of samples into rows of `max_length` with segment ids and positions."""
-    rows: list[list[int]] = []
-    space: list[int] = []
-    for i in sorted(range(len(samples)), key=lambda i: -len(samples[i][0])):
-        n = len(samples[i][0])
-        slot = next((r for r, free in enumerate(space) if free >= n), None)
-        if slot is None:
-            rows.append([]), space.append(max_length)
-            slot = len(rows) - 1
-        rows[slot].append(i)
-        space[slot] -= n
+def pack_batch(rows, max_length: int) -> dict[str, np.ndarray]:
+    """Rows of samples (see synthetic_steps) laid out in `max_length` slots with segment ids and positions."""
     out = {k: np.zeros((len(rows), max_length), np.int32) for k in ("input_ids", "segment_ids", "positions")}
     out["labels"] = np.full((len(rows), max_length), -100, np.int32)
     for r, members in enumerate(rows):
         start = 0
-        for k, i in enumerate(members):
-            ids, labels = samples[i]
+        for k, (ids, labels) in enumerate(members):
             end = start + len(ids)
             out["input_ids"][r, start:end], out["labels"][r, start:end] = ids, labels
             out["segment_ids"][r, start:end], out["positions"][r, start:end] = k + 1, np.arange(len(ids))
             start = end
     return out
+
+
+def _samples(rows) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [s for row in rows for s in row]
 
 
 def _peak_memory_bytes() -> int:
@@ -128,15 +135,15 @@ def run_pytorch(preset: dict, packed: bool) -> dict:
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn).to(device)
     model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    steps = synthetic_samples(preset, preset["warmup"] + preset["steps"])
+    steps = synthetic_steps(preset, preset["warmup"] + preset["steps"])
     times, real_tokens = [], []
-    for i, samples in enumerate(steps):
+    for rows in steps:
         if packed:
-            batch = pack_batch(samples, preset["max_length"])
+            batch = pack_batch(rows, preset["max_length"])
             flat = {k: v.reshape(1, -1) for k, v in batch.items()}
             kwargs = dict(input_ids=flat["input_ids"], position_ids=flat["positions"], labels=flat["labels"])
         else:
-            batch = pad_batch(samples)
+            batch = pad_batch(_samples(rows))
             kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["segment_ids"], labels=batch["labels"])
         kwargs = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in kwargs.items()}
         if cuda:
@@ -177,9 +184,9 @@ def run_swift_jax(preset: dict, packed: bool) -> dict:
                                adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
     train_step = make_train_step(graphdef, optimizer)
-    steps = synthetic_samples(preset, preset["warmup"] + preset["steps"])
+    steps = synthetic_steps(preset, preset["warmup"] + preset["steps"])
     max_len = preset["max_length"]
-    batches = [pack_batch(s, max_len) if packed else pad_batch(s, max_len) for s in steps]
+    batches = [pack_batch(rows, max_len) if packed else pad_batch(_samples(rows), max_len) for rows in steps]
     rows = max(len(b["input_ids"]) for b in batches)  # a static row count per step: one compilation
     times, real_tokens = [], []
     for batch in batches:
