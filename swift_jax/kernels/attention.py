@@ -36,7 +36,7 @@ BACKENDS: dict[str, Backend] = {
 # timed on a real GPU (scripts/bench_attention.py); so far it is verified in interpret mode and by
 # lowering to Triton IR only, so it is opt-in (`impl="pallas_gpu"` / `--attn_impl pallas_gpu`).
 # cuDNN cannot take packed rows; name it explicitly for unpacked bf16 batches. CPU: the reference
-# one query block at a time (half the causal work; 1.6x faster attention fwd+bwd at seq 512).
+# one query block at a time (half the causal work; 1.6x faster fwd+bwd on packed rows of 512).
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("xla_blocked", "xla"),
     "gpu": ("xla",),

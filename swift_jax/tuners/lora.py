@@ -32,7 +32,7 @@ def low_rank_product(x: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> 
 
     The backward is the textbook one (dx = g b^T a^T, da = x^T (g b^T), db = (x a)^T g, g scaled once);
     it is spelled out because XLA:CPU, given autodiff's version, wrote the output cotangent transposed
-    through a fused elementwise loop (the SiLU backward of the MLP): 30% of a LoRA step on the CPU
+    through a fused elementwise loop (the SiLU backward of the MLP): about 30% of a LoRA step on the CPU
     (scripts/bench_train.py). Here every contraction reads g in its own `[..., out]` layout.
     """
     return ((x @ a) @ b) * scale
