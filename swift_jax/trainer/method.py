@@ -1,0 +1,112 @@
+"""The seam between the trainer and a training method (SFT, pre-training, DPO family, GRPO family).
+
+The trainer owns the run: state, the jit step with gradient accumulation, the optimizer, logs, evaluation,
+checkpoints, resume and multi-host agreement. A *method* says only three things:
+
+- what its data is: `build_data(...)` returns a pipeline of host batches (numpy arrays, leading axis = rows);
+- what its loss is: `loss(model, batch, extra)` -> `LossOutput`, traced inside the compiled step;
+- optionally, a phase that makes the step's batches (`make_batches`, e.g. GRPO's rollouts) and frozen extra
+  state the loss reads (`extra_state`, e.g. a full reference model for DPO).
+
+A new method subclasses `Method`, fills those in, and is passed to `Trainer(args, method)`; the trainer never
+names a method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+
+from .loss import chunked_cross_entropy
+
+if TYPE_CHECKING:
+    from flax import nnx
+
+    from .trainer import Trainer
+
+Metric = tuple[jax.Array, jax.Array]
+"""(sum, count) of a metric over a micro-batch; the logged value is sum / count over the whole step."""
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class LossOutput:
+    """What a method's loss returns for one micro-batch.
+
+    `loss_sum` is summed over the micro-batch's units (target tokens for SFT, pairs for DPO, sequences or
+    tokens for GRPO) and `count` is the number of those units; the step's loss is the sum of `loss_sum`
+    over all micro-batches divided by the sum of `count`, so accumulating 4 x 2 equals one batch of 8.
+    `metrics` maps a logged name to `(sum, count)`, aggregated the same way.
+    """
+
+    loss_sum: jax.Array
+    count: jax.Array
+    metrics: dict[str, Metric] = dataclasses.field(default_factory=dict)
+
+
+def mean_metric(values: jax.Array, mask: jax.Array | None = None) -> Metric:
+    """A `(sum, count)` metric for the mean of `values` (over `mask`'s true entries when given)."""
+    values = values.astype(jnp.float32)
+    if mask is None:
+        return values.sum(), jnp.asarray(values.size, jnp.float32)
+    return jnp.where(mask, values, 0.0).sum(), mask.sum().astype(jnp.float32)
+
+
+class Method:
+    """Base class of training methods; subclasses override `build_data` and `loss` (and optionally more)."""
+
+    name: str = "method"
+    batch_keys: tuple[str, ...] = ("input_ids", "labels", "segment_ids", "positions")
+    """Host arrays of one micro-batch that the step receives (each `[rows, ...]`, rows split over data x fsdp)."""
+
+    def build_data(self, args, tokenizer, *, batch_size: int, seed: int, shuffle: bool, process_index: int, process_count: int):
+        """The data pipeline: an object with `train_iterator(num_epochs)` (a checkpointable iterator of host
+        batches), `val_batches()`, `steps_per_epoch` and `stats`, like `swift_jax.data.DataPipeline`."""
+        raise NotImplementedError
+
+    def loss(self, model: "nnx.Module", batch: dict[str, jax.Array], extra: Any) -> LossOutput:
+        """The summed loss of one micro-batch (traced; `model` is in train or eval mode as the caller set)."""
+        raise NotImplementedError
+
+    def extra_state(self, trainer: "Trainer") -> Any:
+        """Frozen arrays the loss reads besides the model (e.g. a reference model's parameters); None by default."""
+        return None
+
+    def make_batches(self, trainer: "Trainer", host_batches: list[dict]) -> list[dict]:
+        """A phase before each step that turns the data's batches into the step's (GRPO: prompts -> rollouts
+        -> rewards -> advantages). The default passes them through."""
+        return host_batches
+
+    def describe(self) -> str:
+        """One line for the run's start-up report."""
+        return self.name
+
+
+class LanguageModeling(Method):
+    """Next-token cross-entropy on the labelled tokens: SFT (templated chats, answers trained) and pre-training
+    (`swift pt`: every token trained). `router_aux_loss_coef` adds the MoE load-balancing loss."""
+
+    def __init__(self, name: str = "sft", *, loss_chunk_size: int = 1024, router_aux_loss_coef: float = 0.0):
+        self.name = name
+        self.loss_chunk_size = loss_chunk_size
+        self.router_aux_loss_coef = router_aux_loss_coef
+
+    def build_data(self, args, tokenizer, **kwargs):
+        from swift_jax.data import build_data
+
+        return build_data(args, tokenizer, **kwargs)
+
+    def loss(self, model, batch, extra) -> LossOutput:
+        inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
+        if self.router_aux_loss_coef:
+            hidden, aux = model.hidden_states(batch["input_ids"], **inputs, return_aux_loss=True)
+        else:
+            hidden = model.hidden_states(batch["input_ids"], **inputs)
+        loss_sum, count, correct = chunked_cross_entropy(hidden, batch["labels"], model.logits, chunk_size=self.loss_chunk_size)
+        if self.router_aux_loss_coef:  # weighted by tokens, like the mean cross-entropy
+            loss_sum = loss_sum + self.router_aux_loss_coef * aux * count
+        n = count.astype(jnp.float32)
+        return LossOutput(loss_sum, n, {"token_acc": (correct.astype(jnp.float32), n)})
