@@ -1,0 +1,1 @@
+"""Preference (DPO family) and online RL (GRPO family) training methods."""
