@@ -158,4 +158,13 @@ def rollout(
     return _rollout_jit(*rollout_inputs(model, ids, mask, key, sampling, eos_ids), max_new_tokens=max_completion_length)
 
 
+def compile_rollout(
+    model: nnx.Module, rows: int, width: int, *, max_completion_length: int, sampling: SamplingParams = SamplingParams(), eos_ids: Sequence[int] = ()
+) -> jax.stages.Compiled:
+    """The compiled rollout for `rows` completions of prompts `width` wide (for its memory analysis)."""
+    ids = np.zeros((rows, width), np.int32)
+    args = rollout_inputs(model, ids, ids, jax.random.key(0), sampling, eos_ids)
+    return _rollout_jit.lower(*args, max_new_tokens=max_completion_length).compile()
+
+
 jax.tree_util.register_dataclass(SamplingParams, data_fields=[f.name for f in dataclasses.fields(SamplingParams)], meta_fields=[])

@@ -1,0 +1,251 @@
+"""GRPO as a training method: a rollout phase makes each step's batches, the loss is the clipped policy loss.
+
+`make_batches` (before each step) turns the step's prompt rows into training rows:
+rollout (`rollout.py`) -> rewards (`swift_jax.rewards`) -> DAPO dynamic sampling -> reference log-probs
+(LoRA adapters off, or a frozen copy of the initial weights for full fine-tuning) -> advantages; then
+`loss` (inside the compiled step) recomputes the policy's log-probs and applies `grpo_loss.policy_loss`.
+
+Prompt rows arrive as ms-swift's RepeatSampler gives them: each prompt `num_generations` times in a row,
+`per_device_train_batch_size` rows (completions) per micro-batch. Host-side statistics (rewards, lengths,
+rollout throughput) travel to the step as per-row constants under `metric/{name}` and come out of the
+loss as `(sum, rows)` metrics under ms-swift's keys, so the trainer logs them like any other metric.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from swift_jax.rewards import build_reward_funcs, load_plugins, score_completions
+from swift_jax.rewards.plugins import reward_name
+from swift_jax.trainer.method import LossOutput, Method
+from swift_jax.tuners.lora import lora_layers
+
+from .advantages import compute_advantages, reward_metrics, weighted_rewards
+from .dynamic_sampling import Round, concat_rounds, dynamic_sample, take_rows
+from .grpo_args import GRPOArgs
+from .grpo_loss import policy_loss
+from .logps import adapters_off, completion_logps
+from .memory import ProgramMemory, program_memory
+from .rollout import Rollout, SamplingParams, compile_rollout, rollout
+
+ROLLOUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "old_logps", "advantages", "truncated")
+
+
+@functools.partial(jax.jit, static_argnums=(0,), static_argnames=("temperature",))
+def _reference_logps(graphdef, state, prompt_ids, prompt_mask, completion_ids, *, temperature: float):
+    """`[rows, C]` log-probs under the reference: the given weights with any LoRA adapters switched off."""
+    model = nnx.merge(graphdef, state)
+    model.eval()
+    with adapters_off(model):
+        return completion_logps(model, prompt_ids, prompt_mask, completion_ids, temperature)
+
+
+class GRPO(Method):
+    """GRPO and its variants (DAPO, GSPO, Dr. GRPO, BNPO, RLOO, REINFORCE++) as chosen by `GRPOArgs`."""
+
+    name = "grpo"
+
+    def __init__(
+        self,
+        args: GRPOArgs,
+        *,
+        tokenizer=None,
+        eos_ids: tuple[int, ...] = (),
+        seed: int = 0,
+        reward_funcs: list | None = None,
+        resample_prompts: Callable[[], Round] | None = None,
+    ):
+        self.args = args
+        self.loss_config = args.loss_config()
+        if args.external_plugins:
+            load_plugins(args.external_plugins)
+        self.reward_funcs = build_reward_funcs(args.reward_funcs if reward_funcs is None else reward_funcs, args)
+        if not self.reward_funcs:
+            raise ValueError("GRPO needs at least one reward: pass --reward_funcs (e.g. accuracy) or a plugin's name")
+        self.reward_names = [reward_name(f) for f in self.reward_funcs]
+        weights = args.reward_weights or [1.0] * len(self.reward_funcs)
+        if len(weights) != len(self.reward_funcs):
+            raise ValueError(f"--reward_weights has {len(weights)} values for {len(self.reward_funcs)} reward functions {self.reward_names}")
+        self.reward_weights = np.asarray(weights, np.float32)
+        self.tokenizer, self.eos_ids = tokenizer, tuple(eos_ids)
+        self.resample_prompts = resample_prompts
+        self.sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
+        self.metric_names = self._metric_names()
+        self.batch_keys = ROLLOUT_KEYS + (("ref_logps",) if self._needs_reference else ()) + tuple(f"metric/{m}" for m in self.metric_names)
+        self.completions_path: str | None = None  # completions.jsonl (with --log_completions)
+        self._key = jax.random.key(seed)
+        self._rollouts = 0
+        self._calls = 0
+        self._buffer: list[dict] | None = None
+        self._ref_state = None
+
+    @property
+    def _needs_reference(self) -> bool:
+        return self.args.beta != 0.0
+
+    def _metric_names(self) -> list[str]:
+        names = ["reward", "reward_std", "frac_reward_zero_std"]
+        for n in self.reward_names:
+            names += [f"rewards/{n}/mean", f"rewards/{n}/std"]
+        names += ["completions/mean_length", "completions/min_length", "completions/max_length", "completions/clipped_ratio"]
+        names += ["rollout_tokens_per_sec"]
+        if self.args.kl_in_reward and self.args.beta != 0.0:
+            names.append("kl")  # logged from the rewards (sum over tokens of old - ref), as ms-swift
+        if self.args.dynamic_sample:
+            names.append("num_resamples")
+        return names
+
+    def describe(self) -> str:
+        a = self.args
+        return (
+            f"grpo: loss_type={a.loss_type} importance_sampling_level={a.importance_sampling_level} advantage_estimator="
+            f"{a.advantage_estimator} scale_rewards={a.scale_rewards} beta={a.beta} num_generations={a.num_generations} "
+            f"rewards={self.reward_names}"
+        )
+
+    # ----- the rollout phase (host) -----
+
+    def make_batches(self, trainer, host_batches: list[dict]) -> list[dict]:
+        """The step's training micro-batches from its prompt micro-batches (see `make_batches_for`)."""
+        return self.make_batches_for(trainer.model, host_batches, step=getattr(trainer, "step", None))
+
+    def make_batches_for(self, model: nnx.Module, host_batches: list[dict], step: int | None = None) -> list[dict]:
+        """Roll out, score and weigh the completions of `host_batches` (prompt rows, each prompt repeated
+        `num_generations` times); with `num_iterations` > 1 a rollout serves that many steps."""
+        self._calls += 1
+        if self._buffer is not None and (self._calls - 1) % self.args.num_iterations:
+            return self._buffer
+        rows_per_batch = len(host_batches[0]["prompt_ids"])
+        prompts = concat_rounds(host_batches)
+        n = len(prompts["prompt_ids"])
+        self.args.check_batch(n)
+        start = time.perf_counter()
+        first = self._score(model, prompts)
+        resamples = 0
+        if self.args.dynamic_sample:
+            resample = lambda: self._score(model, self.resample_prompts() if self.resample_prompts else prompts)
+            first, resamples = dynamic_sample(
+                first, resample, num_generations=self.args.num_generations, generation_batch_size=n, max_resample_times=self.args.max_resample_times
+            )
+        rows = self._finish(model, first, resamples, time.perf_counter() - start, step)
+        self._buffer = [take_rows(rows, slice(i, i + rows_per_batch)) for i in range(0, n, rows_per_batch)]
+        return self._buffer
+
+    def _score(self, model: nnx.Module, prompts: Round) -> Round:
+        """One rollout of the prompt rows, with its rewards: the round dynamic sampling inspects."""
+        self._rollouts += 1
+        key = jax.random.fold_in(self._key, self._rollouts)
+        out: Rollout = rollout(
+            model, prompts["prompt_ids"], prompts["prompt_mask"], key,
+            max_completion_length=self.args.max_completion_length, sampling=self.sampling, eos_ids=self.eos_ids,
+        )
+        out = jax.tree.map(np.asarray, out)
+        ids = [row[: n].tolist() for row, n in zip(out.completion_ids, out.completion_mask.sum(-1))]
+        texts = [self._decode(t) for t in ids]
+        columns = {k: list(v) for k, v in prompts.items() if k not in ("prompt_ids", "prompt_mask")}
+        columns.update(response_token_ids=ids, is_truncated=list(out.truncated))
+        per_func = score_completions(self.reward_funcs, texts, columns)
+        return {
+            **prompts,
+            "completion_ids": out.completion_ids,
+            "completion_mask": out.completion_mask,
+            "old_logps": out.old_logps,
+            "truncated": out.truncated,
+            "rewards_per_func": per_func,
+            "rewards": np.asarray(weighted_rewards(per_func, self.reward_weights)),
+            "completion_text": np.asarray(texts, dtype=object),
+        }
+
+    def _decode(self, ids: list[int]) -> str:
+        if self.tokenizer is None:
+            return " ".join(map(str, ids))
+        return self.tokenizer.decode([t for t in ids if t not in self.eos_ids], skip_special_tokens=True)
+
+    def _finish(self, model: nnx.Module, rows: Round, resamples: int, seconds: float, step: int | None) -> Round:
+        """Reference log-probs, advantages and the logged statistics of the rows the step trains on."""
+        a = self.args
+        if self._needs_reference:
+            graphdef, state = nnx.split(model)
+            if not lora_layers(model):  # full fine-tuning: the weights as they were at the first rollout
+                if self._ref_state is None:
+                    self._ref_state = jax.tree.map(jnp.copy, state)
+                state = self._ref_state
+            rows["ref_logps"] = np.asarray(
+                _reference_logps(graphdef, state, rows["prompt_ids"], rows["prompt_mask"], rows["completion_ids"], temperature=a.temperature)
+            )
+        kl_values = None
+        if a.kl_in_reward and a.beta != 0.0:
+            kl_values = ((rows["old_logps"] - rows["ref_logps"]) * rows["completion_mask"]).sum(-1)
+        advantages, rewards = compute_advantages(
+            rows["rewards_per_func"], self.reward_weights, a.num_generations, advantage_estimator=a.advantage_estimator,
+            scale_rewards=a.scale_rewards, kl_in_reward=a.kl_in_reward, beta=a.beta, kl_values=kl_values,
+        )
+        rows["advantages"] = np.asarray(advantages, np.float32)
+        lengths = rows["completion_mask"].sum(-1)
+        stats = reward_metrics(np.asarray(rewards), rows["rewards_per_func"], self.reward_names, a.num_generations, a.scale_rewards).as_logs()
+        stats.update({
+            "completions/mean_length": float(lengths.mean()),
+            "completions/min_length": float(lengths.min()),
+            "completions/max_length": float(lengths.max()),
+            "completions/clipped_ratio": float(rows["truncated"].mean()),
+            "rollout_tokens_per_sec": float(lengths.sum() / max(seconds, 1e-9)),
+            "num_resamples": float(resamples),
+        })
+        if kl_values is not None:
+            stats["kl"] = float(np.nanmean(kl_values))
+        n = len(lengths)
+        for name in self.metric_names:
+            rows[f"metric/{name}"] = np.full(n, stats.get(name, 0.0), np.float32)
+        if a.log_completions and self.completions_path:
+            self._log_completions(rows, step)
+        return {k: rows[k] for k in self.batch_keys}
+
+    def _log_completions(self, rows: Round, step: int | None) -> None:
+        """Append one ms-swift-style table (columns of equal length) to completions.jsonl."""
+        table = {"step": [str(step)] * len(rows["rewards"])}
+        if self.tokenizer is not None:
+            table["prompt"] = [self.tokenizer.decode(i[m > 0]) for i, m in zip(rows["prompt_ids"], rows["prompt_mask"])]
+        table["completion"] = list(rows["completion_text"])
+        for i, name in enumerate(self.reward_names):
+            table[name] = [None if np.isnan(v) else float(v) for v in rows["rewards_per_func"][:, i]]
+        table["advantages"] = [float(v) for v in rows["advantages"]]
+        if "solution" in rows:
+            table["solution"] = [str(s) for s in rows["solution"]]
+        os.makedirs(os.path.dirname(os.path.abspath(self.completions_path)), exist_ok=True)
+        with open(self.completions_path, "a") as f:
+            f.write(json.dumps(table, ensure_ascii=False) + "\n")
+
+    # ----- the loss (traced) -----
+
+    def loss(self, model: nnx.Module, batch: dict[str, jax.Array], extra: Any) -> LossOutput:
+        """The policy loss of one micro-batch of completions, with the rollout's statistics as metrics."""
+        logps = completion_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], self.args.temperature)
+        # One update per rollout: the sampling policy is the current one (ratio 1, as ms-swift's old
+        # log-probs from the same weights); more iterations use the stored rollout log-probs.
+        old = jax.lax.stop_gradient(logps) if self.args.num_iterations == 1 else batch["old_logps"]
+        loss_sum, count, metrics = policy_loss(
+            logps, old, batch["advantages"], batch["completion_mask"], self.loss_config,
+            ref_logps=batch.get("ref_logps"), truncated=batch["truncated"], overlong_filter=self.args.overlong_filter,
+        )
+        rows = jnp.asarray(batch["advantages"].shape[0], jnp.float32)
+        for name in self.metric_names:
+            metrics[name] = (batch[f"metric/{name}"].sum(), rows)
+        return LossOutput(loss_sum, count, metrics)
+
+    # ----- for the memory report -----
+
+    def rollout_memory(self, model: nnx.Module, rows: int, width: int) -> ProgramMemory:
+        """Memory of the compiled rollout of `rows` completions (one step's) of prompts `width` wide."""
+        compiled = compile_rollout(
+            model, rows, width, max_completion_length=self.args.max_completion_length, sampling=self.sampling, eos_ids=self.eos_ids
+        )
+        return program_memory("rollout", compiled)

@@ -1,0 +1,74 @@
+"""GRPO's prompt rows: chat prompts (the trailing assistant message dropped, as ms-swift) encoded once,
+left-padded to the run's prompt width, each repeated `num_generations` times (ms-swift's RepeatSampler)."""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from swift_jax.data.errors import row_error
+
+from .dynamic_sampling import Round, concat_rounds, take_rows
+from .rollout import pad_prompts, prompt_length
+
+
+def prompt_messages(row: dict, where: str) -> list[dict]:
+    """The row's messages without a trailing assistant message (its answer is what GRPO samples)."""
+    messages = row.get("messages")
+    if not messages:
+        raise row_error(where, "has no 'messages'", "GRPO rows are chats: {'messages': [{'role': 'user', 'content': ...}], 'solution': ...}")
+    if messages[-1].get("role") == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise row_error(where, "has only an assistant message", "give the prompt as a user message")
+    return list(messages)
+
+
+def encode_prompts(rows: Sequence[dict], tokenizer, *, max_length: int | None = None, name: str = "dataset") -> tuple[list[list[int]], int]:
+    """`(token ids per prompt, prompt width)`: the chat template with the generation prompt appended; the
+    width is the longest prompt (at most `max_length`) rounded up to 64, so the rollout compiles once."""
+    encoded = []
+    for i, row in enumerate(rows):
+        messages = prompt_messages(row, f"{name} row {i}")
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        encoded.append(tokenizer.encode(text, add_special_tokens=False))
+    return encoded, prompt_length(max(map(len, encoded)), max_length)
+
+
+def prompt_round(rows: Sequence[dict], encoded: Sequence[Sequence[int]], width: int, num_generations: int, max_length: int | None = None) -> Round:
+    """The rows as one round: `prompt_ids`/`prompt_mask` `[rows x G, width]` plus each extra column (e.g.
+    `solution`) as an object array, every prompt repeated `num_generations` times in a row."""
+    ids, mask = pad_prompts(encoded, width, max_length)
+    out: Round = {"prompt_ids": np.repeat(ids, num_generations, 0), "prompt_mask": np.repeat(mask, num_generations, 0)}
+    extra = sorted({k for r in rows for k in r if k != "messages"})
+    for key in extra:
+        column = np.empty(len(rows), dtype=object)
+        column[:] = [r.get(key) for r in rows]
+        out[key] = np.repeat(column, num_generations, 0)
+    return out
+
+
+class PromptBatches:
+    """Micro-batches of `batch_size` completion rows (prompts x `num_generations`) over shuffled epochs."""
+
+    def __init__(self, rows: Sequence[dict], tokenizer, *, num_generations: int, batch_size: int, max_length: int | None = None, seed: int = 0):
+        encoded, self.width = encode_prompts(rows, tokenizer, max_length=max_length)
+        self.round = prompt_round(rows, encoded, self.width, num_generations, max_length)
+        self.num_generations, self.batch_size, self.seed = num_generations, batch_size, seed
+        self.num_prompts = len(rows)
+        self.steps_per_epoch = self.num_prompts * num_generations // batch_size
+
+    def batches(self, num_epochs: int | None = None) -> Iterator[dict]:
+        """Host batches in order; a prompt's repeats never split across epochs (whole prompts are shuffled)."""
+        epoch, pending = 0, []
+        while num_epochs is None or epoch < num_epochs:
+            order = np.random.default_rng(self.seed + epoch).permutation(self.num_prompts)
+            rows = (order[:, None] * self.num_generations + np.arange(self.num_generations)).reshape(-1)
+            pending.append(take_rows(self.round, rows))
+            stream = concat_rounds(pending)
+            usable = len(stream["prompt_ids"]) // self.batch_size * self.batch_size
+            for i in range(0, usable, self.batch_size):
+                yield take_rows(stream, slice(i, i + self.batch_size))
+            pending = [take_rows(stream, slice(usable, None))]
+            epoch += 1
