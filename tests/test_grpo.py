@@ -115,14 +115,16 @@ def test_a_few_steps_raise_the_reward_and_compile_once(tokenizer):
     opt_state = optimizer.init(params)
     update = _update_step(method, graphdef, optimizer)
     data = PromptBatches(ROWS, tokenizer, num_generations=4, batch_size=16).batches()
-    rewards, compiles = [], []
+    rewards, compiles, live_bytes = [], [], []
     for i in range(8):
         compiles.append(compile_count())
+        live_bytes.append(sum(a.nbytes for a in jax.live_arrays()))
         (batch,) = method.make_batches_for(nnx.merge(graphdef, params), [next(data)], step=i)
         params, opt_state, loss, metrics = update(params, opt_state, jax.tree.map(jnp.asarray, batch))
         rewards.append(float(metrics["reward"][0] / metrics["reward"][1]))
     assert np.mean(rewards[-2:]) > np.mean(rewards[:2]) + 0.15, rewards
     assert compiles[-1] == compiles[2], "rollout or update recompiled after step 2"
+    assert live_bytes[-1] == live_bytes[2], "device memory grew after step 2"
 
     # memory before step 1: both programs' figures, and a refusal naming what to change
     rollout_mem = method.rollout_memory(nnx.merge(graphdef, params), rows=16, width=64)

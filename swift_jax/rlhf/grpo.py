@@ -87,6 +87,7 @@ class GRPO(Method):
         self._calls = 0
         self._buffer: list[dict] | None = None
         self._ref_state = None
+        self._rollout_seconds, self._rollout_tokens = 0.0, 0
 
     @property
     def _needs_reference(self) -> bool:
@@ -128,7 +129,7 @@ class GRPO(Method):
         prompts = concat_rounds(host_batches)
         n = len(prompts["prompt_ids"])
         self.args.check_batch(n)
-        start = time.perf_counter()
+        self._rollout_seconds, self._rollout_tokens = 0.0, 0
         first = self._score(model, prompts)
         resamples = 0
         if self.args.dynamic_sample:
@@ -136,7 +137,7 @@ class GRPO(Method):
             first, resamples = dynamic_sample(
                 first, resample, num_generations=self.args.num_generations, generation_batch_size=n, max_resample_times=self.args.max_resample_times
             )
-        rows = self._finish(model, first, resamples, time.perf_counter() - start, step)
+        rows = self._finish(model, first, resamples, step)
         self._buffer = [take_rows(rows, slice(i, i + rows_per_batch)) for i in range(0, n, rows_per_batch)]
         return self._buffer
 
@@ -144,11 +145,14 @@ class GRPO(Method):
         """One rollout of the prompt rows, with its rewards: the round dynamic sampling inspects."""
         self._rollouts += 1
         key = jax.random.fold_in(self._key, self._rollouts)
+        start = time.perf_counter()
         out: Rollout = rollout(
             model, prompts["prompt_ids"], prompts["prompt_mask"], key,
             max_completion_length=self.args.max_completion_length, sampling=self.sampling, eos_ids=self.eos_ids,
         )
-        out = jax.tree.map(np.asarray, out)
+        out = jax.tree.map(np.asarray, out)  # waits for the device
+        self._rollout_seconds += time.perf_counter() - start
+        self._rollout_tokens += int(out.completion_mask.sum())
         ids = [row[: n].tolist() for row, n in zip(out.completion_ids, out.completion_mask.sum(-1))]
         texts = [self._decode(t) for t in ids]
         columns = {k: list(v) for k, v in prompts.items() if k not in ("prompt_ids", "prompt_mask")}
@@ -170,7 +174,7 @@ class GRPO(Method):
             return " ".join(map(str, ids))
         return self.tokenizer.decode([t for t in ids if t not in self.eos_ids], skip_special_tokens=True)
 
-    def _finish(self, model: nnx.Module, rows: Round, resamples: int, seconds: float, step: int | None) -> Round:
+    def _finish(self, model: nnx.Module, rows: Round, resamples: int, step: int | None) -> Round:
         """Reference log-probs, advantages and the logged statistics of the rows the step trains on."""
         a = self.args
         if self._needs_reference:
@@ -197,7 +201,7 @@ class GRPO(Method):
             "completions/min_length": float(lengths.min()),
             "completions/max_length": float(lengths.max()),
             "completions/clipped_ratio": float(rows["truncated"].mean()),
-            "rollout_tokens_per_sec": float(lengths.sum() / max(seconds, 1e-9)),
+            "rollout_tokens_per_sec": self._rollout_tokens / max(self._rollout_seconds, 1e-9),  # every rollout of the step
             "num_resamples": float(resamples),
         })
         if kl_values is not None:
