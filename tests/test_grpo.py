@@ -17,7 +17,8 @@ from swift_jax.flops import compile_count
 from swift_jax.rewards import ORM, orms
 from swift_jax.rlhf.grpo import GRPO
 from swift_jax.rlhf.grpo_args import GRPOArgs
-from swift_jax.rlhf.grpo_data import PromptBatches
+from swift_jax.data.errors import DataError
+from swift_jax.rlhf.grpo_data import PromptBatches, load_prompt_rows
 from swift_jax.rlhf.memory import DeviceMemoryError, check_memory, program_memory
 
 TOKENIZER = os.path.join(os.path.dirname(swift_jax.__file__), "assets", "tokenizer")
@@ -81,6 +82,20 @@ def test_batches_hold_rollouts_advantages_and_metrics(tokenizer, tmp_path):
     (table,) = [json.loads(line) for line in open(method.completions_path)]
     assert set(table) == {"step", "prompt", "completion", "LowIds", "Format", "advantages", "solution"}
     assert len(table["completion"]) == 8 and "question" in table["prompt"][0] and "dropped" not in table["prompt"][0]
+
+
+def test_prompt_rows_from_files_keep_extra_columns(tokenizer, tmp_path):
+    path = tmp_path / "math.jsonl"
+    rows = [{"problem": "1+1?", "solution": "2"}, {"messages": [{"role": "user", "content": "2+2?"}], "solution": "4"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    loaded = load_prompt_rows([str(path)])
+    assert [r["solution"] for r in loaded] == ["2", "4"] and loaded[0]["messages"][0]["content"] == "1+1?"
+    data = PromptBatches(loaded, tokenizer, num_generations=2, batch_size=2, shuffle=False, process_index=1, process_count=2)
+    batch = next(data.batches())  # process 1 of 2 gets the second prompt's group
+    assert list(batch["solution"]) == ["4", "4"] and data.steps_per_epoch == 1
+    path.write_text(json.dumps({"text": "plain"}) + "\n")
+    with pytest.raises(DataError, match="math.jsonl, line 1"):
+        load_prompt_rows([str(path)])
 
 
 def test_dynamic_sampling_resamples_flat_groups(tokenizer):

@@ -113,6 +113,16 @@ class GRPO(Method):
             f"rewards={self.reward_names}"
         )
 
+    def build_data(self, args, tokenizer, *, batch_size: int, seed: int, shuffle: bool = True, process_index: int = 0, process_count: int = 1):
+        """Prompt micro-batches of `batch_size` completions from `args.dataset` (each prompt x num_generations)."""
+        from .grpo_data import PromptBatches, load_prompt_rows
+
+        rows = load_prompt_rows(args.dataset, seed=getattr(args, "data_seed", 42), strict=getattr(args, "strict", True))
+        return PromptBatches(
+            rows, tokenizer, num_generations=self.args.num_generations, batch_size=batch_size,
+            max_length=getattr(args, "max_length", None), seed=seed, shuffle=shuffle, process_index=process_index, process_count=process_count,
+        )
+
     # ----- the rollout phase (host) -----
 
     def make_batches(self, trainer, host_batches: list[dict]) -> list[dict]:

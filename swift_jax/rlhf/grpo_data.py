@@ -7,7 +7,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from swift_jax.data.errors import row_error
+from swift_jax.data.errors import BadRows, DataError, row_error
+from swift_jax.data.formats import MESSAGE_KEYS, normalize
+from swift_jax.data.sources import load_table
 
 from .dynamic_sampling import Round, concat_rounds, take_rows
 from .rollout import pad_prompts, prompt_length
@@ -23,6 +25,24 @@ def prompt_messages(row: dict, where: str) -> list[dict]:
     if not messages:
         raise row_error(where, "has only an assistant message", "give the prompt as a user message")
     return list(messages)
+
+
+def load_prompt_rows(specs: list[str], *, seed: int = 42, strict: bool = True) -> list[dict]:
+    """`--dataset` rows as `{"messages": [...], **extra columns}` (any format ms-swift reads; columns such as
+    `solution` stay, for the reward functions). A bad row raises naming its file and line."""
+    table, bad = load_table(specs, seed, BadRows(strict)), BadRows(strict)
+    rows = []
+    for i in range(len(table)):
+        raw, ref = table[i]
+        try:
+            chat = normalize(raw)
+            if "messages" not in chat:
+                raise DataError("is plain text; GRPO needs a prompt (messages, or query/prompt/problem columns)")
+        except DataError as e:
+            bad.handle(row_error(ref, str(e)))
+            continue
+        rows.append({**{k: v for k, v in raw.items() if k not in MESSAGE_KEYS}, "messages": chat["messages"]})
+    return rows
 
 
 def encode_prompts(rows: Sequence[dict], tokenizer, *, max_length: int | None = None, name: str = "dataset") -> tuple[list[list[int]], int]:
@@ -52,23 +72,53 @@ def prompt_round(rows: Sequence[dict], encoded: Sequence[Sequence[int]], width: 
 class PromptBatches:
     """Micro-batches of `batch_size` completion rows (prompts x `num_generations`) over shuffled epochs."""
 
-    def __init__(self, rows: Sequence[dict], tokenizer, *, num_generations: int, batch_size: int, max_length: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        rows: Sequence[dict],
+        tokenizer,
+        *,
+        num_generations: int,
+        batch_size: int,
+        max_length: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if process_count > 1 and batch_size % num_generations:
+            raise ValueError(
+                f"with {process_count} processes, per_device_train_batch_size ({batch_size}) must be a multiple of "
+                f"num_generations ({num_generations}) so that each process scores whole prompt groups"
+            )
+        self.process_index, self.process_count = process_index, process_count
         encoded, self.width = encode_prompts(rows, tokenizer, max_length=max_length)
         self.round = prompt_round(rows, encoded, self.width, num_generations, max_length)
-        self.num_generations, self.batch_size, self.seed = num_generations, batch_size, seed
+        self.num_generations, self.batch_size, self.seed, self.shuffle = num_generations, batch_size, seed, shuffle
         self.num_prompts = len(rows)
-        self.steps_per_epoch = self.num_prompts * num_generations // batch_size
+        self.steps_per_epoch = self.num_prompts * num_generations // (batch_size * process_count)
+        self.stats = {"prompts": self.num_prompts, "prompt_width": self.width}
 
     def batches(self, num_epochs: int | None = None) -> Iterator[dict]:
         """Host batches in order; a prompt's repeats never split across epochs (whole prompts are shuffled)."""
         epoch, pending = 0, []
         while num_epochs is None or epoch < num_epochs:
-            order = np.random.default_rng(self.seed + epoch).permutation(self.num_prompts)
+            order = np.arange(self.num_prompts)
+            if self.shuffle:
+                order = np.random.default_rng(self.seed + epoch).permutation(self.num_prompts)
             rows = (order[:, None] * self.num_generations + np.arange(self.num_generations)).reshape(-1)
             pending.append(take_rows(self.round, rows))
             stream = concat_rounds(pending)
-            usable = len(stream["prompt_ids"]) // self.batch_size * self.batch_size
-            for i in range(0, usable, self.batch_size):
-                yield take_rows(stream, slice(i, i + self.batch_size))
+            chunk = self.batch_size * self.process_count  # one micro-batch of every process
+            usable = len(stream["prompt_ids"]) // chunk * chunk
+            for i in range(0, usable, chunk):
+                start = i + self.process_index * self.batch_size
+                yield take_rows(stream, slice(start, start + self.batch_size))
             pending = [take_rows(stream, slice(usable, None))]
             epoch += 1
+
+    def train_iterator(self, num_epochs: int | None = None) -> Iterator[dict]:
+        """The trainer's view (not checkpointable yet: a resumed run restarts the prompt order)."""
+        return self.batches(num_epochs)
+
+    def val_batches(self) -> list[dict]:
+        return []
