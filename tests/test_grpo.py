@@ -107,6 +107,17 @@ def test_dynamic_sampling_resamples_flat_groups(tokenizer):
     np.testing.assert_array_equal(batches[0]["advantages"], 0.0)
 
 
+def test_num_iterations_reuses_a_rollout(tokenizer):
+    method = _method(tokenizer, num_iterations=2, reward_funcs=["format"], beta=0.0)
+    data = PromptBatches(ROWS, tokenizer, num_generations=4, batch_size=8).batches()
+    model = _model()
+    first = method.make_batches_for(model, [next(data)])
+    assert method.make_batches_for(model, [next(data)]) is first  # the second step trains on the same rollout
+    third = method.make_batches_for(model, [next(data)])
+    assert third is not first and method._rollouts == 2
+    assert "old_logps" in method.batch_keys and np.asarray(third[0]["old_logps"]).any()
+
+
 def _update_step(method, graphdef, optimizer):
     """A minimal jit update on the method's loss (the trainer's step does the same with accumulation)."""
 
