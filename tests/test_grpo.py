@@ -101,6 +101,7 @@ def test_prompt_rows_from_files_keep_extra_columns(tokenizer, tmp_path):
 def test_dynamic_sampling_resamples_flat_groups(tokenizer):
     method = _method(tokenizer, dynamic_sample=True, reward_funcs=["format"], beta=0.0)  # format: always 0 here
     data = PromptBatches(ROWS, tokenizer, num_generations=4, batch_size=8).batches()
+    method.resample_batches = PromptBatches(ROWS, tokenizer, num_generations=4, batch_size=8, seed=1).batches()
     batches = method.make_batches_for(_model(), [next(data)])
     assert float(batches[0]["metric/num_resamples"][0]) == 2  # gave up after max_resample_times=3 inspections
     assert float(batches[0]["metric/frac_reward_zero_std"][0]) == 1.0

@@ -17,7 +17,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +62,6 @@ class GRPO(Method):
         eos_ids: tuple[int, ...] = (),
         seed: int = 0,
         reward_funcs: list | None = None,
-        resample_prompts: Callable[[], Round] | None = None,
     ):
         self.args = args
         self.loss_config = args.loss_config()
@@ -77,7 +76,9 @@ class GRPO(Method):
             raise ValueError(f"--reward_weights has {len(weights)} values for {len(self.reward_funcs)} reward functions {self.reward_names}")
         self.reward_weights = np.asarray(weights, np.float32)
         self.tokenizer, self.eos_ids = tokenizer, tuple(eos_ids)
-        self.resample_prompts = resample_prompts
+        # DAPO resampling draws new prompts from here (ms-swift's separate resample iterator); build_data
+        # sets it. Without it, a resample rolls the same prompts out again with fresh keys.
+        self.resample_batches: Iterator[dict] | None = None
         self.sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
         self.metric_names = self._metric_names()
         self.batch_keys = ROLLOUT_KEYS + (("ref_logps",) if self._needs_reference else ()) + tuple(f"metric/{m}" for m in self.metric_names)
@@ -118,10 +119,13 @@ class GRPO(Method):
         from .grpo_data import PromptBatches, load_prompt_rows
 
         rows = load_prompt_rows(args.dataset, seed=getattr(args, "data_seed", 42), strict=getattr(args, "strict", True))
-        return PromptBatches(
+        make = lambda s: PromptBatches(
             rows, tokenizer, num_generations=self.args.num_generations, batch_size=batch_size,
-            max_length=getattr(args, "max_length", None), seed=seed, shuffle=shuffle, process_index=process_index, process_count=process_count,
+            max_length=getattr(args, "max_length", None), seed=s, shuffle=shuffle, process_index=process_index, process_count=process_count,
         )
+        if self.args.dynamic_sample:
+            self.resample_batches = make(seed + 1).batches()
+        return make(seed)
 
     # ----- the rollout phase (host) -----
 
@@ -143,7 +147,8 @@ class GRPO(Method):
         first = self._score(model, prompts)
         resamples = 0
         if self.args.dynamic_sample:
-            resample = lambda: self._score(model, self.resample_prompts() if self.resample_prompts else prompts)
+            fresh = lambda: concat_rounds([next(self.resample_batches) for _ in host_batches]) if self.resample_batches else prompts
+            resample = lambda: self._score(model, fresh())
             first, resamples = dynamic_sample(
                 first, resample, num_generations=self.args.num_generations, generation_batch_size=n, max_resample_times=self.args.max_resample_times
             )
