@@ -60,8 +60,13 @@ def _normalise_bools(argv: list[str], owners) -> list[str]:
     return out
 
 
-def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, aliases: dict[str, str] | None = None) -> T:
-    """Parse `--config FILE.yaml` and flags into the (nested) dataclass `cls`."""
+def parse_config(
+    cls: type[T], argv: Sequence[str] | None = None, *, aliases: dict[str, str] | None = None, defaults: dict[str, Any] | None = None
+) -> T:
+    """Parse `--config FILE.yaml` and flags into the (nested) dataclass `cls`.
+
+    `defaults` are a command's own defaults (e.g. `pt`'s `use_chat_template: false`); the YAML and the flags
+    override them."""
     argv = list(sys.argv[1:] if argv is None else argv)
     aliases = aliases or {}
     _resolve_types(cls)
@@ -73,6 +78,7 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, aliases: di
             raise SystemExit("--config needs a YAML file path")
         config_path = argv[i + 1]
         del argv[i : i + 2]
+    default_flags = [flag for key, value in (defaults or {}).items() for flag in _to_flags(key, value)]
     yaml_flags: list[str] = []
     if config_path is not None:
         if not os.path.exists(config_path):
@@ -92,8 +98,11 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, aliases: di
             yaml_flags += _to_flags(key, value)
     argv = [("--" + aliases[a[2:]]) if a.startswith("--") and a[2:] in aliases else a for a in argv]
     # Flags after the YAML's: the last occurrence wins, so the command line overrides the file.
-    return tyro.cli(
+    args = tyro.cli(
         cls,
-        args=_normalise_bools(yaml_flags + argv, owners),
+        args=_normalise_bools(default_flags + yaml_flags + argv, owners),
         config=(tyro.conf.OmitArgPrefixes, tyro.conf.FlagConversionOff),
     )
+    # Which arguments the user set (YAML or flags), e.g. to refuse a flag that conflicts with --adapters.
+    args.explicit_flags = frozenset(a[2:].replace("-", "_") for a in yaml_flags + argv if a.startswith("--") and a[2:].replace("-", "_") in owners)
+    return args
