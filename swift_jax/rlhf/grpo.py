@@ -34,7 +34,7 @@ from .dynamic_sampling import Round, concat_rounds, dynamic_sample, take_rows
 from .grpo_args import GRPOArgs
 from .grpo_loss import policy_loss
 from .logps import adapters_off, completion_logps
-from .memory import ProgramMemory, program_memory
+from .memory import ProgramMemory, check_memory, program_memory
 from .rollout import Rollout, SamplingParams, compile_rollout, rollout
 
 ROLLOUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "old_logps", "advantages", "truncated")
@@ -47,6 +47,15 @@ def _reference_logps(graphdef, state, prompt_ids, prompt_mask, completion_ids, *
     model.eval()
     with adapters_off(model):
         return completion_logps(model, prompt_ids, prompt_mask, completion_ids, temperature)
+
+
+def end_token_ids(tokenizer) -> tuple[int, ...]:
+    """Tokens that end a completion: the tokenizer's eos and the chat end tokens it knows (ChatML, Llama 3)."""
+    vocab = tokenizer.get_vocab()
+    ids = {vocab[t] for t in ("<|im_end|>", "<|eot_id|>") if t in vocab}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return tuple(sorted(ids))
 
 
 class GRPO(Method):
@@ -84,8 +93,9 @@ class GRPO(Method):
         self.batch_keys = ROLLOUT_KEYS + (("ref_logps",) if self._needs_reference else ()) + tuple(f"metric/{m}" for m in self.metric_names)
         self.completions_path: str | None = None  # completions.jsonl (with --log_completions)
         self._key = jax.random.key(seed)
-        self._rollouts = 0
-        self._calls = 0
+        self._rollouts = 0  # rollouts made (resamples included)
+        self._calls = 0  # make_batches calls; the step number when no trainer gives one
+        self._checked = False  # the memory report ran
         self._buffer: list[dict] | None = None
         self._ref_state = None
         self._rollout_seconds, self._rollout_tokens = 0.0, 0
@@ -114,10 +124,17 @@ class GRPO(Method):
             f"rewards={self.reward_names}"
         )
 
-    def build_data(self, args, tokenizer, *, batch_size: int, seed: int, shuffle: bool = True, process_index: int = 0, process_count: int = 1):
-        """Prompt micro-batches of `batch_size` completions from `args.dataset` (each prompt x num_generations)."""
+    def build_data(
+        self, args, tokenizer, *, batch_size: int, seed: int, shuffle: bool = True, process_index: int = 0, process_count: int = 1, **_
+    ):
+        """Prompt micro-batches of `batch_size` completions from `args.dataset` (each prompt x num_generations);
+        no validation batches (GRPO evaluation is not implemented)."""
         from .grpo_data import PromptBatches, load_prompt_rows
 
+        if self.tokenizer is None:
+            self.tokenizer = tokenizer
+        if not self.eos_ids:
+            self.eos_ids = end_token_ids(tokenizer)
         rows = load_prompt_rows(args.dataset, seed=getattr(args, "data_seed", 42), strict=getattr(args, "strict", True))
         make = lambda s: PromptBatches(
             rows, tokenizer, num_generations=self.args.num_generations, batch_size=batch_size,
@@ -130,36 +147,55 @@ class GRPO(Method):
     # ----- the rollout phase (host) -----
 
     def make_batches(self, trainer, host_batches: list[dict]) -> list[dict]:
-        """The step's training micro-batches from its prompt micro-batches (see `make_batches_for`)."""
-        return self.make_batches_for(trainer.model, host_batches, step=getattr(trainer, "step", None))
+        """The step's training micro-batches from its prompt micro-batches (see `make_batches_for`). Before
+        the first step, both compiled programs' memory is reported (and a configuration that cannot fit is
+        refused); with `--log_completions`, completions.jsonl goes into the run folder."""
+        model, step = trainer.current_model(), int(trainer.state.step) + 1
+        if self.args.log_completions and trainer.main and self.completions_path is None:
+            self.completions_path = os.path.join(trainer.run_dir, "completions.jsonl")
+        batches = self.make_batches_for(model, host_batches, step=step)
+        if not self._checked:
+            self._checked = True
+            width = batches[0]["prompt_ids"].shape[1]
+            update = trainer.train_step.lower(trainer.state, trainer.frozen, trainer.extra, trainer._device_batches(batches)).compile()
+            report = check_memory(
+                [self.rollout_memory(model, len(host_batches) * len(host_batches[0]["prompt_ids"]), width), program_memory("update", update)],
+                self.args.max_device_memory_gib,
+            )
+            trainer.say(report)
+        return batches
 
     def make_batches_for(self, model: nnx.Module, host_batches: list[dict], step: int | None = None) -> list[dict]:
         """Roll out, score and weigh the completions of `host_batches` (prompt rows, each prompt repeated
-        `num_generations` times); with `num_iterations` > 1 a rollout serves that many steps."""
+        `num_generations` times); with `num_iterations` > 1 a rollout serves that many steps. The rollout's
+        PRNG key is a function of the step, so a resumed run samples what the uninterrupted one would."""
         self._calls += 1
-        if self._buffer is not None and (self._calls - 1) % self.args.num_iterations:
+        step = self._calls if step is None else step
+        if self._buffer is not None and (step - 1) % self.args.num_iterations:
             return self._buffer
         rows_per_batch = len(host_batches[0]["prompt_ids"])
         prompts = concat_rounds(host_batches)
         n = len(prompts["prompt_ids"])
         self.args.check_batch(n)
         self._rollout_seconds, self._rollout_tokens = 0.0, 0
-        first = self._score(model, prompts)
+        keys = iter(jax.random.split(jax.random.fold_in(self._key, step), self.args.max_resample_times + 1))
+        first = self._score(model, prompts, next(keys))
         resamples = 0
         if self.args.dynamic_sample:
             fresh = lambda: concat_rounds([next(self.resample_batches) for _ in host_batches]) if self.resample_batches else prompts
-            resample = lambda: self._score(model, fresh())
+            resample = lambda: self._score(model, fresh(), next(keys))
             first, resamples = dynamic_sample(
                 first, resample, num_generations=self.args.num_generations, generation_batch_size=n, max_resample_times=self.args.max_resample_times
             )
         rows = self._finish(model, first, resamples, step)
+        # segment_ids (host only, not sent to the step): the trainer counts real tokens from it (tokens/s, MFU)
+        rows["segment_ids"] = np.concatenate([rows["prompt_mask"], rows["completion_mask"]], axis=1)
         self._buffer = [take_rows(rows, slice(i, i + rows_per_batch)) for i in range(0, n, rows_per_batch)]
         return self._buffer
 
-    def _score(self, model: nnx.Module, prompts: Round) -> Round:
+    def _score(self, model: nnx.Module, prompts: Round, key: jax.Array) -> Round:
         """One rollout of the prompt rows, with its rewards: the round dynamic sampling inspects."""
         self._rollouts += 1
-        key = jax.random.fold_in(self._key, self._rollouts)
         start = time.perf_counter()
         out: Rollout = rollout(
             model, prompts["prompt_ids"], prompts["prompt_mask"], key,

@@ -53,6 +53,8 @@ class GRPOArgs:
     repetition_n_grams: int = 3
     repetition_max_penalty: float = -1.0
     log_completions: bool = False
+    # memory
+    max_device_memory_gib: float | None = None  # a per-device budget (CPU devices report none)
 
     def __post_init__(self):
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:

@@ -116,9 +116,34 @@ class PromptBatches:
             pending = [take_rows(stream, slice(usable, None))]
             epoch += 1
 
-    def train_iterator(self, num_epochs: int | None = None) -> Iterator[dict]:
-        """The trainer's view (not checkpointable yet: a resumed run restarts the prompt order)."""
-        return self.batches(num_epochs)
+    def train_iterator(self, num_epochs: int | None = None) -> "PromptIterator":
+        """The trainer's view: a checkpointable iterator of host batches."""
+        return PromptIterator(self, num_epochs)
 
     def val_batches(self) -> list[dict]:
         return []
+
+
+class PromptIterator:
+    """`PromptBatches.batches` with `get_state` / `set_state` (the batches taken so far), so a resumed run
+    continues the prompt order exactly; the order is a pure function of the seed, so restoring replays it."""
+
+    def __init__(self, source: PromptBatches, num_epochs: int | None):
+        self.source, self.num_epochs = source, num_epochs
+        self.set_state({"batches": 0})
+
+    def __iter__(self) -> "PromptIterator":
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self._it)
+        self.taken += 1
+        return batch
+
+    def get_state(self) -> dict:
+        return {"batches": self.taken}
+
+    def set_state(self, state: dict) -> None:
+        self._it, self.taken = self.source.batches(self.num_epochs), 0
+        for _ in range(int(state.get("batches", 0))):
+            next(self)
