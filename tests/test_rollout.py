@@ -41,15 +41,15 @@ def test_prompt_width_and_left_truncation():
 
 
 def test_greedy_rollout_matches_the_generator(model):
-    ids, mask = _repeat(PROMPTS, 1)
+    ids, mask = _repeat(PROMPTS, 2)  # 4 rows, as every test here: one compiled rollout serves them all
     out = rollout(model, ids, mask, jax.random.key(0), max_completion_length=C, sampling=SamplingParams(temperature=1.0, top_k=1))
     want = Generator(model).generate_ids(PROMPTS, GenerationConfig(max_new_tokens=C, eos_token_ids=()))
-    assert np.asarray(out.completion_ids).tolist() == [o.token_ids for o in want]
+    assert np.asarray(out.completion_ids).tolist() == [o.token_ids for o in want for _ in range(2)]
     assert np.asarray(out.truncated).all() and np.asarray(out.completion_mask).all()
 
 
 def test_old_logps_equal_the_training_forward_and_eos_ends_rows(model):
-    ids, mask = _repeat(PROMPTS, 4)
+    ids, mask = _repeat(PROMPTS, 2)
     params = SamplingParams(temperature=0.7, top_p=0.9, repetition_penalty=1.1)
     out = rollout(model, ids, mask, jax.random.key(3), max_completion_length=C, sampling=params, eos_ids=(5, 9))
     tokens, cmask = np.asarray(out.completion_ids), np.asarray(out.completion_mask)
@@ -63,7 +63,7 @@ def test_old_logps_equal_the_training_forward_and_eos_ends_rows(model):
         assert (tokens[row, n:] == 5).all()  # padded with the first eos after the end
     assert not np.asarray(out.truncated).all()  # some rows ended at an eos
     # per-sample keys: the repeats of one prompt sample different completions
-    assert len({tuple(t) for t in tokens[:4]}) > 1
+    assert tuple(tokens[0]) != tuple(tokens[1]) or tuple(tokens[2]) != tuple(tokens[3])
 
 
 def test_compiles_once_and_reads_live_lora_weights(model):

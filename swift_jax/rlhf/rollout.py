@@ -138,7 +138,8 @@ def rollout_inputs(model: nnx.Module, ids, mask, key, sampling: SamplingParams, 
         top_k=jnp.int32(sampling.top_k),
         repetition_penalty=jnp.float32(sampling.repetition_penalty),
     )
-    eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
+    width = max(4, -(-len(eos_ids) // 4) * 4)  # padded with -1 (never sampled): up to 4 end tokens, one program
+    eos = jnp.asarray(list(eos_ids) + [-1] * (width - len(eos_ids)), jnp.int32)
     pad = jnp.int32(eos_ids[0] if eos_ids else 0)
     return graphdef, state, jnp.asarray(ids), jnp.asarray(mask), keys, traced, eos, pad
 
