@@ -8,6 +8,7 @@ paths. What is trained and how (SFT, pre-training, DPO family, GRPO family) is t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -93,10 +94,15 @@ class Trainer:
         self.method = self.method or default_method(args, self.model)
         self.is_lora = self.trainable is nnx.LoRAParam
 
+        from swift_jax.data.bundled import resolve_bundled
+
+        d = args.data  # bundled hub ids (swift/self-cognition) read offline; args.json keeps what the user gave
+        data_args = dataclasses.replace(d, dataset=resolve_bundled(d.dataset, d.model_name, d.model_author),
+                                        val_dataset=resolve_bundled(d.val_dataset, d.model_name, d.model_author))
         rows = t.per_device_train_batch_size * self.batch_devices // jax.process_count()
         eval_rows = t.per_device_eval_batch_size * self.batch_devices // jax.process_count()
         self.pipe = self.method.build_data(
-            args.data, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, seed=t.seed,
+            data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, seed=t.seed,
             shuffle=t.train_dataloader_shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
         )
         self.steps_per_epoch = max(1, self.pipe.steps_per_epoch // self.accum)
