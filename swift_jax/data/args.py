@@ -52,3 +52,7 @@ class DataArgs:
     response as plain text plus eos, every token trained; the system prompt is dropped."""
     loss_on_prompt: bool = False
     """Also train on system/user/tool tokens (ms-swift's loss_scale=all)."""
+    model_name: list[str] | None = None
+    """Self-cognition: fills {{NAME}} in swift/self-cognition rows; zh and en names (one value serves both)."""
+    model_author: list[str] | None = None
+    """Self-cognition: fills {{AUTHOR}} in swift/self-cognition rows; zh and en authors (one value serves both)."""

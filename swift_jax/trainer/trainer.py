@@ -8,6 +8,7 @@ paths. What is trained and how (SFT, pre-training, DPO family, GRPO family) is t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -43,13 +44,24 @@ def default_method(args: TrainArguments, model) -> Method:
     return LanguageModeling(name, loss_chunk_size=t.loss_chunk_size, router_aux_loss_coef=router_aux_coef(model.config, t.router_aux_loss_coef))
 
 
-def _shard_like_params(optimizer, params, mesh):
+def init_optimizer_state(optimizer, params, mesh):
     """Optimizer state with each per-parameter leaf sharded like its parameter, the rest replicated."""
     shapes = jax.eval_shape(optimizer.init, params)
     param_shardings = jax.tree.map(lambda p: p.sharding, params)
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = optax.tree_map_params(optimizer, lambda _, s: s, shapes, param_shardings, transform_non_params=lambda _: replicated)
     return jax.jit(optimizer.init, out_shardings=shardings)(params)
+
+
+def stack_batches(host_batches: list[dict], keys, mesh) -> dict[str, jax.Array]:
+    """`accum` host batches (this process's rows) -> global `[accum, rows, ...]` arrays sharded over the batch
+    axes of `mesh` (rows split over data x fsdp)."""
+    out = {}
+    for key in keys:
+        stacked = np.stack([b[key] for b in host_batches])
+        axes = (None, "batch", "seq") + (None,) * (stacked.ndim - 3) if stacked.ndim >= 3 else (None, "batch")
+        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, logical_to_spec(axes, mesh)), stacked)
+    return out
 
 
 class Trainer:
@@ -82,10 +94,15 @@ class Trainer:
         self.method = self.method or default_method(args, self.model)
         self.is_lora = self.trainable is nnx.LoRAParam
 
+        from swift_jax.data.bundled import resolve_bundled
+
+        d = args.data  # bundled hub ids (swift/self-cognition) read offline; args.json keeps what the user gave
+        data_args = dataclasses.replace(d, dataset=resolve_bundled(d.dataset, d.model_name, d.model_author),
+                                        val_dataset=resolve_bundled(d.val_dataset, d.model_name, d.model_author))
         rows = t.per_device_train_batch_size * self.batch_devices // jax.process_count()
         eval_rows = t.per_device_eval_batch_size * self.batch_devices // jax.process_count()
         self.pipe = self.method.build_data(
-            args.data, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, seed=t.seed,
+            data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, seed=t.seed,
             shuffle=t.train_dataloader_shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
         )
         self.steps_per_epoch = max(1, self.pipe.steps_per_epoch // self.accum)
@@ -97,7 +114,7 @@ class Trainer:
             adam_epsilon=t.adam_epsilon, max_grad_norm=t.max_grad_norm,
         )
         self.graphdef, params, rng, self.frozen = split_model(self.model, self.trainable)
-        opt_state = _shard_like_params(self.optimizer, params, self.mesh)
+        opt_state = init_optimizer_state(self.optimizer, params, self.mesh)
         self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
         self.iterator = self.pipe.train_iterator(num_epochs=None)
         self.optimizer_offset = 0  # steps taken before this optimizer state began
@@ -115,7 +132,6 @@ class Trainer:
             if val_rows:
                 run_folder.write_rows(os.path.join(self.run_dir, "val_dataset.jsonl"), val_rows())
         self.manager = ckpt.checkpoint_manager(self.run_dir)
-        self.batch_sharding = NamedSharding(self.mesh, logical_to_spec((None, "batch", "seq"), self.mesh))
         self.eval_sharding = NamedSharding(self.mesh, logical_to_spec(("batch", "seq"), self.mesh))
         with use_impl(args.model_args.attn_impl):
             self.train_step = make_train_step(self.graphdef, self.optimizer, self.method)
@@ -166,7 +182,7 @@ class Trainer:
                 host = self.method.make_batches(self, [next(self.iterator) for _ in range(self.accum)])
                 window.add(host, self.model.config, lora_params)
                 with use_impl(args.model_args.attn_impl):
-                    self.state, metrics = self.train_step(self.state, self.frozen, self.extra, self._device_batches(host))
+                    self.state, metrics = self.train_step(self.state, self.frozen, self.extra, stack_batches(host, self.method.batch_keys, self.mesh))
                 step += 1
                 self.pending.append((step, metrics["loss"]))
                 self.logger.advance()
@@ -215,15 +231,6 @@ class Trainer:
         self.logger.summary(summary)
         self.say(f"finished {step} steps in {time.perf_counter() - run_start:.1f}s; outputs in {self.run_dir}")
         return {**final, **summary, "run_dir": self.run_dir}
-
-    def _device_batches(self, host_batches: list[dict]) -> dict[str, jax.Array]:
-        """`accum` host batches -> global `[accum, rows, ...]` arrays sharded over the batch axes."""
-        out = {}
-        for key in self.method.batch_keys:
-            stacked = np.stack([b[key] for b in host_batches])
-            sharding = self.batch_sharding if stacked.ndim == 3 else NamedSharding(self.mesh, logical_to_spec((None, "batch") + (None,) * (stacked.ndim - 2), self.mesh))
-            out[key] = jax.make_array_from_process_local_data(sharding, stacked)
-        return out
 
     def evaluate(self) -> dict[str, float]:
         """The method's loss and metrics over the validation batches, as `eval_<name>`."""
