@@ -10,7 +10,7 @@ from flax import nnx
 import swift_jax
 from swift_jax.flops import compile_count
 from swift_jax.generation import GenerationConfig, Generator
-from swift_jax.rlhf.logps import adapters_off, completion_logps
+from swift_jax.rlhf.grpo_logps import adapters_off, completion_logps
 from swift_jax.rlhf.rollout import SamplingParams, pad_prompts, prompt_length, rollout
 from swift_jax.tuners.lora import loraize
 

@@ -33,7 +33,7 @@ from .advantages import compute_advantages, reward_metrics, weighted_rewards
 from .dynamic_sampling import Round, concat_rounds, dynamic_sample, take_rows
 from .grpo_args import GRPOArgs
 from .grpo_loss import policy_loss
-from .logps import adapters_off, completion_logps
+from .grpo_logps import adapters_off, completion_logps
 from .memory import ProgramMemory, check_memory, program_memory
 from .rollout import Rollout, SamplingParams, compile_rollout, rollout
 

@@ -61,8 +61,9 @@ def completion_logps(
 def adapters_off(model: nnx.Module) -> Iterator[nnx.Module]:
     """The model without its LoRA adapters (the frozen base = the reference policy), restored on exit.
 
-    Works on a model merged inside a traced function too (the switch happens at trace time). A minimal
-    local version of the adapters-off switch; the base kernels are untouched, nothing is copied.
+    Works on a model merged inside a traced function too (the switch happens at trace time); the base
+    kernels are untouched, nothing is copied. A local stand-in until the shared switch
+    (`swift_jax.tuners.lora.adapters_disabled`, on the preference-training branch) reaches main.
     """
     layers = [(linear, linear.lora) for _, linear in lora_layers(model)]
     for linear, _ in layers:
