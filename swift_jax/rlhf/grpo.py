@@ -150,6 +150,8 @@ class GRPO(Method):
         """The step's training micro-batches from its prompt micro-batches (see `make_batches_for`). Before
         the first step, both compiled programs' memory is reported (and a configuration that cannot fit is
         refused); with `--log_completions`, completions.jsonl goes into the run folder."""
+        from swift_jax.trainer.trainer import stack_batches
+
         model, step = trainer.current_model(), int(trainer.state.step) + 1
         if self.args.log_completions and trainer.main and self.completions_path is None:
             self.completions_path = os.path.join(trainer.run_dir, "completions.jsonl")
@@ -157,7 +159,8 @@ class GRPO(Method):
         if not self._checked:
             self._checked = True
             width = batches[0]["prompt_ids"].shape[1]
-            update = trainer.train_step.lower(trainer.state, trainer.frozen, trainer.extra, trainer._device_batches(batches)).compile()
+            device = stack_batches(batches, self.batch_keys, trainer.mesh)
+            update = trainer.train_step.lower(trainer.state, trainer.frozen, trainer.extra, device).compile()
             report = check_memory(
                 [self.rollout_memory(model, len(host_batches) * len(host_batches[0]["prompt_ids"]), width), program_memory("update", update)],
                 self.args.max_device_memory_gib,

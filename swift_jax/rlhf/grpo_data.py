@@ -10,6 +10,7 @@ import numpy as np
 from swift_jax.data.errors import BadRows, DataError, row_error
 from swift_jax.data.formats import MESSAGE_KEYS, normalize
 from swift_jax.data.sources import load_table
+from swift_jax.infer import encode_chat
 
 from .dynamic_sampling import Round, concat_rounds, take_rows
 from .rollout import pad_prompts, prompt_length
@@ -51,8 +52,7 @@ def encode_prompts(rows: Sequence[dict], tokenizer, *, max_length: int | None = 
     encoded = []
     for i, row in enumerate(rows):
         messages = prompt_messages(row, f"{name} row {i}")
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        encoded.append(tokenizer.encode(text, add_special_tokens=False))
+        encoded.append(encode_chat(tokenizer, messages))  # as inference and the held-out prediction encode it
     return encoded, prompt_length(max(map(len, encoded)), max_length)
 
 
