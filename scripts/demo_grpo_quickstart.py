@@ -49,27 +49,33 @@ def main() -> None:
     p.add_argument("--sft_steps", type=int, default=120)
     p.add_argument("--grpo_steps", type=int, default=60)
     p.add_argument("--learning_rate", type=float, default=2e-4)
+    p.add_argument("--temperature", type=float, default=0.9)
+    p.add_argument("--completions_per_step", type=int, default=16, help="per_device_train_batch_size: prompts x 8")
+    p.add_argument("--sft_checkpoint", default=None, help="skip step 1 and start from this checkpoint")
     p.add_argument("--output_dir", default=os.path.join(ROOT, "output", "grpo_demo"))
     a = p.parse_args()
     os.makedirs(a.output_dir, exist_ok=True)
     val = os.path.join(QUICK, "val.jsonl")
     common = ["--val_dataset", val, "--num_predict_samples", "100", "--report_to", "none", "--fsdp_size", "1"]
 
-    sft_args = parse_config(TrainArguments, ["--config", CONFIG, "--max_steps", str(a.sft_steps), "--save_steps", str(a.sft_steps),
-                                             "--eval_steps", str(a.sft_steps), "--output_dir", os.path.join(a.output_dir, "sft"), *common],
-                            aliases=ALIASES).validate()
-    sft = Trainer(sft_args).train()
-    (checkpoint,) = glob.glob(os.path.join(sft["run_dir"], f"checkpoint-{a.sft_steps}"))
+    sft, checkpoint = {}, a.sft_checkpoint
+    if checkpoint is None:
+        sft_args = parse_config(TrainArguments, ["--config", CONFIG, "--max_steps", str(a.sft_steps), "--save_steps", str(a.sft_steps),
+                                                 "--eval_steps", str(a.sft_steps), "--output_dir", os.path.join(a.output_dir, "sft"), *common],
+                                aliases=ALIASES).validate()
+        sft = Trainer(sft_args).train()
+        (checkpoint,) = glob.glob(os.path.join(sft["run_dir"], f"checkpoint-{a.sft_steps}"))
 
     orms["exact_match"] = ExactMatch
     data = with_solutions(os.path.join(QUICK, "train.jsonl"), os.path.join(a.output_dir, "train_with_solution.jsonl"))
     grpo_args = parse_config(TrainArguments, [
         "--model", checkpoint, "--tuner_type", "full", "--dtype", "float32", "--dataset", data, "--max_length", "128",
-        "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "1", "--learning_rate", str(a.learning_rate),
+        "--per_device_train_batch_size", str(a.completions_per_step), "--gradient_accumulation_steps", "1", "--learning_rate", str(a.learning_rate),
         "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--weight_decay", "0", "--max_steps", str(a.grpo_steps),
         "--save_steps", str(a.grpo_steps), "--logging_steps", "1", "--output_dir", os.path.join(a.output_dir, "grpo"), *common,
     ], aliases=ALIASES).validate()
-    grpo = GRPOArgs(num_generations=8, max_completion_length=16, reward_funcs=["exact_match"], beta=0.04, log_completions=True)
+    grpo = GRPOArgs(num_generations=8, max_completion_length=16, temperature=a.temperature, reward_funcs=["exact_match"], beta=0.04,
+                    log_completions=True)
     result = Trainer(grpo_args, GRPO(grpo)).train()
 
     with open(os.path.join(result["run_dir"], "logging.jsonl")) as f:
@@ -77,7 +83,7 @@ def main() -> None:
     tenth = max(1, len(rewards) // 10)
     curve = [round(sum(rewards[i : i + tenth]) / len(rewards[i : i + tenth]), 3) for i in range(0, len(rewards), tenth)]
     print(json.dumps({
-        "sft_steps": a.sft_steps, "sft_exact_match": sft.get("exact_match"), "grpo_steps": a.grpo_steps,
+        "sft_checkpoint": checkpoint, "sft_steps": a.sft_steps, "sft_exact_match": sft.get("exact_match"), "grpo_steps": a.grpo_steps, "temperature": a.temperature, "completions_per_step": a.completions_per_step, "learning_rate": a.learning_rate,
         "grpo_exact_match": result.get("exact_match"), "reward_curve": curve,
         "rollout_tokens_per_sec": result.get("rollout_tokens_per_sec"), "grpo_seconds": result.get("elapsed"),
     }))
