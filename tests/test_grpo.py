@@ -71,6 +71,8 @@ def test_batches_hold_rollouts_advantages_and_metrics(tokenizer, tmp_path):
     batches = method.make_batches_for(_model(), host, step=1)
     assert len(batches) == 2 and set(batches[0]) == set(method.batch_keys) | {"segment_ids"}
     assert batches[0]["completion_ids"].shape == (4, 8) and batches[0]["ref_logps"].shape == (4, 8)
+    placeholder = method.placeholder_batch(4, 64)  # what the memory report compiles ahead: the same program
+    assert {k: (v.shape, v.dtype) for k, v in placeholder.items()} == {k: (batches[0][k].shape, batches[0][k].dtype) for k in method.batch_keys}
     adv = np.concatenate([b["advantages"] for b in batches]).reshape(2, 4)
     np.testing.assert_allclose(adv.sum(1), 0, atol=1e-4)  # grpo: centred within each prompt's group
     names = {k.removeprefix("metric/") for k in method.batch_keys if k.startswith("metric/")}

@@ -155,18 +155,27 @@ class GRPO(Method):
         model, step = trainer.current_model(), int(trainer.state.step) + 1
         if self.args.log_completions and trainer.main and self.completions_path is None:
             self.completions_path = os.path.join(trainer.run_dir, "completions.jsonl")
-        batches = self.make_batches_for(model, host_batches, step=step)
-        if not self._checked:
+        if not self._checked:  # before the first rollout allocates anything
             self._checked = True
-            width = batches[0]["prompt_ids"].shape[1]
-            device = stack_batches(batches, self.batch_keys, trainer.mesh)
+            rows, width = len(host_batches[0]["prompt_ids"]), host_batches[0]["prompt_ids"].shape[1]
+            shapes = [self.placeholder_batch(rows, width) for _ in host_batches]
+            device = stack_batches(shapes, self.batch_keys, trainer.mesh)
             update = trainer.train_step.lower(trainer.state, trainer.frozen, trainer.extra, device).compile()
-            report = check_memory(
-                [self.rollout_memory(model, len(host_batches) * len(host_batches[0]["prompt_ids"]), width), program_memory("update", update)],
-                self.args.max_device_memory_gib,
-            )
-            trainer.say(report)
-        return batches
+            del device
+            programs = [self.rollout_memory(model, rows * len(host_batches), width), program_memory("update", update)]
+            trainer.say(check_memory(programs, self.args.max_device_memory_gib))
+        return self.make_batches_for(model, host_batches, step=step)
+
+    def placeholder_batch(self, rows: int, width: int) -> dict[str, np.ndarray]:
+        """A micro-batch of zeros with the shapes and dtypes `make_batches_for` produces (to compile ahead)."""
+        c = self.args.max_completion_length
+        shapes = {
+            "prompt_ids": ((rows, width), np.int32), "prompt_mask": ((rows, width), np.int32),
+            "completion_ids": ((rows, c), np.int32), "completion_mask": ((rows, c), np.int32),
+            "old_logps": ((rows, c), np.float32), "ref_logps": ((rows, c), np.float32),
+            "advantages": ((rows,), np.float32), "truncated": ((rows,), np.bool_),
+        }
+        return {k: np.zeros(*shapes.get(k, ((rows,), np.float32))) for k in self.batch_keys}
 
     def make_batches_for(self, model: nnx.Module, host_batches: list[dict], step: int | None = None) -> list[dict]:
         """Roll out, score and weigh the completions of `host_batches` (prompt rows, each prompt repeated
