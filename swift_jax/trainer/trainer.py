@@ -53,15 +53,22 @@ def init_optimizer_state(optimizer, params, mesh):
     return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
 
-def stack_batches(host_batches: list[dict], keys, mesh) -> dict[str, jax.Array]:
-    """`accum` host batches (this process's rows) -> global `[accum, rows, ...]` arrays sharded over the batch
-    axes of `mesh` (rows split over data x fsdp)."""
+def device_batch(host: dict[str, np.ndarray], keys, mesh, *, leading: tuple = ()) -> dict[str, jax.Array]:
+    """This process's rows of a batch -> global arrays whose row axis is sharded over the batch axes of `mesh`
+    (data x fsdp) and whose second axis, when there is one, is the sequence; `leading` names unsharded axes
+    before the rows (the accumulation axis)."""
     out = {}
     for key in keys:
-        stacked = np.stack([b[key] for b in host_batches])
-        axes = (None, "batch", "seq") + (None,) * (stacked.ndim - 3) if stacked.ndim >= 3 else (None, "batch")
-        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, logical_to_spec(axes, mesh)), stacked)
+        value = np.asarray(host[key])
+        axes = (*leading, "batch", "seq")[: value.ndim] + (None,) * max(0, value.ndim - len(leading) - 2)
+        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, logical_to_spec(axes, mesh)), value)
     return out
+
+
+def stack_batches(host_batches: list[dict], keys, mesh) -> dict[str, jax.Array]:
+    """`accum` host batches -> global `[accum, rows, ...]` arrays (see `device_batch`)."""
+    stacked = {key: np.stack([b[key] for b in host_batches]) for key in keys}
+    return device_batch(stacked, keys, mesh, leading=(None,))
 
 
 class Trainer:
@@ -132,7 +139,6 @@ class Trainer:
             if val_rows:
                 run_folder.write_rows(os.path.join(self.run_dir, "val_dataset.jsonl"), val_rows())
         self.manager = ckpt.checkpoint_manager(self.run_dir)
-        self.eval_sharding = NamedSharding(self.mesh, logical_to_spec(("batch", "seq"), self.mesh))
         with use_impl(args.model_args.attn_impl):
             self.train_step = make_train_step(self.graphdef, self.optimizer, self.method)
             self.eval_step = make_eval_step(self.graphdef, self.method)
@@ -237,7 +243,7 @@ class Trainer:
         total = None
         with use_impl(self.args.model_args.attn_impl):
             for batch in self.pipe.val_batches():
-                arrays = {k: jax.make_array_from_process_local_data(self.eval_sharding, np.asarray(batch[k])) for k in self.method.batch_keys}
+                arrays = device_batch(batch, self.method.batch_keys, self.mesh)
                 out = self.eval_step(self.state.params, self.state.rng, self.frozen, self.extra, arrays)
                 total = out if total is None else jax.tree.map(jnp.add, total, out)
         return {f"eval_{k}": float(v) for k, v in summarize(total).items()}
