@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from flax import nnx
 
-from .config import MlaConfig, ModelConfig, MoeConfig, RopeConfig
+from .config import MlaConfig, ModelConfig, MoeConfig, RopeConfig, VisionConfig
 from .decoder import CausalLM
+from .vision.qwen2_vl import Qwen2VLForConditionalGeneration
 from .weight_map import Rule, WeightMap
 
 
@@ -98,6 +99,8 @@ def rope_from_hf(hf: dict[str, Any]) -> RopeConfig:
     for key in ("short_factor", "long_factor"):  # lists -> tuples: the config must stay hashable
         if params.get(key) is not None:
             params[key] = tuple(float(f) for f in params[key])
+    if params.get("mrope_section") is not None:
+        params["mrope_section"] = tuple(int(n) for n in params["mrope_section"])
     if "partial_rotary_factor" not in params and hf.get("partial_rotary_factor") is not None:
         params["partial_rotary_factor"] = hf["partial_rotary_factor"]
     unknown = sorted(set(params) - _ROPE_FIELDS)
@@ -387,6 +390,76 @@ def deepseek_v3_config(hf_config: Any, *, dtype: str | None = None, param_dtype:
     )
 
 
+_VISION_MLP = ("fc1", "fc2", "gate_proj", "up_proj", "down_proj")  # Qwen2-VL: fc1/fc2; Qwen2.5-VL: SwiGLU
+# Qwen2-VL / Qwen2.5-VL as transformers saves them (and the hub holds them): the language model under
+# `model.` + `lm_head`, the vision tower under `visual.`.
+QWEN2_VL_WEIGHTS = WeightMap(
+    [
+        *LLAMA_FAMILY_WEIGHTS.rules,
+        Rule("visual.patch_embed.proj.weight", "visual.patch_embed.weight"),  # HF's Conv3d layout, kept
+        Rule("visual.blocks.{i}.{norm}.weight", "visual.blocks.{i}.{norm}.scale", values={"norm": ("norm1", "norm2")}),
+        Rule("visual.blocks.{i}.{norm}.bias", "visual.blocks.{i}.{norm}.bias", values={"norm": ("norm1", "norm2")}),
+        Rule("visual.blocks.{i}.attn.{proj}.weight", "visual.blocks.{i}.attn.{proj}.kernel", "transpose", {"proj": ("qkv", "proj")}),
+        Rule("visual.blocks.{i}.attn.{proj}.bias", "visual.blocks.{i}.attn.{proj}.bias", values={"proj": ("qkv", "proj")}),
+        Rule("visual.blocks.{i}.mlp.{proj}.weight", "visual.blocks.{i}.mlp.{proj}.kernel", "transpose", {"proj": _VISION_MLP}),
+        Rule("visual.blocks.{i}.mlp.{proj}.bias", "visual.blocks.{i}.mlp.{proj}.bias", values={"proj": _VISION_MLP}),
+        Rule("visual.merger.ln_q.weight", "visual.merger.ln_q.scale"),
+        Rule("visual.merger.ln_q.bias", "visual.merger.ln_q.bias"),
+        Rule("visual.merger.mlp.{k}.weight", "visual.merger.mlp_{k}.kernel", "transpose", {"k": ("0", "2")}),
+        Rule("visual.merger.mlp.{k}.bias", "visual.merger.mlp_{k}.bias", values={"k": ("0", "2")}),
+    ]
+)
+
+
+def qwen2_vl_vision_config(hf: dict[str, Any]) -> VisionConfig:
+    """The vision tower of a `qwen2_vl` / `qwen2_5_vl` config (the two name their widths differently)."""
+    vis, kind = hf["vision_config"], hf["model_type"]
+    if kind == "qwen2_5_vl":
+        widths = dict(hidden_size=vis["hidden_size"], out_hidden_size=vis["out_hidden_size"], intermediate_size=vis["intermediate_size"])
+        extra = dict(
+            window_size=vis.get("window_size", 112),
+            fullatt_block_indexes=tuple(vis.get("fullatt_block_indexes") or ()),
+            tokens_per_second=float(vis.get("tokens_per_second", 4)),
+        )
+    else:  # qwen2_vl: embed_dim is the blocks' width, hidden_size the language model's
+        widths = dict(hidden_size=vis["embed_dim"], out_hidden_size=vis["hidden_size"], intermediate_size=int(vis["embed_dim"] * vis.get("mlp_ratio", 4)))
+        extra = {}
+    return VisionConfig(
+        kind=kind,
+        depth=vis["depth"],
+        num_heads=vis["num_heads"],
+        hidden_act=vis.get("hidden_act") or ("silu" if kind == "qwen2_5_vl" else "quick_gelu"),
+        patch_size=vis["patch_size"],
+        temporal_patch_size=vis["temporal_patch_size"],
+        spatial_merge_size=vis["spatial_merge_size"],
+        in_channels=vis.get("in_channels", 3),
+        rope_theta=float((vis.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+        image_token_id=hf["image_token_id"],
+        video_token_id=hf["video_token_id"],
+        **widths,
+        **extra,
+    )
+
+
+def qwen2_vl_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+    """`ModelConfig` of a Qwen2-VL / Qwen2.5-VL checkpoint: its `text_config` read as qwen2 (q/k/v
+    biases, M-RoPE over `mrope_section`), the top-level tying flag, and the vision tower."""
+    hf = _hf_dict(hf_config)
+    text = dict(hf["text_config"])
+    text.update(model_type=hf["model_type"], tie_word_embeddings=hf.get("tie_word_embeddings", False))
+    text["dtype"] = text.get("dtype") or hf.get("dtype") or hf.get("torch_dtype")
+    fields = _common_fields(text, dtype, param_dtype)
+    rope = rope_from_hf(text)
+    if rope.mrope_section is None:  # transformers' default
+        rope = dataclasses.replace(rope, mrope_section=(16, 24, 24))
+    return ModelConfig(
+        **{**fields, "qkv_bias": True, "o_bias": False, "hf_config_json": json.dumps(hf, sort_keys=True, default=str)},
+        rope=rope,
+        layer_windows=_layer_windows(text, text["num_hidden_layers"], "qwen2"),
+        vision=qwen2_vl_vision_config(hf),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """How one HF model_type maps onto our code."""
@@ -410,6 +483,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen3_moe": Architecture(moe_config, CausalLM, QWEN3_MOE_WEIGHTS),
     "mixtral": Architecture(moe_config, CausalLM, MIXTRAL_WEIGHTS),
     "deepseek_v3": Architecture(deepseek_v3_config, CausalLM, DEEPSEEK_V3_WEIGHTS, DEEPSEEK_V3_MTP),
+    **{
+        name: Architecture(qwen2_vl_config, Qwen2VLForConditionalGeneration, QWEN2_VL_WEIGHTS)
+        for name in ("qwen2_vl", "qwen2_5_vl")
+    },
 }
 
 
