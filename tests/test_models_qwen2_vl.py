@@ -1,0 +1,163 @@
+"""Qwen2-VL / Qwen2.5-VL logits parity with transformers on image and video rows (float32 < 1e-4):
+right-padded batches, several images in a row, videos, packed rows, text only, and a save that
+transformers loads back."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+from flax import nnx
+
+import swift_jax
+from swift_jax.models.vision import VisionInputs, mrope_positions, patch_layout
+from tiny_vlm import IMAGE, VIDEO, build_hf_vlm, hf_vlm_logits, image_processor, random_images, right_pad, vision_row
+
+TOL = 1e-4
+KINDS = ["qwen2_vl", "qwen2_5_vl"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def pair(request, tmp_path_factory):
+    """(HF reference model, our loaded model) for one architecture."""
+    hf = build_hf_vlm(request.param)
+    path = tmp_path_factory.mktemp(request.param)
+    hf.save_pretrained(path)
+    return hf, swift_jax.load_model(str(path))
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Processor outputs for three images of different sizes (grids 10x8, 4x6 and 6x6 patches)."""
+    out = image_processor()(random_images([(40, 28), (16, 24), (24, 24)]), return_tensors="np")
+    return out["pixel_values"], out["image_grid_thw"]
+
+
+SEQ, BATCH, PATCHES = 64, 2, 256  # every call is padded to one shape: one compilation per architecture
+
+
+@nnx.jit
+def _forward(model, ids, positions, segment_ids, vision, image_tokens):
+    return model(ids, positions=positions, segment_ids=segment_ids, vision=vision, image_tokens=image_tokens)
+
+
+def _ours(model, ids, mask, pixel_values, grid, *, videos=None, **position_kw):
+    """Our logits `[rows, len]`: M-RoPE positions and the vision layout computed on the host from the
+    grids, then rows, length and patches padded to one static shape."""
+    cfg = model.config.vision
+    video_pixels, video_grid = videos if videos is not None else (np.zeros((0, cfg.patch_dim)), np.zeros((0, 3)))
+    positions = mrope_positions(ids, cfg, grid, video_grid, segment_ids=mask, **position_kw)
+    vision = VisionInputs.build(cfg, np.concatenate([pixel_values, video_pixels]), np.concatenate([grid, video_grid]), PATCHES)
+    image_tokens = int(np.prod(grid, axis=-1).sum()) // cfg.merge_unit
+    rows, length = ids.shape
+    pad = ((0, BATCH - rows), (0, SEQ - length))
+    logits = _forward(
+        model,
+        jnp.asarray(np.pad(ids, pad)),
+        jnp.asarray(np.pad(positions, ((0, 0), *pad))),
+        jnp.asarray(np.pad(mask, pad)),
+        vision,
+        jnp.asarray(image_tokens),
+    )
+    return np.asarray(logits)[:rows, :length]
+
+
+def _assert_close(ref, got, mask):
+    for row in range(mask.shape[0]):
+        n = int(mask[row].sum())
+        diff = np.abs(ref[row, :n] - got[row, :n]).max()
+        assert diff < TOL, (row, diff)
+
+
+def test_right_padded_image_rows(pair, images):
+    hf, ours = pair
+    pixel_values, grid = images
+    patches = int(np.prod(grid[:2], axis=-1).sum())
+    ids, mask = right_pad([vision_row([1, 2], grid[:1], [5, 6, 7]), vision_row([3], grid[1:2], [8, 9])])
+    ref = hf_vlm_logits(hf, ids, mask, pixel_values=pixel_values[:patches], image_grid_thw=grid[:2])
+    got = _ours(ours, ids, mask, pixel_values[:patches], grid[:2])
+    _assert_close(ref, got, mask)
+    assert mask.min() == 0 and np.isfinite(got).all()
+
+
+def test_plain_row_with_several_images(pair, images):
+    hf, ours = pair
+    pixel_values, grid = images
+    ids = np.asarray([vision_row([1], grid, [4, 5])])
+    mask = np.ones_like(ids)
+    ref = hf_vlm_logits(hf, ids, pixel_values=pixel_values, image_grid_thw=grid)
+    _assert_close(ref, _ours(ours, ids, mask, pixel_values, grid), mask)
+
+
+def test_image_and_video_row(pair, images):
+    """A row with an image then a two-frame video (random patches: the model's inputs, not a decoder's)."""
+    hf, ours = pair
+    pixel_values, grid = images
+    cfg = ours.config.vision
+    video_grid = np.array([[2, 4, 4]])
+    video_pixels = np.random.RandomState(1).randn(32, cfg.patch_dim).astype(np.float32)
+    ids = np.asarray([vision_row([1], grid[1:2], []) + vision_row([6], video_grid, [7, 8], pad=VIDEO)])
+    mask = np.ones_like(ids)
+    patches = slice(int(np.prod(grid[0])), int(np.prod(grid[:2], axis=-1).sum()))
+    extra = {"second_per_grid_ts": np.array([0.5])} if cfg.kind == "qwen2_5_vl" else {}
+    kw = dict(pixel_values=pixel_values[patches], image_grid_thw=grid[1:2])
+    ref = hf_vlm_logits(hf, ids, **kw, pixel_values_videos=video_pixels, video_grid_thw=video_grid, **extra)
+    got = _ours(ours, ids, mask, pixel_values[patches], grid[1:2], videos=(video_pixels, video_grid), **extra)
+    _assert_close(ref, got, mask)
+
+
+def test_packed_row_equals_separate_rows(pair, images):
+    """Two image samples packed in one row (segments 1, 2, then padding) give each sample's own logits."""
+    hf, ours = pair
+    pixel_values, grid = images
+    rows = [vision_row([1, 2], grid[:1], [5, 6, 7]), vision_row([3], grid[1:2], [8, 9])]
+    patches = int(np.prod(grid[:2], axis=-1).sum())
+    packed = np.zeros((1, len(rows[0]) + len(rows[1]) + 3), np.int64)
+    segments = np.zeros_like(packed)
+    packed[0, : len(rows[0]) + len(rows[1])] = rows[0] + rows[1]
+    segments[0, : len(rows[0])], segments[0, len(rows[0]) : len(rows[0]) + len(rows[1])] = 1, 2
+    got = _ours(ours, packed, segments, pixel_values[:patches], grid[:2])[0]
+    start = 0
+    for k, row in enumerate(rows):
+        patch_slice = slice(int(np.prod(grid[:k], axis=-1).sum()), int(np.prod(grid[: k + 1], axis=-1).sum()))
+        ref = hf_vlm_logits(hf, np.asarray([row]), pixel_values=pixel_values[patch_slice], image_grid_thw=grid[k : k + 1])[0]
+        diff = np.abs(ref - got[start : start + len(row)]).max()
+        assert diff < TOL, (k, diff)
+        start += len(row)
+
+
+def test_text_only_rows(pair):
+    hf, ours = pair
+    ids = np.random.RandomState(0).randint(0, 150, (2, 9))
+    ref = hf_vlm_logits(hf, ids)
+    np.testing.assert_array_less(np.abs(ref - np.asarray(ours(jnp.asarray(ids)))), TOL)
+
+
+def test_positions_equal_get_rope_index(pair, images):
+    """Our host-side M-RoPE positions are transformers' `get_rope_index`, padding included."""
+    import torch
+
+    hf, ours = pair
+    _, grid = images
+    ids, mask = right_pad([vision_row([1, 2], grid[:1], [5]), vision_row([3], grid[1:], [8, 9])])
+    types = (ids == IMAGE).astype(np.int64)
+    ref, _ = hf.model.get_rope_index(torch.as_tensor(ids), torch.as_tensor(types), image_grid_thw=torch.as_tensor(grid), attention_mask=torch.as_tensor(mask))
+    np.testing.assert_array_equal(mrope_positions(ids, ours.config.vision, grid, segment_ids=mask), ref.numpy())
+
+
+def test_save_then_transformers_load(pair, images, tmp_path):
+    hf, ours = pair
+    pixel_values, grid = images
+    swift_jax.save_pretrained(ours, str(tmp_path))
+    reloaded = transformers.AutoModelForImageTextToText.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    assert type(reloaded) is type(hf)
+    ids = np.asarray([vision_row([1], grid, [4, 5])])
+    ref = hf_vlm_logits(reloaded, ids, pixel_values=pixel_values, image_grid_thw=grid)
+    _assert_close(ref, _ours(ours, ids, np.ones_like(ids), pixel_values, grid), np.ones_like(ids))
+
+
+def test_window_layout_has_several_windows_per_frame(pair, images):
+    """The Qwen2.5-VL case really exercises window attention (else the parity above would not cover it)."""
+    _, ours = pair
+    layout = patch_layout(images[1][:1], ours.config.vision)
+    windows = len(np.unique(layout["window_ids"]))
+    assert windows == (6 if ours.config.vision.kind == "qwen2_5_vl" else 1), windows
