@@ -13,16 +13,20 @@ from swift_jax.models.vision import VisionInputs, mrope_positions, patch_layout
 from tiny_vlm import IMAGE, VIDEO, build_hf_vlm, hf_vlm_logits, image_processor, random_images, right_pad, vision_row
 
 TOL = 1e-4
-KINDS = ["qwen2_vl", "qwen2_5_vl"]
+# (architecture, text overrides): Qwen2.5-VL-3B ties its embeddings, 7B does not.
+CASES = [("qwen2_vl", {}), ("qwen2_5_vl", {"tie_word_embeddings": True})]
 
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(scope="module", params=CASES, ids=[kind for kind, _ in CASES])
 def pair(request, tmp_path_factory):
     """(HF reference model, our loaded model) for one architecture."""
-    hf = build_hf_vlm(request.param)
-    path = tmp_path_factory.mktemp(request.param)
+    kind, overrides = request.param
+    hf = build_hf_vlm(kind, **overrides)
+    path = tmp_path_factory.mktemp(kind)
     hf.save_pretrained(path)
-    return hf, swift_jax.load_model(str(path))
+    ours = swift_jax.load_model(str(path))
+    assert (ours.lm_head is None) == bool(overrides.get("tie_word_embeddings"))
+    return hf, ours
 
 
 @pytest.fixture(scope="module")
