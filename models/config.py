@@ -143,6 +143,39 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class InternVisionConfig:
+    """InternVL's InternViT encoder, pixel shuffle and projector (see `models/vision/internvl.py`);
+    field names follow transformers' `InternVLVisionConfig` / `InternVLConfig`."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: tuple[int, int]  # one tile, (height, width)
+    patch_size: tuple[int, int]
+    image_token_id: int
+    num_channels: int = 3
+    hidden_act: str = "gelu"
+    norm_type: str = "layer_norm"  # layer_norm | rms_norm
+    layer_norm_eps: float = 1e-6
+    attention_bias: bool = False
+    use_qk_norm: bool = False  # RMSNorm over the whole q / k projection (InternViT-6B)
+    use_mean_pooling: bool = True  # False: a final LayerNorm on the encoder output
+    downsample_ratio: float = 0.5  # pixel shuffle: (h, w, c) -> (h * r, w * r, c / r^2)
+    projector_hidden_act: str = "gelu"
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patches per tile along (height, width)."""
+        return self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1]
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Language-model tokens one tile becomes after the pixel shuffle."""
+        return int(self.grid[0] * self.grid[1] * self.downsample_ratio**2)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything the decoder needs to know; hashable so it can live as static module state."""
 
@@ -186,7 +219,8 @@ class ModelConfig:
     # Multi-head latent attention (deepseek_v3) instead of grouped-query attention; `head_dim` is then
     # the rotary dim (qk_rope_head_dim, as in HF's config) and num_key_value_heads = num_attention_heads.
     mla: MlaConfig | None = None
-    vision: VisionConfig | None = None  # image/video tower of a vision-language model (Qwen2-VL family)
+    # Image (and video) tower of a vision-language model: Qwen2-VL family or InternVL.
+    vision: VisionConfig | InternVisionConfig | None = None
     # The original HF config as JSON, written back by `save_pretrained`.
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
 

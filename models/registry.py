@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 from flax import nnx
 
-from .config import MlaConfig, ModelConfig, MoeConfig, RopeConfig, VisionConfig
+from .config import InternVisionConfig, MlaConfig, ModelConfig, MoeConfig, RopeConfig, VisionConfig
 from .decoder import CausalLM
+from .vision.internvl import InternVLForConditionalGeneration
 from .vision.qwen2_vl import Qwen2VLForConditionalGeneration
 from .weight_map import Rule, WeightMap
 
@@ -460,6 +461,78 @@ def qwen2_vl_config(hf_config: Any, *, dtype: str | None = None, param_dtype: st
     )
 
 
+_INTERN = "vision_tower.encoder.layer.{i}."
+_INTERN_PROJS = ("q_proj", "k_proj", "v_proj", "projection_layer")
+_INTERN_NORMS = ("layernorm_before", "layernorm_after")
+# InternVL as transformers saves it: the language model under `language_model.` (`.model.*`, `.lm_head`),
+# the InternViT under `vision_tower.`, the projector under `multi_modal_projector.`.
+INTERNVL_WEIGHTS = WeightMap(
+    [
+        *decoder_weights(prefix="language_model.").rules,
+        *(Rule(f"vision_tower.embeddings.{n}", f"vision_tower.embeddings.{n}") for n in ("cls_token", "position_embeddings")),
+        Rule("vision_tower.embeddings.patch_embeddings.projection.{p}", "vision_tower.embeddings.patch_embeddings.{p}", values={"p": ("weight", "bias")}),
+        Rule(_INTERN + "attention.{proj}.weight", _INTERN + "attention.{proj}.kernel", "transpose", {"proj": _INTERN_PROJS}),
+        Rule(_INTERN + "attention.{proj}.bias", _INTERN + "attention.{proj}.bias", values={"proj": _INTERN_PROJS}),
+        Rule(_INTERN + "attention.{norm}.weight", _INTERN + "attention.{norm}.scale", values={"norm": ("q_norm", "k_norm")}),
+        Rule(_INTERN + "{norm}.weight", _INTERN + "{norm}.scale", values={"norm": _INTERN_NORMS}),
+        Rule(_INTERN + "{norm}.bias", _INTERN + "{norm}.bias", values={"norm": _INTERN_NORMS}),
+        Rule(_INTERN + "{lam}", _INTERN + "{lam}", values={"lam": ("lambda_1", "lambda_2")}),
+        Rule(_INTERN + "mlp.{fc}.weight", _INTERN + "mlp.{fc}.kernel", "transpose", {"fc": ("fc1", "fc2")}),
+        Rule(_INTERN + "mlp.{fc}.bias", _INTERN + "mlp.{fc}.bias", values={"fc": ("fc1", "fc2")}),
+        Rule("vision_tower.layernorm.weight", "vision_tower.layernorm.scale"),
+        Rule("vision_tower.layernorm.bias", "vision_tower.layernorm.bias"),
+        Rule("multi_modal_projector.layer_norm.weight", "multi_modal_projector.layer_norm.scale"),
+        Rule("multi_modal_projector.layer_norm.bias", "multi_modal_projector.layer_norm.bias"),
+        Rule("multi_modal_projector.{lin}.weight", "multi_modal_projector.{lin}.kernel", "transpose", {"lin": ("linear_1", "linear_2")}),
+        Rule("multi_modal_projector.{lin}.bias", "multi_modal_projector.{lin}.bias", values={"lin": ("linear_1", "linear_2")}),
+    ]
+)
+_INTERNVL_TEXT_MODELS = ("llama", "qwen2", "qwen3")
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, (int, float)) else (int(value[0]), int(value[1]))
+
+
+def internvl_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+    """`ModelConfig` of an InternVL checkpoint: its `text_config` (llama / qwen2 / qwen3) read as that
+    model, the top-level tying flag, and the InternViT + projector (`InternVisionConfig`)."""
+    hf = _hf_dict(hf_config)
+    text, vis = dict(hf["text_config"]), hf["vision_config"]
+    if text.get("model_type") not in _INTERNVL_TEXT_MODELS:
+        raise ValueError(f"internvl: text_config.model_type={text.get('model_type')!r} is not supported; expected one of {_INTERNVL_TEXT_MODELS}")
+    unsupported = {
+        "vision_feature_layer": (hf.get("vision_feature_layer", -1), -1),
+        "vision_feature_select_strategy": (hf.get("vision_feature_select_strategy", "default"), "default"),
+        "vision_config.use_absolute_position_embeddings": (vis.get("use_absolute_position_embeddings", True), True),
+    }
+    for key, (found, supported) in unsupported.items():
+        if found != supported:
+            raise ValueError(f"internvl: {key}={found!r} is not supported (only {supported!r})")
+    text.update(tie_word_embeddings=hf.get("tie_word_embeddings", True))
+    text["dtype"] = text.get("dtype") or hf.get("dtype") or hf.get("torch_dtype")
+    cfg = llama_family_config(text, dtype=dtype, param_dtype=param_dtype)
+    vision = InternVisionConfig(
+        hidden_size=vis["hidden_size"],
+        intermediate_size=vis["intermediate_size"],
+        num_hidden_layers=vis["num_hidden_layers"],
+        num_attention_heads=vis["num_attention_heads"],
+        image_size=_pair(vis.get("image_size", 448)),
+        patch_size=_pair(vis.get("patch_size", 14)),
+        image_token_id=hf["image_token_id"],
+        num_channels=vis.get("num_channels", 3),
+        hidden_act=vis.get("hidden_act", "gelu"),
+        norm_type=vis.get("norm_type", "layer_norm"),
+        layer_norm_eps=vis.get("layer_norm_eps", 1e-6),
+        attention_bias=bool(vis.get("attention_bias", False)),
+        use_qk_norm=bool(vis.get("use_qk_norm", False)),
+        use_mean_pooling=bool(vis.get("use_mean_pooling", True)),
+        downsample_ratio=float(hf.get("downsample_ratio", 0.5)),
+        projector_hidden_act=hf.get("projector_hidden_act", "gelu"),
+    )
+    return cfg.replace(model_type="internvl", vision=vision, hf_config_json=json.dumps(hf, sort_keys=True, default=str))
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """How one HF model_type maps onto our code."""
@@ -487,6 +560,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         name: Architecture(qwen2_vl_config, Qwen2VLForConditionalGeneration, QWEN2_VL_WEIGHTS)
         for name in ("qwen2_vl", "qwen2_5_vl")
     },
+    "internvl": Architecture(internvl_config, InternVLForConditionalGeneration, INTERNVL_WEIGHTS),
 }
 
 

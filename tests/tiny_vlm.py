@@ -94,3 +94,33 @@ def hf_vlm_logits(model, input_ids, attention_mask=None, **vision) -> np.ndarray
     mask = None if attention_mask is None else torch.as_tensor(np.asarray(attention_mask))
     with torch.no_grad():
         return model(input_ids=ids, attention_mask=mask, mm_token_type_ids=types, **kwargs).logits.float().numpy()
+
+
+INTERN_TEXT = {k: v for k, v in TEXT.items() if k != "rope_parameters"}
+INTERN_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=[16, 16], patch_size=[4, 4])
+
+
+def build_hf_internvl(seed: int = 0, text_type: str = "qwen2", tie_word_embeddings: bool = True, **vision_overrides):
+    """A float32 random `InternVLForConditionalGeneration` (16x16 tiles of 4x4 patches: 4 tokens a tile) with
+    non-trivial norms, biases, layer scales, CLS token and position embeddings."""
+    torch.manual_seed(seed)
+    config = transformers.InternVLConfig(
+        text_config={"model_type": text_type, **INTERN_TEXT},
+        vision_config={**INTERN_VISION, **vision_overrides},
+        image_token_id=IMAGE,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    model = transformers.InternVLForConditionalGeneration(config)
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.5 * torch.randn_like(p))
+            elif name.endswith("bias") or any(k in name for k in ("lambda", "cls_token", "position_embeddings")):
+                p.copy_(0.1 * torch.randn_like(p) + (0.5 if "lambda" in name else 0.0))
+    return model.eval()
+
+
+def tile_processor() -> transformers.GotOcr2ImageProcessorPil:
+    """transformers' PIL InternVL image processor (dynamic tiling) at the tiny model's 16x16 tiles."""
+    return transformers.GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True, max_patches=4)

@@ -29,6 +29,7 @@ from ..config import ModelConfig, VisionConfig
 from ..decoder import CausalLM, KVCache
 from ..layers import Linear, RMSNorm, activation, apply_rotary
 from . import grid
+from .common import LayerNorm, scatter_features
 
 
 @jax.tree_util.register_dataclass
@@ -58,22 +59,6 @@ class VisionInputs:
         padded = np.zeros((layout["frame_ids"].shape[0], cfg.patch_dim), np.float32)
         padded[: pixels.shape[0]] = pixels
         return cls(jnp.asarray(padded), *(jnp.asarray(layout[k]) for k in ("positions", "frame_ids", "window_ids")))
-
-
-class LayerNorm(nnx.Module):
-    """LayerNorm with scale and bias (Qwen2-VL's vision norms), computed in float32."""
-
-    def __init__(self, features: int, *, eps: float = 1e-6, param_dtype=jnp.float32):
-        self.eps = eps
-        self.scale = nnx.Param(jnp.ones((features,), param_dtype), logical_axes=("embed",))
-        self.bias = nnx.Param(jnp.zeros((features,), param_dtype), logical_axes=("embed",))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
 
 
 def _norm(cfg: VisionConfig, features: int, param_dtype) -> nnx.Module:
@@ -200,19 +185,6 @@ class VisionTransformer(nnx.Module):
         return self.merger(x[0])
 
 
-def scatter_features(
-    embeds: jax.Array, input_ids: jax.Array, features: jax.Array, cfg: VisionConfig, image_tokens: int
-) -> jax.Array:
-    """Token embeddings `[b, s, e]` with image pad tokens replaced by `features[:image_tokens]` and video
-    pad tokens by the rows after, each in reading order (transformers' `masked_scatter`)."""
-    is_image, is_video = input_ids == cfg.image_token_id, input_ids == cfg.video_token_id
-    image_rank = jnp.cumsum(is_image.reshape(-1)).reshape(input_ids.shape) - 1  # [b, s]
-    video_rank = jnp.cumsum(is_video.reshape(-1)).reshape(input_ids.shape) - 1 + image_tokens
-    rows = jnp.where(is_image, image_rank, jnp.where(is_video, video_rank, 0))
-    picked = jnp.take(features, rows, axis=0, mode="clip").astype(embeds.dtype)  # [b, s, e]
-    return jnp.where((is_image | is_video)[..., None], picked, embeds)
-
-
 class Qwen2VLForConditionalGeneration(CausalLM):
     """Qwen2-VL / Qwen2.5-VL: the decoder (`model.*`, `lm_head`) plus the vision tower (`visual.*`).
 
@@ -236,7 +208,9 @@ class Qwen2VLForConditionalGeneration(CausalLM):
         embeds = self.model.embed(input_ids)
         if vision is None:
             return embeds
-        return scatter_features(embeds, input_ids, self.visual(vision), self.config.vision, image_tokens)
+        cfg, features = self.config.vision, self.visual(vision)  # [feature rows, embed]
+        embeds = scatter_features(embeds, input_ids == cfg.image_token_id, features)
+        return scatter_features(embeds, input_ids == cfg.video_token_id, features, image_tokens)
 
     def hidden_states(
         self,
