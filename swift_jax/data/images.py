@@ -22,13 +22,15 @@ from PIL import Image
 
 from .errors import DataError
 
-# model_type -> (transformers' PIL image processor, the vision_config fields that size its patches)
-IMAGE_PROCESSORS: dict[str, tuple[str, dict[str, str]]] = {
-    name: (
-        "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl.Qwen2VLImageProcessorPil",
-        {"patch_size": "patch_size", "temporal_patch_size": "temporal_patch_size", "merge_size": "spatial_merge_size"},
-    )
-    for name in ("qwen2_vl", "qwen2_5_vl")
+_QWEN2_VL = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl.Qwen2VLImageProcessorPil"
+_QWEN2_VL_SIZES = {"patch_size": "patch_size", "temporal_patch_size": "temporal_patch_size", "merge_size": "spatial_merge_size"}
+# model_type -> (transformers' PIL image processor, processor argument <- vision_config field for folders
+# without preprocessor_config.json, whether max_pixels / min_pixels apply)
+IMAGE_PROCESSORS: dict[str, tuple[str, dict[str, str], bool]] = {
+    "qwen2_vl": (_QWEN2_VL, _QWEN2_VL_SIZES, True),
+    "qwen2_5_vl": (_QWEN2_VL, _QWEN2_VL_SIZES, True),
+    # InternVL: dynamic tiling into image_size tiles plus a thumbnail (transformers' GotOcr2 processor)
+    "internvl": ("transformers.models.got_ocr2.image_processing_pil_got_ocr2.GotOcr2ImageProcessorPil", {}, False),
 }
 
 
@@ -77,49 +79,58 @@ def image_processor(model_dir: str, *, max_pixels: int | None = None, min_pixels
 
     Reads `preprocessor_config.json` when the folder has one (its `image_processor_type` may name the
     torchvision class: the PIL class of the same model is used instead), else the processor defaults at
-    the patch sizes of `config.json`'s `vision_config`. `max_pixels` defaults to `$MAX_PIXELS`.
+    the patch sizes of `config.json`'s `vision_config`. `max_pixels` (Qwen2-VL family) defaults to
+    `$MAX_PIXELS`.
     """
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     model_type = config.get("model_type", "<missing>")
     cls = _processor_class(model_type)
+    _, fields, pixel_limits = IMAGE_PROCESSORS[model_type]
     if max_pixels is None and os.environ.get("MAX_PIXELS"):
         max_pixels = int(os.environ["MAX_PIXELS"])
-    overrides = {k: v for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v is not None}
+    overrides = {k: v for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v is not None and pixel_limits}
     if os.path.exists(os.path.join(model_dir, "preprocessor_config.json")):
         return cls.from_pretrained(model_dir, **overrides)
     vision = config.get("vision_config") or {}
-    sizes = {ours: vision[theirs] for ours, theirs in IMAGE_PROCESSORS[model_type][1].items() if theirs in vision}
+    sizes = {ours: vision[theirs] for ours, theirs in fields.items() if theirs in vision}
     return cls(**sizes, **overrides)
 
 
-def preprocess_images(processor, images: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-    """`(pixel_values [patches, patch_dim] float32, image_grid_thw [images, 3] int64)` for PIL images."""
+def preprocess_images(processor, images: list[Image.Image]) -> dict[str, np.ndarray]:
+    """The processor's numpy outputs for PIL images: `pixel_values` (float32; Qwen2-VL `[patches,
+    patch_dim]`, InternVL `[tiles, C, H, W]`) and the per-image layout (`image_grid_thw` `[images, 3]`
+    or InternVL's `num_patches` `[images]`, tiles per image)."""
     out = processor(images=images, return_tensors="np")
-    return np.asarray(out["pixel_values"], np.float32), np.asarray(out["image_grid_thw"], np.int64)
+    return {k: np.asarray(v, np.float32 if k == "pixel_values" else np.int64) for k, v in out.items()}
+
+
+def vision_token_counts(vision_config: Any, processed: dict[str, np.ndarray]) -> list[int]:
+    """How many pad tokens each image of `preprocess_images` output becomes in the language model:
+    Qwen2-VL `t*h*w / spatial_merge_size^2`, InternVL `tiles * tokens_per_tile`."""
+    if "image_grid_thw" in processed:
+        return [int(n) for n in np.prod(processed["image_grid_thw"], axis=-1) // vision_config.merge_unit]
+    return [int(n) * vision_config.tokens_per_tile for n in processed["num_patches"]]
 
 
 def expand_vision_pads(
     input_ids: list[int],
-    grids: np.ndarray,
+    counts: list[int],
     *,
     pad_token_id: int,
-    merge_size: int,
     labels: list[int] | None = None,
     where: str = "row",
 ) -> tuple[list[int], list[int] | None]:
-    """Replace the k-th `pad_token_id` of a tokenized prompt by `t*h*w / merge_size^2` copies for grid k
-    (ms-swift's Qwen2-VL template); their labels become -100, so vision tokens are never trained.
+    """Replace the k-th `pad_token_id` of a tokenized prompt by `counts[k]` copies (ms-swift's templates
+    expand `<|image_pad|>` / `<IMG_CONTEXT>` so); their labels become -100: vision tokens are never trained.
 
-    The number of pad tokens must equal the number of grids (one per image, in order).
+    The number of pad tokens must equal the number of images (`len(counts)`).
     """
     found = [i for i, t in enumerate(input_ids) if t == pad_token_id]
-    grids = np.asarray(grids).reshape(-1, 3)
-    if len(found) != len(grids):
-        raise DataError(f"{where}: {len(found)} image placeholders for {len(grids)} images")
+    if len(found) != len(counts):
+        raise DataError(f"{where}: {len(found)} image placeholders for {len(counts)} images")
     ids, out_labels, start = [], [] if labels is not None else None, 0
-    for i, grid in zip(found, grids):
-        count = int(np.prod(grid)) // merge_size**2
+    for i, count in zip(found, counts):
         ids += list(input_ids[start:i]) + [pad_token_id] * count
         if labels is not None:
             out_labels += list(labels[start:i]) + [-100] * count
