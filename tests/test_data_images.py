@@ -11,7 +11,13 @@ import pytest
 import transformers
 
 from swift_jax.data.errors import DataError
-from swift_jax.data.images import expand_vision_pads, image_processor, preprocess_images, read_image, vision_token_counts
+from swift_jax.data.images import (
+    expand_vision_pads,
+    image_processor,
+    preprocess_images,
+    read_image,
+    vision_token_counts,
+)
 from swift_jax.modeling import model_config, read_hf_config
 from tiny_vlm import (
     IMAGE,
@@ -31,7 +37,9 @@ from tiny_vlm import (
 def model_dir(tmp_path_factory):
     """A Qwen2-VL folder with config.json and preprocessor_config.json (no weights are needed)."""
     path = tmp_path_factory.mktemp("qwen2_vl")
-    config = transformers.Qwen2VLConfig(text_config=TEXT, vision_config={**VISION["qwen2_vl"], **PATCH}, image_token_id=IMAGE)
+    config = transformers.Qwen2VLConfig(
+        text_config=TEXT, vision_config={**VISION["qwen2_vl"], **PATCH}, image_token_id=IMAGE
+    )
     config.save_pretrained(path)
     tiny_processor().save_pretrained(path)
     return str(path)
@@ -103,7 +111,9 @@ def test_read_image_sources(tmp_path):
 
 
 def test_internvl_tiles_equal_transformers(tmp_path):
-    config = transformers.InternVLConfig(text_config={"model_type": "qwen2", **INTERN_TEXT}, vision_config=INTERN_VISION, image_token_id=IMAGE)
+    config = transformers.InternVLConfig(
+        text_config={"model_type": "qwen2", **INTERN_TEXT}, vision_config=INTERN_VISION, image_token_id=IMAGE
+    )
     config.save_pretrained(tmp_path)
     tile_processor().save_pretrained(tmp_path)
     out = preprocess_images(image_processor(str(tmp_path)), IMAGES)
@@ -122,7 +132,7 @@ def test_expand_vision_pads_matches_grids_and_masks_labels(model_dir):
     prompt = [1, 153, IMAGE, 154, 153, IMAGE, 154, 5]  # one pad token per image, as the template writes it
     ids, labels = expand_vision_pads(prompt, counts, pad_token_id=IMAGE, labels=list(range(len(prompt))))
     assert ids == vision_row([1], grids, [5])
-    assert [l for t, l in zip(ids, labels) if t == IMAGE] == [-100] * (20 + 6)
-    assert [l for t, l in zip(ids, labels) if t != IMAGE] == [i for i, t in enumerate(prompt) if t != IMAGE]
+    assert [lab for t, lab in zip(ids, labels) if t == IMAGE] == [-100] * (20 + 6)
+    assert [lab for t, lab in zip(ids, labels) if t != IMAGE] == [i for i, t in enumerate(prompt) if t != IMAGE]
     with pytest.raises(DataError, match="row 7: 2 image placeholders for 1 images"):
         expand_vision_pads(prompt, counts[:1], pad_token_id=IMAGE, where="row 7")

@@ -14,7 +14,10 @@ TOL = 1e-4
 TOKENS_PER_TILE = 4  # 16x16 tiles of 4x4 patches, pixel-shuffled 2x2
 # qwen2 text model, untied, q/k norms and a final encoder norm; llama text model, tied, plain encoder.
 CASES = [
-    ("qwen2-untied-qknorm", dict(text_type="qwen2", tie_word_embeddings=False, use_qk_norm=True, use_mean_pooling=False)),
+    (
+        "qwen2-untied-qknorm",
+        dict(text_type="qwen2", tie_word_embeddings=False, use_qk_norm=True, use_mean_pooling=False),
+    ),
     ("llama-tied-rmsnorm", dict(text_type="llama", tie_word_embeddings=True, norm_type="rms_norm")),
 ]
 
@@ -56,7 +59,10 @@ def _hf(model, ids, pixel_values, mask=None):
 
 
 def _rows(num_tiles):
-    return [[1, 2] + [IMAGE] * (TOKENS_PER_TILE * num_tiles[0]) + [5, 6], [3] + [IMAGE] * (TOKENS_PER_TILE * num_tiles[1]) + [7]]
+    return [
+        [1, 2] + [IMAGE] * (TOKENS_PER_TILE * num_tiles[0]) + [5, 6],
+        [3] + [IMAGE] * (TOKENS_PER_TILE * num_tiles[1]) + [7],
+    ]
 
 
 def test_right_padded_tiled_image_rows(pair, tiles):
@@ -89,7 +95,9 @@ def test_save_then_transformers_load(pair, tiles, tmp_path):
     hf, ours = pair
     pixel_values, num_tiles = tiles
     swift_jax.save_pretrained(ours, str(tmp_path))
-    reloaded = transformers.AutoModelForImageTextToText.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    reloaded = transformers.AutoModelForImageTextToText.from_pretrained(
+        str(tmp_path), attn_implementation="eager"
+    ).eval()
     assert type(reloaded) is type(hf)
     ids, mask = right_pad(_rows(num_tiles))
     positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)

@@ -50,7 +50,9 @@ def _ours(model, ids, mask, pixel_values, grid, *, videos=None, **position_kw):
     cfg = model.config.vision
     video_pixels, video_grid = videos if videos is not None else (np.zeros((0, cfg.patch_dim)), np.zeros((0, 3)))
     positions = mrope_positions(ids, cfg, grid, video_grid, segment_ids=mask, **position_kw)
-    vision = VisionInputs.build(cfg, np.concatenate([pixel_values, video_pixels]), np.concatenate([grid, video_grid]), PATCHES)
+    vision = VisionInputs.build(
+        cfg, np.concatenate([pixel_values, video_pixels]), np.concatenate([grid, video_grid]), PATCHES
+    )
     image_tokens = int(np.prod(grid, axis=-1).sum()) // cfg.merge_unit
     rows, length = ids.shape
     pad = ((0, BATCH - rows), (0, SEQ - length))
@@ -123,7 +125,9 @@ def test_packed_row_equals_separate_rows(pair, images):
     start = 0
     for k, row in enumerate(rows):
         patch_slice = slice(int(np.prod(grid[:k], axis=-1).sum()), int(np.prod(grid[: k + 1], axis=-1).sum()))
-        ref = hf_vlm_logits(hf, np.asarray([row]), pixel_values=pixel_values[patch_slice], image_grid_thw=grid[k : k + 1])[0]
+        ref = hf_vlm_logits(
+            hf, np.asarray([row]), pixel_values=pixel_values[patch_slice], image_grid_thw=grid[k : k + 1]
+        )[0]
         diff = np.abs(ref - got[start : start + len(row)]).max()
         assert diff < TOL, (k, diff)
         start += len(row)
@@ -144,7 +148,12 @@ def test_positions_equal_get_rope_index(pair, images):
     _, grid = images
     ids, mask = right_pad([vision_row([1, 2], grid[:1], [5]), vision_row([3], grid[1:], [8, 9])])
     types = (ids == IMAGE).astype(np.int64)
-    ref, _ = hf.model.get_rope_index(torch.as_tensor(ids), torch.as_tensor(types), image_grid_thw=torch.as_tensor(grid), attention_mask=torch.as_tensor(mask))
+    ref, _ = hf.model.get_rope_index(
+        torch.as_tensor(ids),
+        torch.as_tensor(types),
+        image_grid_thw=torch.as_tensor(grid),
+        attention_mask=torch.as_tensor(mask),
+    )
     np.testing.assert_array_equal(mrope_positions(ids, ours.config.vision, grid, segment_ids=mask), ref.numpy())
 
 
@@ -152,7 +161,9 @@ def test_save_then_transformers_load(pair, images, tmp_path):
     hf, ours = pair
     pixel_values, grid = images
     swift_jax.save_pretrained(ours, str(tmp_path))
-    reloaded = transformers.AutoModelForImageTextToText.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    reloaded = transformers.AutoModelForImageTextToText.from_pretrained(
+        str(tmp_path), attn_implementation="eager"
+    ).eval()
     assert type(reloaded) is type(hf)
     ids = np.asarray([vision_row([1], grid, [4, 5])])
     ref = hf_vlm_logits(reloaded, ids, pixel_values=pixel_values, image_grid_thw=grid)

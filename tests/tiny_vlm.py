@@ -23,7 +23,13 @@ VISION = {
     "qwen2_vl": dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
     # window_size 16 px = 2x2 merge units of 2x2 patches of 4 px: several windows per frame; block 1 is global.
     "qwen2_5_vl": dict(
-        depth=3, hidden_size=32, out_hidden_size=64, intermediate_size=48, num_heads=2, window_size=16, fullatt_block_indexes=[1]
+        depth=3,
+        hidden_size=32,
+        out_hidden_size=64,
+        intermediate_size=48,
+        num_heads=2,
+        window_size=16,
+        fullatt_block_indexes=[1],
     ),
 }
 PATCH = dict(patch_size=4, temporal_patch_size=2, spatial_merge_size=2)
@@ -97,7 +103,14 @@ def hf_vlm_logits(model, input_ids, attention_mask=None, **vision) -> np.ndarray
 
 
 INTERN_TEXT = {k: v for k, v in TEXT.items() if k != "rope_parameters"}
-INTERN_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=[16, 16], patch_size=[4, 4])
+INTERN_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=[16, 16],
+    patch_size=[4, 4],
+)
 
 
 def build_hf_internvl(seed: int = 0, text_type: str = "qwen2", tie_word_embeddings: bool = True, **vision_overrides):

@@ -24,7 +24,9 @@ class LayerNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def scatter_features(embeds: jax.Array, is_pad: jax.Array, features: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+def scatter_features(
+    embeds: jax.Array, is_pad: jax.Array, features: jax.Array, offset: jax.Array | int = 0
+) -> jax.Array:
     """`embeds` `[b, s, e]` with the k-th pad token (`is_pad` `[b, s]`, in reading order over the batch)
     replaced by `features[offset + k]` (transformers' `masked_scatter`); other tokens unchanged."""
     rank = jnp.cumsum(is_pad.reshape(-1)).reshape(is_pad.shape) - 1 + offset  # [b, s]

@@ -40,7 +40,9 @@ def patch_layout(grid_thw, cfg: VisionConfig, num_patches: int | None = None) ->
         if h % m or w % m:
             raise ValueError(f"grid (t={t}, h={h}, w={w}) is not divisible by spatial_merge_size={m}")
         # unit row / column and the row / column inside the unit, in the processor's patch order
-        unit_h, unit_w, in_h, in_w = np.meshgrid(np.arange(h // m), np.arange(w // m), np.arange(m), np.arange(m), indexing="ij")
+        unit_h, unit_w, in_h, in_w = np.meshgrid(
+            np.arange(h // m), np.arange(w // m), np.arange(m), np.arange(m), indexing="ij"
+        )
         rows, cols = (unit_h * m + in_h).ravel(), (unit_w * m + in_w).ravel()  # [h * w]
         if window:
             windows_w = -(-(w // m) // window)
@@ -105,7 +107,9 @@ def mrope_positions(
     segment_ids = np.ones_like(ids) if segment_ids is None else np.asarray(segment_ids)
     types = token_types(ids, cfg)
     grids = {IMAGE: iter(_grids(image_grid_thw)), VIDEO: iter(_grids(video_grid_thw))}
-    seconds = iter(np.ones(len(_grids(video_grid_thw))) if second_per_grid_ts is None else np.asarray(second_per_grid_ts))
+    seconds = iter(
+        np.ones(len(_grids(video_grid_thw))) if second_per_grid_ts is None else np.asarray(second_per_grid_ts)
+    )
     m = cfg.spatial_merge_size
     out = np.zeros((3, *ids.shape), np.int64)
     for b in range(ids.shape[0]):
@@ -129,7 +133,9 @@ def mrope_positions(
                 block = _vision_positions(pos, grid, m, interval)
                 n = block.shape[1]
                 if i + n > len(where) or (seg_types[i : i + n] != kind).any():
-                    raise ValueError(f"row {b}: a grid of {n} tokens does not match the placeholder tokens at {where[i]}")
+                    raise ValueError(
+                        f"row {b}: a grid of {n} tokens does not match the placeholder tokens at {where[i]}"
+                    )
                 pieces.append(block)
                 pos, i = pos + max(int(grid[1]), int(grid[2])) // m, i + n
             out[:, b, where] = np.concatenate(pieces, axis=1)

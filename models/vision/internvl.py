@@ -72,7 +72,11 @@ class InternAttention(nnx.Module):
         self.cfg = cfg
         e = cfg.hidden_size
         for name in ("q_proj", "k_proj", "v_proj"):
-            setattr(self, name, Linear(e, e, axes=("embed", "heads"), use_bias=cfg.attention_bias, param_dtype=param_dtype, **kw))
+            setattr(
+                self,
+                name,
+                Linear(e, e, axes=("embed", "heads"), use_bias=cfg.attention_bias, param_dtype=param_dtype, **kw),
+            )
         self.projection_layer = Linear(e, e, axes=("heads", "embed"), use_bias=True, param_dtype=param_dtype, **kw)
         norm = dict(eps=1e-6, param_dtype=param_dtype)
         self.q_norm = RMSNorm(e, **norm) if cfg.use_qk_norm else None
@@ -139,7 +143,11 @@ class InternVisionModel(nnx.Module):
         kw = dict(dtype=dtype, init_std=init_std, rngs=rngs)
         self.embeddings = Embeddings(cfg, param_dtype=param_dtype, **kw)
         self.encoder = InternEncoder(cfg, param_dtype, **kw)
-        self.layernorm = None if cfg.use_mean_pooling else LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        self.layernorm = (
+            None
+            if cfg.use_mean_pooling
+            else LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
+        )
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         """`[tiles, C, H, W] -> [tiles, 1 + patches, hidden]` (last hidden state, CLS first)."""
@@ -162,7 +170,9 @@ class Projector(nnx.Module):
         wide = int(cfg.hidden_size / cfg.downsample_ratio**2)
         self.layer_norm = LayerNorm(wide, eps=1e-5, param_dtype=param_dtype)
         self.linear_1 = Linear(wide, out_features, axes=("mlp", "embed"), use_bias=True, param_dtype=param_dtype, **kw)
-        self.linear_2 = Linear(out_features, out_features, axes=("embed", "embed"), use_bias=True, param_dtype=param_dtype, **kw)
+        self.linear_2 = Linear(
+            out_features, out_features, axes=("embed", "embed"), use_bias=True, param_dtype=param_dtype, **kw
+        )
         self.act = activation(cfg.projector_hidden_act)
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -54,8 +54,9 @@ class VisionInputs:
         if pixels.ndim != 2 or pixels.shape[1] != cfg.patch_dim:
             raise ValueError(f"pixel_values must be [patches, {cfg.patch_dim}], got {list(pixels.shape)}")
         layout = grid.patch_layout(grid_thw, cfg, num_patches)
-        if int((layout["frame_ids"] > 0).sum()) != pixels.shape[0]:
-            raise ValueError(f"pixel_values has {pixels.shape[0]} patches, image_grid_thw describes {(layout['frame_ids'] > 0).sum()}")
+        described = int((layout["frame_ids"] > 0).sum())
+        if described != pixels.shape[0]:
+            raise ValueError(f"pixel_values has {pixels.shape[0]} patches, image_grid_thw describes {described}")
         padded = np.zeros((layout["frame_ids"].shape[0], cfg.patch_dim), np.float32)
         padded[: pixels.shape[0]] = pixels
         return cls(jnp.asarray(padded), *(jnp.asarray(layout[k]) for k in ("positions", "frame_ids", "window_ids")))
@@ -156,7 +157,9 @@ class PatchMerger(nnx.Module):
         wide = cfg.hidden_size * cfg.merge_unit
         self.ln_q = _norm(cfg, cfg.hidden_size, param_dtype)
         self.mlp_0 = Linear(wide, wide, axes=("embed", "mlp"), use_bias=True, param_dtype=param_dtype, **kw)
-        self.mlp_2 = Linear(wide, cfg.out_hidden_size, axes=("mlp", "embed"), use_bias=True, param_dtype=param_dtype, **kw)
+        self.mlp_2 = Linear(
+            wide, cfg.out_hidden_size, axes=("mlp", "embed"), use_bias=True, param_dtype=param_dtype, **kw
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.ln_q(x)
@@ -239,5 +242,7 @@ class Qwen2VLForConditionalGeneration(CausalLM):
         return (hidden, jnp.zeros((), jnp.float32)) if return_aux_loss else hidden
 
     def __call__(self, input_ids, *, positions=None, segment_ids=None, vision=None, image_tokens=None):
-        hidden = self.hidden_states(input_ids, positions=positions, segment_ids=segment_ids, vision=vision, image_tokens=image_tokens)
+        hidden = self.hidden_states(
+            input_ids, positions=positions, segment_ids=segment_ids, vision=vision, image_tokens=image_tokens
+        )
         return self.logits(hidden)

@@ -23,7 +23,11 @@ from PIL import Image
 from .errors import DataError
 
 _QWEN2_VL = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl.Qwen2VLImageProcessorPil"
-_QWEN2_VL_SIZES = {"patch_size": "patch_size", "temporal_patch_size": "temporal_patch_size", "merge_size": "spatial_merge_size"}
+_QWEN2_VL_SIZES = {
+    "patch_size": "patch_size",
+    "temporal_patch_size": "temporal_patch_size",
+    "merge_size": "spatial_merge_size",
+}
 # model_type -> (transformers' PIL image processor, processor argument <- vision_config field for folders
 # without preprocessor_config.json, whether max_pixels / min_pixels apply)
 IMAGE_PROCESSORS: dict[str, tuple[str, dict[str, str], bool]] = {
@@ -89,7 +93,9 @@ def image_processor(model_dir: str, *, max_pixels: int | None = None, min_pixels
     _, fields, pixel_limits = IMAGE_PROCESSORS[model_type]
     if max_pixels is None and os.environ.get("MAX_PIXELS"):
         max_pixels = int(os.environ["MAX_PIXELS"])
-    overrides = {k: v for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v is not None and pixel_limits}
+    overrides = {
+        k: v for k, v in (("max_pixels", max_pixels), ("min_pixels", min_pixels)) if v is not None and pixel_limits
+    }
     if os.path.exists(os.path.join(model_dir, "preprocessor_config.json")):
         return cls.from_pretrained(model_dir, **overrides)
     vision = config.get("vision_config") or {}
