@@ -391,23 +391,35 @@ def deepseek_v3_config(hf_config: Any, *, dtype: str | None = None, param_dtype:
     )
 
 
+def linear_rules(hf: str, ours: str, names: tuple[str, ...]) -> list[Rule]:
+    """Rows for Linear layers `names` under HF prefix `hf` / our prefix `ours`: weight -> kernel, bias."""
+    return [
+        Rule(hf + "{m}.weight", ours + "{m}.kernel", "transpose", {"m": names}),
+        Rule(hf + "{m}.bias", ours + "{m}.bias", values={"m": names}),
+    ]
+
+
+def norm_rules(hf: str, ours: str, names: tuple[str, ...]) -> list[Rule]:
+    """Rows for (Layer/RMS)Norm layers `names`: weight -> scale, bias (LayerNorm only)."""
+    return [
+        Rule(hf + "{m}.weight", ours + "{m}.scale", values={"m": names}),
+        Rule(hf + "{m}.bias", ours + "{m}.bias", values={"m": names}),
+    ]
+
+
 _VISION_MLP = ("fc1", "fc2", "gate_proj", "up_proj", "down_proj")  # Qwen2-VL: fc1/fc2; Qwen2.5-VL: SwiGLU
+_BLOCK = "visual.blocks.{i}."
 # Qwen2-VL / Qwen2.5-VL as transformers saves them (and the hub holds them): the language model under
 # `model.` + `lm_head`, the vision tower under `visual.`.
 QWEN2_VL_WEIGHTS = WeightMap(
     [
         *LLAMA_FAMILY_WEIGHTS.rules,
         Rule("visual.patch_embed.proj.weight", "visual.patch_embed.weight"),  # HF's Conv3d layout, kept
-        Rule("visual.blocks.{i}.{norm}.weight", "visual.blocks.{i}.{norm}.scale", values={"norm": ("norm1", "norm2")}),
-        Rule("visual.blocks.{i}.{norm}.bias", "visual.blocks.{i}.{norm}.bias", values={"norm": ("norm1", "norm2")}),
-        Rule("visual.blocks.{i}.attn.{proj}.weight", "visual.blocks.{i}.attn.{proj}.kernel", "transpose", {"proj": ("qkv", "proj")}),
-        Rule("visual.blocks.{i}.attn.{proj}.bias", "visual.blocks.{i}.attn.{proj}.bias", values={"proj": ("qkv", "proj")}),
-        Rule("visual.blocks.{i}.mlp.{proj}.weight", "visual.blocks.{i}.mlp.{proj}.kernel", "transpose", {"proj": _VISION_MLP}),
-        Rule("visual.blocks.{i}.mlp.{proj}.bias", "visual.blocks.{i}.mlp.{proj}.bias", values={"proj": _VISION_MLP}),
-        Rule("visual.merger.ln_q.weight", "visual.merger.ln_q.scale"),
-        Rule("visual.merger.ln_q.bias", "visual.merger.ln_q.bias"),
-        Rule("visual.merger.mlp.{k}.weight", "visual.merger.mlp_{k}.kernel", "transpose", {"k": ("0", "2")}),
-        Rule("visual.merger.mlp.{k}.bias", "visual.merger.mlp_{k}.bias", values={"k": ("0", "2")}),
+        *norm_rules(_BLOCK, _BLOCK, ("norm1", "norm2")),
+        *linear_rules(_BLOCK + "attn.", _BLOCK + "attn.", ("qkv", "proj")),
+        *linear_rules(_BLOCK + "mlp.", _BLOCK + "mlp.", _VISION_MLP),
+        *norm_rules("visual.merger.", "visual.merger.", ("ln_q",)),
+        *linear_rules("visual.merger.mlp.", "visual.merger.mlp_", ("0", "2")),
     ]
 )
 
@@ -416,14 +428,16 @@ def qwen2_vl_vision_config(hf: dict[str, Any]) -> VisionConfig:
     """The vision tower of a `qwen2_vl` / `qwen2_5_vl` config (the two name their widths differently)."""
     vis, kind = hf["vision_config"], hf["model_type"]
     if kind == "qwen2_5_vl":
-        widths = dict(hidden_size=vis["hidden_size"], out_hidden_size=vis["out_hidden_size"], intermediate_size=vis["intermediate_size"])
+        widths = {k: vis[k] for k in ("hidden_size", "out_hidden_size", "intermediate_size")}
         extra = dict(
             window_size=vis.get("window_size", 112),
             fullatt_block_indexes=tuple(vis.get("fullatt_block_indexes") or ()),
             tokens_per_second=float(vis.get("tokens_per_second", 4)),
         )
     else:  # qwen2_vl: embed_dim is the blocks' width, hidden_size the language model's
-        widths = dict(hidden_size=vis["embed_dim"], out_hidden_size=vis["hidden_size"], intermediate_size=int(vis["embed_dim"] * vis.get("mlp_ratio", 4)))
+        embed = vis["embed_dim"]
+        mlp = int(embed * vis.get("mlp_ratio", 4))
+        widths = dict(hidden_size=embed, out_hidden_size=vis["hidden_size"], intermediate_size=mlp)
         extra = {}
     return VisionConfig(
         kind=kind,
@@ -462,29 +476,23 @@ def qwen2_vl_config(hf_config: Any, *, dtype: str | None = None, param_dtype: st
 
 
 _INTERN = "vision_tower.encoder.layer.{i}."
-_INTERN_PROJS = ("q_proj", "k_proj", "v_proj", "projection_layer")
-_INTERN_NORMS = ("layernorm_before", "layernorm_after")
+_EMBED = "vision_tower.embeddings."
+_WEIGHT_BIAS, _PROJ = ("weight", "bias"), "projection_layer"
 # InternVL as transformers saves it: the language model under `language_model.` (`.model.*`, `.lm_head`),
 # the InternViT under `vision_tower.`, the projector under `multi_modal_projector.`.
 INTERNVL_WEIGHTS = WeightMap(
     [
         *decoder_weights(prefix="language_model.").rules,
-        *(Rule(f"vision_tower.embeddings.{n}", f"vision_tower.embeddings.{n}") for n in ("cls_token", "position_embeddings")),
-        Rule("vision_tower.embeddings.patch_embeddings.projection.{p}", "vision_tower.embeddings.patch_embeddings.{p}", values={"p": ("weight", "bias")}),
-        Rule(_INTERN + "attention.{proj}.weight", _INTERN + "attention.{proj}.kernel", "transpose", {"proj": _INTERN_PROJS}),
-        Rule(_INTERN + "attention.{proj}.bias", _INTERN + "attention.{proj}.bias", values={"proj": _INTERN_PROJS}),
-        Rule(_INTERN + "attention.{norm}.weight", _INTERN + "attention.{norm}.scale", values={"norm": ("q_norm", "k_norm")}),
-        Rule(_INTERN + "{norm}.weight", _INTERN + "{norm}.scale", values={"norm": _INTERN_NORMS}),
-        Rule(_INTERN + "{norm}.bias", _INTERN + "{norm}.bias", values={"norm": _INTERN_NORMS}),
+        Rule(_EMBED + "{p}", _EMBED + "{p}", values={"p": ("cls_token", "position_embeddings")}),
+        Rule(_EMBED + "patch_embeddings.projection.{p}", _EMBED + "patch_embeddings.{p}", values={"p": _WEIGHT_BIAS}),
+        *linear_rules(_INTERN + "attention.", _INTERN + "attention.", ("q_proj", "k_proj", "v_proj", _PROJ)),
+        *norm_rules(_INTERN + "attention.", _INTERN + "attention.", ("q_norm", "k_norm")),
+        *norm_rules(_INTERN, _INTERN, ("layernorm_before", "layernorm_after")),
         Rule(_INTERN + "{lam}", _INTERN + "{lam}", values={"lam": ("lambda_1", "lambda_2")}),
-        Rule(_INTERN + "mlp.{fc}.weight", _INTERN + "mlp.{fc}.kernel", "transpose", {"fc": ("fc1", "fc2")}),
-        Rule(_INTERN + "mlp.{fc}.bias", _INTERN + "mlp.{fc}.bias", values={"fc": ("fc1", "fc2")}),
-        Rule("vision_tower.layernorm.weight", "vision_tower.layernorm.scale"),
-        Rule("vision_tower.layernorm.bias", "vision_tower.layernorm.bias"),
-        Rule("multi_modal_projector.layer_norm.weight", "multi_modal_projector.layer_norm.scale"),
-        Rule("multi_modal_projector.layer_norm.bias", "multi_modal_projector.layer_norm.bias"),
-        Rule("multi_modal_projector.{lin}.weight", "multi_modal_projector.{lin}.kernel", "transpose", {"lin": ("linear_1", "linear_2")}),
-        Rule("multi_modal_projector.{lin}.bias", "multi_modal_projector.{lin}.bias", values={"lin": ("linear_1", "linear_2")}),
+        *linear_rules(_INTERN + "mlp.", _INTERN + "mlp.", ("fc1", "fc2")),
+        *norm_rules("vision_tower.", "vision_tower.", ("layernorm",)),
+        *norm_rules("multi_modal_projector.", "multi_modal_projector.", ("layer_norm",)),
+        *linear_rules("multi_modal_projector.", "multi_modal_projector.", ("linear_1", "linear_2")),
     ]
 )
 _INTERNVL_TEXT_MODELS = ("llama", "qwen2", "qwen3")
@@ -500,7 +508,10 @@ def internvl_config(hf_config: Any, *, dtype: str | None = None, param_dtype: st
     hf = _hf_dict(hf_config)
     text, vis = dict(hf["text_config"]), hf["vision_config"]
     if text.get("model_type") not in _INTERNVL_TEXT_MODELS:
-        raise ValueError(f"internvl: text_config.model_type={text.get('model_type')!r} is not supported; expected one of {_INTERNVL_TEXT_MODELS}")
+        raise ValueError(
+            f"internvl: text_config.model_type={text.get('model_type')!r} is not supported; "
+            f"expected one of {_INTERNVL_TEXT_MODELS}"
+        )
     unsupported = {
         "vision_feature_layer": (hf.get("vision_feature_layer", -1), -1),
         "vision_feature_select_strategy": (hf.get("vision_feature_select_strategy", "default"), "default"),
