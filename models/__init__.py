@@ -1,6 +1,6 @@
 """Flax NNX architectures, installed as `swift_jax.models`."""
 
-from .config import MlaConfig, ModelConfig, MoeConfig, RopeConfig
+from .config import InternVisionConfig, MlaConfig, ModelConfig, MoeConfig, RopeConfig, VisionConfig
 from .decoder import CausalLM
 from .registry import ARCHITECTURES, Architecture, architecture
 from .weight_map import Rule, WeightMap
@@ -10,6 +10,8 @@ __all__ = [
     "ModelConfig",
     "MoeConfig",
     "RopeConfig",
+    "VisionConfig",
+    "InternVisionConfig",
     "CausalLM",
     "ARCHITECTURES",
     "Architecture",

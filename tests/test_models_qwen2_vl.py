@@ -177,3 +177,27 @@ def test_window_layout_has_several_windows_per_frame(pair, images):
     layout = patch_layout(images[1][:1], ours.config.vision)
     windows = len(np.unique(layout["window_ids"]))
     assert windows == (6 if ours.config.vision.kind == "qwen2_5_vl" else 1), windows
+
+
+def test_patches_in_transformers_window_order(pair, images):
+    """Patches are reordered as transformers' `get_vision_window_index` does, so each window and each frame
+    is one contiguous run (padding last), and the merged rows are put back in processor order."""
+    import torch
+    from transformers.vision_utils import get_vision_window_index
+
+    _, ours = pair
+    cfg = ours.config.vision
+    pixel_values, grid = images
+    vision = VisionInputs.build(cfg, pixel_values, grid, PATCHES)
+    real = int(np.prod(grid, axis=-1).sum())
+    for ids in (np.asarray(vision.window_ids), np.asarray(vision.frame_ids)):
+        assert (np.diff(ids[:real]) >= 0).all() and (ids[real:] == 0).all()
+    units = np.asarray(vision.pixel_values)[: real : cfg.merge_unit]  # first patch of each unit, reordered
+    np.testing.assert_array_equal(
+        units[np.asarray(vision.unit_restore)[: real // cfg.merge_unit]], pixel_values[:: cfg.merge_unit]
+    )
+    if cfg.kind == "qwen2_5_vl":
+        ref, _ = get_vision_window_index(torch.as_tensor(grid), cfg.spatial_merge_size, cfg.window_size, cfg.patch_size)
+        np.testing.assert_array_equal(
+            np.argsort(np.asarray(vision.unit_restore)[: real // cfg.merge_unit]), ref.numpy()
+        )

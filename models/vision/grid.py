@@ -2,7 +2,8 @@
 with Python loops, computed once per batch on the host so that the jitted model sees only arrays.
 
 - `patch_layout`: per patch, its (row, column) for the vision tower's 2-D rotary, the frame it belongs
-  to (attention never crosses frames) and, for Qwen2.5-VL, its attention window.
+  to (attention never crosses frames) and, for Qwen2.5-VL, its attention window; `window_order` puts
+  each window's patches next to each other.
 - `mrope_positions`: the language model's `[3, batch, seq]` M-RoPE positions (transformers'
   `get_rope_index`), per packed segment.
 
@@ -70,6 +71,13 @@ def patch_layout(grid_thw, cfg: VisionConfig, num_patches: int | None = None) ->
         out["frame_ids"][:total] = np.concatenate(frames)
         out["window_ids"][:total] = np.concatenate(windows)
     return out
+
+
+def window_order(window_ids: np.ndarray, merge_unit: int) -> np.ndarray:
+    """The merge units `[units]` sorted by window, reading order kept inside each window (transformers'
+    `get_vision_window_index`; padding, id 0, stays last): each window becomes one contiguous run."""
+    unit_windows = np.asarray(window_ids)[::merge_unit]
+    return np.argsort(np.where(unit_windows > 0, unit_windows, np.iinfo(np.int32).max), kind="stable")
 
 
 def token_types(input_ids: np.ndarray, cfg: VisionConfig) -> np.ndarray:

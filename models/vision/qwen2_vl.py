@@ -4,11 +4,11 @@ pad tokens of the one decoder (`models/decoder.py`), which rotates with M-RoPE (
 Vision tower (HF `visual.*`): the Conv3d patch embedding, whose stride equals its kernel, is a matmul
 over flattened `[channels, temporal_patch, patch, patch]` patches (its weight keeps HF's 5-D layout);
 2-D rotary over (row, column); bidirectional attention inside each frame. Qwen2.5-VL uses RMSNorm, a
-SwiGLU MLP and window attention outside `fullatt_block_indexes`. transformers permutes patches into
-window order and back; attention with per-patch window ids in the original order computes the same
-(windows are made of whole merge units, and everything else acts per patch or per merge unit).
-The patch merger concatenates each `spatial_merge_size`^2 unit of patches and projects it to the
-language model's width.
+SwiGLU MLP and window attention outside `fullatt_block_indexes`. As transformers does, the patches
+are put in window order (whole merge units move, so nothing but the order changes) and the merged
+features are put back: every window and every frame is then one contiguous run of segment ids, which
+block-sparse attention kernels skip across. The patch merger concatenates each
+`spatial_merge_size`^2 unit of patches and projects it to the language model's width.
 
 The host supplies the layout from `image_grid_thw` (`grid.patch_layout`, `grid.mrope_positions`), so
 the model itself is shape-static and jit-friendly.
@@ -37,14 +37,15 @@ from .common import LayerNorm, scatter_features
 class VisionInputs:
     """The patches of every image and video of a batch, with their host-computed layout.
 
-    Image patches come first, then video patches, each in the order their pad tokens appear in the
-    batch; `pixel_values` rows beyond the real patches are padding (frame id 0).
+    Images come first, then videos, each in the order their pad tokens appear in the batch; inside,
+    patches are in window order (`grid.window_order`); rows beyond the real patches are padding.
     """
 
     pixel_values: jax.Array  # [patches, channels * temporal_patch * patch * patch]
     positions: jax.Array  # [patches, 2] int32: row, column of each patch in its frame
     frame_ids: jax.Array  # [patches] int32: attention segment of the whole-frame blocks (0 = padding)
     window_ids: jax.Array  # [patches] int32: attention segment of the windowed blocks (Qwen2.5-VL)
+    unit_restore: jax.Array  # [patches / merge_unit] int32: merged feature rows back in processor order
 
     @classmethod
     def build(cls, cfg: VisionConfig, pixel_values, grid_thw, num_patches: int | None = None) -> "VisionInputs":
@@ -59,7 +60,11 @@ class VisionInputs:
             raise ValueError(f"pixel_values has {pixels.shape[0]} patches, image_grid_thw describes {described}")
         padded = np.zeros((layout["frame_ids"].shape[0], cfg.patch_dim), np.float32)
         padded[: pixels.shape[0]] = pixels
-        return cls(jnp.asarray(padded), *(jnp.asarray(layout[k]) for k in ("positions", "frame_ids", "window_ids")))
+        units = grid.window_order(layout["window_ids"], cfg.merge_unit)  # [units]
+        order = (units[:, None] * cfg.merge_unit + np.arange(cfg.merge_unit)).reshape(-1)  # [patches]
+        arrays = [padded] + [layout[k] for k in ("positions", "frame_ids", "window_ids")]
+        restore = np.argsort(units).astype(np.int32)
+        return cls(*(jnp.asarray(a[order]) for a in arrays), jnp.asarray(restore))
 
 
 def _norm(cfg: VisionConfig, features: int, param_dtype) -> nnx.Module:
@@ -185,7 +190,7 @@ class VisionTransformer(nnx.Module):
         for i, block in enumerate(self.blocks):
             windowed = self.cfg.window_size and i not in self.cfg.fullatt_block_indexes
             x = block(x, cos, sin, windows if windowed else frames)
-        return self.merger(x[0])
+        return self.merger(x[0])[inputs.unit_restore]
 
 
 class Qwen2VLForConditionalGeneration(CausalLM):
