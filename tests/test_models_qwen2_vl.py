@@ -201,3 +201,68 @@ def test_patches_in_transformers_window_order(pair, images):
         np.testing.assert_array_equal(
             np.argsort(np.asarray(vision.unit_restore)[: real // cfg.merge_unit]), ref.numpy()
         )
+
+
+# config.json in the layout of the hub's Qwen2-VL-2B-Instruct and Qwen2.5-VL-3B-Instruct (transformers 4.x: text
+# fields at the top, `rope_scaling.type = mrope`, `in_chans`), with tiny sizes.
+_HUB_TEXT = dict(
+    bos_token_id=151643,
+    eos_token_id=151645,
+    image_token_id=151655,
+    video_token_id=151656,
+    vision_start_token_id=151652,
+    vision_end_token_id=151653,
+    hidden_act="silu",
+    hidden_size=64,
+    intermediate_size=96,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    num_key_value_heads=2,
+    rms_norm_eps=1e-6,
+    rope_theta=1000000.0,
+    sliding_window=32768,
+    tie_word_embeddings=True,
+    torch_dtype="bfloat16",
+    use_sliding_window=False,
+    vocab_size=151936,
+    rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+)
+_VISION = dict(depth=4, num_heads=2, in_chans=3, patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+HUB_CONFIGS = {
+    "qwen2_vl": dict(vision_config=dict(embed_dim=32, mlp_ratio=4, hidden_size=64, **_VISION)),
+    "qwen2_5_vl": dict(
+        vision_config=dict(
+            hidden_act="silu",
+            hidden_size=32,
+            intermediate_size=48,
+            out_hidden_size=64,
+            window_size=112,
+            fullatt_block_indexes=[1, 3],
+            tokens_per_second=2,
+            **_VISION,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("model_type", list(HUB_CONFIGS))
+def test_hub_layout_config_builds_transformers_architecture(model_type, tmp_path):
+    """A 4.x-layout config.json reads into the architecture transformers builds (same parameter shapes)."""
+    import json
+
+    import torch
+
+    from swift_jax.modeling import model_config, read_hf_config
+
+    (tmp_path / "config.json").write_text(
+        json.dumps({**_HUB_TEXT, "model_type": model_type, **HUB_CONFIGS[model_type]})
+    )
+    cfg, arch = model_config(read_hf_config(str(tmp_path)))
+    assert cfg.rope.mrope_section == (2, 3, 3) and cfg.tie_word_embeddings and cfg.rope.theta == 1e6
+    abstract = nnx.eval_shape(lambda: arch.module(cfg, rngs=nnx.Rngs(0)))
+    ours = sorted(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
+    with torch.device("meta"):
+        hf = transformers.AutoModelForImageTextToText.from_config(
+            transformers.AutoConfig.from_pretrained(str(tmp_path))
+        )
+    assert ours == sorted(p.numel() for p in hf.parameters())
