@@ -266,3 +266,42 @@ def test_hub_layout_config_builds_transformers_architecture(model_type, tmp_path
             transformers.AutoConfig.from_pretrained(str(tmp_path))
         )
     assert ours == sorted(p.numel() for p in hf.parameters())
+
+
+def test_gradients_equal_torch(pair, images):
+    """Training the vision tower too: gradients of a logit functional equal torch's (relative 1e-5).
+    Qwen2.5-VL only (windows, RMSNorm, SwiGLU: the superset), to keep the file's time down."""
+    import torch
+
+    hf, ours = pair
+    if ours.config.vision.kind != "qwen2_5_vl":
+        pytest.skip("covered by the qwen2_5_vl case")
+    pixel_values, grid = images
+    cfg = ours.config.vision
+    ids = np.asarray([vision_row([1], grid[:2], [4, 5])])
+    patches = int(np.prod(grid[:2], axis=-1).sum())
+    weights = np.random.RandomState(0).randn(ids.shape[1], hf.config.text_config.vocab_size).astype(np.float32)
+    hf.zero_grad()
+    types = torch.as_tensor((ids == IMAGE).astype(np.int64))
+    kw = dict(pixel_values=torch.as_tensor(pixel_values[:patches]), image_grid_thw=torch.as_tensor(grid[:2]))
+    logits = hf(input_ids=torch.as_tensor(ids), mm_token_type_ids=types, **kw).logits[0]
+    (logits * torch.as_tensor(weights)).sum().backward()
+    positions = jnp.asarray(mrope_positions(ids, cfg, grid[:2]))
+    vision = VisionInputs.build(cfg, pixel_values[:patches], grid[:2])
+    grads = nnx.jit(nnx.grad(lambda m: jnp.sum(m(jnp.asarray(ids), positions=positions, vision=vision)[0] * weights)))(
+        ours
+    )
+    ref, flat = dict(hf.named_parameters()), dict(nnx.to_flat_state(grads))
+    for path, name in [
+        (("visual", "patch_embed", "weight"), "model.visual.patch_embed.proj.weight"),
+        (("visual", "blocks", 0, "attn", "qkv", "kernel"), "model.visual.blocks.0.attn.qkv.weight"),
+        (("visual", "merger", "mlp_0", "kernel"), "model.visual.merger.mlp.0.weight"),
+        (
+            ("model", "layers", 1, "self_attn", "q_proj", "kernel"),
+            "model.language_model.layers.1.self_attn.q_proj.weight",
+        ),
+    ]:
+        got = np.asarray(flat[path][...])
+        want = ref[name].grad.numpy()
+        want = want if got.ndim != 2 else want.T
+        assert np.abs(got - want).max() < 1e-5 * np.abs(want).max(), name
