@@ -1,6 +1,6 @@
 """Flax NNX architectures, installed as `swift_jax.models`."""
 
-from .config import InternVisionConfig, MlaConfig, ModelConfig, MoeConfig, RopeConfig, VisionConfig
+from .config import InternVisionConfig, MlaConfig, ModelConfig, MoeConfig, Qwen2VLVisionConfig, RopeConfig
 from .decoder import CausalLM
 from .registry import ARCHITECTURES, Architecture, architecture
 from .weight_map import Rule, WeightMap
@@ -10,7 +10,7 @@ __all__ = [
     "ModelConfig",
     "MoeConfig",
     "RopeConfig",
-    "VisionConfig",
+    "Qwen2VLVisionConfig",
     "InternVisionConfig",
     "CausalLM",
     "ARCHITECTURES",

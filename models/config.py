@@ -105,7 +105,7 @@ class MlaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class VisionConfig:
+class Qwen2VLVisionConfig:
     """A Qwen2-VL / Qwen2.5-VL vision tower and how its features enter the language model
     (see `models/vision/qwen2_vl.py`); field names follow transformers' vision configs."""
 
@@ -220,7 +220,7 @@ class ModelConfig:
     # the rotary dim (qk_rope_head_dim, as in HF's config) and num_key_value_heads = num_attention_heads.
     mla: MlaConfig | None = None
     # Image (and video) tower of a vision-language model: Qwen2-VL family or InternVL.
-    vision: VisionConfig | InternVisionConfig | None = None
+    vision: Qwen2VLVisionConfig | InternVisionConfig | None = None
     # The original HF config as JSON, written back by `save_pretrained`.
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
 

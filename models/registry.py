@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from flax import nnx
 
-from .config import InternVisionConfig, MlaConfig, ModelConfig, MoeConfig, RopeConfig, VisionConfig
+from .config import InternVisionConfig, MlaConfig, ModelConfig, MoeConfig, Qwen2VLVisionConfig, RopeConfig
 from .decoder import CausalLM
 from .vision.internvl import InternVLForConditionalGeneration
 from .vision.qwen2_vl import Qwen2VLForConditionalGeneration
@@ -424,7 +424,7 @@ QWEN2_VL_WEIGHTS = WeightMap(
 )
 
 
-def qwen2_vl_vision_config(hf: dict[str, Any]) -> VisionConfig:
+def qwen2_vl_vision_config(hf: dict[str, Any]) -> Qwen2VLVisionConfig:
     """The vision tower of a `qwen2_vl` / `qwen2_5_vl` config (the two name their widths differently)."""
     vis, kind = hf["vision_config"], hf["model_type"]
     if kind == "qwen2_5_vl":
@@ -439,7 +439,7 @@ def qwen2_vl_vision_config(hf: dict[str, Any]) -> VisionConfig:
         mlp = int(embed * vis.get("mlp_ratio", 4))
         widths = dict(hidden_size=embed, out_hidden_size=vis["hidden_size"], intermediate_size=mlp)
         extra = {}
-    return VisionConfig(
+    return Qwen2VLVisionConfig(
         kind=kind,
         depth=vis["depth"],
         num_heads=vis["num_heads"],

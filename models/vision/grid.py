@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import VisionConfig
+from ..config import Qwen2VLVisionConfig
 
 TEXT, IMAGE, VIDEO = 0, 1, 2  # transformers' mm_token_type_ids
 
@@ -25,7 +25,7 @@ def _grids(grid_thw) -> np.ndarray:
     return np.zeros((0, 3), np.int64) if grid_thw is None else np.asarray(grid_thw, np.int64).reshape(-1, 3)
 
 
-def patch_layout(grid_thw, cfg: VisionConfig, num_patches: int | None = None) -> dict[str, np.ndarray]:
+def patch_layout(grid_thw, cfg: Qwen2VLVisionConfig, num_patches: int | None = None) -> dict[str, np.ndarray]:
     """Per-patch layout arrays for the patches of `grid_thw` `[n, 3]` (t, h, w per image or video).
 
     Returns int32 arrays: `positions` `[N, 2]` (row, column in patches), `frame_ids` `[N]` (1, 2, ...:
@@ -80,7 +80,7 @@ def window_order(window_ids: np.ndarray, merge_unit: int) -> np.ndarray:
     return np.argsort(np.where(unit_windows > 0, unit_windows, np.iinfo(np.int32).max), kind="stable")
 
 
-def token_types(input_ids: np.ndarray, cfg: VisionConfig) -> np.ndarray:
+def token_types(input_ids: np.ndarray, cfg: Qwen2VLVisionConfig) -> np.ndarray:
     """transformers' `mm_token_type_ids`: 1 on image pad tokens, 2 on video pad tokens, 0 elsewhere."""
     ids = np.asarray(input_ids)
     return np.where(ids == cfg.image_token_id, IMAGE, np.where(ids == cfg.video_token_id, VIDEO, TEXT)).astype(np.int32)
@@ -95,7 +95,7 @@ def _vision_positions(start: int, grid: np.ndarray, m: int, time_interval: float
 
 def mrope_positions(
     input_ids: np.ndarray,
-    cfg: VisionConfig,
+    cfg: Qwen2VLVisionConfig,
     image_grid_thw=None,
     video_grid_thw=None,
     *,

@@ -25,7 +25,7 @@ from flax import nnx
 
 from swift_jax.kernels import attention
 
-from ..config import ModelConfig, VisionConfig
+from ..config import ModelConfig, Qwen2VLVisionConfig
 from ..decoder import CausalLM, KVCache
 from ..layers import Linear, RMSNorm, activation, apply_rotary
 from . import grid
@@ -48,7 +48,7 @@ class VisionInputs:
     unit_restore: jax.Array  # [patches / merge_unit] int32: merged feature rows back in processor order
 
     @classmethod
-    def build(cls, cfg: VisionConfig, pixel_values, grid_thw, num_patches: int | None = None) -> "VisionInputs":
+    def build(cls, cfg: Qwen2VLVisionConfig, pixel_values, grid_thw, num_patches: int | None = None) -> "VisionInputs":
         """Inputs for `pixel_values` `[N, patch_dim]` of the images/videos in `grid_thw` `[n, 3]` (t, h, w),
         zero-padded to `num_patches` rows (a fixed budget keeps one compiled shape)."""
         pixels = np.asarray(pixel_values, np.float32)
@@ -67,13 +67,13 @@ class VisionInputs:
         return cls(*(jnp.asarray(a[order]) for a in arrays), jnp.asarray(restore))
 
 
-def _norm(cfg: VisionConfig, features: int, param_dtype) -> nnx.Module:
+def _norm(cfg: Qwen2VLVisionConfig, features: int, param_dtype) -> nnx.Module:
     if cfg.kind == "qwen2_5_vl":
         return RMSNorm(features, eps=1e-6, param_dtype=param_dtype)
     return LayerNorm(features, param_dtype=param_dtype)
 
 
-def vision_rotary(positions: jax.Array, cfg: VisionConfig) -> tuple[jax.Array, jax.Array]:
+def vision_rotary(positions: jax.Array, cfg: Qwen2VLVisionConfig) -> tuple[jax.Array, jax.Array]:
     """cos, sin `[1, patches, head_dim]` of the 2-D rotary: a quarter of the head's frequencies turn
     with the row, a quarter with the column, and the pattern repeats over the second half."""
     spatial = cfg.head_dim // 2
@@ -87,7 +87,7 @@ def vision_rotary(positions: jax.Array, cfg: VisionConfig) -> tuple[jax.Array, j
 class VisionAttention(nnx.Module):
     """Bidirectional attention of patches within their segment, with a fused `qkv` projection."""
 
-    def __init__(self, cfg: VisionConfig, **kw):
+    def __init__(self, cfg: Qwen2VLVisionConfig, **kw):
         self.cfg = cfg
         self.qkv = Linear(cfg.hidden_size, 3 * cfg.hidden_size, axes=("embed", "heads"), use_bias=True, **kw)
         self.proj = Linear(cfg.hidden_size, cfg.hidden_size, axes=("heads", "embed"), use_bias=True, **kw)
@@ -107,7 +107,7 @@ class VisionAttention(nnx.Module):
 class VisionMLP(nnx.Module):
     """Qwen2-VL: `fc2(act(fc1(x)))`; Qwen2.5-VL: `down(act(gate(x)) * up(x))`, all with biases."""
 
-    def __init__(self, cfg: VisionConfig, **kw):
+    def __init__(self, cfg: Qwen2VLVisionConfig, **kw):
         e, m = cfg.hidden_size, cfg.intermediate_size
         self.gated = cfg.kind == "qwen2_5_vl"
         if self.gated:
@@ -128,7 +128,7 @@ class VisionMLP(nnx.Module):
 class VisionBlock(nnx.Module):
     """Pre-norm residual block: `x += attn(norm1(x)); x += mlp(norm2(x))`."""
 
-    def __init__(self, cfg: VisionConfig, param_dtype, **kw):
+    def __init__(self, cfg: Qwen2VLVisionConfig, param_dtype, **kw):
         self.norm1 = _norm(cfg, cfg.hidden_size, param_dtype)
         self.norm2 = _norm(cfg, cfg.hidden_size, param_dtype)
         self.attn = VisionAttention(cfg, param_dtype=param_dtype, **kw)
@@ -142,7 +142,7 @@ class VisionBlock(nnx.Module):
 class PatchEmbed(nnx.Module):
     """The Conv3d patch embedding as a matmul; `proj.weight` keeps HF's `[hidden, C, T, P, P]` layout."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, init_std: float, rngs: nnx.Rngs):
+    def __init__(self, cfg: Qwen2VLVisionConfig, *, dtype, param_dtype, init_std: float, rngs: nnx.Rngs):
         self.dtype = dtype
         shape = (cfg.hidden_size, cfg.in_channels, cfg.temporal_patch_size, cfg.patch_size, cfg.patch_size)
         init = jax.nn.initializers.normal(init_std)
@@ -157,7 +157,7 @@ class PatchEmbed(nnx.Module):
 class PatchMerger(nnx.Module):
     """Norm, then each merge unit's patches concatenated `[units, hidden * unit]` -> MLP -> `[units, out]`."""
 
-    def __init__(self, cfg: VisionConfig, param_dtype, **kw):
+    def __init__(self, cfg: Qwen2VLVisionConfig, param_dtype, **kw):
         self.unit = cfg.merge_unit
         wide = cfg.hidden_size * cfg.merge_unit
         self.ln_q = _norm(cfg, cfg.hidden_size, param_dtype)
@@ -175,7 +175,7 @@ class PatchMerger(nnx.Module):
 class VisionTransformer(nnx.Module):
     """HF's `visual`: patch embedding, vision blocks and the patch merger."""
 
-    def __init__(self, cfg: VisionConfig, *, dtype, param_dtype, init_std: float, rngs: nnx.Rngs):
+    def __init__(self, cfg: Qwen2VLVisionConfig, *, dtype, param_dtype, init_std: float, rngs: nnx.Rngs):
         self.cfg = cfg
         kw = dict(dtype=dtype, init_std=init_std, rngs=rngs)
         self.patch_embed = PatchEmbed(cfg, param_dtype=param_dtype, **kw)
