@@ -123,6 +123,15 @@ def test_internvl_tiles_equal_transformers(tmp_path):
     # wide images: tiles + a thumbnail; the square one: one tile; each tile is 4 tokens after the pixel shuffle
     vision = model_config(read_hf_config(str(tmp_path)))[0].vision
     assert vision_token_counts(vision, out) == [4 * n for n in ref["num_patches"]] and out["num_patches"][1] == 3
+    # without preprocessor_config.json: InternVL's tiling (up to 12 tiles + thumbnail) at the encoder's image_size
+    (tmp_path / "preprocessor_config.json").unlink()
+    default = transformers.GotOcr2ImageProcessorPil(
+        size={"height": 16, "width": 16}, crop_to_patches=True, max_patches=12
+    )
+    ref = default(IMAGES, return_tensors="np")
+    out = preprocess_images(image_processor(str(tmp_path)), IMAGES)
+    np.testing.assert_array_equal(out["num_patches"], ref["num_patches"])
+    np.testing.assert_array_equal(out["pixel_values"], ref["pixel_values"])
 
 
 def test_expand_vision_pads_matches_grids_and_masks_labels(model_dir):

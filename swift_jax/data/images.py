@@ -22,19 +22,31 @@ from PIL import Image
 
 from .errors import DataError
 
+
+def _qwen2_vl_defaults(vision: dict[str, Any]) -> dict[str, Any]:
+    sizes = {
+        "patch_size": "patch_size",
+        "temporal_patch_size": "temporal_patch_size",
+        "merge_size": "spatial_merge_size",
+    }
+    return {ours: vision[theirs] for ours, theirs in sizes.items() if theirs in vision}
+
+
+def _internvl_defaults(vision: dict[str, Any]) -> dict[str, Any]:
+    """transformers' InternVL processing: tiles of the encoder's image_size, up to 12 plus a thumbnail."""
+    size = vision.get("image_size", 448)
+    height, width = (size, size) if isinstance(size, int) else size
+    return {"size": {"height": height, "width": width}, "crop_to_patches": True, "max_patches": 12}
+
+
 _QWEN2_VL = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl.Qwen2VLImageProcessorPil"
-_QWEN2_VL_SIZES = {
-    "patch_size": "patch_size",
-    "temporal_patch_size": "temporal_patch_size",
-    "merge_size": "spatial_merge_size",
-}
-# model_type -> (transformers' PIL image processor, processor argument <- vision_config field for folders
-# without preprocessor_config.json, whether max_pixels / min_pixels apply)
-IMAGE_PROCESSORS: dict[str, tuple[str, dict[str, str], bool]] = {
-    "qwen2_vl": (_QWEN2_VL, _QWEN2_VL_SIZES, True),
-    "qwen2_5_vl": (_QWEN2_VL, _QWEN2_VL_SIZES, True),
-    # InternVL: dynamic tiling into image_size tiles plus a thumbnail (transformers' GotOcr2 processor)
-    "internvl": ("transformers.models.got_ocr2.image_processing_pil_got_ocr2.GotOcr2ImageProcessorPil", {}, False),
+_GOT_OCR2 = "transformers.models.got_ocr2.image_processing_pil_got_ocr2.GotOcr2ImageProcessorPil"
+# model_type -> (transformers' PIL image processor, its arguments from `vision_config` for folders without
+# preprocessor_config.json, whether max_pixels / min_pixels apply)
+IMAGE_PROCESSORS: dict[str, tuple[str, Any, bool]] = {
+    "qwen2_vl": (_QWEN2_VL, _qwen2_vl_defaults, True),
+    "qwen2_5_vl": (_QWEN2_VL, _qwen2_vl_defaults, True),
+    "internvl": (_GOT_OCR2, _internvl_defaults, False),  # dynamic tiling (transformers' GotOcr2 processor)
 }
 
 
@@ -82,15 +94,15 @@ def image_processor(model_dir: str, *, max_pixels: int | None = None, min_pixels
     """The PIL image processor of a vision-language checkpoint folder.
 
     Reads `preprocessor_config.json` when the folder has one (its `image_processor_type` may name the
-    torchvision class: the PIL class of the same model is used instead), else the processor defaults at
-    the patch sizes of `config.json`'s `vision_config`. `max_pixels` (Qwen2-VL family) defaults to
-    `$MAX_PIXELS`.
+    torchvision class: the PIL class of the same model is used instead), else transformers' defaults for
+    the model at the sizes of `config.json`'s `vision_config`. `max_pixels` (Qwen2-VL family) defaults
+    to `$MAX_PIXELS`.
     """
     with open(os.path.join(model_dir, "config.json")) as f:
         config = json.load(f)
     model_type = config.get("model_type", "<missing>")
     cls = _processor_class(model_type)
-    _, fields, pixel_limits = IMAGE_PROCESSORS[model_type]
+    _, defaults, pixel_limits = IMAGE_PROCESSORS[model_type]
     if max_pixels is None and os.environ.get("MAX_PIXELS"):
         max_pixels = int(os.environ["MAX_PIXELS"])
     overrides = {
@@ -98,9 +110,7 @@ def image_processor(model_dir: str, *, max_pixels: int | None = None, min_pixels
     }
     if os.path.exists(os.path.join(model_dir, "preprocessor_config.json")):
         return cls.from_pretrained(model_dir, **overrides)
-    vision = config.get("vision_config") or {}
-    sizes = {ours: vision[theirs] for ours, theirs in fields.items() if theirs in vision}
-    return cls(**sizes, **overrides)
+    return cls(**defaults(config.get("vision_config") or {}), **overrides)
 
 
 def preprocess_images(processor, images: list[Image.Image]) -> dict[str, np.ndarray]:
