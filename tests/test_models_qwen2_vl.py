@@ -40,30 +40,23 @@ SEQ, BATCH, PATCHES = 64, 2, 256  # every call is padded to one shape: one compi
 
 
 @nnx.jit
-def _forward(model, ids, positions, segment_ids, vision, image_tokens):
-    return model(ids, positions=positions, segment_ids=segment_ids, vision=vision, image_tokens=image_tokens)
+def _forward(model, ids, positions, segment_ids, vision):
+    return model(ids, positions=positions, segment_ids=segment_ids, vision=vision)
 
 
 def _ours(model, ids, mask, pixel_values, grid, *, videos=None, **position_kw):
     """Our logits `[rows, len]`: M-RoPE positions and the vision layout computed on the host from the
     grids, then rows, length and patches padded to one static shape."""
     cfg = model.config.vision
-    video_pixels, video_grid = videos if videos is not None else (np.zeros((0, cfg.patch_dim)), np.zeros((0, 3)))
+    video_pixels, video_grid = videos if videos is not None else (None, None)
     positions = mrope_positions(ids, cfg, grid, video_grid, segment_ids=mask, **position_kw)
     vision = VisionInputs.build(
-        cfg, np.concatenate([pixel_values, video_pixels]), np.concatenate([grid, video_grid]), PATCHES
+        cfg, pixel_values, grid, pixel_values_videos=video_pixels, video_grid_thw=video_grid, num_patches=PATCHES
     )
-    image_tokens = int(np.prod(grid, axis=-1).sum()) // cfg.merge_unit
     rows, length = ids.shape
     pad = ((0, BATCH - rows), (0, SEQ - length))
-    logits = _forward(
-        model,
-        jnp.asarray(np.pad(ids, pad)),
-        jnp.asarray(np.pad(positions, ((0, 0), *pad))),
-        jnp.asarray(np.pad(mask, pad)),
-        vision,
-        jnp.asarray(image_tokens),
-    )
+    padded = [np.pad(ids, pad), np.pad(positions, ((0, 0), *pad)), np.pad(mask, pad)]
+    logits = _forward(model, *(jnp.asarray(a) for a in padded), vision)
     return np.asarray(logits)[:rows, :length]
 
 
@@ -188,7 +181,7 @@ def test_patches_in_transformers_window_order(pair, images):
     _, ours = pair
     cfg = ours.config.vision
     pixel_values, grid = images
-    vision = VisionInputs.build(cfg, pixel_values, grid, PATCHES)
+    vision = VisionInputs.build(cfg, pixel_values, grid, num_patches=PATCHES)
     real = int(np.prod(grid, axis=-1).sum())
     for ids in (np.asarray(vision.window_ids), np.asarray(vision.frame_ids)):
         assert (np.diff(ids[:real]) >= 0).all() and (ids[real:] == 0).all()

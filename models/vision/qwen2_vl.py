@@ -46,25 +46,44 @@ class VisionInputs:
     frame_ids: jax.Array  # [patches] int32: attention segment of the whole-frame blocks (0 = padding)
     window_ids: jax.Array  # [patches] int32: attention segment of the windowed blocks (Qwen2.5-VL)
     unit_restore: jax.Array  # [patches / merge_unit] int32: merged feature rows back in processor order
+    image_tokens: jax.Array  # [] int32: leading feature rows that belong to images (the rest: videos)
 
     @classmethod
-    def build(cls, cfg: Qwen2VLVisionConfig, pixel_values, grid_thw, num_patches: int | None = None) -> "VisionInputs":
-        """Inputs for `pixel_values` `[N, patch_dim]` of the images/videos in `grid_thw` `[n, 3]` (t, h, w),
-        zero-padded to `num_patches` rows (a fixed budget keeps one compiled shape)."""
-        pixels = np.asarray(pixel_values, np.float32)
-        if pixels.ndim != 2 or pixels.shape[1] != cfg.patch_dim:
-            raise ValueError(f"pixel_values must be [patches, {cfg.patch_dim}], got {list(pixels.shape)}")
-        layout = grid.patch_layout(grid_thw, cfg, num_patches)
+    def build(
+        cls,
+        cfg: Qwen2VLVisionConfig,
+        pixel_values=None,
+        image_grid_thw=None,
+        *,
+        pixel_values_videos=None,
+        video_grid_thw=None,
+        num_patches: int | None = None,
+    ) -> "VisionInputs":
+        """Inputs for the image processor's `pixel_values` `[N, patch_dim]` and `image_grid_thw` `[n, 3]`
+        (t, h, w), and the video processor's equivalents, zero-padded to `num_patches` rows (a fixed
+        budget keeps one compiled shape)."""
+        empty = np.zeros((0, cfg.patch_dim), np.float32)
+        pixels = [np.asarray(empty if p is None else p, np.float32) for p in (pixel_values, pixel_values_videos)]
+        for name, p in zip(("pixel_values", "pixel_values_videos"), pixels):
+            if p.ndim != 2 or p.shape[1] != cfg.patch_dim:
+                raise ValueError(f"{name} must be [patches, {cfg.patch_dim}], got {list(p.shape)}")
+        grids = [
+            np.zeros((0, 3), np.int64) if g is None else np.asarray(g).reshape(-1, 3)
+            for g in (image_grid_thw, video_grid_thw)
+        ]
+        layout = grid.patch_layout(np.concatenate(grids), cfg, num_patches)
+        real = pixels[0].shape[0] + pixels[1].shape[0]
         described = int((layout["frame_ids"] > 0).sum())
-        if described != pixels.shape[0]:
-            raise ValueError(f"pixel_values has {pixels.shape[0]} patches, image_grid_thw describes {described}")
+        if described != real:
+            raise ValueError(f"pixel_values have {real} patches, the grids describe {described}")
         padded = np.zeros((layout["frame_ids"].shape[0], cfg.patch_dim), np.float32)
-        padded[: pixels.shape[0]] = pixels
+        padded[:real] = np.concatenate(pixels)
         units = grid.window_order(layout["window_ids"], cfg.merge_unit)  # [units]
         order = (units[:, None] * cfg.merge_unit + np.arange(cfg.merge_unit)).reshape(-1)  # [patches]
         arrays = [padded] + [layout[k] for k in ("positions", "frame_ids", "window_ids")]
         restore = np.argsort(units).astype(np.int32)
-        return cls(*(jnp.asarray(a[order]) for a in arrays), jnp.asarray(restore))
+        image_tokens = np.int32(np.prod(grids[0], axis=-1).sum() // cfg.merge_unit)
+        return cls(*(jnp.asarray(a[order]) for a in arrays), jnp.asarray(restore), jnp.asarray(image_tokens))
 
 
 def _norm(cfg: Qwen2VLVisionConfig, features: int, param_dtype) -> nnx.Module:
@@ -196,9 +215,8 @@ class VisionTransformer(nnx.Module):
 class Qwen2VLForConditionalGeneration(CausalLM):
     """Qwen2-VL / Qwen2.5-VL: the decoder (`model.*`, `lm_head`) plus the vision tower (`visual.*`).
 
-    `hidden_states(input_ids, positions=..., vision=VisionInputs(...), image_tokens=...)`: `positions`
-    `[3, batch, seq]` from `grid.mrope_positions`; without `vision` it is the text-only language model.
-    `image_tokens` is how many leading feature rows belong to images (the rest to videos; default: all).
+    `hidden_states(input_ids, positions=..., vision=VisionInputs.build(...))`: `positions` `[3, batch, seq]`
+    from `grid.mrope_positions`; without `vision` it is the text-only language model.
     """
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -211,14 +229,14 @@ class Qwen2VLForConditionalGeneration(CausalLM):
             rngs=rngs,
         )
 
-    def embed(self, input_ids: jax.Array, vision: VisionInputs | None, image_tokens: int) -> jax.Array:
+    def embed(self, input_ids: jax.Array, vision: VisionInputs | None) -> jax.Array:
         """Token embeddings `[b, s, e]` with the vision features of `vision` in place of the pad tokens."""
         embeds = self.model.embed(input_ids)
         if vision is None:
             return embeds
         cfg, features = self.config.vision, self.visual(vision)  # [feature rows, embed]
         embeds = scatter_features(embeds, input_ids == cfg.image_token_id, features)
-        return scatter_features(embeds, input_ids == cfg.video_token_id, features, image_tokens)
+        return scatter_features(embeds, input_ids == cfg.video_token_id, features, vision.image_tokens)
 
     def hidden_states(
         self,
@@ -229,25 +247,18 @@ class Qwen2VLForConditionalGeneration(CausalLM):
         cache: KVCache | None = None,
         return_aux_loss: bool = False,
         vision: VisionInputs | None = None,
-        image_tokens: int | None = None,
     ):
-        """`CausalLM.hidden_states` with image/video features scattered into the embeddings; `image_tokens`
-        (static under jit) splits the feature rows between images and videos."""
+        """`CausalLM.hidden_states` with image/video features scattered into the embeddings."""
         batch, seq = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
         if segment_ids is None:
             segment_ids = jnp.ones((batch, seq), jnp.int32)
-        if image_tokens is None:
-            image_tokens = 0 if vision is None else vision.pixel_values.shape[0] // self.config.vision.merge_unit
-        embeds = self.embed(input_ids, vision, image_tokens)
+        embeds = self.embed(input_ids, vision)
         if cache is not None:
             return self.model(input_ids, positions, segment_ids, cache, embeds=embeds)
         hidden = self.model(input_ids, positions, segment_ids, embeds=embeds)
         return (hidden, jnp.zeros((), jnp.float32)) if return_aux_loss else hidden
 
-    def __call__(self, input_ids, *, positions=None, segment_ids=None, vision=None, image_tokens=None):
-        hidden = self.hidden_states(
-            input_ids, positions=positions, segment_ids=segment_ids, vision=vision, image_tokens=image_tokens
-        )
-        return self.logits(hidden)
+    def __call__(self, input_ids, *, positions=None, segment_ids=None, vision=None):
+        return self.logits(self.hidden_states(input_ids, positions=positions, segment_ids=segment_ids, vision=vision))
