@@ -97,7 +97,10 @@ class LanguageModeling(Method):
     def build_data(self, args, tokenizer, **kwargs):
         from swift_jax.data import build_data
 
-        return build_data(args, tokenizer, **kwargs)
+        pipe = build_data(args, tokenizer, **kwargs)
+        if pipe.weighted:  # ms-swift's non-binary loss_scale: batches carry per-token weights
+            self.batch_keys = Method.batch_keys + ("loss_scale",)
+        return pipe
 
     def loss(self, model, batch, extra) -> LossOutput:
         inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
@@ -105,7 +108,8 @@ class LanguageModeling(Method):
             hidden, aux = model.hidden_states(batch["input_ids"], **inputs, return_aux_loss=True)
         else:
             hidden = model.hidden_states(batch["input_ids"], **inputs)
-        loss_sum, count, correct = chunked_cross_entropy(hidden, batch["labels"], model.logits, chunk_size=self.loss_chunk_size)
+        loss_sum, count, correct = chunked_cross_entropy(hidden, batch["labels"], model.logits, chunk_size=self.loss_chunk_size,
+                                                         weights=batch.get("loss_scale"))
         if self.router_aux_loss_coef:  # weighted by tokens, like the mean cross-entropy
             loss_sum = loss_sum + self.router_aux_loss_coef * aux * count
         n = count.astype(jnp.float32)
