@@ -150,22 +150,22 @@ def test_inspect_dump_writes_what_training_sees_per_row(tmp_path):
 
     from swift_jax.data import BUNDLED_TOKENIZER_DIR
 
-    rows = [AGENT_ROW, {"foo": 1}, {"messages": [{"role": "user", "content": "q " * 1200}, {"role": "assistant", "content": "a"}]},
+    rows = [AGENT_ROW, {"foo": 1}, {"messages": [{"role": "user", "content": "q " * 2000}, {"role": "assistant", "content": "a"}]},
             {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}]
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     dump = tmp_path / "dump.jsonl"
     cmd = [sys.executable, "-m", "swift_jax.data.inspect", "--model", BUNDLED_TOKENIZER_DIR, "--dataset", str(data),
-           "--template", "qwen2_5", "--loss_scale", "hermes", "--max_length", "512", "--dataset_shuffle", "false",
+           "--template", "qwen2_5", "--loss_scale", "hermes", "--max_length", "1024", "--dataset_shuffle", "false",
            "--dump", str(dump)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = [json.loads(line) for line in dump.read_text().splitlines()]
     assert len(lines) == 4
     assert "rows.jsonl, line 2: unknown row format" in lines[1]["error"]
-    assert "line 3: dropped: longer than --max_length 512" in lines[2]["error"]
+    assert "line 3: dropped: longer than --max_length 1024" in lines[2]["error"]
     tokenizer = bundled_tokenizer()
-    expected = SampleProcessor(DataArgs(template="qwen2_5", loss_scale="hermes", max_length=512), tokenizer)((AGENT_ROW, "f"))
+    expected = SampleProcessor(DataArgs(template="qwen2_5", loss_scale="hermes", max_length=1024), tokenizer)((AGENT_ROW, "f"))
     for i in (0, 3):
         assert len(lines[i]["input_ids"]) == len(lines[i]["labels"]) == len(lines[i]["loss_scale"])
     assert lines[0]["input_ids"] == expected["input_ids"].tolist() and lines[0]["labels"] == expected["labels"].tolist()
