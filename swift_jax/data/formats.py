@@ -194,8 +194,8 @@ def _has_any(keys: tuple[str, ...]) -> Callable[[dict], bool]:
 # (name, test on the row, converter), tried in order.
 FORMATS: list[tuple[str, Callable[[dict], bool], Callable[[dict], dict]]] = [
     ("messages", _has_any(MESSAGE_KEYS), from_messages),
-    ("alpaca", lambda r: r.get("instruction") is not None and ("input" in r or "output" in r), from_alpaca),
-    ("query_response", lambda r: _has_any(QUERY_KEYS)(r) and _has_any(RESPONSE_KEYS)(r), from_query_response),
+    ("alpaca", lambda r: r.get("instruction") is not None, from_alpaca),
+    ("query_response", _has_any(QUERY_KEYS), from_query_response),  # without a response: a prompt (inference)
     ("text", _has_any(("text",)), from_text),
 ]
 
