@@ -162,9 +162,10 @@ def run_pytorch(preset: dict, packed: bool) -> dict:
 
 
 def run_swift_jax(preset: dict, packed: bool) -> dict:
-    """swift_jax's own jit LoRA train step (the trainer's) on packed rows or rows padded to `max_length`.
+    """swift_jax's own jit LoRA train step (the trainer's) on packed rows or padded rows.
 
-    Padded rows use one static length (`max_length`), as the trainer does, so the step compiles once.
+    Padded rows are padded as the data pipeline pads them: to the step's longest sample rounded up to a
+    multiple of 128 (`swift_jax.data.batching.bucket_length`), so the step compiles once per bucket.
     """
     import jax
     import jax.numpy as jnp
@@ -186,7 +187,10 @@ def run_swift_jax(preset: dict, packed: bool) -> dict:
     train_step = make_train_step(graphdef, optimizer)
     steps = synthetic_steps(preset, preset["warmup"] + preset["steps"])
     max_len = preset["max_length"]
-    batches = [pack_batch(rows, max_len) if packed else pad_batch(_samples(rows), max_len) for rows in steps]
+    from swift_jax.data.batching import bucket_length
+
+    width = lambda rows: bucket_length(max(len(ids) for ids, _ in _samples(rows)), max_len)
+    batches = [pack_batch(rows, max_len) if packed else pad_batch(_samples(rows), width(rows)) for rows in steps]
     rows = max(len(b["input_ids"]) for b in batches)  # a static row count per step: one compilation
     times, real_tokens = [], []
     for batch in batches:
