@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 import tyro
 

@@ -4,7 +4,6 @@ padding to length buckets, and fields the run cannot use."""
 import json
 import logging
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -11,13 +11,13 @@ from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import DataError
 from swift_jax.data.formats import normalize
 from swift_jax.data.pipeline import DataPipeline, build_data
-from swift_jax.data.templates import BUILTIN_TEMPLATES, IGNORE, ChatEncoder
+from swift_jax.data.template_meta import TEMPLATES
+from swift_jax.data.templates import IGNORE, ChatEncoder
 
 BUNDLED_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "tokenizer")
 """A small byte-level BPE tokenizer (vocab 1000, ChatML template) that ships with the package."""
 
 __all__ = [
-    "BUILTIN_TEMPLATES",
     "BUNDLED_TOKENIZER_DIR",
     "IGNORE",
     "ChatEncoder",
@@ -26,4 +26,5 @@ __all__ = [
     "DataPipeline",
     "build_data",
     "normalize",
+    "TEMPLATES",
 ]

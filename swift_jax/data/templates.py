@@ -26,7 +26,6 @@ is trained rather than losing the answer's first token.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
@@ -40,45 +39,15 @@ from swift_jax.data.template_meta import TEMPLATES, get_template_meta
 log = logging.getLogger("swift_jax.data")
 IGNORE = -100
 
-# Built-in templates for base-model tokenizers that ship none (--template NAME).
-CHATML = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-# Meta-Llama-3-8B-Instruct's template, verbatim.
-LLAMA3 = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}"
-    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
-# name -> (jinja source, the special tokens it expects in the vocabulary): bare Jinja renderings, kept for
-# `--template jinja:chatml` style use from Python; the CLI names mean ms-swift's templates.
-BUILTIN_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "jinja_chatml": (CHATML, ("<|im_start|>", "<|im_end|>")),
-    "jinja_llama3": (LLAMA3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
-}
-
-
 def resolve_template(name: str | None, tokenizer) -> str:
-    """The Jinja source to render with: a built-in by name, a .jinja file, or the tokenizer's own."""
+    """The Jinja source to render with: a .jinja file, or the tokenizer's own."""
     if name is None:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(
-                "the tokenizer has no chat template; pass --template with one of "
-                f"{sorted(BUILTIN_TEMPLATES)} or a .jinja file (or use rows with 'text' for pre-training)"
+                "the tokenizer has no chat template; pass --template with an ms-swift template name (e.g. chatml, "
+                "qwen2_5, llama3) or a .jinja file (or use rows with 'text' for pre-training)"
             )
         return tokenizer.chat_template
-    if name in BUILTIN_TEMPLATES:
-        source, markers = BUILTIN_TEMPLATES[name]
-        vocab = tokenizer.get_vocab()
-        missing = [m for m in markers if m not in vocab]
-        if missing:
-            log.warning("template %r: tokens %s are not in the tokenizer vocabulary; they will be split into pieces", name, missing)
-        return source
     if os.path.isfile(name):
         with open(name) as f:
             return f.read()
