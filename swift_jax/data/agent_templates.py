@@ -64,10 +64,12 @@ def parse_json(text: Any) -> Any:
 
 
 def unwrap_tool(tool: dict) -> dict:
+    """The function schema of an OpenAI `{"type": "function", "function": {...}}` tool (or the tool itself)."""
     return tool["function"] if "type" in tool and "function" in tool else tool
 
 
 def wrap_tool(tool: dict) -> dict:
+    """A bare function schema as an OpenAI `{"type": "function", "function": {...}}` tool."""
     return {"type": "function", "function": tool} if "type" not in tool and "function" not in tool else tool
 
 
@@ -113,10 +115,11 @@ class AgentTemplate:
         self.meta = meta  # the chat template (hermes writes tool responses as a user turn of it)
 
     def format_tools(self, tools: list[dict], system: str | None, user_message: dict) -> str:
+        """The system prompt with the tool descriptions (may instead amend `user_message`, as llama3 does)."""
         raise NotImplementedError
 
     def format_tool_calls(self, messages: list[dict]) -> str:
-        """ReAct: `Action: name\\nAction Input: {args}\\n` per call, then `Observation:`."""
+        """The assistant text of consecutive tool_call messages. ReAct: `Action: name\\nAction Input: {args}\\n` per call, then `Observation:`."""
         calls = [parse_tool_call(m["content"]) for m in messages]
         return "".join(f"{self.action} {c['name']}\n{self.action_input} {c['arguments']}\n" for c in calls) + self.observation
 
@@ -142,6 +145,7 @@ class AgentTemplate:
         return assistant, pieces
 
     def format_standalone_tool_responses(self, tool_messages: list[dict]) -> list:
+        """Prompt pieces for tool results right after a user message (appended to that query)."""
         raise DataError(f"agent template {type(self).__name__} does not support tool messages right after a user message")
 
 

@@ -133,6 +133,7 @@ class SwiftTemplate:
 
     @property
     def agent(self):
+        """The agent template (resolved on first use: rows without tools need none)."""
         if self._agent is None:
             self._agent = get_agent_template(self._agent_name, self.meta)
         return self._agent
