@@ -169,3 +169,13 @@ def test_inspect_dump_writes_what_training_sees_per_row(tmp_path):
         assert len(lines[i]["input_ids"]) == len(lines[i]["labels"]) == len(lines[i]["loss_scale"])
     assert lines[0]["input_ids"] == expected["input_ids"].tolist() and lines[0]["labels"] == expected["labels"].tolist()
     assert lines[0]["loss_scale"] == expected["loss_scale"].tolist() and 2.0 in lines[0]["loss_scale"]
+
+
+def test_packed_batches_carry_the_weights_of_their_samples(tmp_path):
+    path = tmp_path / "agent.jsonl"
+    path.write_text((json.dumps(AGENT_ROW) + "\n") * 6)
+    args = DataArgs(dataset=[str(path)], template="qwen2_5", loss_scale="hermes", max_length=2048, packing=True)
+    batch = next(build_data(args, bundled_tokenizer(), batch_size=1).train_iterator())
+    assert batch["loss_scale"].shape == (1, 2048) and batch["segment_ids"].max() >= 2
+    assert ((batch["loss_scale"] > 0) == (batch["labels"] != IGNORE)).all()
+    assert set(np.unique(batch["loss_scale"])) == {0.0, 1.0, 2.0}
