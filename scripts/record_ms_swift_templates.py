@@ -5,7 +5,8 @@ Run with ms-swift's python (never from tests; CI does not install ms-swift):
     /opt/msswift/bin/python scripts/record_ms_swift_templates.py   # writes tests/golden/templates/*.json
 
 For every case (template, agent template, loss_scale, thinking controls) and every row of ROWS, ms-swift's
-`get_template(...).encode(row)` in training mode is run on a tokenizer built offline: the bundled ChatML
+`get_template(...).encode(row)` is run in training mode (input_ids, labels, loss_scale) and, on the row without
+its last answer, in inference mode (prompt_ids), on a tokenizer built offline: the bundled ChatML
 tokenizer, or `tests/golden/templates/tokenizer` (a small byte-level BPE with the special tokens of every
 template family, written here on first run and committed, so both sides tokenise identically). A row that
 ms-swift refuses is recorded as {"error": message}.
@@ -149,16 +150,25 @@ def main():
         if meta.is_thinking and meta.non_thinking_prefix and "ignore_empty_think" not in loss_scale:
             loss_scale += "+ignore_empty_think"  # TemplateArguments._set_loss_scale for hybrid thinking
         template = get_template(tokenizers[kind], **{**kwargs, "loss_scale": loss_scale})
-        template.set_mode("train")
         results = {}
         for row in rows:
+            total += 1
             try:
+                template.set_mode("train")
                 enc = template.encode(json.loads(json.dumps(ROWS[row])))
                 results[row] = {"input_ids": enc["input_ids"], "labels": enc["labels"],
                                 "loss_scale": enc.get("loss_scale")}
             except Exception as e:  # ms-swift refuses the row: we must refuse it too
                 results[row] = {"error": f"{type(e).__name__}: {e}"}
-            total += 1
+                continue
+            # the inference prompt of the same conversation without its last answer (infer / deploy)
+            template.set_mode("transformers")
+            prompt = json.loads(json.dumps(ROWS[row]))
+            prompt["messages"] = prompt["messages"][:-1]
+            try:
+                results[row]["prompt_ids"] = template.encode(prompt)["input_ids"]
+            except Exception as e:
+                results[row]["prompt_error"] = f"{type(e).__name__}: {e}"
         args = {k: v for k, v in kwargs.items() if v is not None}
         args["loss_scale"] = kwargs.get("loss_scale", "default")
         golden = {"case": name, "tokenizer": kind, "ms_swift": swift.__version__, "date": today, "args": args,

@@ -1,7 +1,7 @@
 """`--template` / `--agent_template` / `--loss_scale` encode exactly as ms-swift 4.6 does.
 
 The golden files in tests/golden/templates/ hold ms-swift's own `Template.encode` output (input_ids, labels,
-loss_scale) for every template, agent template, loss_scale strategy and thinking control, on rows with system
+loss_scale; and prompt_ids, the inference prompt without the last answer) for every template, agent template, loss_scale strategy and thinking control, on rows with system
 prompts, several turns, tool calls / responses and thinking content; `scripts/record_ms_swift_templates.py`
 wrote them (ms-swift is not installed in CI). Each (case, row) must be equal token for token, and a row
 ms-swift refuses must be refused here too.
@@ -79,3 +79,9 @@ def test_encoding_equals_ms_swift(path):
             assert got.loss_scale is None, where
         else:
             np.testing.assert_allclose(got.loss_scale, expected["loss_scale"], err_msg=where)
+        # inference (infer / deploy): the prompt of the conversation without its last answer
+        if "prompt_error" in expected:  # ms-swift's dummy template hands inference to the tokenizer's Jinja
+            with pytest.raises(DataError):
+                template.prompt_ids(row["messages"][:-1], row.get("tools"))
+            continue
+        assert template.prompt_ids(row["messages"][:-1], row.get("tools")) == expected["prompt_ids"], where

@@ -368,6 +368,8 @@ class SwiftTemplate:
 
     def prompt_ids(self, messages: list[dict], tools=None) -> list[int]:
         """Token ids of the prompt for generation: the conversation with the assistant turn opened."""
+        if self.meta.name == "dummy":
+            raise DataError("ms-swift's `dummy` template renders prompts with the tokenizer's chat template at inference")
         training, self.training = self.training, False
         try:
             pieces, _ = self._pieces({"messages": messages, "tools": tools})

@@ -231,7 +231,7 @@ class ChatEncoder:
 
     def prompt_ids(self, messages: list[dict], tools=None) -> list[int]:
         """Token ids of a generation prompt: the conversation with the assistant turn opened."""
-        if self.swift is not None:
+        if self.swift is not None and self.swift.meta.name != "dummy":  # dummy: the tokenizer's Jinja, as ms-swift
             return self.swift.prompt_ids(messages, tools)
         messages = jinja_tool_calls(messages)
         if self.system and messages[0]["role"] != "system":
