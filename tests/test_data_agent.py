@@ -179,3 +179,15 @@ def test_packed_batches_carry_the_weights_of_their_samples(tmp_path):
     assert batch["loss_scale"].shape == (1, 2048) and batch["segment_ids"].max() >= 2
     assert ((batch["loss_scale"] > 0) == (batch["labels"] != IGNORE)).all()
     assert set(np.unique(batch["loss_scale"])) == {0.0, 1.0, 2.0}
+
+
+def test_jinja_template_reads_enable_thinking():
+    from swift_jax.data.swift_template import ThinkingArgs
+    from tokenizers_for_tests import qwen3_tokenizer
+
+    tokenizer = qwen3_tokenizer()
+    messages = [{"role": "user", "content": "hi"}]
+    off = ChatEncoder(tokenizer, thinking=ThinkingArgs(enable_thinking=False)).prompt_ids(messages)
+    default = ChatEncoder(tokenizer).prompt_ids(messages)
+    assert tokenizer.decode(off).endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    assert tokenizer.decode(default).endswith("<|im_start|>assistant\n")

@@ -102,6 +102,9 @@ class ChatEncoder:
             raise DataError("--agent_template needs an ms-swift template (--template, e.g. qwen2_5); the tokenizer's "
                             "Jinja template renders tools and tool calls itself")
         self._template_name = template
+        # Jinja templates read the thinking switches as variables (Qwen3: enable_thinking)
+        self._jinja_kwargs = {k: v for k, v in vars(thinking).items() if k in ("enable_thinking", "preserve_thinking")
+                              and v is not None} if thinking else {}
         self._template: str | None = None  # resolved on first chat sample: text-only data needs none
         self._suffix: str | None = None  # see turn_suffix
         self.eos_id = tokenizer.eos_token_id
@@ -124,6 +127,7 @@ class ChatEncoder:
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 **self._token_strings,
+                **self._jinja_kwargs,
             )
         except DataError:
             raise
