@@ -55,6 +55,7 @@ class EvalArgs:
     max_new_tokens: int = 256  # generation tasks
     system: str | None = None  # system prompt of chat rows
     template: str | None = None  # ms-swift template name (or .jinja); default: the trained one, else the tokenizer's
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)  # rename fields of chat rows (training's --columns)
     mc_template: str = "Question: {question}\nAnswer:"
     result_path: str = "eval_result.json"
 
@@ -217,7 +218,7 @@ def eval_multiple_choice(scorer: Scorer, tokenizer, rows, name: str, template: s
     return {key: sum(best[(i, key)][1] == gold[i] for i in range(n)) / n for key in ("acc", "acc_norm")}
 
 
-def eval_loss(scorer: Scorer, tokenizer, rows, name: str, encoder) -> dict[str, float]:
+def eval_loss(scorer: Scorer, tokenizer, rows, name: str, encoder, args: EvalArgs) -> dict[str, float]:
     """Mean next-token NLL over the scored tokens (the last assistant turn, rendered as training renders it),
     its perplexity and the argmax token accuracy."""
     sequences, where = [], []
@@ -226,7 +227,7 @@ def eval_loss(scorer: Scorer, tokenizer, rows, name: str, encoder) -> dict[str, 
         if "text" in row:
             sequences.append((tokenizer.encode(row["text"]), 1))
         else:
-            prompt = prompt_of(row, where=w)
+            prompt = prompt_of(row, where=w, columns=args.columns)
             if prompt.reference is None:
                 raise ValueError(f"{w}: a loss row needs a final assistant message (or 'response') to score")
             messages = prompt.messages + [{"role": "assistant", "content": prompt.reference}]
@@ -253,7 +254,7 @@ def eval_generation(gen: Generator, rows, name: str, args: EvalArgs, encoder) ->
         chat = {k: v for k, v in row.items() if k != "answer"}  # `answer` is the reference, not a response alias
         if "question" in chat and "query" not in chat:
             chat["query"] = chat.pop("question")
-        prompt = prompt_of(chat, where=w)
+        prompt = prompt_of(chat, where=w, columns=args.columns)
         prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools))
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     responses = [o.text for o in gen.generate_ids(prompts, config)]
@@ -279,7 +280,7 @@ def evaluate(model: nnx.Module, tokenizer, args: EvalArgs) -> dict[str, dict[str
         elif kind == "generation":
             metrics, _ = eval_generation(gen, rows, path, args, encoder)
         else:
-            metrics = eval_loss(scorer, tokenizer, rows, path, encoder)
+            metrics = eval_loss(scorer, tokenizer, rows, path, encoder, args)
         results[name] = {"kind": kind, "n": len(rows), **metrics}
     return results
 

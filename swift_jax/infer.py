@@ -45,6 +45,7 @@ class InferArgs:
     agent_template: str | None = None  # how tools / tool calls are written (with --template)
     enable_thinking: bool | None = None  # thinking templates: open the response thinking (true) or not (false)
     response_prefix: str | None = None  # text every response starts with
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)  # rename row fields first (as training's --columns)
     stream: bool = False  # print tokens as they come (interactive chat)
     val_dataset: list[str] = dataclasses.field(default_factory=list)  # jsonl/json/parquet files
     val_dataset_sample: int | None = None  # use only the first N rows of each file
@@ -128,7 +129,7 @@ def infer_dataset(gen: Generator, args: InferArgs) -> str:
     rows, prompts = [], []
     for path in args.val_dataset:
         for i, row in enumerate(read_rows(path, args.val_dataset_sample)):
-            prompt = prompt_of(row, where=f"{path} row {i}")
+            prompt = prompt_of(row, where=f"{path} row {i}", columns=args.columns)
             rows.append(row)
             prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools))
     outputs = gen.generate_ids(prompts, args.generation_config())

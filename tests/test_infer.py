@@ -87,6 +87,9 @@ def test_input_errors_are_clear(chat, tmp_path):
     data.write_text(json.dumps({"query": "ok"}) + "\n" + json.dumps({"prompt_text": "hi"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl row 1: unknown row format with keys \['prompt_text'\]"):
         infer.main(["--model", path, "--val_dataset", str(data)])
+    renamed = infer.parse_args(infer.InferArgs, ["--model", path, "--columns", "prompt_text", "query"])
+    assert renamed.columns == {"prompt_text": "query"}  # training's --columns: the row above then reads
+    assert infer.prompt_of({"prompt_text": "hi"}, where="r", columns=renamed.columns).messages == [{"role": "user", "content": "hi"}]
     with pytest.raises(ValueError, match="missing.jsonl: no such file or folder"):
         infer.main(["--model", path, "--val_dataset", str(tmp_path / "missing.jsonl")])
     images = tmp_path / "images.jsonl"
