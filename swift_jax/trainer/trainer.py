@@ -109,7 +109,7 @@ class Trainer:
         rows = t.per_device_train_batch_size * self.batch_devices // jax.process_count()
         eval_rows = t.per_device_eval_batch_size * self.batch_devices // jax.process_count()
         self.pipe = self.method.build_data(
-            data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, seed=t.seed,
+            data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, batches_per_step=self.accum, seed=t.seed,
             shuffle=t.train_dataloader_shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
         )
         self.steps_per_epoch = max(1, self.pipe.steps_per_epoch // self.accum)
@@ -230,7 +230,7 @@ class Trainer:
             model = self.current_model()
             model.eval()
             path = resolve_path(args.data.val_dataset[0].split("#")[0])
-            rate = predict_held_out(model, self.tokenizer, path, t.num_predict_samples, t.predict_max_new_tokens, self.say)
+            rate = predict_held_out(model, self.tokenizer, args.data, path, t.num_predict_samples, t.predict_max_new_tokens, self.say)
             if rate is not None:
                 final["exact_match"] = rate
         summary = self._summary(step)
