@@ -155,6 +155,12 @@ class GRPO(Method):
         model, step = trainer.current_model(), int(trainer.state.step) + 1
         if self.args.log_completions and trainer.main and self.completions_path is None:
             self.completions_path = os.path.join(trainer.run_dir, "completions.jsonl")
+        if self._needs_reference and self._ref_state is None and not lora_layers(model):
+            # full fine-tuning: the reference is the starting model (ms-swift's --ref_model defaults to --model),
+            # loaded again, so a resumed run keeps the original reference
+            from swift_jax.trainer.setup import build_model
+
+            self._ref_state = nnx.state(build_model(trainer.args, trainer.mesh))
         if not self._checked:  # before the first rollout allocates anything
             self._checked = True
             rows, width = len(host_batches[0]["prompt_ids"]), host_batches[0]["prompt_ids"].shape[1]
@@ -242,8 +248,8 @@ class GRPO(Method):
         a = self.args
         if self._needs_reference:
             graphdef, state = nnx.split(model)
-            if not lora_layers(model):  # full fine-tuning: the weights as they were at the first rollout
-                if self._ref_state is None:
+            if not lora_layers(model):  # full fine-tuning: the starting weights (without a trainer: a copy at
+                if self._ref_state is None:  # the first rollout)
                     self._ref_state = jax.tree.map(jnp.copy, state)
                 state = self._ref_state
             rows["ref_logps"] = np.asarray(
