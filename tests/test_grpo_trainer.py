@@ -5,6 +5,7 @@ configuration over the memory budget is tested on the compiled programs in test_
 import json
 import os
 
+import jax
 import pytest
 
 from swift_jax.cli import parse_config
@@ -38,6 +39,7 @@ def uppercase_reward():
     orms["uppercase"] = Uppercase
     yield
     del orms["uppercase"]
+    jax.set_mesh(None)  # the trainer sets a global mesh; later test files run eager code without one
 
 
 def _train(tmp_path, *flags, **grpo):
