@@ -1,0 +1,167 @@
+"""Record ms-swift's preference losses as golden files for tests/test_rlhf_losses.py and tests/test_rlhf_msswift.py.
+
+Runs only in ms-swift's own venv (CI never installs it):
+
+    /opt/msswift/bin/python scripts/record_ms_swift_rlhf.py losses   # -> tests/golden/rlhf_losses.json
+
+`losses`: calls ms-swift 4.6's trainer loss code (`DPOTrainer.get_batch_loss_metrics` with every loss type,
+MPO weights, rpo_alpha; TRL's `CPOTrainer.cpo_loss` / `ORPOTrainer.odds_ratio_loss` as ms-swift wraps them;
+`KTOTrainer.kto_loss`; the reward model's Bradley-Terry loss) on fixed per-sequence log-probs, with a
+stand-in `self` that holds only the attributes those methods read; records losses, rewards and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import types
+
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(ROOT, "tests", "golden")
+
+# Fixed per-pair inputs (4 pairs): summed log-probs, token counts, and the chosen answers' mean NLL.
+POLICY_CHOSEN = [-12.5, -30.25, -7.0, -18.0]
+POLICY_REJECTED = [-14.0, -28.0, -9.5, -25.0]
+REF_CHOSEN = [-13.0, -29.0, -7.5, -17.0]
+REF_REJECTED = [-13.5, -29.5, -8.0, -24.0]
+CHOSEN_TOKENS = [5, 12, 3, 8]
+REJECTED_TOKENS = [6, 10, 4, 9]
+NLL = 1.75
+
+DPO_CASES = [  # (loss_type list, loss_weights, beta, label_smoothing, rpo_alpha, discopop_tau)
+    *[([t], None, 0.1, 0.0, None, 0.05) for t in (
+        "sigmoid", "hinge", "ipo", "bco_pair", "sppo_hard", "nca_pair", "aot", "aot_unpaired",
+        "apo_zero", "apo_down", "exo_pair", "discopop", "sft")],
+    (["robust"], None, 0.1, 0.2, None, 0.05),
+    (["sigmoid"], None, 0.5, 0.1, None, 0.05),
+    (["exo_pair"], None, 0.3, 0.2, None, 0.05),
+    (["discopop"], None, 0.2, 0.0, None, 0.5),
+    (["sigmoid"], None, 0.1, 0.0, 0.5, 0.05),
+    (["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0], 0.1, 0.0, None, 0.05),
+    (["ipo", "hinge"], None, 0.25, 0.0, None, 0.05),
+]
+
+
+def t(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def record_dpo() -> list[dict]:
+    from swift.rlhf_trainers.dpo_trainer import DPOTrainer
+
+    try:
+        from trl.trainer.utils import RunningMoments
+    except ImportError:
+        from trl.experimental.bco.bco_trainer import RunningMoments
+    out = []
+    for loss_types, weights, beta, smoothing, rpo_alpha, tau in DPO_CASES:
+        accelerator = types.SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x, use_distributed=False)
+        model_output = {
+            "chosen_logps": t(POLICY_CHOSEN), "rejected_logps": t(POLICY_REJECTED),
+            "chosen_completion_token_counts": t(CHOSEN_TOKENS), "rejected_completion_token_counts": t(REJECTED_TOKENS),
+            "nll_loss": t(NLL), "mean_chosen_logits": t(0.0), "mean_rejected_logits": t(0.0),
+        }
+        fake = types.SimpleNamespace(
+            accelerator=accelerator, beta=beta, label_smoothing=smoothing, reference_free=False,
+            f_divergence_type="reverse_kl", f_divergence_params={}, loss_type=loss_types, loss_weights=weights,
+            use_weighting=False, aux_loss_enabled=False, running=RunningMoments(accelerator),
+            args=types.SimpleNamespace(rpo_alpha=rpo_alpha, discopop_tau=tau, ld_alpha=None),
+        )
+        fake.concatenated_forward = lambda model, batch: dict(model_output)
+        fake.compute_ref_log_probs = lambda batch: (t(REF_CHOSEN), t(REF_REJECTED))
+        fake._get_ipo_sequence_logps = DPOTrainer._get_ipo_sequence_logps
+        fake.dpo_loss = types.MethodType(DPOTrainer.dpo_loss, fake)
+        loss, metrics = DPOTrainer.get_batch_loss_metrics(fake, None, {}, "train")
+        out.append({"loss_type": loss_types, "loss_weights": weights, "beta": beta, "label_smoothing": smoothing,
+                    "rpo_alpha": rpo_alpha, "discopop_tau": tau, "loss": float(loss),
+                    **{k: float(v) for k, v in metrics.items() if k.startswith("rewards/")}})
+    return out
+
+
+def record_cpo_orpo() -> list[dict]:
+    from swift.rlhf_trainers.cpo_trainer import CPOTrainer
+    from swift.rlhf_trainers.orpo_trainer import ORPOTrainer
+
+    accelerator = types.SimpleNamespace(device="cpu")
+    avg = lambda x, n: t(x) / t(n)
+    out = []
+    for loss_type, beta, smoothing, gamma in [("sigmoid", 0.1, 0.0, 1.0), ("hinge", 0.1, 0.0, 1.0), ("ipo", 0.1, 0.0, 1.0),
+                                              ("simpo", 2.0, 0.0, 1.0), ("simpo", 2.0, 0.1, 0.5)]:
+        fake = types.SimpleNamespace(accelerator=accelerator, alpha=0.0, beta=beta, label_smoothing=smoothing,
+                                     loss_type=loss_type, simpo_gamma=gamma)
+        normalise = loss_type in ("ipo", "simpo")
+        c = avg(POLICY_CHOSEN, CHOSEN_TOKENS) if normalise else t(POLICY_CHOSEN)
+        r = avg(POLICY_REJECTED, REJECTED_TOKENS) if normalise else t(POLICY_REJECTED)
+        losses, cr, rr = CPOTrainer.cpo_loss(fake, c, r)
+        out.append({"rlhf_type": "cpo", "loss_type": loss_type, "beta": beta, "label_smoothing": smoothing,
+                    "simpo_gamma": gamma, "losses": losses.tolist(), "chosen_rewards": cr.tolist(),
+                    "rejected_rewards": rr.tolist()})
+    for beta in (0.1, 0.5):
+        fake = types.SimpleNamespace(accelerator=accelerator, beta=beta)
+        c, r = avg(POLICY_CHOSEN, CHOSEN_TOKENS), avg(POLICY_REJECTED, REJECTED_TOKENS)
+        losses, cr, rr, ratio, log_odds = ORPOTrainer.odds_ratio_loss(fake, c, r)
+        out.append({"rlhf_type": "orpo", "beta": beta, "loss_without_nll": float(-losses.mean()),
+                    "chosen_rewards": cr.tolist(), "rejected_rewards": rr.tolist(), "log_odds_chosen": float(log_odds)})
+    return out
+
+
+def record_kto() -> list[dict]:
+    from swift.rlhf_trainers.kto_trainer import KTOTrainer
+
+    labels = [True, False, True, False]
+    policy_kl, ref_kl = [-20.0, -31.0, -9.0, -26.0], [-19.5, -31.5, -10.0, -25.0]
+    out = []
+    for loss_type, beta, dw, uw in [("kto", 0.1, 1.0, 1.0), ("kto", 0.5, 1.33, 0.75), ("apo_zero_unpaired", 0.1, 1.0, 1.0)]:
+        accelerator = types.SimpleNamespace(device="cpu", gather_for_metrics=lambda x: x)
+        fake = types.SimpleNamespace(accelerator=accelerator, beta=beta, desirable_weight=dw, undesirable_weight=uw,
+                                     loss_type=loss_type, calculate_KL=loss_type == "kto")
+        pick = lambda xs, want: t([x for x, lab in zip(xs, labels) if lab == want])
+        losses, cr, rr, kl = KTOTrainer.kto_loss(
+            fake, pick(POLICY_CHOSEN, True), pick(POLICY_CHOSEN, False), t(policy_kl),
+            pick(REF_CHOSEN, True), pick(REF_CHOSEN, False), t(ref_kl))
+        out.append({"loss_type": loss_type, "beta": beta, "desirable_weight": dw, "undesirable_weight": uw,
+                    "labels": labels, "policy_kl": policy_kl, "ref_kl": ref_kl, "loss": float(losses.nanmean()),
+                    "kl": float(kl), "chosen_rewards": cr.tolist(), "rejected_rewards": rr.tolist()})
+    return out
+
+
+def record_rm() -> list[dict]:
+    chosen, rejected, margin = t([0.5, -0.25, 1.5, 0.0]), t([0.75, -1.0, 0.5, 0.25]), t([0.0, 0.5, 1.0, 0.25])
+    out = []
+    for use_margin, coef in [(False, None), (True, None), (True, 0.01)]:
+        diff = chosen - rejected - (margin if use_margin else 0)
+        loss = -F.logsigmoid(diff).mean()  # swift/rlhf_trainers/reward_trainer.py compute_loss, verbatim
+        if coef is not None:
+            loss = loss + coef * torch.mean((chosen + rejected) ** 2)
+        out.append({"margin": margin.tolist() if use_margin else None, "center_rewards_coefficient": coef,
+                    "chosen": chosen.tolist(), "rejected": rejected.tolist(), "loss": float(loss)})
+    return out
+
+
+def record_losses() -> None:
+    golden = {
+        "inputs": {"policy_chosen": POLICY_CHOSEN, "policy_rejected": POLICY_REJECTED, "ref_chosen": REF_CHOSEN,
+                   "ref_rejected": REF_REJECTED, "chosen_tokens": CHOSEN_TOKENS, "rejected_tokens": REJECTED_TOKENS,
+                   "nll": NLL},
+        "dpo": record_dpo(), "cpo_orpo": record_cpo_orpo(), "kto": record_kto(), "rm": record_rm(),
+    }
+    os.makedirs(GOLDEN, exist_ok=True)
+    path = os.path.join(GOLDEN, "rlhf_losses.json")
+    with open(path, "w") as f:
+        json.dump(golden, f, indent=1)
+    print("wrote", path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["losses"])
+    args = parser.parse_args()
+    {"losses": record_losses}[args.what]()
+
+
+if __name__ == "__main__":
+    main()
