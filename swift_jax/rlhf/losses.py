@@ -113,9 +113,12 @@ def _nca_pair(x, valid, h, nll):
 
 
 def _sorted_delta(a: jax.Array, b: jax.Array, valid: jax.Array) -> jax.Array:
-    """sort(a) - sort(b) over the valid pairs (0 on padding): AOT's optimal transport of the batch."""
-    delta = _sorted_valid_first(a, valid) - _sorted_valid_first(b, valid)
-    return jnp.where(jnp.isfinite(delta), delta, 0.0)
+    """sort(a) - sort(b) over the valid pairs: AOT's optimal transport of the batch. The i-th sorted difference
+    is placed at the i-th valid pair (padding pairs, wherever they sit in the batch, get 0)."""
+    delta = _sorted_valid_first(a, valid) - _sorted_valid_first(b, valid)  # valid ones first
+    delta = jnp.where(jnp.isfinite(delta), delta, 0.0)
+    valid_first = jnp.argsort(~valid, stable=True)  # indices of the valid pairs, then of the padding
+    return jnp.zeros_like(delta).at[valid_first].set(delta)
 
 
 def _aot(x, valid, h, nll):
