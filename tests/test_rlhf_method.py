@@ -3,6 +3,7 @@ the base model (no copy), the full-FT reference is a frozen copy, and a few step
 
 from __future__ import annotations
 
+import json
 import types
 
 import grain
@@ -16,7 +17,7 @@ from flax import nnx
 
 import swift_jax
 from swift_jax.data import DataArgs
-from swift_jax.rlhf import RLHFArgs, attach_value_head, build_preference_data, make_method
+from swift_jax.rlhf import RLHFArgs, attach_value_head, make_method
 from swift_jax.rlhf.data import PairProcessor, pack_pairs, pad_pair
 from swift_jax.rlhf.logps import model_pair_stats
 from swift_jax.tuners import adapters_disabled, count_params, loraize
@@ -38,11 +39,11 @@ def base_path(hf_model, tmp_path_factory):
 
 
 def samples(rlhf_type: str = "dpo", n: int = 4, file: str = "train.jsonl") -> list[dict]:
-    """The first `n` pair samples of a bundled preference file."""
-    args = DataArgs(dataset=[DATA + file], max_length=MAX_LENGTH)
-    pipe = build_preference_data(args, bundled_tokenizer(), rlhf_type, batch_size=n, seed=0, shuffle=False)
-    process = PairProcessor(args, bundled_tokenizer(), rlhf_type)
-    return [process(pipe.train_table[i]) for i in range(n)]
+    """The first `n` pair samples of a bundled preference file (KTO: KL answers from the previous row)."""
+    with open(DATA + file) as f:
+        rows = [json.loads(line) for _, line in zip(range(n), f)]
+    process = PairProcessor(DataArgs(max_length=MAX_LENGTH), bundled_tokenizer(), rlhf_type)
+    return [process((row, f"{file} row {i}", rows[i - 1])) for i, row in enumerate(rows)]
 
 
 def unpacked(pairs: list[dict]) -> dict:
@@ -67,8 +68,9 @@ def lora_model(path: str, seed: int = 1):
 
 def test_answer_logps_equal_transformers(base_path, hf_model):
     pairs = samples()
-    model = swift_jax.load_model(base_path, dtype="float32")
-    stats = model_pair_stats(model, unpacked(pairs), pairs_per_row=1, chunk_size=16)
+    graphdef, state = nnx.split(swift_jax.load_model(base_path, dtype="float32"))
+    forward = jax.jit(lambda s, b: model_pair_stats(nnx.merge(graphdef, s), b, pairs_per_row=1, chunk_size=16))
+    stats = forward(state, unpacked(pairs))
     for i, s in enumerate(pairs):
         for part, ours in ((0, stats.logps.chosen[i]), (1, stats.logps.rejected[i])):
             keep = s["part"] == part
@@ -81,22 +83,30 @@ def test_answer_logps_equal_transformers(base_path, hf_model):
     assert int(stats.valid.sum()) == len(pairs)
 
 
-@pytest.mark.parametrize("rlhf_type,extra", [("dpo", {}), ("dpo", {"loss_type": ["aot", "ipo"], "ld_alpha": 0.5}),
-                                             ("simpo", {}), ("orpo", {}), ("kto", {}), ("rm", {"center_rewards_coefficient": 0.01})])
+@pytest.mark.parametrize("rlhf_type,extra", [
+    ("dpo", {"loss_type": ["sigmoid", "aot", "ipo"], "ld_alpha": 0.5, "rpo_alpha": 0.1}),  # batch sorts, lengths
+    ("kto", {}),  # KL over the batch
+    ("rm", {"center_rewards_coefficient": 0.01}),  # last-token values
+])
 def test_packed_equals_unpacked(base_path, rlhf_type, extra):
-    """Two pairs per packed row give the same loss and metrics as one pair per padded row."""
+    """Two pairs per packed row give the same loss and metrics as one pair per padded row (CPO/ORPO/SimPO read the
+    same per-answer sums as DPO)."""
     file = "kto.jsonl" if rlhf_type == "kto" else "train.jsonl"
     pairs = samples(rlhf_type, 4, file)
     model = lora_model(base_path)
     if rlhf_type == "rm":
         attach_value_head(model)
     method = make_method(RLHFArgs(rlhf_type=rlhf_type, **extra))
-    method.pairs_per_row = 1
-    plain = method.loss(model, unpacked(pairs), None)
-    method.pairs_per_row = 16
+    graphdef, state = nnx.split(model)
+
+    def loss(pairs_per_row, batch):
+        method.pairs_per_row = pairs_per_row
+        return jax.jit(lambda s, b: method.loss(nnx.merge(graphdef, s), b, None))(state, batch)
+
+    plain = loss(1, unpacked(pairs))
     batch = packed(pairs, 4 * MAX_LENGTH)
     assert batch["input_ids"].shape[0] == 2  # the four pairs share two rows
-    pack = method.loss(model, batch, None)
+    pack = loss(16, batch)
     assert float(pack.count) == float(plain.count) == 4
     np.testing.assert_allclose(float(pack.loss_sum), float(plain.loss_sum), rtol=1e-5, atol=1e-6)
     for key, (total, count) in plain.metrics.items():
