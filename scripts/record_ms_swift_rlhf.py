@@ -3,6 +3,14 @@
 Runs only in ms-swift's own venv (CI never installs it):
 
     /opt/msswift/bin/python scripts/record_ms_swift_rlhf.py losses   # -> tests/golden/rlhf_losses.json
+    /opt/msswift/bin/python scripts/record_ms_swift_rlhf.py runs [--types dpo simpo ...] [--steps 20]
+                                                           # -> tests/golden/rlhf_tiny/ and rlhf_runs.json
+
+`runs`: builds a tiny random Qwen2 (hidden 32, 2 layers, the bundled byte-level tokenizer, float32) and a PEFT
+LoRA adapter with non-zero B (so policy != reference from step 1), saves both under tests/golden/rlhf_tiny/,
+then runs `swift rlhf --rlhf_type T` on CPU for each type on the first rows of the bundled preference data
+(swift_jax/assets/preference/, in file order: no shuffling; batch 2, no accumulation, --check_model false,
+--adapters the fixed start) and records every step's logged loss and metrics.
 
 `losses`: calls ms-swift 4.6's trainer loss code (`DPOTrainer.get_batch_loss_metrics` with every loss type,
 MPO weights, rpo_alpha; TRL's `CPOTrainer.cpo_loss` / `ORPOTrainer.odds_ratio_loss` as ms-swift wraps them;
@@ -156,11 +164,102 @@ def record_losses() -> None:
     print("wrote", path)
 
 
+TINY = os.path.join(GOLDEN, "rlhf_tiny")
+PREFERENCE = os.path.join(ROOT, "swift_jax", "assets", "preference")
+TOKENIZER = os.path.join(ROOT, "swift_jax", "assets", "tokenizer")
+RUN_FLAGS = [  # ms-swift names; the test rebuilds the first batch from the same values
+    "--tuner_type", "lora", "--max_length", "64", "--truncation_strategy", "delete",
+    "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+    "--learning_rate", "1e-3", "--lr_scheduler_type", "constant", "--warmup_ratio", "0",
+    "--weight_decay", "0.1", "--adam_beta1", "0.9", "--adam_beta2", "0.95", "--max_grad_norm", "1.0",
+    "--logging_steps", "1", "--save_steps", "100000", "--seed", "42",
+    "--dataset_shuffle", "false", "--train_dataloader_shuffle", "false", "--split_dataset_ratio", "0",
+    "--gradient_checkpointing", "false", "--report_to", "none", "--lora_dropout", "0",
+    "--model_type", "qwen2", "--template", "chatml", "--check_model", "false", "--torch_dtype", "float32",
+    "--dataloader_num_workers", "0", "--eval_strategy", "no", "--use_hf", "true",
+]
+TYPE_FLAGS = {"dpo": [], "simpo": [], "orpo": [], "cpo": [], "kto": [], "rm": [], "dpo_rpo": ["--rpo_alpha", "0.5"],
+              "dpo_ipo": ["--loss_type", "ipo"]}
+
+
+def build_tiny() -> tuple[str, str]:
+    """The tiny float32 Qwen2 with the bundled tokenizer, and a LoRA adapter with non-zero B, under TINY."""
+    import peft
+    import shutil
+    import transformers
+
+    base, adapter = os.path.join(TINY, "base"), os.path.join(TINY, "adapter")
+    shutil.rmtree(TINY, ignore_errors=True)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(TOKENIZER)
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=True,
+        rms_norm_eps=1e-6, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None, torch_dtype="float32")
+    model = transformers.Qwen2ForCausalLM(config).float()
+    model.save_pretrained(base, safe_serialization=True)
+    tokenizer.save_pretrained(base)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", init_lora_weights=False)
+    peft.get_peft_model(model, lora).save_pretrained(adapter)
+    return base, adapter
+
+
+def read_log(output_dir: str) -> list[dict]:
+    """The per-step records (loss and metrics) of the newest run's logging.jsonl."""
+    import glob
+
+    (path,) = sorted(glob.glob(os.path.join(output_dir, "v*", "logging.jsonl")))[-1:]
+    steps = []
+    with open(path) as f:
+        for record in map(json.loads, f):
+            if "loss" in record and "global_step/max_steps" in record:
+                step = int(str(record["global_step/max_steps"]).split("/")[0])
+                steps.append({"step": step, **{k: v for k, v in record.items() if isinstance(v, (int, float))}})
+    return steps
+
+
+def record_runs(types_: list[str], steps: int, swift: str, workdir: str) -> None:
+    import subprocess
+
+    base, adapter = build_tiny()
+    path = os.path.join(GOLDEN, "rlhf_runs.json")
+    golden = json.load(open(path)) if os.path.exists(path) else {}
+    golden["flags"], golden["steps"] = RUN_FLAGS, steps
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ""}
+    for name in types_:
+        rlhf_type = name.split("_")[0]
+        data = os.path.join(PREFERENCE, "kto.jsonl" if rlhf_type == "kto" else "train.jsonl")
+        out = os.path.join(workdir, name)
+        cmd = [swift, "rlhf", "--rlhf_type", rlhf_type, "--model", base, "--adapters", adapter,
+               "--dataset", f"{data}", "--max_steps", str(steps), "--output_dir", out, *RUN_FLAGS, *TYPE_FLAGS[name]]
+        log_path = os.path.join(workdir, f"{name}.log")
+        os.makedirs(workdir, exist_ok=True)
+        with open(log_path, "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+        if proc.returncode != 0:
+            golden[name] = {"error": open(log_path).read()[-1500:], "command": cmd[1:]}
+            print(f"{name}: FAILED (exit {proc.returncode}), see {log_path}")
+            continue
+        golden[name] = {"extra_flags": TYPE_FLAGS[name], "data": os.path.relpath(data, ROOT), "log": read_log(out)}
+        first = golden[name]["log"][0]
+        print(f"{name}: {len(golden[name]['log'])} steps, step 1 loss {first['loss']}, margins {first.get('rewards/margins')}")
+        with open(path, "w") as f:
+            json.dump(golden, f, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["losses"])
+    parser.add_argument("what", choices=["losses", "runs"])
+    parser.add_argument("--types", nargs="+", default=list(TYPE_FLAGS))
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--swift", default="/opt/msswift/bin/swift")
+    parser.add_argument("--workdir", default="/tmp/record_ms_swift_rlhf")
     args = parser.parse_args()
-    {"losses": record_losses}[args.what]()
+    if args.what == "losses":
+        record_losses()
+    else:
+        record_runs(args.types, args.steps, args.swift, args.workdir)
 
 
 if __name__ == "__main__":
