@@ -8,7 +8,7 @@ Runs only in ms-swift's own venv (CI never installs it):
 
 `runs`: builds a tiny random Qwen2 (hidden 32, 2 layers, the bundled byte-level tokenizer, float32) and a PEFT
 LoRA adapter with non-zero B (so policy != reference from step 1), saves both under tests/golden/rlhf_tiny/,
-then runs `swift rlhf --rlhf_type T` on CPU for each type on the first rows of the bundled preference data
+then runs ms-swift's `swift rlhf --rlhf_type T` (in-process, saving its first batch) on CPU for each type on the first rows of the bundled preference data
 (swift_jax/assets/preference/, in file order: no shuffling; batch 2, no accumulation, --check_model false,
 --adapters the fixed start) and records every step's logged loss and metrics.
 
@@ -219,8 +219,32 @@ def read_log(output_dir: str) -> list[dict]:
     return steps
 
 
-def record_runs(types_: list[str], steps: int, swift: str, workdir: str) -> None:
+# Runs `swift rlhf` in-process with each trainer's compute_loss wrapped to save its first batch: CPO, ORPO
+# and KTO trainers (no DataLoaderMixin in ms-swift) draw batches with the HF Trainer's random sampler even
+# with --train_dataloader_shuffle false, so the test needs the rows ms-swift actually used.
+DUMP_FIRST_BATCH = """
+import json, os, sys
+from swift.rlhf_trainers import CPOTrainer, DPOTrainer, KTOTrainer, ORPOTrainer, RewardTrainer
+path = os.environ["FIRST_BATCH_JSON"]
+def wrap(cls):
+    original = cls.compute_loss
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        if not os.path.exists(path):
+            json.dump({k: v.tolist() if hasattr(v, "tolist") else v for k, v in inputs.items()
+                       if hasattr(v, "tolist") or isinstance(v, list)}, open(path, "w"))
+        return original(self, model, inputs, *args, **kwargs)
+    cls.compute_loss = compute_loss
+for cls in (CPOTrainer, DPOTrainer, KTOTrainer, ORPOTrainer, RewardTrainer):
+    wrap(cls)
+from swift.pipelines import rlhf_main
+sys.argv = ["swift"] + sys.argv[1:]
+rlhf_main()
+"""
+
+
+def record_runs(types_: list[str], steps: int, workdir: str) -> None:
     import subprocess
+    import sys
 
     base, adapter = build_tiny()
     path = os.path.join(GOLDEN, "rlhf_runs.json")
@@ -231,17 +255,21 @@ def record_runs(types_: list[str], steps: int, swift: str, workdir: str) -> None
         rlhf_type = name.split("_")[0]
         data = os.path.join(PREFERENCE, "kto.jsonl" if rlhf_type == "kto" else "train.jsonl")
         out = os.path.join(workdir, name)
-        cmd = [swift, "rlhf", "--rlhf_type", rlhf_type, "--model", base, "--adapters", adapter,
+        dump = os.path.join(workdir, f"{name}_first_batch.json")
+        if os.path.exists(dump):
+            os.remove(dump)
+        cmd = [sys.executable, "-c", DUMP_FIRST_BATCH, "--rlhf_type", rlhf_type, "--model", base, "--adapters", adapter,
                "--dataset", f"{data}", "--max_steps", str(steps), "--output_dir", out, *RUN_FLAGS, *TYPE_FLAGS[name]]
         log_path = os.path.join(workdir, f"{name}.log")
         os.makedirs(workdir, exist_ok=True)
         with open(log_path, "w") as log:
-            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env={**env, "FIRST_BATCH_JSON": dump})
         if proc.returncode != 0:
             golden[name] = {"error": open(log_path).read()[-1500:], "command": cmd[1:]}
             print(f"{name}: FAILED (exit {proc.returncode}), see {log_path}")
             continue
-        golden[name] = {"extra_flags": TYPE_FLAGS[name], "data": os.path.relpath(data, ROOT), "log": read_log(out)}
+        golden[name] = {"extra_flags": TYPE_FLAGS[name], "data": os.path.relpath(data, ROOT), "log": read_log(out),
+                        "first_batch": json.load(open(dump))}
         first = golden[name]["log"][0]
         print(f"{name}: {len(golden[name]['log'])} steps, step 1 loss {first['loss']}, margins {first.get('rewards/margins')}")
         with open(path, "w") as f:
@@ -253,13 +281,12 @@ def main() -> None:
     parser.add_argument("what", choices=["losses", "runs"])
     parser.add_argument("--types", nargs="+", default=list(TYPE_FLAGS))
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--swift", default="/opt/msswift/bin/swift")
     parser.add_argument("--workdir", default="/tmp/record_ms_swift_rlhf")
     args = parser.parse_args()
     if args.what == "losses":
         record_losses()
     else:
-        record_runs(args.types, args.steps, args.swift, args.workdir)
+        record_runs(args.types, args.steps, args.workdir)
 
 
 if __name__ == "__main__":

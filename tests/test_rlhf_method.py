@@ -43,7 +43,7 @@ def samples(rlhf_type: str = "dpo", n: int = 4, file: str = "train.jsonl") -> li
     with open(DATA + file) as f:
         rows = [json.loads(line) for _, line in zip(range(n), f)]
     process = PairProcessor(DataArgs(max_length=MAX_LENGTH), bundled_tokenizer(), rlhf_type)
-    return [process((row, f"{file} row {i}", rows[i - 1])) for i, row in enumerate(rows)]
+    return [process((row, f"{file} row {i}", (rows[i - 1], f"{file} row {i - 1}"))) for i, row in enumerate(rows)]
 
 
 def unpacked(pairs: list[dict]) -> dict:

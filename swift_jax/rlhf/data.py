@@ -67,7 +67,7 @@ class KTOTable:
         start = i - i % self.group
         size = min(self.group, len(self.table) - start)
         row, ref = self.table[i]
-        return row, ref, self.table[start + (i - start - 1) % size][0]
+        return row, ref, self.table[start + (i - start - 1) % size]
 
 
 class PairProcessor:
@@ -81,11 +81,22 @@ class PairProcessor:
         self.counters = counters or Counters()
         self.bad = BadRows(args.strict)
 
-    def _second(self, pref: Preference, item) -> dict:
+    def _preference(self, item) -> tuple[Preference, dict]:
+        """The row's preference and its second conversation (KTO: the KL example, this row's prompt with the
+        lender row's answer); a DataError names the file and line of the row at fault."""
+        row, ref = item[0], item[1]
+        try:
+            pref = preference_of(row, self.rlhf_type, self.args.columns)
+        except DataError as e:
+            raise row_error(ref, str(e)) from None
         if pref.rejected is not None:
-            return pref.rejected
-        other = preference_of(item[2], "kto", self.args.columns)  # KTO: the KL example
-        return with_last_answer(pref.chosen, other.chosen["messages"][-1]["content"], "messages")
+            return pref, pref.rejected
+        lender, lender_ref = item[2]
+        try:
+            answer = preference_of(lender, "kto", self.args.columns).chosen["messages"][-1]["content"]
+        except DataError as e:
+            raise row_error(lender_ref, str(e)) from None
+        return pref, with_last_answer(pref.chosen, answer, "messages")
 
     def _encode(self, sample: dict) -> tuple[np.ndarray, np.ndarray] | None:
         encoded = self.encoder.encode(sample)
@@ -98,12 +109,14 @@ class PairProcessor:
         return ids, labels
 
     def __call__(self, item) -> dict[str, np.ndarray] | None:
-        row, ref = item[0], item[1]
         try:
-            pref = preference_of(row, self.rlhf_type, self.args.columns)
-            pair = [self._encode(pref.chosen), self._encode(self._second(pref, item))]
+            pref, second = self._preference(item)
+            try:
+                pair = [self._encode(pref.chosen), self._encode(second)]
+            except DataError as e:
+                raise row_error(item[1], str(e)) from None
         except DataError as e:
-            self.bad.handle(row_error(ref, str(e)))
+            self.bad.handle(e)
             self.counters.add("bad_rows_skipped")
             return None
         if any(p is None for p in pair):
