@@ -173,6 +173,7 @@ def run_swift_jax(preset: dict, packed: bool) -> dict:
 
     from swift_jax.modeling import init_model
     from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
+    from swift_jax.trainer.method import LanguageModeling
     from swift_jax.trainer.step import TrainState, make_train_step, split_model
     from swift_jax.tuners import loraize
 
@@ -183,7 +184,7 @@ def run_swift_jax(preset: dict, packed: bool) -> dict:
     optimizer = make_optimizer(learning_rate_schedule("constant", 1e-4, 1, 0), weight_decay=0.0,
                                adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
-    train_step = make_train_step(graphdef, optimizer)
+    train_step = make_train_step(graphdef, optimizer, LanguageModeling())
     steps = synthetic_steps(preset, preset["warmup"] + preset["steps"])
     max_len = preset["max_length"]
     batches = [pack_batch(rows, max_len) if packed else pad_batch(_samples(rows), max_len) for rows in steps]
@@ -194,7 +195,7 @@ def run_swift_jax(preset: dict, packed: bool) -> dict:
         batch = {k: np.pad(v, ((0, grow), (0, 0)), constant_values=-100 if k == "labels" else 0)[None] for k, v in batch.items()}
         device_batch = jax.device_put(batch)
         start = time.perf_counter()
-        state, metrics = train_step(state, frozen, device_batch)
+        state, metrics = train_step(state, frozen, None, device_batch)
         jax.block_until_ready(metrics["loss"])
         times.append(time.perf_counter() - start)
         real_tokens.append(int((batch["segment_ids"] > 0).sum()))

@@ -19,10 +19,11 @@ from jax.sharding import Mesh
 
 from swift_jax.hf.hub import resolve_model_dir
 from swift_jax.hf.safetensors_io import SafetensorsReader, write_sharded_safetensors
-from swift_jax.models.config import ModelConfig, to_jnp_dtype
+from swift_jax.models.config import ModelConfig, dtype_name, to_jnp_dtype
 from swift_jax.models.layers import Buffer
 from swift_jax.models.registry import Architecture, architecture
 from swift_jax.models.weight_map import Rule, hf_index_to_ours, to_hf, to_ours
+from swift_jax.parallel.distributed import host_array, is_main_process
 from swift_jax.parallel.rules import param_sharding
 
 # Checkpoint entries that carry no learned state (old rotary caches) and are skipped silently.
@@ -45,7 +46,7 @@ def read_hf_config(model_dir: str) -> dict[str, Any]:
 
 
 def model_config(
-    hf_config: dict[str, Any], *, dtype: str | None = None, param_dtype: str | None = None
+    hf_config: dict[str, Any], *, dtype: Any = None, param_dtype: Any = None
 ) -> tuple[ModelConfig, Architecture]:
     """`ModelConfig` and architecture for an HF config dict.
 
@@ -53,7 +54,7 @@ def model_config(
     checkpoint's). Full fine-tuning in bf16 passes `param_dtype="float32"` for float32 master weights.
     """
     arch = architecture(hf_config.get("model_type", "<missing>"))
-    return arch.config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype), arch
+    return arch.config_from_hf(hf_config, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype)), arch
 
 
 def _placement(axes, shape, mesh: Mesh | None):
@@ -69,10 +70,10 @@ def _flat_params(state: nnx.State) -> dict[str, nnx.Variable]:
 def init_model(
     hf_config: dict[str, Any],
     *,
-    dtype: str | None = None,
+    dtype: Any = None,
     seed: int = 0,
     mesh: Mesh | None = None,
-    param_dtype: str | None = None,
+    param_dtype: Any = None,
 ) -> nnx.Module:
     """A randomly initialised model for an HF config dict (training from scratch)."""
     cfg, arch = model_config(hf_config, dtype=dtype, param_dtype=param_dtype)
@@ -89,11 +90,12 @@ def init_model(
 
 
 def load_model(
-    path_or_hub_id: str, *, dtype: str | None = None, mesh: Mesh | None = None, param_dtype: str | None = None
+    path_or_hub_id: str, *, dtype: Any = None, mesh: Mesh | None = None, param_dtype: Any = None
 ) -> nnx.Module:
     """Load an HF safetensors checkpoint (local folder or hub id) into our Flax model.
 
-    `dtype` ("float32", "bfloat16") sets parameter and compute dtype; default: the checkpoint's.
+    `dtype` (`"float32"`, `"bfloat16"`, `jnp.bfloat16`, `np.dtype("float32")`) sets parameter and compute
+    dtype; default: the checkpoint's.
     `param_dtype` stores parameters in another dtype than the compute one (float32 master weights).
     `mesh` shards parameters by their logical axes; default: the first device.
     Raises one error listing every missing, unexpected or mis-shaped tensor.
@@ -167,11 +169,12 @@ def _assign(tree: dict, dotted: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: str | None = None, max_shard_size: int | str = "5GB") -> None:
+def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: Any = None, max_shard_size: int | str = "5GB") -> None:
     """Write `config.json` and (sharded) safetensors that `transformers` loads.
 
     `dtype` casts the saved weights (default: the parameters' dtype). Parameters are gathered to the
-    host one at a time. A model with unmerged LoRA adapters must be merged first.
+    host one at a time. A model with unmerged LoRA adapters must be merged first. In a multi-host run every
+    process calls it (parameters sharded across hosts are gathered from all) and process 0 writes.
     """
     cfg: ModelConfig = model.config
     arch = architecture(cfg.model_type)
@@ -185,7 +188,7 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: str | None = N
                 "(swift_jax.tuners.merge) or export them with the PEFT exporter"
             )
         name, rule = hit
-        out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else np.dtype(var.dtype)
+        out_dtype = np.dtype(to_jnp_dtype(dtype_name(dtype))) if dtype else np.dtype(var.dtype)
         slices = list(enumerate(rule.stacked_names(name, var.shape[0]))) if rule.stack else [(None, name)]
         for j, hf_name in slices:  # a stacked array (experts) is written as one HF tensor per slice
             shape = var.shape if j is None else var.shape[1:]
@@ -195,13 +198,17 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: str | None = N
     def fetch(name: str) -> np.ndarray:
         var, rule, out_dtype, j = sources[name]
         value = var[...] if j is None else var[...][j]
-        return to_hf(np.asarray(jax.device_get(value)), rule.transform).astype(out_dtype)
+        return to_hf(host_array(value), rule.transform).astype(out_dtype)
 
+    if not is_main_process():  # multi-host: take part in every gather, write nothing
+        for name, _ in entries:
+            fetch(name)
+        return
     os.makedirs(output_dir, exist_ok=True)
     write_sharded_safetensors(output_dir, entries, fetch, max_shard_size=max_shard_size)
     hf = cfg.hf_config
     hf.pop("torch_dtype", None)
-    hf["dtype"] = str(np.dtype(to_jnp_dtype(dtype or cfg.param_dtype)))
+    hf["dtype"] = str(np.dtype(to_jnp_dtype(dtype_name(dtype) or cfg.param_dtype)))
     with open(os.path.join(output_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
 
