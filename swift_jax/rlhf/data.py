@@ -35,6 +35,7 @@ from swift_jax.rlhf.rows import Preference, with_last_answer, preference_of
 
 log = logging.getLogger("swift_jax.rlhf")
 MAX_PAIRS_PER_ROW = 16
+ALL_ROUNDS = ("orpo",)  # ms-swift's RLHF loss_scale is last_round, but `default` (every assistant turn) for ORPO
 FEATURES = ("input_ids", "labels", "segment_ids", "positions", "pair_value")
 _PAIR_FEATURES = ("input_ids", "labels", "part", "pos", "pair_value")  # what the packer sees
 
@@ -73,10 +74,11 @@ class KTOTable:
 class PairProcessor:
     """Maps a table item to a pair sample `{input_ids, labels, part, pos, pair_value}` `[n]`, or None when dropped."""
 
-    def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, counters: Counters | None = None, *, only_last_round: bool = True):
+    def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, counters: Counters | None = None):
         if args.truncation_strategy not in ("delete", "left", "right"):
             raise DataError(f"--truncation_strategy {args.truncation_strategy!r}: expected delete, left or right")
-        self.args, self.rlhf_type, self.only_last_round = args, rlhf_type, only_last_round
+        self.args, self.rlhf_type = args, rlhf_type
+        self.only_last_round = rlhf_type not in ALL_ROUNDS
         self.encoder = ChatEncoder(tokenizer, args.template, args.system, args.loss_on_prompt)
         self.counters = counters or Counters()
         self.bad = BadRows(args.strict)
@@ -184,10 +186,10 @@ def pack_pairs(samples: grain.IterDataset, length: int, pad_id: int, num_bins: i
 class PreferencePipeline(DataPipeline):
     """A `DataPipeline` whose samples are preference pairs; `batch_size` counts rows (= pairs unpacked)."""
 
-    def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, train, val, *, batch_size: int, seed: int,
-                 shuffle: bool, process_index: int, process_count: int):
+    def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, train, val, *, batch_size: int, eval_batch_size: int,
+                 seed: int, shuffle: bool, process_index: int, process_count: int):
         self.args, self.rlhf_type = args, rlhf_type
-        self.batch_size, self.seed = batch_size, seed
+        self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.shuffle = shuffle and args.dataset_shuffle
         self.process_index, self.process_count = process_index, process_count
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -218,10 +220,10 @@ class PreferencePipeline(DataPipeline):
         process = PairProcessor(self.args, self.tokenizer, self.rlhf_type, Counters())
         samples = [process(self.val_table[i]) for i in range(self.process_index, n, self.process_count)]
         samples += [None] * (per_process - len(samples))
-        samples += [None] * (-len(samples) % self.batch_size)
+        samples += [None] * (-len(samples) % self.eval_batch_size)
         rows = [pad_pair(s, self.row_length, self.pad_id) for s in samples]
-        return [{k: np.stack([r[k] for r in rows[b : b + self.batch_size]]) for k in FEATURES}
-                for b in range(0, len(rows), self.batch_size)]
+        return [{k: np.stack([r[k] for r in rows[b : b + self.eval_batch_size]]) for k in FEATURES}
+                for b in range(0, len(rows), self.eval_batch_size)]
 
     def _probe(self, tokenizer) -> dict:
         """Encode (up to PROBE_ROWS) training pairs for drop counts, lengths and steps per epoch."""
@@ -262,9 +264,11 @@ class PreferencePipeline(DataPipeline):
         return stats
 
 
-def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_size: int, seed: int = 42,
-                          shuffle: bool = True, process_index: int = 0, process_count: int = 1) -> PreferencePipeline:
-    """Load and split `args`' datasets as preference pairs for `rlhf_type` (see the module docstring)."""
+def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_size: int, eval_batch_size: int | None = None,
+                          seed: int = 42, shuffle: bool = True, process_index: int = 0,
+                          process_count: int = 1) -> PreferencePipeline:
+    """Load and split `args`' datasets as preference pairs for `rlhf_type` (see the module docstring); batches
+    hold `batch_size` rows (validation: `eval_batch_size`, default the same)."""
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
     if args.streaming:
@@ -278,7 +282,8 @@ def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_si
         val = load_table(args.val_dataset, args.data_seed, bad)
     else:
         train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
-    pipe = PreferencePipeline(args, tokenizer, rlhf_type, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
+    pipe = PreferencePipeline(args, tokenizer, rlhf_type, train, val, batch_size=batch_size,
+                              eval_batch_size=eval_batch_size or batch_size, seed=seed, shuffle=shuffle,
                               process_index=process_index, process_count=process_count)
     pipe.stats["bad_rows_skipped"] += bad.count
     return pipe

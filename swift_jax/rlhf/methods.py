@@ -113,9 +113,11 @@ class PreferenceMethod(Method):
         if not self.has_reference or self.reference_mode != "frozen":
             return None
         from swift_jax.modeling import load_model
+        from swift_jax.trainer.setup import resolve_path
         from swift_jax.tuners import load_adapter, merge_lora
 
-        ref = load_model(self.rlhf.ref_model or self.model_path, dtype=self.dtype, mesh=getattr(trainer, "mesh", None))
+        path = resolve_path(self.rlhf.ref_model or self.model_path)
+        ref = load_model(path, dtype=self.dtype, mesh=getattr(trainer, "mesh", None))
         for path in self.rlhf.ref_adapters:
             merge_lora(load_adapter(ref, path))
         self._ref_graphdef, state = nnx.split(ref)
@@ -244,6 +246,9 @@ def attach_value_head(model, *, seed: int = 0):
 
 class RewardModel(PreferenceMethod):
     """Reward model: a value head on the decoder reads each answer's last token; Bradley-Terry loss."""
+
+    def prepare_model(self, model) -> None:
+        attach_value_head(model)
 
     def loss(self, model, batch, extra) -> LossOutput:
         r = self.rlhf
