@@ -230,8 +230,12 @@ def wrap(cls):
     original = cls.compute_loss
     def compute_loss(self, model, inputs, *args, **kwargs):
         if not os.path.exists(path):
-            json.dump({k: v.tolist() if hasattr(v, "tolist") else v for k, v in inputs.items()
-                       if hasattr(v, "tolist") or isinstance(v, list)}, open(path, "w"))
+            batch = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in inputs.items()
+                     if hasattr(v, "tolist") or isinstance(v, list)}
+            heads = [p for n, p in model.named_parameters() if n.endswith("score.weight") or ".score." in n and n.endswith("weight")]
+            if heads:  # the reward model's value head as it is at step 1 (trained, so the first copy in use)
+                batch["score_weight"] = heads[-1].detach().float().tolist()
+            json.dump(batch, open(path, "w"))
         return original(self, model, inputs, *args, **kwargs)
     cls.compute_loss = compute_loss
 for cls in (CPOTrainer, DPOTrainer, KTOTrainer, ORPOTrainer, RewardTrainer):

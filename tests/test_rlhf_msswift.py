@@ -38,6 +38,7 @@ CASES = {
     "cpo": ({"rlhf_type": "cpo"}, ("rewards/chosen", "rewards/margins", "logps/chosen", "nll_loss")),
     "orpo": ({"rlhf_type": "orpo"}, ("rewards/chosen", "rewards/margins", "logps/chosen", "nll_loss", "log_odds_chosen")),
     "kto": ({"rlhf_type": "kto"}, ("kl", "rewards/chosen", "logps/chosen")),
+    "rm": ({"rlhf_type": "rm"}, ("rewards/chosen", "rewards/rejected", "rewards/margins")),
 }
 
 
@@ -65,10 +66,12 @@ def their_first_batch(name: str, rlhf_type: str) -> dict:
         labels = first["label"]
     else:
         half = len(first["input_ids"]) // 2
+        if not isinstance(first.get("labels"), list) or np.ndim(first["labels"]) != 2:  # RM batches: no token labels
+            first = {**first, "labels": np.full(np.shape(first["input_ids"]), -100).tolist()}
         parts = [tuple(first[k][a:b] for k in ("input_ids", "labels", "attention_mask")) for a, b in ((0, half), (half, None))]
-        labels = [1.0] * half
+        labels = first.get("margin") or [0.0] * half  # pair_value: the RM margin (none in this data)
     samples = []
-    for i, label in enumerate(labels):
+    for i, label in enumerate(labels):  # KTO: desirable; others: margin
         seqs = [(np.asarray(ids[i])[np.asarray(mask[i]) > 0], np.asarray(lab[i])[np.asarray(mask[i]) > 0]) for ids, lab, mask in parts]
         (ci, cl), (ri, rl) = seqs
         samples.append({"input_ids": np.r_[ci, ri], "labels": np.r_[cl, rl], "part": np.r_[0 * ci, 0 * ri + 1],
@@ -86,6 +89,9 @@ def test_first_step_equals_ms_swift(name):
     overrides, keys = CASES[name]
     method = make_method(RLHFArgs(**overrides))
     model = load_adapter(swift_jax.load_model(os.path.join(TINY, "base"), dtype="float32"), os.path.join(TINY, "adapter"))
+    if name == "rm":  # ms-swift's freshly initialised value head, as recorded at step 1
+        method.prepare_model(model)
+        model.score.kernel[...] = np.asarray(RUNS[name]["first_batch"]["score_weight"], np.float32).T
     graphdef, state = nnx.split(model)
     batch = their_first_batch(name, method.rlhf.rlhf_type)
     out = jax.jit(lambda s, b: method.loss(nnx.merge(graphdef, s), b, None))(state, batch)
