@@ -184,3 +184,24 @@ def test_a_few_steps_move_the_rewards(base_path, rlhf_type):
         assert last["rewards/margins"] > first["rewards/margins"] + 1e-3, history
     if rlhf_type == "dpo":
         assert first["loss"] == pytest.approx(np.log(2), abs=1e-6)  # LoRA's B = 0: policy = reference at step 0
+
+
+def test_reward_model_lora_saves_a_peft_seq_cls_adapter_that_transformers_scores_alike(base_path, tmp_path):
+    import peft
+    import transformers
+
+    from swift_jax.hf.peft import save_peft_adapter
+
+    model = lora_model(base_path)
+    attach_value_head(model)
+    model.score.kernel[...] = 0.1 * jax.random.normal(jax.random.key(3), model.score.kernel.shape)
+    save_peft_adapter(model, str(tmp_path), base_model_name_or_path=base_path)
+    config = json.load(open(tmp_path / "adapter_config.json"))
+    assert config["task_type"] == "SEQ_CLS" and config["modules_to_save"] == ["score"]
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1)
+    hf = peft.PeftModel.from_pretrained(hf, str(tmp_path)).eval()
+    ids = samples()[0]["input_ids"][:20]
+    with torch.no_grad():
+        expected = float(hf(torch.as_tensor(ids[None], dtype=torch.long)).logits[0, 0])
+    ours = float(model.score(model.hidden_states(jnp.asarray(ids[None])))[0, -1])
+    assert abs(ours - expected) < 1e-4, (ours, expected)
