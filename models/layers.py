@@ -13,7 +13,6 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import qwix
 from flax import nnx
 
 from swift_jax.kernels import attention
@@ -69,7 +68,9 @@ class Linear(nnx.Module):
     def weight(self) -> jax.Array:
         """The kernel `[in, out]` in the compute dtype (dequantized when QLoRA stored it quantized)."""
         kernel = self.kernel.get_value()
-        if isinstance(kernel, qwix.QArray):
+        if not isinstance(kernel, jax.Array):  # a qwix QArray (QLoRA's base); qwix is imported only when used
+            import qwix
+
             kernel = qwix.dequantize(kernel)
         return kernel.astype(self.dtype)
 

@@ -28,7 +28,9 @@ def test_bench_train_measures_every_variant_and_prints_the_ratio():
     assert measured["pytorch padded"][1] == 1.0  # the baseline row
     last = out.strip().splitlines()[-1]
     assert last.startswith("ratio packed/pytorch: "), out
-    # the summary is the packed row's tokens/s over the baseline's (to the 2 printed decimals)
-    expected = measured["swift_jax packed"][0] / measured["pytorch padded"][0]
-    assert abs(float(last.split(": ")[1]) - expected) <= 0.01 + 0.005 * expected, (last, expected)
-    assert abs(measured["swift_jax packed"][1] - expected) <= 0.01 + 0.005 * expected
+    # the summary is the packed row's tokens/s over the baseline's; rows print tokens/s rounded to integers and
+    # ratios to 2 decimals, so the check allows exactly that rounding
+    packed, base = measured["swift_jax packed"][0], measured["pytorch padded"][0]
+    low, high = (packed - 0.5) / (base + 0.5) - 0.005, (packed + 0.5) / max(base - 0.5, 1e-9) + 0.005
+    for printed in (float(last.split(": ")[1]), measured["swift_jax packed"][1]):
+        assert low <= printed <= high, (printed, low, high, out)

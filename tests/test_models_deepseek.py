@@ -188,6 +188,7 @@ def test_peft_adapter_on_latent_attention_matches_peft(tmp_path):
 def test_full_fine_tuning_step_matches_transformers_loss_and_keeps_the_bias(tmp_path):
     import optax
 
+    from swift_jax.trainer.method import LanguageModeling
     from swift_jax.trainer.step import TrainState, make_train_step, router_aux_coef, split_model
 
     hf = build_hf_model("deepseek_v3", **CASES[0][1])
@@ -205,7 +206,7 @@ def test_full_fine_tuning_step_matches_transformers_loss_and_keeps_the_bias(tmp_
     before = np.asarray(params["model"]["layers"][1]["mlp"]["experts"]["gate_proj"][...])
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
     batches = jax.tree.map(lambda x: jnp.asarray(x)[None], batch)
-    state, metrics = make_train_step(graphdef, optimizer)(state, frozen, batches)
+    state, metrics = make_train_step(graphdef, optimizer, LanguageModeling())(state, frozen, None, batches)
     assert abs(float(metrics["loss"]) - float(ref)) < 1e-5, (float(metrics["loss"]), float(ref))
     assert np.abs(np.asarray(state.params["model"]["layers"][1]["mlp"]["experts"]["gate_proj"][...]) - before).max() > 0
     trained = nnx.merge(graphdef, state.params, state.rng, frozen)

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 import swift_jax
 from swift_jax.models.moe import experts_dense, experts_ragged, route
 from swift_jax.parallel import make_mesh
+from swift_jax.trainer.method import LanguageModeling
 from swift_jax.trainer.step import TrainState, make_train_step, router_aux_coef, split_model
 from swift_jax.tuners import loraize
 from swift_jax.tuners.lora import lora_layers, merge_lora
@@ -122,8 +123,8 @@ def test_train_loss_adds_scaled_aux_loss_like_transformers():
         model.model.remat = remat
         graphdef, params, rng, frozen = split_model(model, nnx.Param)
         state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
-        step = make_train_step(graphdef, optimizer, router_aux_loss_coef=router_aux_coef(model.config))
-        _, metrics = step(state, frozen, batches)
+        step = make_train_step(graphdef, optimizer, LanguageModeling(router_aux_loss_coef=router_aux_coef(model.config)))
+        _, metrics = step(state, frozen, None, batches)
         assert abs(float(metrics["loss"]) - float(ref)) < 1e-5, (remat, float(metrics["loss"]), float(ref))
 
 

@@ -31,15 +31,20 @@ def _env(devices: int, **extra) -> dict:
     return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
 
 
-def train_two_processes(*flags) -> list[str]:
-    """Run one training job as two processes (ranks 0 and 1); returns their outputs."""
+def start_two_processes(*flags) -> list[subprocess.Popen]:
+    """One training job as two processes (ranks 0 and 1) meeting on a free loopback port."""
     port = str(_free_port())
-    procs = [
+    return [
         subprocess.Popen([sys.executable, "-m", "swift_jax.train", *FLAGS, *flags], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True,
                          env=_env(2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank)))
         for rank in range(2)
     ]
+
+
+def train_two_processes(*flags) -> list[str]:
+    """Run one training job as two processes; returns their outputs (both must exit 0)."""
+    procs = start_two_processes(*flags)
     outputs = []
     for proc in procs:
         try:
@@ -93,3 +98,29 @@ def test_two_processes_train_one_run_that_resumes(tmp_path):
     assert sorted(after) == [3, 4]
     for step in after:
         assert after[step] == pytest.approx(got[step], rel=1e-5)
+
+
+def test_sigterm_on_one_host_stops_every_host_at_the_same_step(tmp_path):
+    """Preemption reaches hosts at different times: the signalled process and the other agree on one step, both
+    save that checkpoint together and exit 0 (before, the checkpoint never finished and neither exited)."""
+    import signal
+    import time
+
+    out = tmp_path / "pre"
+    procs = start_two_processes("--output_dir", str(out), "--max_steps", "100000", "--save_steps", "100000")
+    deadline = time.time() + 240
+    log = None
+    while time.time() < deadline and all(p.poll() is None for p in procs):
+        logs = [os.path.join(out, d, "logging.jsonl") for d in (os.listdir(out) if out.exists() else [])]
+        if logs and os.path.exists(logs[0]) and losses(os.path.dirname(logs[0])):
+            log = logs[0]
+            break
+        time.sleep(0.2)
+    assert log, [p.communicate()[0][-2000:] for p in procs if p.poll() is not None]
+    procs[1].send_signal(signal.SIGTERM)  # only the second host is preempted
+    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[-2000:] for o in outputs]
+    run_dir = os.path.dirname(log)
+    (saved,) = [d for d in os.listdir(run_dir) if d.startswith("checkpoint-")]
+    assert {"config.json", "model.safetensors", "state", "data"} <= set(os.listdir(os.path.join(run_dir, saved)))
+    assert "SIGTERM: saving checkpoint at step" in outputs[0]  # process 0 learned of it through the agreement

@@ -7,6 +7,9 @@ import signal
 import sys
 import threading
 
+import jax
+import numpy as np
+
 
 class Preemption:
     """Turns the first SIGTERM into a flag the loop checks after each step (it saves and stops). The save gets
@@ -32,6 +35,15 @@ class Preemption:
             signal.signal(signal.SIGINT, self._handle)
         except ValueError:
             pass
+
+    def agreed(self) -> bool:
+        """True when any process got SIGTERM. Every process calls it after every step: in a multi-host run the
+        signal reaches hosts at different steps, and all of them must stop (and save) at the same one."""
+        if jax.process_count() == 1:
+            return self.requested
+        from jax.experimental import multihost_utils
+
+        return bool(np.asarray(multihost_utils.process_allgather(np.asarray(self.requested))).any())
 
     def start_deadline(self) -> None:
         """Arm the save deadline: past it the process exits with status 1, naming the deadline."""

@@ -207,7 +207,7 @@ class Trainer:
                     self.save(step)
                 elif self.unfinished is not None and not self.manager.is_saving_in_progress():
                     self._finalize()
-                if preemption.requested:
+                if preemption.agreed():
                     self.say(f"SIGTERM: saving checkpoint at step {step} and stopping")
                     preemption.start_deadline()
                     if self.last_saved != step:
