@@ -169,7 +169,8 @@ def _from_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def pack_pairs(samples: grain.IterDataset, length: int, pad_id: int, num_bins: int, seed: int, shuffle: bool) -> grain.IterDataset:
+def pack_pairs(samples: grain.IterDataset, length: int, pad_id: int, num_bins: int, seed: int,
+               shuffle: bool) -> grain.IterDataset:
     """Best-fit packing of whole pairs into rows of `length` (at most MAX_PAIRS_PER_ROW each)."""
     packed = grain_exp.BestFitPackIterDataset(
         samples,

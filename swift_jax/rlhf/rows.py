@@ -38,7 +38,8 @@ def with_last_answer(sample: dict, answer: Any, field: str) -> dict:
         raise DataError(f"'{field}' must be a string, got {type(answer).__name__}")
     messages = sample["messages"]
     if messages[-1]["role"] != "assistant":
-        raise DataError(f"'{field}' needs 'messages' to end with the assistant answer it replaces; the last message has role {messages[-1]['role']!r}")
+        raise DataError(f"'{field}' needs 'messages' to end with the assistant answer it replaces; the last "
+                        f"message has role {messages[-1]['role']!r}")
     return {**sample, "messages": messages[:-1] + [{"role": "assistant", "content": answer}]}
 
 
@@ -97,7 +98,8 @@ def preference_of(row: Any, rlhf_type: str, columns: dict[str, str] | None = Non
         if _has_messages(row):
             chosen = normalize(row)
         elif row.get("completion") is not None:  # TRL's unpaired shape: prompt + completion + label
-            chosen = _conversation(row, _prompt_messages(row.get("prompt") or []) + _answer_messages(row["completion"], "completion"), "completion")
+            messages = _prompt_messages(row.get("prompt") or []) + _answer_messages(row["completion"], "completion")
+            chosen = _conversation(row, messages, "completion")
         else:
             raise DataError("KTO rows need 'messages' (ending with the answer) or 'prompt' + 'completion', plus 'label'")
         if "messages" not in chosen or chosen["messages"][-1]["role"] != "assistant":
@@ -119,7 +121,8 @@ def preference_of(row: Any, rlhf_type: str, columns: dict[str, str] | None = Non
         elif row.get("rejected_messages") is not None:
             rejected = _conversation(row, row["rejected_messages"], "rejected_messages")
         else:
-            raise DataError(f"missing field 'rejected_response' (or 'rejected_messages') for --rlhf_type {rlhf_type}; {PAIR_HINT}")
+            raise DataError(f"missing field 'rejected_response' (or 'rejected_messages') for --rlhf_type {rlhf_type}; "
+                            f"{PAIR_HINT}")
         if chosen["messages"][-1]["role"] != "assistant":
             raise DataError("'messages' must end with the chosen assistant answer")
     else:
