@@ -121,16 +121,23 @@ def test_lora_reference_is_the_base_model_without_a_copy(base_path):
     model = lora_model(base_path)
     params_before = count_params(model, nnx.Param)
 
-    @jax.jit
-    def reference(graphdef, state, batch):
-        with adapters_disabled():
-            return model_pair_stats(nnx.merge(graphdef, state), batch, pairs_per_row=1).logps
+    def logps(module, adapters_on: bool = True):
+        graphdef, state = nnx.split(module)
 
-    expected = model_pair_stats(base, batch, pairs_per_row=1).logps
-    got = reference(*nnx.split(model), batch)
+        @jax.jit
+        def forward(state, batch):
+            m = nnx.merge(graphdef, state)
+            if adapters_on:
+                return model_pair_stats(m, batch, pairs_per_row=1).logps
+            with adapters_disabled():
+                return model_pair_stats(m, batch, pairs_per_row=1).logps
+
+        return forward(state, batch)
+
+    expected, got = logps(base), logps(model, adapters_on=False)
     np.testing.assert_allclose(got.chosen, expected.chosen, atol=1e-5)
     np.testing.assert_allclose(got.rejected, expected.rejected, atol=1e-5)
-    policy = model_pair_stats(model, batch, pairs_per_row=1).logps  # adapters on again outside the block
+    policy = logps(model)  # the same traced code with the adapters on
     assert float(jnp.abs(policy.chosen - expected.chosen).max()) > 1e-3
     assert count_params(model, nnx.Param) == params_before
 
