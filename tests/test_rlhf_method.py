@@ -20,7 +20,7 @@ from swift_jax.data import DataArgs
 from swift_jax.rlhf import RLHFArgs, attach_value_head, make_method
 from swift_jax.rlhf.data import PairProcessor, pack_pairs, pad_pair
 from swift_jax.rlhf.logps import model_pair_stats
-from swift_jax.tuners import adapters_disabled, count_params, loraize
+from swift_jax.tuners import adapters_disabled, count_params, load_adapter, loraize
 from tiny_models import build_hf_model, save_hf_model
 from tokenizers_for_tests import bundled_tokenizer
 
@@ -212,3 +212,20 @@ def test_reward_model_lora_saves_a_peft_seq_cls_adapter_that_transformers_scores
         expected = float(hf(torch.as_tensor(ids[None], dtype=torch.long)).logits[0, 0])
     ours = float(model.score(model.hidden_states(jnp.asarray(ids[None])))[0, -1])
     assert abs(ours - expected) < 1e-4, (ours, expected)
+
+
+def test_ref_adapters_make_the_reference_the_sft_adapter():
+    """ms-swift's recipe after SFT: `--adapters sft --ref_adapters sft`: the policy starts equal to its reference
+    (a frozen copy with the adapter merged), so DPO's first loss is log 2, unlike the adapters-off reference."""
+    import os
+
+    tiny = os.path.join(os.path.dirname(__file__), "golden", "rlhf_tiny")
+    base, adapter = os.path.join(tiny, "base"), os.path.join(tiny, "adapter")
+    batch = unpacked(samples())
+    policy = load_adapter(swift_jax.load_model(base, dtype="float32"), adapter)
+    with_ref = make_method(RLHFArgs(ref_adapters=[adapter]), model_path=base, dtype="float32")
+    assert with_ref.reference_mode == "frozen"
+    out = with_ref.loss(policy, batch, with_ref.extra_state(types.SimpleNamespace(mesh=None)))
+    assert float(out.loss_sum / out.count) == pytest.approx(np.log(2), abs=1e-5)
+    adapters_off = make_method(RLHFArgs(), model_path=base)
+    assert float(adapters_off.loss(policy, batch, None).metrics["rewards/margins"][0]) != 0.0
