@@ -46,3 +46,28 @@ def test_full_fine_tuning_dpo_uses_a_frozen_reference_copy(tmp_path):
     steps = [r for r in log if "loss" in r and "rewards/margins" in r]
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and steps[0]["rewards/margins"] == 0.0
     assert steps[1]["rewards/margins"] != 0.0  # the policy moved, the reference did not
+
+
+def test_arguments_follow_ms_swift_defaults_and_name_the_flag():
+    from swift_jax.cli import parse_config
+    from swift_jax.config import ALIASES
+    from swift_jax.rlhf.__main__ import RLHFArguments
+
+    def parse(*flags):
+        return parse_config(RLHFArguments, ["--model", "m", *flags], aliases=ALIASES).validate().rlhf
+
+    dpo = parse()
+    assert (dpo.rlhf_type, dpo.beta, dpo.loss_type, dpo.rpo_alpha) == ("dpo", 0.1, ["sigmoid"], None)
+    simpo = parse("--rlhf_type", "simpo")  # ms-swift: SimPO runs as CPO with loss_type simpo and beta 2.0
+    assert (simpo.rlhf_type, simpo.beta, simpo.loss_type, simpo.cpo_alpha, simpo.simpo_gamma) == ("cpo", 2.0, ["simpo"], 1.0, 1.0)
+    assert parse("--rlhf_type", "kto").loss_type == ["kto"]
+    mpo = parse("--loss_type", "sigmoid", "bco_pair", "sft", "--loss_weights", "0.8", "0.2", "1.0")
+    assert mpo.loss_type == ["sigmoid", "bco_pair", "sft"] and mpo.loss_weights == [0.8, 0.2, 1.0]
+    for flags, message in [(("--loss_type", "sigmoidd"), "--loss_type"),
+                           (("--loss_type", "sigmoid", "sft", "--loss_weights", "1"), "--loss_weights"),
+                           (("--rlhf_type", "cpo", "--loss_type", "sigmoid", "hinge"), "only supported for dpo"),
+                           (("--rlhf_type", "orpo", "--loss_type", "sigmoid"), "orpo takes no --loss_type"),
+                           (("--ref_model", "m"), "--ref_model"),
+                           (("--precompute_ref_log_probs", "true"), "--precompute_ref_log_probs")]:
+        with pytest.raises(ValueError, match=message):
+            parse(*flags)

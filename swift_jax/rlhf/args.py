@@ -67,6 +67,8 @@ class RLHFArgs:
         if self.loss_type is None:
             self.loss_type = {"dpo": ["sigmoid"], "cpo": ["sigmoid"], "kto": ["kto"]}.get(self.rlhf_type, [])
         choices = {"dpo": tuple(DPO_LOSSES), "cpo": CPO_LOSS_TYPES, "kto": KTO_LOSS_TYPES}.get(self.rlhf_type, ())
+        if self.loss_type and not choices:
+            raise ValueError(f"--rlhf_type {self.rlhf_type} takes no --loss_type (got {self.loss_type})")
         bad = [t for t in self.loss_type if t not in choices]
         if bad:
             raise ValueError(f"--loss_type {bad} is not one of {self.rlhf_type}'s loss types {choices}")
