@@ -140,6 +140,8 @@ def test_lora_reference_is_the_base_model_without_a_copy(base_path):
     policy = logps(model)  # the same traced code with the adapters on
     assert float(jnp.abs(policy.chosen - expected.chosen).max()) > 1e-3
     assert count_params(model, nnx.Param) == params_before
+    method = make_method(RLHFArgs(), model_path=base_path)
+    assert method.reference_mode == "adapters_off" and method.extra_state(types.SimpleNamespace(mesh=None)) is None
 
 
 def test_full_fine_tuning_reference_is_a_frozen_copy(base_path):
