@@ -31,7 +31,8 @@ from swift_jax.tuners.lora import adapters_disabled
 sg = jax.lax.stop_gradient
 
 
-def _ratio(total: jax.Array, count: jax.Array):
+def _token_mean(total: jax.Array, count: jax.Array):
+    """A `(sum, count)` metric of per-pair sums over per-pair token counts: a mean over answer tokens."""
     return total.astype(jnp.float32).sum(), count.astype(jnp.float32).sum()
 
 
@@ -48,8 +49,8 @@ def pair_metrics(stats: PairStats, out: L.PreferenceOut, logps: L.PairLogps | No
         "rewards/margins": mean_metric(c - r, valid),
         "logps/chosen": mean_metric(logps.chosen, valid),
         "logps/rejected": mean_metric(logps.rejected, valid),
-        "logits/chosen": _ratio(stats.chosen_logits, tokens(stats.logps.chosen_tokens)),
-        "logits/rejected": _ratio(stats.rejected_logits, tokens(stats.logps.rejected_tokens)),
+        "logits/chosen": _token_mean(stats.chosen_logits, tokens(stats.logps.chosen_tokens)),
+        "logits/rejected": _token_mean(stats.rejected_logits, tokens(stats.logps.rejected_tokens)),
     }
 
 
