@@ -1,6 +1,6 @@
 """Flax NNX architectures, installed as `swift_jax.models`."""
 
-from .config import MlaConfig, ModelConfig, MoeConfig, RopeConfig
+from .config import InternVisionConfig, MlaConfig, ModelConfig, MoeConfig, Qwen2VLVisionConfig, RopeConfig
 from .decoder import CausalLM
 from .registry import ARCHITECTURES, Architecture, architecture
 from .weight_map import Rule, WeightMap
@@ -10,6 +10,8 @@ __all__ = [
     "ModelConfig",
     "MoeConfig",
     "RopeConfig",
+    "Qwen2VLVisionConfig",
+    "InternVisionConfig",
     "CausalLM",
     "ARCHITECTURES",
     "Architecture",

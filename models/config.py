@@ -70,6 +70,9 @@ class RopeConfig:
     partial_rotary_factor: float = 1.0
     short_factor: tuple[float, ...] | None = None  # longrope: per-frequency divisors up to the original length
     long_factor: tuple[float, ...] | None = None  # longrope: beyond original_max_position_embeddings
+    # M-RoPE (Qwen2-VL): rotary frequencies split into (temporal, height, width) sections, each rotated by
+    # its own row of `[3, batch, seq]` positions; None = one position per token.
+    mrope_section: tuple[int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +121,77 @@ class MlaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Qwen2VLVisionConfig:
+    """A Qwen2-VL / Qwen2.5-VL vision tower and how its features enter the language model
+    (see `models/vision/qwen2_vl.py`); field names follow transformers' vision configs."""
+
+    kind: str  # qwen2_vl (LayerNorm, fc1/fc2 MLP) | qwen2_5_vl (RMSNorm, SwiGLU, window attention)
+    depth: int
+    hidden_size: int  # width of the vision blocks (Qwen2-VL's embed_dim)
+    out_hidden_size: int  # the language model's hidden size: the patch merger's output
+    num_heads: int
+    intermediate_size: int
+    hidden_act: str
+    patch_size: int
+    temporal_patch_size: int
+    spatial_merge_size: int
+    image_token_id: int
+    video_token_id: int
+    in_channels: int = 3
+    rope_theta: float = 10000.0
+    window_size: int = 0  # qwen2_5_vl: window side in pixels; 0 = every block attends to the whole frame
+    fullatt_block_indexes: tuple[int, ...] = ()  # qwen2_5_vl: blocks with whole-frame attention
+    tokens_per_second: float = 1.0  # qwen2_5_vl: temporal M-RoPE positions per second of video
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def patch_dim(self) -> int:
+        """Values per flattened patch: channels x temporal_patch_size x patch_size^2."""
+        return self.in_channels * self.temporal_patch_size * self.patch_size**2
+
+    @property
+    def merge_unit(self) -> int:
+        """Patches merged into one language-model token."""
+        return self.spatial_merge_size**2
+
+
+@dataclasses.dataclass(frozen=True)
+class InternVisionConfig:
+    """InternVL's InternViT encoder, pixel shuffle and projector (see `models/vision/internvl.py`);
+    field names follow transformers' `InternVLVisionConfig` / `InternVLConfig`."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: tuple[int, int]  # one tile, (height, width)
+    patch_size: tuple[int, int]
+    image_token_id: int
+    num_channels: int = 3
+    hidden_act: str = "gelu"
+    norm_type: str = "layer_norm"  # layer_norm | rms_norm
+    layer_norm_eps: float = 1e-6
+    attention_bias: bool = False
+    use_qk_norm: bool = False  # RMSNorm over the whole q / k projection (InternViT-6B)
+    use_mean_pooling: bool = True  # False: a final LayerNorm on the encoder output
+    downsample_ratio: float = 0.5  # pixel shuffle: (h, w, c) -> (h * r, w * r, c / r^2)
+    projector_hidden_act: str = "gelu"
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patches per tile along (height, width)."""
+        return self.image_size[0] // self.patch_size[0], self.image_size[1] // self.patch_size[1]
+
+    @property
+    def tokens_per_tile(self) -> int:
+        """Language-model tokens one tile becomes after the pixel shuffle."""
+        return int(self.grid[0] * self.grid[1] * self.downsample_ratio**2)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything the decoder needs to know; hashable so it can live as static module state."""
 
@@ -161,6 +235,8 @@ class ModelConfig:
     # Multi-head latent attention (deepseek_v3) instead of grouped-query attention; `head_dim` is then
     # the rotary dim (qk_rope_head_dim, as in HF's config) and num_key_value_heads = num_attention_heads.
     mla: MlaConfig | None = None
+    # Image (and video) tower of a vision-language model: Qwen2-VL family or InternVL.
+    vision: Qwen2VLVisionConfig | InternVisionConfig | None = None
     # The original HF config as JSON, written back by `save_pretrained`.
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
 

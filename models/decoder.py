@@ -221,11 +221,15 @@ class DecoderModel(nnx.Module):
         cache: KVCache | None = None,
         *,
         with_router_stats: bool = False,
+        embeds: jax.Array | None = None,
     ):
         """Final-norm hidden states `[batch, seq, embed]` (and the advanced cache when given one);
-        `with_router_stats` also returns the MoE layers' `RouterStats` list."""
+        `with_router_stats` also returns the MoE layers' `RouterStats` list. `embeds` `[batch, seq, embed]`
+        replaces the token embeddings (a vision-language model's, with image features scattered in);
+        `positions` are `[batch, seq]`, or `[3, batch, seq]` for M-RoPE."""
         rotary = self.rotary(positions)
-        x = constrain(self.embed(input_ids), ACTIVATION_AXES)  # [batch, seq, embed]
+        x = self.embed(input_ids) if embeds is None else embeds
+        x = constrain(x, ACTIVATION_AXES)  # [batch, seq, embed]
         if cache is not None:
             return self._cached(x, rotary, segment_ids, cache)
         stats = []

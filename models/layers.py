@@ -27,6 +27,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
     "relu": jax.nn.relu,
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
 }
 
 
@@ -285,10 +286,24 @@ def rope_frequencies(rope: RopeConfig, head_dim: int, max_pos: int) -> tuple[np.
     )
 
 
+def mrope_angles(positions: jax.Array, inv_freq: jax.Array, section: tuple[int, ...]) -> jax.Array:
+    """M-RoPE rotation angles `[batch, seq, rot_dim // 2]` for positions `[3, batch, seq]`.
+
+    The frequencies are cut into consecutive `section`s; section i turns with position row `i % 3`
+    (temporal, height, width), as transformers' Qwen2-VL `recomposition_frequencies`.
+    """
+    if sum(section) != inv_freq.shape[0]:
+        raise ValueError(f"mrope_section {list(section)} must sum to rot_dim // 2 = {inv_freq.shape[0]}")
+    rows = np.repeat(np.arange(len(section)) % 3, section)  # [rot_dim // 2]: position row of each frequency
+    per_freq = positions.astype(jnp.float32)[rows]  # [rot_dim // 2, batch, seq]
+    return jnp.moveaxis(per_freq, 0, -1) * inv_freq
+
+
 def rotary_cos_sin(
     positions: jax.Array, rope: RopeConfig, head_dim: int, max_pos: int
 ) -> tuple[jax.Array, jax.Array]:
-    """cos and sin tables `[batch, seq, rot_dim]` (float32) for integer `positions` `[batch, seq]`."""
+    """cos and sin tables `[batch, seq, rot_dim]` (float32) for integer `positions` `[batch, seq]`
+    (or `[3, batch, seq]` with M-RoPE; `[batch, seq]` positions then serve all three rows)."""
     inv_freq, scale = rope_frequencies(rope, head_dim, max_pos)
     inv_freq = jnp.asarray(inv_freq)
     if rope.rope_type == "dynamic":
@@ -303,7 +318,11 @@ def rotary_cos_sin(
         long_inv_freq, _ = _longrope(rope, dim, max_pos, rope.long_factor)
         original = rope.original_max_position_embeddings or max_pos
         inv_freq = jnp.where(jnp.max(positions) + 1 > original, jnp.asarray(long_inv_freq), inv_freq)
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, seq, rot_dim // 2]
+    if rope.mrope_section is not None:
+        positions = jnp.broadcast_to(positions, (3, *positions.shape[-2:]))
+        freqs = mrope_angles(positions, inv_freq, rope.mrope_section)  # [batch, seq, rot_dim // 2]
+    else:
+        freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, seq, rot_dim // 2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)  # [batch, seq, rot_dim]
     return jnp.cos(emb) * scale, jnp.sin(emb) * scale
 

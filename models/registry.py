@@ -13,8 +13,10 @@ from typing import Any, Callable
 
 from flax import nnx
 
-from .config import MlaConfig, ModelConfig, MoeConfig, RopeConfig
+from .config import InternVisionConfig, MlaConfig, ModelConfig, MoeConfig, Qwen2VLVisionConfig, RopeConfig
 from .decoder import CausalLM
+from .vision.internvl import InternVLForConditionalGeneration
+from .vision.qwen2_vl import Qwen2VLForConditionalGeneration
 from .weight_map import Rule, WeightMap
 
 
@@ -98,6 +100,8 @@ def rope_from_hf(hf: dict[str, Any]) -> RopeConfig:
     for key in ("short_factor", "long_factor"):  # lists -> tuples: the config must stay hashable
         if params.get(key) is not None:
             params[key] = tuple(float(f) for f in params[key])
+    if params.get("mrope_section") is not None:
+        params["mrope_section"] = tuple(int(n) for n in params["mrope_section"])
     if "partial_rotary_factor" not in params and hf.get("partial_rotary_factor") is not None:
         params["partial_rotary_factor"] = hf["partial_rotary_factor"]
     unknown = sorted(set(params) - _ROPE_FIELDS)
@@ -387,6 +391,159 @@ def deepseek_v3_config(hf_config: Any, *, dtype: str | None = None, param_dtype:
     )
 
 
+def linear_rules(hf: str, ours: str, names: tuple[str, ...]) -> list[Rule]:
+    """Rows for Linear layers `names` under HF prefix `hf` / our prefix `ours`: weight -> kernel, bias."""
+    return [
+        Rule(hf + "{m}.weight", ours + "{m}.kernel", "transpose", {"m": names}),
+        Rule(hf + "{m}.bias", ours + "{m}.bias", values={"m": names}),
+    ]
+
+
+def norm_rules(hf: str, ours: str, names: tuple[str, ...]) -> list[Rule]:
+    """Rows for (Layer/RMS)Norm layers `names`: weight -> scale, bias (LayerNorm only)."""
+    return [
+        Rule(hf + "{m}.weight", ours + "{m}.scale", values={"m": names}),
+        Rule(hf + "{m}.bias", ours + "{m}.bias", values={"m": names}),
+    ]
+
+
+_VISION_MLP = ("fc1", "fc2", "gate_proj", "up_proj", "down_proj")  # Qwen2-VL: fc1/fc2; Qwen2.5-VL: SwiGLU
+_BLOCK = "visual.blocks.{i}."
+# Qwen2-VL / Qwen2.5-VL as transformers saves them (and the hub holds them): the language model under
+# `model.` + `lm_head`, the vision tower under `visual.`.
+QWEN2_VL_WEIGHTS = WeightMap(
+    [
+        *LLAMA_FAMILY_WEIGHTS.rules,
+        Rule("visual.patch_embed.proj.weight", "visual.patch_embed.weight"),  # HF's Conv3d layout, kept
+        *norm_rules(_BLOCK, _BLOCK, ("norm1", "norm2")),
+        *linear_rules(_BLOCK + "attn.", _BLOCK + "attn.", ("qkv", "proj")),
+        *linear_rules(_BLOCK + "mlp.", _BLOCK + "mlp.", _VISION_MLP),
+        *norm_rules("visual.merger.", "visual.merger.", ("ln_q",)),
+        *linear_rules("visual.merger.mlp.", "visual.merger.mlp_", ("0", "2")),
+    ]
+)
+
+
+def qwen2_vl_vision_config(hf: dict[str, Any]) -> Qwen2VLVisionConfig:
+    """The vision tower of a `qwen2_vl` / `qwen2_5_vl` config (the two name their widths differently)."""
+    vis, kind = hf["vision_config"], hf["model_type"]
+    if kind == "qwen2_5_vl":
+        widths = {k: vis[k] for k in ("hidden_size", "out_hidden_size", "intermediate_size")}
+        extra = dict(
+            window_size=vis.get("window_size", 112),
+            fullatt_block_indexes=tuple(vis.get("fullatt_block_indexes") or ()),
+            tokens_per_second=float(vis.get("tokens_per_second", 4)),
+        )
+    else:  # qwen2_vl: embed_dim is the blocks' width, hidden_size the language model's
+        embed = vis["embed_dim"]
+        mlp = int(embed * vis.get("mlp_ratio", 4))
+        widths = dict(hidden_size=embed, out_hidden_size=vis["hidden_size"], intermediate_size=mlp)
+        extra = {}
+    return Qwen2VLVisionConfig(
+        kind=kind,
+        depth=vis["depth"],
+        num_heads=vis["num_heads"],
+        hidden_act=vis.get("hidden_act") or ("silu" if kind == "qwen2_5_vl" else "quick_gelu"),
+        patch_size=vis["patch_size"],
+        temporal_patch_size=vis["temporal_patch_size"],
+        spatial_merge_size=vis["spatial_merge_size"],
+        in_channels=vis.get("in_channels", 3),
+        rope_theta=float((vis.get("rope_parameters") or {}).get("rope_theta", 10000.0)),
+        image_token_id=hf["image_token_id"],
+        video_token_id=hf["video_token_id"],
+        **widths,
+        **extra,
+    )
+
+
+def qwen2_vl_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+    """`ModelConfig` of a Qwen2-VL / Qwen2.5-VL checkpoint: its `text_config` read as qwen2 (q/k/v
+    biases, M-RoPE over `mrope_section`), the top-level tying flag, and the vision tower."""
+    hf = _hf_dict(hf_config)
+    text = dict(hf["text_config"])
+    text.update(model_type=hf["model_type"], tie_word_embeddings=hf.get("tie_word_embeddings", False))
+    text["dtype"] = text.get("dtype") or hf.get("dtype") or hf.get("torch_dtype")
+    fields = _common_fields(text, dtype, param_dtype)
+    rope = rope_from_hf(text)
+    if rope.mrope_section is None:  # transformers' default
+        rope = dataclasses.replace(rope, mrope_section=(16, 24, 24))
+    return ModelConfig(
+        **{**fields, "qkv_bias": True, "o_bias": False, "hf_config_json": json.dumps(hf, sort_keys=True, default=str)},
+        rope=rope,
+        layer_windows=_layer_windows(text, text["num_hidden_layers"], "qwen2"),
+        vision=qwen2_vl_vision_config(hf),
+    )
+
+
+_INTERN = "vision_tower.encoder.layer.{i}."
+_EMBED = "vision_tower.embeddings."
+_WEIGHT_BIAS, _PROJ = ("weight", "bias"), "projection_layer"
+# InternVL as transformers saves it: the language model under `language_model.` (`.model.*`, `.lm_head`),
+# the InternViT under `vision_tower.`, the projector under `multi_modal_projector.`.
+INTERNVL_WEIGHTS = WeightMap(
+    [
+        *decoder_weights(prefix="language_model.").rules,
+        Rule(_EMBED + "{p}", _EMBED + "{p}", values={"p": ("cls_token", "position_embeddings")}),
+        Rule(_EMBED + "patch_embeddings.projection.{p}", _EMBED + "patch_embeddings.{p}", values={"p": _WEIGHT_BIAS}),
+        *linear_rules(_INTERN + "attention.", _INTERN + "attention.", ("q_proj", "k_proj", "v_proj", _PROJ)),
+        *norm_rules(_INTERN + "attention.", _INTERN + "attention.", ("q_norm", "k_norm")),
+        *norm_rules(_INTERN, _INTERN, ("layernorm_before", "layernorm_after")),
+        Rule(_INTERN + "{lam}", _INTERN + "{lam}", values={"lam": ("lambda_1", "lambda_2")}),
+        *linear_rules(_INTERN + "mlp.", _INTERN + "mlp.", ("fc1", "fc2")),
+        *norm_rules("vision_tower.", "vision_tower.", ("layernorm",)),
+        *norm_rules("multi_modal_projector.", "multi_modal_projector.", ("layer_norm",)),
+        *linear_rules("multi_modal_projector.", "multi_modal_projector.", ("linear_1", "linear_2")),
+    ]
+)
+_INTERNVL_TEXT_MODELS = ("llama", "qwen2", "qwen3")
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, (int, float)) else (int(value[0]), int(value[1]))
+
+
+def internvl_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
+    """`ModelConfig` of an InternVL checkpoint: its `text_config` (llama / qwen2 / qwen3) read as that
+    model, the top-level tying flag, and the InternViT + projector (`InternVisionConfig`)."""
+    hf = _hf_dict(hf_config)
+    text, vis = dict(hf["text_config"]), hf["vision_config"]
+    if text.get("model_type") not in _INTERNVL_TEXT_MODELS:
+        raise ValueError(
+            f"internvl: text_config.model_type={text.get('model_type')!r} is not supported; "
+            f"expected one of {_INTERNVL_TEXT_MODELS}"
+        )
+    unsupported = {
+        "vision_feature_layer": (hf.get("vision_feature_layer", -1), -1),
+        "vision_feature_select_strategy": (hf.get("vision_feature_select_strategy", "default"), "default"),
+        "vision_config.use_absolute_position_embeddings": (vis.get("use_absolute_position_embeddings", True), True),
+    }
+    for key, (found, supported) in unsupported.items():
+        if found != supported:
+            raise ValueError(f"internvl: {key}={found!r} is not supported (only {supported!r})")
+    text.update(tie_word_embeddings=hf.get("tie_word_embeddings", True))
+    text["dtype"] = text.get("dtype") or hf.get("dtype") or hf.get("torch_dtype")
+    cfg = llama_family_config(text, dtype=dtype, param_dtype=param_dtype)
+    vision = InternVisionConfig(
+        hidden_size=vis["hidden_size"],
+        intermediate_size=vis["intermediate_size"],
+        num_hidden_layers=vis["num_hidden_layers"],
+        num_attention_heads=vis["num_attention_heads"],
+        image_size=_pair(vis.get("image_size", 448)),
+        patch_size=_pair(vis.get("patch_size", 14)),
+        image_token_id=hf["image_token_id"],
+        num_channels=vis.get("num_channels", 3),
+        hidden_act=vis.get("hidden_act", "gelu"),
+        norm_type=vis.get("norm_type", "layer_norm"),
+        layer_norm_eps=vis.get("layer_norm_eps", 1e-6),
+        attention_bias=bool(vis.get("attention_bias", False)),
+        use_qk_norm=bool(vis.get("use_qk_norm", False)),
+        use_mean_pooling=bool(vis.get("use_mean_pooling", True)),
+        downsample_ratio=float(hf.get("downsample_ratio", 0.5)),
+        projector_hidden_act=hf.get("projector_hidden_act", "gelu"),
+    )
+    return cfg.replace(model_type="internvl", vision=vision, hf_config_json=json.dumps(hf, sort_keys=True, default=str))
+
+
 @dataclasses.dataclass(frozen=True)
 class Architecture:
     """How one HF model_type maps onto our code."""
@@ -410,6 +567,11 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen3_moe": Architecture(moe_config, CausalLM, QWEN3_MOE_WEIGHTS),
     "mixtral": Architecture(moe_config, CausalLM, MIXTRAL_WEIGHTS),
     "deepseek_v3": Architecture(deepseek_v3_config, CausalLM, DEEPSEEK_V3_WEIGHTS, DEEPSEEK_V3_MTP),
+    **{
+        name: Architecture(qwen2_vl_config, Qwen2VLForConditionalGeneration, QWEN2_VL_WEIGHTS)
+        for name in ("qwen2_vl", "qwen2_5_vl")
+    },
+    "internvl": Architecture(internvl_config, InternVLForConditionalGeneration, INTERNVL_WEIGHTS),
 }
 
 

@@ -23,9 +23,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-QUICK = os.path.join(ROOT, "swift_jax", "assets", "quickstart")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from parity_ms_swift import QUICK, TOKENIZER_FILES, write_dataset  # noqa: E402  (the sibling script's helpers)
 
 # Runs `cmd` (argv as JSON) and prints its wall time and the peak RSS of it and its children, in MiB.
 MEASURE = """
@@ -60,14 +59,6 @@ def build_model(workdir: str) -> tuple[str, int]:
     return path, sum(p.numel() for p in model.parameters())
 
 
-def write_rows(workdir: str, rows: int) -> str:
-    path = os.path.join(workdir, "train.jsonl")
-    with open(os.path.join(QUICK, "train.jsonl")) as src, open(path, "w") as dst:
-        for _, line in zip(range(rows), src):
-            dst.write(line)
-    return path
-
-
 def common_flags(model: str, dataset: str, steps: int) -> list[str]:
     """Flags both commands read with the same meaning (ms-swift names)."""
     return [
@@ -100,7 +91,7 @@ def main() -> int:
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
     model, n_params = build_model(args.workdir)
-    flags = common_flags(model, write_rows(args.workdir, args.rows), args.steps)
+    flags = common_flags(model, write_dataset(args.workdir, args.rows), args.steps)
     cache = os.path.join(args.workdir, "xla_cache")
     ours_env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS")}
     ours_env.update(JAX_PLATFORMS="cpu")

@@ -162,9 +162,10 @@ def run_pytorch(preset: dict, packed: bool) -> dict:
 
 
 def run_swift_jax(preset: dict, packed: bool) -> dict:
-    """swift_jax's own jit LoRA train step (the trainer's) on packed rows or rows padded to `max_length`.
+    """swift_jax's own jit LoRA train step (the trainer's) on packed rows or padded rows.
 
-    Padded rows use one static length (`max_length`), as the trainer does, so the step compiles once.
+    Padded rows are padded as the data pipeline pads them: to the step's longest sample rounded up to a
+    multiple of 128 (`swift_jax.data.batching.bucket_length`), so the step compiles once per bucket.
     """
     import jax
     import jax.numpy as jnp
@@ -187,8 +188,17 @@ def run_swift_jax(preset: dict, packed: bool) -> dict:
     train_step = make_train_step(graphdef, optimizer, LanguageModeling())
     steps = synthetic_steps(preset, preset["warmup"] + preset["steps"])
     max_len = preset["max_length"]
-    batches = [pack_batch(rows, max_len) if packed else pad_batch(_samples(rows), max_len) for rows in steps]
-    rows = max(len(b["input_ids"]) for b in batches)  # a static row count per step: one compilation
+    from swift_jax.data.batching import bucket_length
+
+    width = lambda rows: bucket_length(max(len(ids) for ids, _ in _samples(rows)), max_len)
+    batches = [pack_batch(rows, max_len) if packed else pad_batch(_samples(rows), width(rows)) for rows in steps]
+    # warm-up compiles every bucket once (a run compiles each bucket once, over thousands of steps): the first
+    # step of each width goes first
+    widths = [b["input_ids"].shape[1] for b in batches]
+    first = sorted({w: i for i, w in reversed(list(enumerate(widths)))}.values())
+    batches = [batches[i] for i in first] + [b for i, b in enumerate(batches) if i not in first]
+    warmup = max(preset["warmup"], len(first))
+    rows = max(len(b["input_ids"]) for b in batches)  # a static row count per step: one compilation per width
     times, real_tokens = [], []
     for batch in batches:
         grow = rows - len(batch["input_ids"])  # empty rows (segment 0) fill the static batch shape
@@ -203,7 +213,7 @@ def run_swift_jax(preset: dict, packed: bool) -> dict:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:  # accelerators: the device's own peak
         memory = stats["peak_bytes_in_use"]
-    return _summary(times, real_tokens, preset["warmup"], memory)
+    return _summary(times, real_tokens, warmup, memory)
 
 
 def _summary(times: list[float], real_tokens: list[int], warmup: int, memory: int) -> dict:

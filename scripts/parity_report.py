@@ -3,7 +3,8 @@
     python scripts/parity_report.py
 
 Uses the same tiny random checkpoints and cases as tests/test_models.py, tests/test_models_gemma_phi.py and
-tests/test_models_moe.py, tests/test_models_deepseek.py (needs the `test` extra: torch), on rows of 12 tokens.
+tests/test_models_moe.py, tests/test_models_deepseek.py (needs the `test` extra: torch), on rows of 12 tokens;
+then the vision-language cases of tests/test_models_qwen2_vl.py and tests/test_models_internvl.py (image rows).
 """
 
 import os
@@ -22,6 +23,9 @@ from test_models_deepseek import CASES as DEEPSEEK_CASES  # noqa: E402
 from test_models_gemma_phi import CASES as GEMMA_PHI_CASES, TOKENS  # noqa: E402
 from test_models_moe import CASES as MOE_CASES  # noqa: E402
 from tiny_models import build_hf_model, hf_logits, save_hf_model  # noqa: E402
+import test_models_internvl as internvl  # noqa: E402
+import test_models_qwen2_vl as qwen2_vl  # noqa: E402
+from tiny_vlm import build_hf_internvl, build_hf_vlm, image_processor, random_images, tile_processor  # noqa: E402
 
 
 def worst_differences(hf, ours) -> dict[str, float]:
@@ -40,6 +44,28 @@ def worst_differences(hf, ours) -> dict[str, float]:
     return {"plain": float(plain), "padded": float(padded), "packed": float(packed)}
 
 
+def vision_language(tmp: str) -> None:
+    """Worst difference per vision-language case: image rows plain / right-padded / packed, and video."""
+    print(f"\n{'vision-language case':36s} {'plain':>10s} {'padded':>10s} {'packed':>10s} {'video':>10s}")
+    images = image_processor()(random_images([(40, 28), (16, 24), (24, 24)]), return_tensors="np")
+    images = images["pixel_values"], images["image_grid_thw"]
+    for kind, overrides in qwen2_vl.CASES:
+        hf = build_hf_vlm(kind, **overrides)
+        hf.save_pretrained(os.path.join(tmp, kind))
+        ours = swift_jax.load_model(os.path.join(tmp, kind))
+        cases = (qwen2_vl.plain_diff, qwen2_vl.padded_diff, qwen2_vl.packed_diff, qwen2_vl.video_diff)
+        d = [case(hf, ours, images) for case in cases]
+        print(f"{kind:36s} " + " ".join(f"{x:10.2e}" for x in d))
+    tiles = tile_processor()(random_images([(20, 40), (16, 16)]), return_tensors="np")
+    tiles = tiles["pixel_values"], [int(n) for n in tiles["num_patches"]]
+    for name, kw in internvl.CASES:
+        hf = build_hf_internvl(**kw)
+        hf.save_pretrained(os.path.join(tmp, name))
+        ours = swift_jax.load_model(os.path.join(tmp, name))
+        d = [internvl.padded_diff(hf, ours, tiles), internvl.packed_diff(hf, ours, tiles)]
+        print(f"{'internvl-' + name:36s} {'-':>10s} {d[0]:10.2e} {d[1]:10.2e} {'-':>10s}")
+
+
 def main() -> None:
     print(f"{'case':36s} {'plain':>10s} {'padded':>10s} {'packed':>10s}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,6 +80,7 @@ def main() -> None:
             ours = swift_jax.load_model(save_hf_model(hf, os.path.join(tmp, name)))
             d = worst_differences(hf, ours)
             print(f"{name:36s} {d['plain']:10.2e} {d['padded']:10.2e} {d['packed']:10.2e}")
+        vision_language(tmp)
 
 
 if __name__ == "__main__":

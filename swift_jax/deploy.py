@@ -4,8 +4,9 @@
     # then: openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-").chat.completions.create(...)
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (with `stream: true` as server-sent events).
-Requests run one at a time (the standard library's threading server; generation holds a lock). Request
-fields: `messages`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`,
+Requests run one at a time (the standard library's threading server; generation holds a lock). Prompts are
+rendered as training renders rows (`--template`, `--system`, or what the checkpoint was trained with). Request
+fields: `messages`, `tools`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`,
 `stream`, and the extras `top_k`, `repetition_penalty`; missing ones take the server's `--` defaults.
 """
 
@@ -20,7 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Sequence
 
 from swift_jax.generation import GenerationConfig, Generator
-from swift_jax.infer import InferArgs, encode_chat, load_for_inference, parse_args
+from swift_jax.data.errors import DataError
+from swift_jax.data.frontend import prompt_of
+from swift_jax.infer import InferArgs, load_for_inference, parse_args
 
 
 @dataclasses.dataclass
@@ -52,21 +55,29 @@ def _config(body: dict[str, Any], args: DeployArgs) -> GenerationConfig:
     )
 
 
-def _messages(body: dict[str, Any], args: DeployArgs) -> list[dict]:
+def _prompt(body: dict[str, Any], encoder) -> list[int]:
+    """Prompt ids of a request's `messages` (and `tools`), normalised and rendered as training renders rows."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list of {'role', 'content'} objects")
-    out = []
+    flat = []
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        if not isinstance(m, dict):
             raise RequestError(f"messages[{i}] must be an object with 'role' and 'content'")
-        content = m["content"]
-        if isinstance(content, list):  # content parts: keep the text ones
+        content = m.get("content")
+        if isinstance(content, list):  # content parts: text only (this server runs text models)
+            kinds = sorted({p.get("type") for p in content if isinstance(p, dict) and p.get("type") != "text"})
+            if kinds:
+                raise RequestError(f"messages[{i}] has {kinds} content parts; this model reads text only")
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-        out.append({"role": m["role"], "content": content})
-    if args.system and out[0]["role"] != "system":
-        out.insert(0, {"role": "system", "content": args.system})
-    return out
+        flat.append({**m, "content": content})
+    try:
+        prompt = prompt_of({"messages": flat, "tools": body.get("tools")}, where="request")
+        if prompt.reference is not None:  # a request may end with an assistant message: it is history here
+            prompt.messages.append({"role": "assistant", "content": prompt.reference})
+        return encoder.prompt_ids(prompt.messages, prompt.tools)
+    except DataError as err:
+        raise RequestError(str(err)) from None
 
 
 class ChatServer:
@@ -74,6 +85,7 @@ class ChatServer:
 
     def __init__(self, gen: Generator, args: DeployArgs):
         self.gen, self.args = gen, args
+        self.encoder = args.chat_encoder(gen.tokenizer)
         self.name = args.served_model_name or args.model or (args.adapters[0] if args.adapters else "swift_jax")
         self.lock = threading.Lock()
 
@@ -82,7 +94,7 @@ class ChatServer:
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """A `chat.completion` object for a non-streaming request."""
-        prompt, config = encode_chat(self.gen.tokenizer, _messages(body, self.args)), _config(body, self.args)
+        prompt, config = _prompt(body, self.encoder), _config(body, self.args)
         with self.lock:
             out = self.gen.generate_ids([prompt], config)[0]
         return {
@@ -99,7 +111,7 @@ class ChatServer:
 
     def stream(self, body: dict[str, Any]):
         """`chat.completion.chunk` objects for a streaming request (validated before the first one)."""
-        prompt, config = encode_chat(self.gen.tokenizer, _messages(body, self.args)), _config(body, self.args)
+        prompt, config = _prompt(body, self.encoder), _config(body, self.args)
         head = self._head("chat.completion.chunk")
 
         def chunks():

@@ -36,7 +36,9 @@ import numpy as np
 from flax import nnx
 
 from swift_jax.generation import GenerationConfig, Generator, bucket
-from swift_jax.infer import encode_chat, load_for_inference, parse_args, read_rows, row_messages
+from swift_jax.data.frontend import chat_encoder, prompt_of, read_rows, trained_template_args
+from swift_jax.data.templates import IGNORE
+from swift_jax.infer import load_for_inference, parse_args
 
 
 @dataclasses.dataclass
@@ -51,7 +53,9 @@ class EvalArgs:
     max_batch_size: int = 8
     max_length: int = 2048  # longer scored sequences are an error (names the row)
     max_new_tokens: int = 256  # generation tasks
-    system: str | None = None  # system prompt of generation tasks
+    system: str | None = None  # system prompt of chat rows
+    template: str | None = None  # ms-swift template name (or .jinja); default: the trained one, else the tokenizer's
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)  # rename fields of chat rows (training's --columns)
     mc_template: str = "Question: {question}\nAnswer:"
     result_path: str = "eval_result.json"
 
@@ -214,22 +218,25 @@ def eval_multiple_choice(scorer: Scorer, tokenizer, rows, name: str, template: s
     return {key: sum(best[(i, key)][1] == gold[i] for i in range(n)) / n for key in ("acc", "acc_norm")}
 
 
-def eval_loss(scorer: Scorer, tokenizer, rows, name: str) -> dict[str, float]:
-    """Mean next-token NLL over the scored tokens, its perplexity and the argmax token accuracy."""
+def eval_loss(scorer: Scorer, tokenizer, rows, name: str, encoder, args: EvalArgs) -> dict[str, float]:
+    """Mean next-token NLL over the scored tokens (the last assistant turn, rendered as training renders it),
+    its perplexity and the argmax token accuracy."""
     sequences, where = [], []
     for i, row in enumerate(rows):
         w = f"{name} row {i}"
         if "text" in row:
             sequences.append((tokenizer.encode(row["text"]), 1))
         else:
-            messages, label = row_messages(row, where=w)
-            if label is None:
+            prompt = prompt_of(row, where=w, columns=args.columns)
+            if prompt.reference is None:
                 raise ValueError(f"{w}: a loss row needs a final assistant message (or 'response') to score")
-            prompt = encode_chat(tokenizer, messages)
-            full = _encode_conversation(tokenizer, messages + [{"role": "assistant", "content": label}])
-            if full[: len(prompt)] != prompt:
-                raise ValueError(f"{w}: the chat template of the prompt is not a prefix of the full conversation")
-            sequences.append((full, len(prompt)))
+            messages = prompt.messages + [{"role": "assistant", "content": prompt.reference}]
+            encoded = encoder.encode({"messages": messages, "tools": prompt.tools})
+            trained = encoded.labels != IGNORE
+            starts = np.flatnonzero(trained & ~np.concatenate([[False], trained[:-1]]))  # where trained runs begin
+            if not len(starts):
+                raise ValueError(f"{w}: the template trains no token of the last assistant turn")
+            sequences.append((encoded.input_ids.tolist(), int(starts[-1])))
         where.append(w)
     scores = scorer.score(sequences, where)
     total = sum(s[0] for s in scores)
@@ -238,23 +245,17 @@ def eval_loss(scorer: Scorer, tokenizer, rows, name: str) -> dict[str, float]:
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "token_acc": sum(s[2] for s in scores) / max(count, 1)}
 
 
-def _encode_conversation(tokenizer, messages: list[dict]) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return tokenizer.encode(text, add_special_tokens=False)
-    return tokenizer.encode("\n".join(m["content"] for m in messages))
-
-
-def eval_generation(gen: Generator, rows, name: str, args: EvalArgs) -> tuple[dict[str, float], list[str]]:
+def eval_generation(gen: Generator, rows, name: str, args: EvalArgs, encoder) -> tuple[dict[str, float], list[str]]:
     """Greedy responses to each row and their exact-match / contains rates against `answer`."""
     prompts = []
     for i, row in enumerate(rows):
         w = f"{name} row {i}"
-        if "messages" not in row and "query" not in row:
-            _require(row, ("question", "answer"), w, "generation")
-            row = {**row, "query": row["question"]}
-        messages, _ = row_messages(row, where=w, system=args.system)
-        prompts.append(encode_chat(gen.tokenizer, messages))
+        _require(row, ("answer",), w, "generation")
+        chat = {k: v for k, v in row.items() if k != "answer"}  # `answer` is the reference, not a response alias
+        if "question" in chat and "query" not in chat:
+            chat["query"] = chat.pop("question")
+        prompt = prompt_of(chat, where=w, columns=args.columns)
+        prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools))
     config = GenerationConfig(max_new_tokens=args.max_new_tokens)
     responses = [o.text for o in gen.generate_ids(prompts, config)]
     return generation_metrics(responses, [str(r["answer"]) for r in rows]), responses
@@ -264,6 +265,9 @@ def evaluate(model: nnx.Module, tokenizer, args: EvalArgs) -> dict[str, dict[str
     """Metrics of every task file in `args.eval_dataset`: `{task name: {"kind", "n", metric: value}}`."""
     scorer = Scorer(model, max_batch_size=args.max_batch_size, max_length=args.max_length)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
+    saved = trained_template_args(*args.adapters, args.model)
+    encoder = chat_encoder(tokenizer, args.template or saved.get("template"), args.system or saved.get("system"),
+                           agent_template=saved.get("agent_template") if not args.template else None)
     results = {}
     for path in args.eval_dataset:
         rows = read_rows(path, args.eval_limit)
@@ -274,9 +278,9 @@ def evaluate(model: nnx.Module, tokenizer, args: EvalArgs) -> dict[str, dict[str
         if kind == "multiple_choice":
             metrics = eval_multiple_choice(scorer, tokenizer, rows, path, args.mc_template)
         elif kind == "generation":
-            metrics, _ = eval_generation(gen, rows, path, args)
+            metrics, _ = eval_generation(gen, rows, path, args, encoder)
         else:
-            metrics = eval_loss(scorer, tokenizer, rows, path)
+            metrics = eval_loss(scorer, tokenizer, rows, path, encoder, args)
         results[name] = {"kind": kind, "n": len(rows), **metrics}
     return results
 

@@ -4,8 +4,10 @@
     python -m swift_jax.infer --model out/merged --val_dataset data.jsonl --result_path result.jsonl
 
 Batch results are the input rows, each with a `response` field added (ms-swift's infer result format).
-Rows are `messages` lists, `query`(+`system`) or alpaca `instruction`(+`input`); a final assistant
-message (or `response` / `output`) is the reference answer and is left out of the prompt.
+Rows are in any format training reads (messages, sharegpt, alpaca, query/response/history, `prompt`, ...:
+`swift_jax.data.frontend`); a final assistant message (or `response` / `output`) is the reference answer and
+is left out of the prompt. Prompts are rendered with `--template` / `--system` exactly as training renders
+them; given a checkpoint trained here, the template and system prompt saved in its args.json are reused.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 import tyro
 
+from swift_jax.data.frontend import encode_chat, prompt_of, read_rows, row_messages
 from swift_jax.generation import GenerationConfig, Generator
+
+__all__ = ["InferArgs", "encode_chat", "infer_dataset", "chat_loop", "load_for_inference", "read_rows", "row_messages"]
 
 
 @dataclasses.dataclass
@@ -36,11 +41,28 @@ class InferArgs:
     seed: int = 42
     stop_words: list[str] = dataclasses.field(default_factory=list)
     system: str | None = None  # default system prompt (rows with their own keep it)
+    template: str | None = None  # ms-swift template name (or .jinja file); default: the trained one, else the tokenizer's
+    agent_template: str | None = None  # how tools / tool calls are written (with --template)
+    enable_thinking: bool | None = None  # thinking templates: open the response thinking (true) or not (false)
+    response_prefix: str | None = None  # text every response starts with
+    columns: dict[str, str] = dataclasses.field(default_factory=dict)  # rename row fields first (as training's --columns)
     stream: bool = False  # print tokens as they come (interactive chat)
     val_dataset: list[str] = dataclasses.field(default_factory=list)  # jsonl/json/parquet files
     val_dataset_sample: int | None = None  # use only the first N rows of each file
     result_path: str | None = None  # batch results; default: infer_result.jsonl next to the dataset
     max_batch_size: int = 16
+
+    def chat_encoder(self, tokenizer):
+        """The prompt renderer: these arguments, else what the checkpoint was trained with (its args.json)."""
+        from swift_jax.data.frontend import chat_encoder, trained_template_args
+        from swift_jax.data.swift_template import ThinkingArgs
+
+        given = {k: getattr(self, k) for k in ("template", "system", "agent_template", "enable_thinking", "response_prefix")}
+        saved = trained_template_args(*self.adapters, self.model)
+        merged = {k: given[k] if given.get(k) is not None else saved.get(k) for k in set(given) | set(saved)}
+        thinking = ThinkingArgs(merged.get("enable_thinking"), merged.get("preserve_thinking"), True, merged.get("response_prefix"))
+        return chat_encoder(tokenizer, merged.get("template"), merged.get("system"),
+                            agent_template=merged.get("agent_template"), thinking=thinking)
 
     def generation_config(self) -> GenerationConfig:
         return GenerationConfig(
@@ -96,70 +118,6 @@ def _apply_adapters(model, adapters: Sequence[str]):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Dataset rows -> chat messages
-# ---------------------------------------------------------------------------------------------------
-
-
-def read_rows(path: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a local `.jsonl`, `.json` (a list) or `.parquet` file; the first `limit` if given."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"dataset {path} does not exist; expected a local .jsonl, .json or .parquet file")
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        rows = pq.read_table(path).to_pylist()
-    elif path.endswith(".jsonl"):
-        rows = []
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{path} line {n}: not valid JSON ({err})") from err
-    elif path.endswith(".json"):
-        with open(path) as f:
-            rows = json.load(f)
-        if not isinstance(rows, list):
-            raise ValueError(f"{path}: expected a JSON list of rows, found {type(rows).__name__}")
-    else:
-        raise ValueError(f"dataset {path}: unknown extension; expected .jsonl, .json or .parquet")
-    return rows[:limit] if limit is not None else rows
-
-
-def row_messages(row: dict[str, Any], *, where: str, system: str | None = None) -> tuple[list[dict], str | None]:
-    """The prompt messages of a dataset row and its reference answer (None when the row has none)."""
-    if "messages" in row:
-        messages = list(row["messages"])
-        if not messages or any(not isinstance(m, dict) or "role" not in m or "content" not in m for m in messages):
-            raise ValueError(f"{where}: 'messages' must be a non-empty list of {{'role', 'content'}} objects")
-        label = None
-        if messages[-1]["role"] == "assistant":
-            label = messages.pop()["content"]
-    elif "query" in row or "instruction" in row:
-        query = row.get("query") or "\n\n".join(x for x in (row.get("instruction"), row.get("input")) if x)
-        messages = [{"role": "user", "content": query}]
-        if row.get("system"):
-            messages.insert(0, {"role": "system", "content": row["system"]})
-        label = row.get("response", row.get("output"))
-    else:
-        raise ValueError(
-            f"{where}: expected a 'messages' list, a 'query' or an 'instruction' field; found fields {sorted(row)}"
-        )
-    if system and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": system})
-    return messages, label
-
-
-def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
-    """Prompt token ids: the chat template with the assistant turn opened; plain text without a template."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tokenizer.encode(text, add_special_tokens=False)
-    return tokenizer.encode("\n".join(m["content"] for m in messages))
-
-
-# ---------------------------------------------------------------------------------------------------
 # The two modes
 # ---------------------------------------------------------------------------------------------------
 
@@ -167,12 +125,13 @@ def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
 def infer_dataset(gen: Generator, args: InferArgs) -> str:
     """Answer every row of `args.val_dataset`; write the rows with `response` added; return the path."""
     result_path = args.result_path or os.path.join(os.path.dirname(os.path.abspath(args.val_dataset[0])), "infer_result.jsonl")
+    encoder = args.chat_encoder(gen.tokenizer)
     rows, prompts = [], []
     for path in args.val_dataset:
         for i, row in enumerate(read_rows(path, args.val_dataset_sample)):
-            messages, _ = row_messages(row, where=f"{path} row {i}", system=args.system)
+            prompt = prompt_of(row, where=f"{path} row {i}", columns=args.columns)
             rows.append(row)
-            prompts.append(encode_chat(gen.tokenizer, messages))
+            prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools))
     outputs = gen.generate_ids(prompts, args.generation_config())
     os.makedirs(os.path.dirname(os.path.abspath(result_path)), exist_ok=True)
     with open(result_path, "w") as f:
@@ -185,7 +144,8 @@ def infer_dataset(gen: Generator, args: InferArgs) -> str:
 def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdout) -> None:
     """Interactive multi-turn chat on stdin/stdout; `clear` forgets the history, `exit` quits."""
     config = args.generation_config()
-    history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    encoder = args.chat_encoder(gen.tokenizer)  # applies --system to every turn
+    history: list[dict] = []
     while True:
         stdout.write("<<< ")
         stdout.flush()
@@ -194,10 +154,10 @@ def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdou
             break
         query = line.rstrip("\n")
         if query.strip() == "clear":
-            history = history[:1] if args.system else []
+            history = []
             continue
         history.append({"role": "user", "content": query})
-        prompt = encode_chat(gen.tokenizer, history)
+        prompt = encoder.prompt_ids(history)
         if args.stream:
             response = ""
             for piece in gen.stream(prompt, config):

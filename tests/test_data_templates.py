@@ -161,8 +161,11 @@ def test_default_system_argument_and_builtin_templates(tmp_path):
     # a row's own system prompt wins over --system
     own = SampleProcessor(args, base_tokenizer())(({"messages": EXPECTED[:3]}, "f.jsonl"))
     assert "Be brief." in base_tokenizer().decode(own["input_ids"])
+    # --template names are ms-swift's templates: llama3 opens with <|begin_of_text|>, qwen adds its default system
     llama = ChatEncoder(base_tokenizer(), template="llama3").encode({"messages": EXPECTED[1:3]})
-    assert base_tokenizer().decode(llama.input_ids).startswith("<|start_header_id|>user<|end_header_id|>\n\n")
+    assert base_tokenizer().decode(llama.input_ids).startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n")
+    qwen = ChatEncoder(base_tokenizer(), template="qwen").encode({"messages": EXPECTED[1:3]})
+    assert base_tokenizer().decode(qwen.input_ids).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
     with pytest.raises(DataError, match="no chat template.*--template"):
         ChatEncoder(base_tokenizer()).encode({"messages": EXPECTED[1:3]})
     jinja = tmp_path / "plain.jinja"  # a template file
@@ -171,7 +174,7 @@ def test_default_system_argument_and_builtin_templates(tmp_path):
     own_file = ChatEncoder(base_tokenizer(), template=str(jinja)).encode({"messages": EXPECTED[1:3]})
     # the prompt ends with a space that the tokenizer merges into " Paris": that token is trained
     assert [t for ok, t in _runs(base_tokenizer(), own_file.input_ids, own_file.labels) if ok] == [" Paris.\n"]
-    with pytest.raises(DataError, match="neither a built-in"):
+    with pytest.raises(DataError, match="neither an ms-swift template"):
         ChatEncoder(base_tokenizer(), template="nosuch").encode({"messages": EXPECTED[1:3]})
 
 

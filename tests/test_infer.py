@@ -33,6 +33,8 @@ def test_batch_inference_writes_rows_with_response(chat, tmp_path):
         {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}]},
         {"query": "Count: one two", "id": 7},
         {"instruction": "Say the sky color.", "input": "one word"},
+        {"conversations": [{"from": "human", "value": "Hello there"}, {"from": "gpt", "value": "Hi"}]},  # sharegpt
+        {"prompt": "Name a color.", "tag": "x"},  # `prompt` rows: one front end with training
     ]
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -44,9 +46,11 @@ def test_batch_inference_writes_rows_with_response(chat, tmp_path):
         [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "What is 6 times 7?"}],
         rows[1]["messages"],  # its own system prompt wins
         [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "Count: one two"}],
-        [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "Say the sky color.\n\none word"}],
+        [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "Say the sky color.\none word"}],
+        [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "Hello there"}],
+        [{"role": "system", "content": "You are a bot."}, {"role": "user", "content": "Name a color."}],
     ]
-    assert len(got) == 4
+    assert len(got) == 6
     for row, out, messages in zip(rows, got, prompts):
         assert {k: v for k, v in out.items() if k != "response"} == row
         assert out["response"] == _hf_reply(hf, tok, messages, 12)
@@ -80,8 +84,38 @@ def test_input_errors_are_clear(chat, tmp_path):
     with pytest.raises(FileNotFoundError, match="--adapters .*nope: no such folder"):
         infer.main(["--model", path, "--adapters", str(tmp_path / "nope")])
     data = tmp_path / "bad.jsonl"
-    data.write_text(json.dumps({"query": "ok"}) + "\n" + json.dumps({"prompt": "hi"}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl row 1: expected a 'messages' list, a 'query' or an 'instruction' field; found fields \['prompt'\]"):
+    data.write_text(json.dumps({"query": "ok"}) + "\n" + json.dumps({"prompt_text": "hi"}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl row 1: unknown row format with keys \['prompt_text'\]"):
         infer.main(["--model", path, "--val_dataset", str(data)])
-    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+    renamed = infer.parse_args(infer.InferArgs, ["--model", path, "--columns", "prompt_text", "query"])
+    assert renamed.columns == {"prompt_text": "query"}  # training's --columns: the row above then reads
+    assert infer.prompt_of({"prompt_text": "hi"}, where="r", columns=renamed.columns).messages == [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match="missing.jsonl: no such file or folder"):
         infer.main(["--model", path, "--val_dataset", str(tmp_path / "missing.jsonl")])
+    images = tmp_path / "images.jsonl"
+    images.write_text(json.dumps({"query": "What is it?", "images": ["cat.png"]}) + "\n")
+    with pytest.raises(ValueError, match="images.jsonl row 0: field 'images' holds media"):
+        infer.main(["--model", path, "--val_dataset", str(images)])
+
+
+def test_template_renders_prompts_as_training_does(chat, tmp_path):
+    """--template qwen2_5: the prompt is ms-swift's rendering (its default system prompt), the training encoder's."""
+    from swift_jax.data import DataArgs
+    from swift_jax.data.samples import SampleProcessor
+
+    path, _, tok = chat
+    row = {"messages": [{"role": "user", "content": "What is 6 times 7?"}, {"role": "assistant", "content": "42"}]}
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps(row) + "\n")
+    args = infer.parse_args(infer.InferArgs, ["--model", path, "--template", "qwen2_5", "--val_dataset", str(data)])
+    ids = args.chat_encoder(tok).prompt_ids(row["messages"][:1])
+    assert tok.decode(ids) == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+                               "<|im_end|>\n<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n")
+    trained = SampleProcessor(DataArgs(template="qwen2_5"), tok)((row, "f"))
+    assert trained["input_ids"][: len(ids)].tolist() == ids  # training saw the same prompt tokens
+    # a checkpoint trained here carries its template in args.json: infer reuses it without --template
+    ckpt = tmp_path / "run" / "checkpoint_1"
+    ckpt.mkdir(parents=True)
+    (tmp_path / "run" / "args.json").write_text(json.dumps({"data": {"template": "qwen2_5", "system": "Be brief."}}))
+    saved = infer.InferArgs(model=path, adapters=[str(ckpt)]).chat_encoder(tok).prompt_ids(row["messages"][:1])
+    assert tok.decode(saved).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")

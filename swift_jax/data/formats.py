@@ -1,7 +1,9 @@
 """Dataset row formats (the ones ms-swift accepts), normalised to one internal form.
 
 A chat row becomes `{"messages": [{"role", "content"}, ...], "tools": [...] | None}` with the roles
-system / user / assistant / tool; a pre-training row becomes `{"text": str}`. Detection is a table of
+system / user / assistant / tool_call / tool (ms-swift's roles: `tool_response`, `observation`, ... are
+spellings of `tool`, `function_call` of `tool_call`); messages keep their `loss` (bool) and `loss_scale`
+(float) fields. A pre-training row becomes `{"text": str}`. Detection is a table of
 (required keys -> converter), tried in order, like ms-swift's AutoPreprocessor:
 
     messages / conversation / conversations  OpenAI `role`/`content`, or sharegpt `from`/`value`
@@ -31,8 +33,8 @@ ROLE_ALIASES = {
     "assistant": "assistant",
     "gpt": "assistant",
     "bot": "assistant",
-    "function_call": "assistant",
-    "tool_call": "assistant",
+    "function_call": "tool_call",
+    "tool_call": "tool_call",
     "tool": "tool",
     "observation": "tool",
     "observations": "tool",
@@ -75,6 +77,11 @@ def _message(raw: Any, i: int) -> dict:
     tool_calls = raw.get("tool_calls")
     if content is None and not (role == "assistant" and tool_calls):
         raise DataError(f"message {i} (role {role!r}) has no 'content' (or 'value')")
+    if role in ("tool_call", "tool") and isinstance(content, (dict, list)):
+        content = json.dumps(content, ensure_ascii=False)  # a call {"name", "arguments"} or a structured result
+    if isinstance(content, list):
+        raise DataError(f"message {i} (role {role!r}) has content parts {content!r:.80}; images, audio and video "
+                        "are not supported by this text pipeline")
     if content is not None and not isinstance(content, str):
         raise DataError(f"message {i} (role {role!r}) content must be a string, got {type(content).__name__}")
     message = {"role": role, "content": content or ""}
@@ -83,6 +90,14 @@ def _message(raw: Any, i: int) -> dict:
     for key in ("name", "tool_call_id", "reasoning_content"):
         if raw.get(key) is not None:
             message[key] = raw[key]
+    if raw.get("loss") is not None:
+        if not isinstance(raw["loss"], bool):
+            raise DataError(f"message {i}: 'loss' must be true or false, got {raw['loss']!r}")
+        message["loss"] = raw["loss"]
+    if raw.get("loss_scale") is not None:
+        if isinstance(raw["loss_scale"], bool) or not isinstance(raw["loss_scale"], (int, float)):
+            raise DataError(f"message {i}: 'loss_scale' must be a number, got {raw['loss_scale']!r}")
+        message["loss_scale"] = float(raw["loss_scale"])
     return message
 
 
@@ -179,8 +194,8 @@ def _has_any(keys: tuple[str, ...]) -> Callable[[dict], bool]:
 # (name, test on the row, converter), tried in order.
 FORMATS: list[tuple[str, Callable[[dict], bool], Callable[[dict], dict]]] = [
     ("messages", _has_any(MESSAGE_KEYS), from_messages),
-    ("alpaca", lambda r: r.get("instruction") is not None and ("input" in r or "output" in r), from_alpaca),
-    ("query_response", lambda r: _has_any(QUERY_KEYS)(r) and _has_any(RESPONSE_KEYS)(r), from_query_response),
+    ("alpaca", lambda r: r.get("instruction") is not None, from_alpaca),
+    ("query_response", _has_any(QUERY_KEYS), from_query_response),  # without a response: a prompt (inference)
     ("text", _has_any(("text",)), from_text),
 ]
 
@@ -193,12 +208,31 @@ def detect_format(row: dict) -> str | None:
     return None
 
 
+MEDIA_FIELDS = ("images", "videos", "audios")
+IGNORED_FIELDS = ("rejected_response", "rejected_messages", "label", "chosen", "rejected")
+"""Fields ms-swift's SFT also ignores (preference / classification data): named once in the log."""
+
+
+def unused_fields(row: dict) -> list[str]:
+    """The fields of `row` that SFT does not use and that ms-swift's SFT ignores too (see IGNORED_FIELDS)."""
+    return [k for k in IGNORED_FIELDS if row.get(k) not in (None, [], "")]
+
+
+def check_media(row: dict) -> None:
+    """A row with images/videos/audios cannot be trained as text: raise instead of training on `<image>` text."""
+    media = [k for k in MEDIA_FIELDS if row.get(k) not in (None, [], "")]
+    if media:
+        raise DataError(f"field {media[0]!r} holds media, but the model is text-only (this pipeline renders text); "
+                        f"drop the field or use a multimodal model")
+
+
 def normalize(row: Any, columns: dict[str, str] | None = None) -> dict:
     """One dataset row -> {"messages", "tools"} or {"text"}; raises DataError saying what was expected."""
     if not isinstance(row, dict):
         raise DataError(f"a row must be a JSON object, got {type(row).__name__}; {FORMATS_HINT}")
     if columns:
         row = {columns.get(k, k): v for k, v in row.items()}
+    check_media(row)
     for _, test, convert in FORMATS:
         if test(row):
             return convert(row)

@@ -46,10 +46,12 @@ class DataPipeline:
     """The training stream and validation batches of one run; see `build_data`."""
 
     def __init__(self, args: DataArgs, tokenizer, train: RowTable, val: RowTable | None, *, batch_size: int, seed: int,
-                 shuffle: bool, process_index: int, process_count: int, eval_batch_size: int | None = None):
+                 shuffle: bool, process_index: int, process_count: int, batches_per_step: int = 1,
+                 eval_batch_size: int | None = None):
         self.args = args
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
+        self.batches_per_step = max(1, batches_per_step)
         self.seed = seed
         self.shuffle = shuffle and args.dataset_shuffle
         self.process_index, self.process_count = process_index, process_count
@@ -57,6 +59,9 @@ class DataPipeline:
         self.train_table, self.val_table = train, val
         self.counters = Counters()
         self.process = SampleProcessor(args, tokenizer, self.counters)
+        self.weighted = self.process.weighted
+        """Batches carry a float32 `loss_scale` [rows, seq] (the loss_scale strategy weighs tokens)."""
+        self.features = batching.features(self.weighted)
         self._val_batches: list[dict[str, np.ndarray]] | None = None
         self.stats = self._probe(tokenizer)
 
@@ -71,17 +76,25 @@ class DataPipeline:
         threads = max(1, self.args.dataset_num_proc)
         return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 16 * threads)))
 
-    def rows(self, num_epochs: int | None = None) -> grain.IterDataset:
-        """Fixed-length rows (packed or padded) of this process's share."""
+    @property
+    def bucketed(self) -> bool:
+        """Unpacked batches are padded to their own length bucket (single host; several hosts must agree on one
+        width per step, so they pad to max_length)."""
+        return not self.args.packing and self.process_count == 1
+
+    def train_dataset(self, num_epochs: int | None = None) -> grain.IterDataset:
+        """Batches of `batch_size` rows, prefetched in a background thread: packed `[batch_size, max_length]`,
+        else padded to the batch's length bucket (a multiple of 128, at most max_length; the
+        `batches_per_step` batches of one step share it)."""
         args = self.args
         if args.packing:
             bins = max(args.packing_num_bins, self.batch_size)
-            return batching.pack(self.samples(num_epochs), args.max_length, self.pad_id, bins, self.seed, self.shuffle)
-        return batching.pad_stream(self.samples(num_epochs), args.max_length, self.pad_id)
-
-    def train_dataset(self, num_epochs: int | None = None) -> grain.IterDataset:
-        """Batches `[batch_size, max_length]` of np.int32, prefetched in a background thread."""
-        batched = self.rows(num_epochs).batch(self.batch_size, drop_remainder=True)
+            rows = batching.pack(self.samples(num_epochs), args.max_length, self.pad_id, bins, self.seed, self.shuffle, self.weighted)
+            batched = rows.batch(self.batch_size, drop_remainder=True)
+        else:
+            multiple = batching.PAD_MULTIPLE if self.bucketed else args.max_length
+            batched = batching.padded_batches(self.samples(num_epochs), self.batch_size, args.max_length, self.pad_id,
+                                              self.batches_per_step, multiple)
         return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
 
     def train_iterator(self, num_epochs: int | None = None) -> grain.DatasetIterator:
@@ -116,15 +129,20 @@ class DataPipeline:
         per_process = math.ceil(n / self.process_count)
         mine = order[self.process_index :: self.process_count]
         process = SampleProcessor(args, self.process.encoder.tokenizer, Counters())
-        rows = []
-        for i in mine:
-            sample = process(self.val_table[int(i)])
-            rows.append(batching.pad_sample(sample, args.max_length, self.pad_id) if sample else None)
-        empty = batching.empty_row(args.max_length, self.pad_id)
-        rows = [r if r is not None else empty for r in rows] + [empty] * (per_process - len(rows))
+        empty = {"input_ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.int32)}
+        if self.weighted:
+            empty["loss_scale"] = np.zeros(0, np.float32)
         size = self.eval_batch_size
-        rows += [empty] * (-len(rows) % size)
-        return [{k: np.stack([r[k] for r in rows[b : b + size]]) for k in batching.FEATURES} for b in range(0, len(rows), size)]
+        samples = [process(self.val_table[int(i)]) or empty for i in mine]
+        samples += [empty] * (per_process - len(samples))
+        samples += [empty] * (-len(samples) % size)
+        batches = []
+        for b in range(0, len(samples), size):
+            part = samples[b : b + size]
+            longest = max(len(s["input_ids"]) for s in part)
+            width = batching.bucket_length(longest, args.max_length) if self.bucketed else args.max_length
+            batches.append(batching.stack_rows([batching.pad_sample(s, width, self.pad_id) for s in part]))
+        return batches
 
     # -- statistics -----------------------------------------------------------------------------------
     def _probe(self, tokenizer) -> dict:
@@ -146,11 +164,17 @@ class DataPipeline:
         kept_rows = counts["kept"] * scale / self.process_count
         if self.args.packing:
             probe_ds = grain.MapDataset.source(samples).to_iter_dataset()
-            packed = list(batching.pack(probe_ds, self.args.max_length, self.pad_id, max(self.args.packing_num_bins, self.batch_size), self.seed, False))
+            packed = list(batching.pack(probe_ds, self.args.max_length, self.pad_id, max(self.args.packing_num_bins, self.batch_size), self.seed, False, self.weighted))
             efficiency = batching.packing_efficiency(packed)
             rows_per_epoch = len(packed) * scale / self.process_count
-        else:
-            efficiency = float(lengths.sum() / (len(lengths) * self.args.max_length))
+        else:  # slots as the batches will have them: each batch padded to its bucket (in the probe's order)
+            group = self.batch_size * self.batches_per_step
+            slots = 0
+            for i in range(0, len(lengths), group):
+                part = lengths[i : i + group]
+                width = batching.bucket_length(int(part.max()), self.args.max_length) if self.bucketed else self.args.max_length
+                slots += width * len(part)
+            efficiency = float(lengths.sum() / max(slots, 1))
             rows_per_epoch = kept_rows
         stats = {
             "num_train_samples": int(round(counts["kept"] * scale)),
@@ -195,13 +219,15 @@ def _close_at_exit(iterator) -> None:
 
 
 def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, shuffle: bool = True,
-               process_index: int = 0, process_count: int = 1, eval_batch_size: int | None = None) -> DataPipeline:
+               process_index: int = 0, process_count: int = 1, batches_per_step: int = 1,
+               eval_batch_size: int | None = None) -> DataPipeline:
     """Load, split and prepare the datasets of `args` for training with `tokenizer`.
 
-    `batch_size` is this process's batch (rows per host batch; `eval_batch_size` for validation batches,
-    default the same); `seed` drives the training order and the
-    packer (`args.data_seed` drives #N sampling and the validation split, as in ms-swift). Bad rows raise
-    a DataError naming file and line unless `args.strict` is false."""
+    `batch_size` is this process's batch (rows per host batch; `eval_batch_size` for validation batches, default
+    the same); `batches_per_step` how many consecutive batches one optimizer step accumulates (they get one
+    padded width, so they stack); `seed` drives the training order and the packer (`args.data_seed` drives #N
+    sampling and the validation split, as in ms-swift). Bad rows raise a DataError naming file and line unless
+    `args.strict` is false."""
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
     if args.max_length <= 1:
@@ -210,7 +236,8 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
         from swift_jax.data.streaming import build_streaming
 
         return build_streaming(args, tokenizer, batch_size=batch_size, seed=seed, shuffle=shuffle,
-                               process_index=process_index, process_count=process_count, eval_batch_size=eval_batch_size)
+                               process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
+                               eval_batch_size=eval_batch_size)
     bad = BadRows(args.strict)
     train = load_table(args.dataset, args.data_seed, bad)
     if args.val_dataset:
@@ -218,6 +245,7 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
     else:
         train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
     pipe = DataPipeline(args, tokenizer, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
-                        process_index=process_index, process_count=process_count, eval_batch_size=eval_batch_size)
+                        process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
+                        eval_batch_size=eval_batch_size)
     pipe.stats["bad_rows_skipped"] += bad.count  # unreadable lines skipped while loading
     return pipe

@@ -1,21 +1,24 @@
 """One dataset row -> one training sample: normalise the format, render and tokenise, apply max_length.
 
 `SampleProcessor` is what grain maps over the rows (lazily, in background threads): it returns
-`{"input_ids", "labels"}` int32 arrays, or None for a row that is dropped (too long under `delete`,
+`{"input_ids", "labels"}` int32 arrays (plus float32 `loss_scale` when the loss_scale weighs tokens), or None for a row that is dropped (too long under `delete`,
 nothing to train on, or a bad row under `--strict false`); drops are counted by reason.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 
 import numpy as np
 
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, row_error
-from swift_jax.data.formats import normalize
-from swift_jax.data.templates import IGNORE, ChatEncoder
+from swift_jax.data.formats import normalize, unused_fields
+from swift_jax.data.templates import IGNORE
+
+log = logging.getLogger("swift_jax.data")
 
 DROP_REASONS = ("dropped_too_long", "dropped_no_target", "bad_rows_skipped")
 
@@ -36,14 +39,29 @@ class Counters:
             return {k: self._counts.get(k, 0) for k in ("kept",) + DROP_REASONS}
 
 
-def truncate(ids: np.ndarray, labels: np.ndarray, max_length: int, strategy: str):
-    """Cut a sample to max_length: 'left' keeps the end, 'right' keeps the start, 'delete' returns None."""
+def truncate(ids: np.ndarray, labels: np.ndarray, max_length: int, strategy: str, scale: np.ndarray | None = None):
+    """Cut a sample (and its weights) to max_length: 'left' keeps the end, 'right' keeps the start, 'delete'
+    returns None."""
     if len(ids) <= max_length:
-        return ids, labels
+        return ids, labels, scale
     if strategy == "delete":
         return None
     keep = slice(len(ids) - max_length, None) if strategy == "left" else slice(0, max_length)
-    return ids[keep], labels[keep]
+    return ids[keep], labels[keep], None if scale is None else scale[keep]
+
+
+_NOTED: set[str] = set()
+_NOTED_LOCK = threading.Lock()
+
+
+def _note_unused(row: dict, ref) -> None:
+    """Name, once per run, each field SFT ignores (as ms-swift's SFT does), with the first row that has it."""
+    for field in unused_fields(row):
+        with _NOTED_LOCK:
+            if field in _NOTED:
+                continue
+            _NOTED.add(field)
+        log.warning("field %r (first seen at %s) is not used by SFT and is ignored, as in ms-swift", field, ref)
 
 
 def plain_text(sample: dict) -> dict:
@@ -65,7 +83,9 @@ class SampleProcessor:
         if args.truncation_strategy not in ("delete", "left", "right"):
             raise DataError(f"--truncation_strategy {args.truncation_strategy!r}: expected delete, left or right")
         self.args = args
-        self.encoder = ChatEncoder(tokenizer, args.template, args.system, args.loss_on_prompt)
+        self.encoder = args.chat_encoder(tokenizer)
+        self.weighted = self.encoder.weighted
+        """Samples carry a float32 `loss_scale` (per-token weight, aligned with labels)."""
         self.counters = counters or Counters()
         self.bad = BadRows(args.strict)
 
@@ -80,18 +100,23 @@ class SampleProcessor:
             self.bad.handle(row_error(ref, str(e)))
             self.counters.add("bad_rows_skipped")
             return None
-        cut = truncate(encoded.input_ids, encoded.labels, self.args.max_length, self.args.truncation_strategy)
+        _note_unused(row, ref)
+        cut = truncate(encoded.input_ids, encoded.labels, self.args.max_length, self.args.truncation_strategy, encoded.loss_scale)
         if cut is None:
             self.counters.add("dropped_too_long")
             return None
-        ids, labels = cut
+        ids, labels, scale = cut
         labels = labels.copy()
         labels[0] = IGNORE  # the loss predicts labels[t + 1] at t: never across a sample boundary
         if not (labels != IGNORE).any():
             self.counters.add("dropped_no_target")
             return None
         self.counters.add("kept")
-        return {"input_ids": np.ascontiguousarray(ids, np.int32), "labels": labels.astype(np.int32)}
+        sample = {"input_ids": np.ascontiguousarray(ids, np.int32), "labels": labels.astype(np.int32)}
+        if self.weighted:
+            sample["loss_scale"] = np.asarray(scale, np.float32).copy()
+            sample["loss_scale"][0] = 0.0
+        return sample
 
     def __call__(self, item) -> dict[str, np.ndarray] | None:
         row, ref = item

@@ -1,4 +1,9 @@
-"""Render conversations with a chat template and derive the loss mask by rendering prefixes.
+"""Render conversations with a chat template and derive the loss mask: `ChatEncoder`.
+
+Two renderers. `--template NAME` with an ms-swift template name (`template_meta.TEMPLATES`) encodes exactly as
+ms-swift does (`swift_template.SwiftTemplate`: agent templates, loss_scale weights, thinking controls). Without
+`--template` (or with a .jinja file, or a built-in Jinja name below) the tokenizer's own Jinja template renders
+the conversation, as inference engines do, and the loss mask is derived by rendering prefixes:
 
 The mask must be right for any Jinja chat template, including those without generation markers. For
 each assistant message i we render two prefixes with the tokenizer's own template:
@@ -21,78 +26,85 @@ is trained rather than losing the answer's first token.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
 import numpy as np
 
+from swift_jax.data.agent_templates import parse_tool_call
 from swift_jax.data.errors import DataError
+from swift_jax.data.swift_template import Encoded, SwiftTemplate, ThinkingArgs, last_user_round
+from swift_jax.data.template_meta import TEMPLATES, get_template_meta
 
 log = logging.getLogger("swift_jax.data")
 IGNORE = -100
 
-# Built-in templates for base-model tokenizers that ship none (--template NAME).
-CHATML = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
-# Meta-Llama-3-8B-Instruct's template, verbatim.
-LLAMA3 = (
-    "{% set loop_messages = messages %}{% for message in loop_messages %}"
-    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
-    "+ message['content'] | trim + '<|eot_id|>' %}"
-    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
-# name -> (jinja source, the special tokens it expects in the vocabulary)
-BUILTIN_TEMPLATES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "chatml": (CHATML, ("<|im_start|>", "<|im_end|>")),
-    "qwen": (CHATML, ("<|im_start|>", "<|im_end|>")),
-    "llama3": (LLAMA3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
-}
-
-
 def resolve_template(name: str | None, tokenizer) -> str:
-    """The Jinja source to render with: a built-in by name, a .jinja file, or the tokenizer's own."""
+    """The Jinja source to render with: a .jinja file, or the tokenizer's own."""
     if name is None:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError(
-                "the tokenizer has no chat template; pass --template with one of "
-                f"{sorted(BUILTIN_TEMPLATES)} or a .jinja file (or use rows with 'text' for pre-training)"
+                "the tokenizer has no chat template; pass --template with an ms-swift template name (e.g. chatml, "
+                "qwen2_5, llama3) or a .jinja file (or use rows with 'text' for pre-training)"
             )
         return tokenizer.chat_template
-    if name in BUILTIN_TEMPLATES:
-        source, markers = BUILTIN_TEMPLATES[name]
-        vocab = tokenizer.get_vocab()
-        missing = [m for m in markers if m not in vocab]
-        if missing:
-            log.warning("template %r: tokens %s are not in the tokenizer vocabulary; they will be split into pieces", name, missing)
-        return source
     if os.path.isfile(name):
         with open(name) as f:
             return f.read()
-    raise DataError(f"--template {name!r} is neither a built-in ({sorted(BUILTIN_TEMPLATES)}) nor a .jinja file")
+    raise DataError(f"--template {name!r} is neither an ms-swift template ({sorted(TEMPLATES)}) nor a .jinja file")
 
 
-@dataclasses.dataclass
-class Encoded:
-    """One tokenised sample: `input_ids` and HF-style unshifted `labels` (IGNORE where not trained)."""
+JINJA_LOSS_SCALES = ("default", "last_round", "all")
 
-    input_ids: np.ndarray  # [n] int32
-    labels: np.ndarray  # [n] int32
+
+def jinja_tool_calls(messages: list[dict]) -> list[dict]:
+    """`tool_call` messages -> assistant messages with OpenAI `tool_calls` (what HF chat templates read);
+    consecutive calls, and the assistant text right before them, become one message."""
+    out: list[dict] = []
+    for message in messages:
+        if message["role"] != "tool_call":
+            out.append(message)
+            continue
+        call = parse_tool_call(message["content"])
+        entry = {"type": "function", "function": {"name": call["name"], "arguments": call["arguments"]}}
+        if out and out[-1]["role"] == "assistant":
+            out[-1] = {**out[-1], "tool_calls": list(out[-1].get("tool_calls") or []) + [entry]}
+            continue
+        out.append({"role": "assistant", "content": "", "tool_calls": [entry],
+                    **{k: message[k] for k in ("loss", "loss_scale") if k in message}})
+    return out
 
 
 class ChatEncoder:
-    """Turns normalised samples ({"messages"} or {"text"}) into token ids and labels."""
+    """Turns normalised samples ({"messages"} or {"text"}) into token ids, labels and (ms-swift templates with a
+    weighting loss_scale) per-token weights; `prompt_ids` renders a prompt for generation the same way."""
 
-    def __init__(self, tokenizer, template: str | None = None, system: str | None = None, loss_on_prompt: bool = False):
+    def __init__(self, tokenizer, template: str | None = None, system: str | None = None, loss_on_prompt: bool = False,
+                 *, agent_template: str | None = None, loss_scale: str = "default",
+                 is_binary_loss_scale: bool | None = None, thinking: ThinkingArgs | None = None,
+                 disable_ignore_empty_think: bool = False):
         self.tokenizer = tokenizer
         self.system = system
-        self.loss_on_prompt = loss_on_prompt
+        if loss_on_prompt:
+            loss_scale = "all" if loss_scale == "default" else loss_scale
+        self.loss_scale = loss_scale
+        self.swift: SwiftTemplate | None = None
+        if template in TEMPLATES:
+            meta = get_template_meta(template)
+            if meta.is_hybrid_thinking and not disable_ignore_empty_think and "ignore_empty_think" not in loss_scale:
+                loss_scale += "+ignore_empty_think"  # ms-swift's TemplateArguments._set_loss_scale
+            self.swift = SwiftTemplate(tokenizer, meta, system=system, agent_template=agent_template,
+                                       loss_scale=loss_scale, is_binary_loss_scale=is_binary_loss_scale, thinking=thinking)
+        elif loss_scale not in JINJA_LOSS_SCALES:
+            raise DataError(f"--loss_scale {loss_scale!r} needs an ms-swift template (--template, e.g. qwen2_5); "
+                            f"the tokenizer's Jinja template supports {list(JINJA_LOSS_SCALES)}")
+        elif agent_template is not None:
+            raise DataError("--agent_template needs an ms-swift template (--template, e.g. qwen2_5); the tokenizer's "
+                            "Jinja template renders tools and tool calls itself")
         self._template_name = template
+        # Jinja templates read the thinking switches as variables (Qwen3: enable_thinking)
+        self._jinja_kwargs = {k: v for k, v in vars(thinking).items() if k in ("enable_thinking", "preserve_thinking")
+                              and v is not None} if thinking else {}
         self._template: str | None = None  # resolved on first chat sample: text-only data needs none
         self._suffix: str | None = None  # see turn_suffix
         self.eos_id = tokenizer.eos_token_id
@@ -115,6 +127,7 @@ class ChatEncoder:
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
                 **self._token_strings,
+                **self._jinja_kwargs,
             )
         except DataError:
             raise
@@ -174,6 +187,11 @@ class ChatEncoder:
         except DataError:  # templates that index messages[0] cannot render an empty conversation
             return ""
 
+    @property
+    def weighted(self) -> bool:
+        """Whether samples carry per-token `loss_scale` weights (ms-swift's non-binary loss_scale)."""
+        return self.swift is not None and self.swift.weighted
+
     def encode(self, sample: dict) -> Encoded:
         """Tokens and labels of one sample. Text samples train on every token and end with eos."""
         if "text" in sample:
@@ -181,18 +199,45 @@ class ChatEncoder:
             if self.eos_id is not None:
                 ids.append(self.eos_id)
             ids = np.asarray(ids, np.int32)
-            return Encoded(ids, ids.copy())
-        messages = sample["messages"]
+            return Encoded(ids, ids.copy(), np.ones(len(ids), np.float32) if self.weighted else None)
+        if self.swift is not None:
+            return self.swift.encode(sample)
+        messages = jinja_tool_calls(sample["messages"])
         if self.system and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.system}] + messages
+        if any(m.get("loss_scale") not in (None, 0.0, 1.0) for m in messages):
+            raise DataError("a message has a 'loss_scale' other than 0 or 1, which needs an ms-swift template "
+                            "(--template, e.g. qwen2_5) to weigh the loss")
         full, spans = self.trained_spans(messages, sample.get("tools"))
         enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids = np.asarray(enc["input_ids"], np.int32)
-        if self.loss_on_prompt:
+        if self.loss_scale == "all":
             return Encoded(ids, ids.copy())
+        last_user = last_user_round(messages)
+        assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        keep = [self._trained(messages[i], i > last_user) for i in assistants]
+        spans = [span for span, k in zip(spans, keep) if k]
         offsets = np.asarray(enc["offset_mapping"], np.int64).reshape(-1, 2)  # [n, 2] characters of each token
         starts, ends = offsets[:, 0], np.maximum(offsets[:, 1], offsets[:, 0] + 1)
         trained = np.zeros(len(ids), bool)
         for lo, hi in spans:
             trained |= (starts < hi) & (ends > lo)  # any overlap: a token merging prompt and answer is trained
         return Encoded(ids, np.where(trained, ids, IGNORE).astype(np.int32))
+
+    def _trained(self, message: dict, last_round: bool) -> bool:
+        """Whether an assistant message is trained on the Jinja path: its own `loss` / `loss_scale`, else the
+        loss_scale base strategy (`last_round`: only after the last user or tool message)."""
+        if message.get("loss") is not None:
+            return message["loss"]
+        if message.get("loss_scale") is not None:
+            return message["loss_scale"] > 0
+        return self.loss_scale != "last_round" or last_round
+
+    def prompt_ids(self, messages: list[dict], tools=None) -> list[int]:
+        """Token ids of a generation prompt: the conversation with the assistant turn opened."""
+        if self.swift is not None and self.swift.meta.name != "dummy":  # dummy: the tokenizer's Jinja, as ms-swift
+            return self.swift.prompt_ids(messages, tools)
+        messages = jinja_tool_calls(messages)
+        if self.system and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system}] + messages
+        return list(self.tokenizer(self.render(messages, tools, add_generation_prompt=True), add_special_tokens=False)["input_ids"])

@@ -48,7 +48,10 @@ def progress_fields(step: int, max_steps: int, elapsed: float, steps_done: int) 
 
 
 class RunLogger:
-    """Writes `logging.jsonl`, tensorboard events and `images/*.png` in a run folder and drives a tqdm bar."""
+    """Writes `logging.jsonl`, tensorboard events and `images/*.png` in a run folder and drives a tqdm bar.
+
+    As in ms-swift, the PNG plots come with `--report_to tensorboard` (matplotlib is not even imported
+    otherwise); they are first drawn a minute into the run, then at most once a minute, and at the end."""
 
     PLOT_INTERVAL_S = 60.0  # redraw the PNGs at most this often (a redraw costs ~0.5 s of the training loop)
     PLOTS = {"train_loss": "loss", "eval_loss": "eval_loss", "learning_rate": "learning_rate", "eval_token_acc": "eval_token_acc"}
@@ -58,10 +61,10 @@ class RunLogger:
         self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in self.PLOTS}
         self.writer = None
         self.bar = None
-        self._plotted_at = float("-inf")
+        self._plotted_at = time.monotonic()
+        self.plots = tensorboard
         if not enabled:
             return
-        os.makedirs(os.path.join(run_dir, "images"), exist_ok=True)
         self._load_history()
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -97,7 +100,7 @@ class RunLogger:
                     self.writer.add_scalar(("eval/" if key.startswith("eval_") else "train/") + key, value, record["step"])
             self.writer.flush()
         self._remember(record)
-        if time.monotonic() - self._plotted_at >= self.PLOT_INTERVAL_S:
+        if self.plots and time.monotonic() - self._plotted_at >= self.PLOT_INTERVAL_S:
             self._plot()
         shown = {k: f"{record[k]:.4g}" for k in ("loss", "eval_loss", "tokens_per_sec") if k in record}
         self.bar.set_postfix(shown, refresh=False)
@@ -115,6 +118,7 @@ class RunLogger:
 
     def _plot(self) -> None:
         self._plotted_at = time.monotonic()
+        os.makedirs(os.path.join(self.run_dir, "images"), exist_ok=True)
         import matplotlib
 
         matplotlib.use("Agg")
@@ -134,7 +138,7 @@ class RunLogger:
             plt.close(fig)
 
     def close(self) -> None:
-        if self.enabled and any(self.history.values()):
+        if self.enabled and self.plots and any(self.history.values()):
             self._plot()
         if self.bar is not None:
             self.bar.close()

@@ -62,12 +62,12 @@ class Method:
     batch_keys: tuple[str, ...] = ("input_ids", "labels", "segment_ids", "positions")
     """Host arrays of one micro-batch that the step receives (each `[rows, ...]`, rows split over data x fsdp)."""
 
-    def build_data(self, args, tokenizer, *, batch_size: int, eval_batch_size: int, seed: int, shuffle: bool,
-                   process_index: int, process_count: int):
+    def build_data(self, args, tokenizer, *, batch_size: int, eval_batch_size: int, batches_per_step: int, seed: int,
+                   shuffle: bool, process_index: int, process_count: int):
         """The data pipeline for `args` (the run's `DataArgs`): an object with `train_iterator(num_epochs)` (a
-        checkpointable iterator of host batches of `batch_size` rows), `val_batches()` (of `eval_batch_size`
-        rows), `steps_per_epoch` and `stats`, like `swift_jax.data.DataPipeline`; optionally `split_val_rows()`
-        (rows written to the run folder's val_dataset.jsonl)."""
+        checkpointable iterator of host batches of `batch_size` rows; the `batches_per_step` batches of one step
+        must stack), `val_batches()` (of `eval_batch_size` rows), `steps_per_epoch` and `stats`, like
+        `swift_jax.data.DataPipeline`; optionally `split_val_rows()` (rows for the run folder's val_dataset.jsonl)."""
         raise NotImplementedError
 
     def loss(self, model: "nnx.Module", batch: dict[str, jax.Array], extra: Any) -> LossOutput:
@@ -104,7 +104,10 @@ class LanguageModeling(Method):
     def build_data(self, args, tokenizer, **kwargs):
         from swift_jax.data import build_data
 
-        return build_data(args, tokenizer, **kwargs)
+        pipe = build_data(args, tokenizer, **kwargs)
+        if pipe.weighted:  # ms-swift's non-binary loss_scale: batches carry per-token weights
+            self.batch_keys = Method.batch_keys + ("loss_scale",)
+        return pipe
 
     def loss(self, model, batch, extra) -> LossOutput:
         inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
@@ -112,7 +115,8 @@ class LanguageModeling(Method):
             hidden, aux = model.hidden_states(batch["input_ids"], **inputs, return_aux_loss=True)
         else:
             hidden = model.hidden_states(batch["input_ids"], **inputs)
-        loss_sum, count, correct = chunked_cross_entropy(hidden, batch["labels"], model.logits, chunk_size=self.loss_chunk_size)
+        loss_sum, count, correct = chunked_cross_entropy(hidden, batch["labels"], model.logits, chunk_size=self.loss_chunk_size,
+                                                         weights=batch.get("loss_scale"))
         if self.router_aux_loss_coef:  # weighted by tokens, like the mean cross-entropy
             loss_sum = loss_sum + self.router_aux_loss_coef * aux * count
         n = count.astype(jnp.float32)

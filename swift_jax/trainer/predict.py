@@ -7,21 +7,23 @@ import os
 from flax import nnx
 
 
-def predict_held_out(model: nnx.Module, tokenizer, path: str, n: int, max_new_tokens: int, say) -> float | None:
-    """Greedy answers to the first `n` rows of `path` (rows whose last message is the reference answer);
+def predict_held_out(model: nnx.Module, tokenizer, data_args, path: str, n: int, max_new_tokens: int, say) -> float | None:
+    """Greedy answers to the first `n` rows of `path` (rows whose last message is the reference answer),
+    prompted exactly as training encoded them (the run's template, system, agent template and columns);
     prints a few pairs and returns the exact-match rate (the response equals the reference exactly)."""
+    from swift_jax.data.frontend import prompt_of, read_rows
     from swift_jax.generation import GenerationConfig, Generator
-    from swift_jax.infer import encode_chat, read_rows, row_messages
 
     if not os.path.isfile(path):
         say(f"predict: {path} is not a local file; skipped")
         return None
+    encoder = data_args.chat_encoder(tokenizer)
     prompts, references = [], []
     for i, row in enumerate(read_rows(path, limit=n)):
-        messages, reference = row_messages(row, where=f"{path} row {i}")
-        if reference is not None:
-            prompts.append((messages[-1]["content"], encode_chat(tokenizer, messages)))
-            references.append(reference)
+        prompt = prompt_of(row, where=f"{path} row {i}", columns=data_args.columns)
+        if prompt.reference is not None:
+            prompts.append((prompt.messages[-1]["content"], encoder.prompt_ids(prompt.messages, prompt.tools)))
+            references.append(prompt.reference)
     if not prompts:
         say(f"predict: no rows of {path} end with an assistant answer; skipped")
         return None

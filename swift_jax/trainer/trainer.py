@@ -53,15 +53,22 @@ def init_optimizer_state(optimizer, params, mesh):
     return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
 
-def stack_batches(host_batches: list[dict], keys, mesh) -> dict[str, jax.Array]:
-    """`accum` host batches (this process's rows) -> global `[accum, rows, ...]` arrays sharded over the batch
-    axes of `mesh` (rows split over data x fsdp)."""
+def device_batch(host: dict[str, np.ndarray], keys, mesh, *, leading: tuple = ()) -> dict[str, jax.Array]:
+    """This process's rows of a batch -> global arrays whose row axis is sharded over the batch axes of `mesh`
+    (data x fsdp) and whose second axis, when there is one, is the sequence; `leading` names unsharded axes
+    before the rows (the accumulation axis)."""
     out = {}
     for key in keys:
-        stacked = np.stack([b[key] for b in host_batches])
-        axes = (None, "batch", "seq") + (None,) * (stacked.ndim - 3) if stacked.ndim >= 3 else (None, "batch")
-        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, logical_to_spec(axes, mesh)), stacked)
+        value = np.asarray(host[key])
+        axes = (*leading, "batch", "seq")[: value.ndim] + (None,) * max(0, value.ndim - len(leading) - 2)
+        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, logical_to_spec(axes, mesh)), value)
     return out
+
+
+def stack_batches(host_batches: list[dict], keys, mesh) -> dict[str, jax.Array]:
+    """`accum` host batches -> global `[accum, rows, ...]` arrays (see `device_batch`)."""
+    stacked = {key: np.stack([b[key] for b in host_batches]) for key in keys}
+    return device_batch(stacked, keys, mesh, leading=(None,))
 
 
 class Trainer:
@@ -103,7 +110,7 @@ class Trainer:
         rows = t.per_device_train_batch_size * self.batch_devices // jax.process_count()
         eval_rows = t.per_device_eval_batch_size * self.batch_devices // jax.process_count()
         self.pipe = self.method.build_data(
-            data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, seed=t.seed,
+            data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, batches_per_step=self.accum, seed=t.seed,
             shuffle=t.train_dataloader_shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
         )
         self.steps_per_epoch = max(1, self.pipe.steps_per_epoch // self.accum)
@@ -133,7 +140,6 @@ class Trainer:
             if val_rows:
                 run_folder.write_rows(os.path.join(self.run_dir, "val_dataset.jsonl"), val_rows())
         self.manager = ckpt.checkpoint_manager(self.run_dir)
-        self.eval_sharding = NamedSharding(self.mesh, logical_to_spec(("batch", "seq"), self.mesh))
         with use_impl(args.model_args.attn_impl):
             self.train_step = make_train_step(self.graphdef, self.optimizer, self.method)
             self.eval_step = make_eval_step(self.graphdef, self.method)
@@ -225,7 +231,7 @@ class Trainer:
             model = self.current_model()
             model.eval()
             path = resolve_path(args.data.val_dataset[0].split("#")[0])
-            rate = predict_held_out(model, self.tokenizer, path, t.num_predict_samples, t.predict_max_new_tokens, self.say)
+            rate = predict_held_out(model, self.tokenizer, args.data, path, t.num_predict_samples, t.predict_max_new_tokens, self.say)
             if rate is not None:
                 final["exact_match"] = rate
         summary = self._summary(step)
@@ -238,7 +244,7 @@ class Trainer:
         total = None
         with use_impl(self.args.model_args.attn_impl):
             for batch in self.pipe.val_batches():
-                arrays = {k: jax.make_array_from_process_local_data(self.eval_sharding, np.asarray(batch[k])) for k in self.method.batch_keys}
+                arrays = device_batch(batch, self.method.batch_keys, self.mesh)
                 out = self.eval_step(self.state.params, self.state.rng, self.frozen, self.extra, arrays)
                 total = out if total is None else jax.tree.map(jnp.add, total, out)
         return {f"eval_{k}": float(v) for k, v in summarize(total).items()}

@@ -1,0 +1,34 @@
+"""Pieces every vision-language model shares: a LayerNorm with bias (vision towers use it, decoders do
+not) and the scatter of vision features into the token embeddings at their pad tokens."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with scale and bias, computed in float32 (torch's `nn.LayerNorm`)."""
+
+    def __init__(self, features: int, *, eps: float = 1e-6, param_dtype=jnp.float32):
+        self.eps = eps
+        self.scale = nnx.Param(jnp.ones((features,), param_dtype), logical_axes=("embed",))
+        self.bias = nnx.Param(jnp.zeros((features,), param_dtype), logical_axes=("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def scatter_features(
+    embeds: jax.Array, is_pad: jax.Array, features: jax.Array, offset: jax.Array | int = 0
+) -> jax.Array:
+    """`embeds` `[b, s, e]` with the k-th pad token (`is_pad` `[b, s]`, in reading order over the batch)
+    replaced by `features[offset + k]` (transformers' `masked_scatter`); other tokens unchanged."""
+    rank = jnp.cumsum(is_pad.reshape(-1)).reshape(is_pad.shape) - 1 + offset  # [b, s]
+    picked = jnp.take(features, jnp.where(is_pad, rank, 0), axis=0, mode="clip").astype(embeds.dtype)  # [b, s, e]
+    return jnp.where(is_pad[..., None], picked, embeds)

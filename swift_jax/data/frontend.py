@@ -1,0 +1,106 @@
+"""The data front end that train, prediction, infer, eval and deploy share: read rows, normalise any ms-swift
+row format, and render a prompt with the run's template and system prompt.
+
+    rows = read_rows("val.jsonl")                        # .jsonl/.json/.csv/.parquet, folders, hub ids
+    prompt = prompt_of(rows[0], where="val.jsonl row 0")  # messages, tools, reference answer (or None)
+    encoder = chat_encoder(tokenizer, template="qwen2_5", system=None)
+    ids = encoder.prompt_ids(prompt.messages, prompt.tools)
+
+Rows are read by the training reader (`sources.load_source`) and normalised by the training normaliser
+(`formats.normalize`: messages, sharegpt, alpaca, query/response/history, `prompt`, ms-swift's column aliases,
+`--columns`), so a row that trains also infers, and the prompt is rendered by the same `ChatEncoder` (the
+tokenizer's Jinja template without `--template`, else ms-swift's template of that name).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+from swift_jax.data.errors import BadRows, DataError
+from swift_jax.data.formats import normalize
+from swift_jax.data.sources import load_source
+from swift_jax.data.templates import ChatEncoder
+
+TEMPLATE_FIELDS = ("template", "system", "agent_template", "enable_thinking", "preserve_thinking", "response_prefix")
+"""The data arguments a checkpoint's args.json hands to infer / eval / deploy (ms-swift's load_args)."""
+
+
+@dataclasses.dataclass
+class Prompt:
+    """A row as a generation request: the prompt messages, the row's tools, and its reference answer."""
+
+    messages: list[dict]
+    tools: list | None
+    reference: str | None
+
+
+def _without_arrow_padding(value):
+    """A row as written: Arrow aligns rows to one schema, adding `None` for keys a row lacks (at the top level
+    and in lists of objects such as `messages`); drop those."""
+    if isinstance(value, dict):
+        return {k: _without_arrow_padding(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_arrow_padding(v) if isinstance(v, dict) else v for v in value]
+    return value
+
+
+def read_rows(path: str, limit: int | None = None) -> list[dict]:
+    """The rows of a dataset (file, folder or hub id), the first `limit` if given; errors name file and line."""
+    rows = [_without_arrow_padding(f[i]) for f in load_source(path, BadRows(strict=True)) for i in range(len(f))]
+    return rows[:limit] if limit is not None else rows
+
+
+def prompt_of(row: dict, *, where: str, columns: dict[str, str] | None = None) -> Prompt:
+    """The prompt of a row in any training format: a final assistant message (or the row's response/output)
+    is the reference answer and is left out of the prompt."""
+    try:
+        sample = normalize(row, columns)
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    if "text" in sample:
+        raise DataError(f"{where}: a 'text' row has no prompt to answer; expected a chat row (messages, query, ...)")
+    messages = list(sample["messages"])
+    reference = None
+    if messages[-1]["role"] == "assistant":
+        reference = messages.pop()["content"]
+    if not messages or messages[-1]["role"] == "system":
+        raise DataError(f"{where}: the row has no user message to answer")
+    return Prompt(messages, sample.get("tools"), reference)
+
+
+def row_messages(row: dict, *, where: str, system: str | None = None) -> tuple[list[dict], str | None]:
+    """(prompt messages, reference answer) of a row; `system` is added when the row has no system prompt."""
+    prompt = prompt_of(row, where=where)
+    messages = prompt.messages
+    if system and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system}] + messages
+    return messages, prompt.reference
+
+
+def chat_encoder(tokenizer, template: str | None = None, system: str | None = None, **kwargs) -> ChatEncoder:
+    """The prompt renderer of a run: `template` None is the tokenizer's own Jinja template, an ms-swift name
+    renders as ms-swift does; `kwargs` are ChatEncoder's (agent_template, thinking, ...)."""
+    return ChatEncoder(tokenizer, template, system, **kwargs)
+
+
+def encode_chat(tokenizer, messages: list[dict], tools=None, *, template: str | None = None, system: str | None = None) -> list[int]:
+    """Prompt token ids of `messages` with the assistant turn opened (see `chat_encoder`)."""
+    return chat_encoder(tokenizer, template, system).prompt_ids(messages, tools)
+
+
+def trained_template_args(*paths: str | None) -> dict:
+    """The template arguments a checkpoint was trained with, from the args.json of the first of `paths` (a
+    checkpoint folder or its run folder) that has one: `{field: value}` for TEMPLATE_FIELDS that were set."""
+    for path in paths:
+        if not path or not os.path.isdir(path):
+            continue
+        for folder in (path, os.path.dirname(os.path.abspath(path))):
+            args_file = os.path.join(folder, "args.json")
+            if os.path.isfile(args_file):
+                with open(args_file) as f:
+                    saved = json.load(f)
+                data = saved.get("data", saved)
+                return {k: data[k] for k in TEMPLATE_FIELDS if data.get(k) is not None}
+    return {}
