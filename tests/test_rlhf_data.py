@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from swift_jax.data import DataArgs, DataError
-from swift_jax.rlhf.data import MAX_PAIRS_PER_ROW, build_preference_data, last_round
+from swift_jax.rlhf.data import MAX_PAIRS_PER_ROW, PairProcessor, build_preference_data, rlhf_data_args
 from swift_jax.rlhf.rows import preference_of
 from tokenizers_for_tests import bundled_tokenizer
 
@@ -58,9 +58,17 @@ def test_a_row_missing_what_its_type_needs_names_row_and_field(tmp_path, rlhf_ty
     assert f"{path}, line 2" in str(e.value) and field in str(e.value)
 
 
-def test_last_round_keeps_only_the_final_answer():
-    labels = np.array([-100, 5, 6, -100, -100, 7, 8, 9, -100])
-    np.testing.assert_array_equal(last_round(labels), [-100, -100, -100, -100, -100, 7, 8, 9, -100])
+@pytest.mark.parametrize("rlhf_type,trained", [("dpo", ["4"]), ("orpo", ["1", "4"])])
+def test_only_the_final_answer_is_trained_except_for_orpo(rlhf_type, trained):
+    """ms-swift's RLHF loss_scale: last_round (earlier turns are context); ORPO keeps `default` (every turn)."""
+    tok = bundled_tokenizer()
+    row = {"messages": [{"role": "user", "content": "0+1?"}, {"role": "assistant", "content": "1"}, *ASK,
+                        {"role": "assistant", "content": "4"}], "rejected_response": "5"}
+    process = PairProcessor(rlhf_data_args(DataArgs(max_length=64), rlhf_type), tok, rlhf_type)
+    sample = process((row, "row 0"))
+    chosen = sample["labels"][sample["part"] == 0]
+    answers = tok.decode(chosen[chosen != -100]).replace("<|im_end|>", "|").split("|")
+    assert [a.strip() for a in answers if a.strip()] == trained
 
 
 def _pairs_of_row(row):

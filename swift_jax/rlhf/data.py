@@ -19,6 +19,7 @@ The pipeline reuses `swift_jax.data`'s readers, splitting, grain stream and iter
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import grain
@@ -30,27 +31,22 @@ from swift_jax.data.errors import BadRows, DataError, row_error
 from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, split_train_val
 from swift_jax.data.samples import Counters, truncate
 from swift_jax.data.sources import load_table
-from swift_jax.data.templates import IGNORE, ChatEncoder
+from swift_jax.data.templates import IGNORE
 from swift_jax.rlhf.rows import Preference, with_last_answer, preference_of
 
 log = logging.getLogger("swift_jax.rlhf")
 MAX_PAIRS_PER_ROW = 16
 ALL_ROUNDS = ("orpo",)  # ms-swift's RLHF loss_scale is last_round, but `default` (every assistant turn) for ORPO
+
+
+def rlhf_data_args(args: DataArgs, rlhf_type: str) -> DataArgs:
+    """`args` with ms-swift's RLHF loss_scale: `last_round` (only the final answer is trained; earlier turns are
+    context) unless --loss_scale was changed from its SFT default, and `default` for ORPO."""
+    if args.loss_scale == "default" and rlhf_type not in ALL_ROUNDS:
+        return dataclasses.replace(args, loss_scale="last_round")
+    return args
 FEATURES = ("input_ids", "labels", "segment_ids", "positions", "pair_value")
 _PAIR_FEATURES = ("input_ids", "labels", "part", "pos", "pair_value")  # what the packer sees
-
-
-def last_round(labels: np.ndarray) -> np.ndarray:
-    """Labels with only the last run of trained tokens kept: the final assistant turn (ms-swift's RLHF default
-    `loss_scale last_round`; earlier turns of a multi-turn prompt are context)."""
-    trained = np.flatnonzero(labels != IGNORE)
-    if trained.size == 0:
-        return labels
-    gaps = np.flatnonzero(np.diff(trained) > 1)
-    start = trained[gaps[-1] + 1] if gaps.size else trained[0]
-    out = labels.copy()
-    out[:start] = IGNORE
-    return out
 
 
 class KTOTable:
@@ -78,8 +74,7 @@ class PairProcessor:
         if args.truncation_strategy not in ("delete", "left", "right"):
             raise DataError(f"--truncation_strategy {args.truncation_strategy!r}: expected delete, left or right")
         self.args, self.rlhf_type = args, rlhf_type
-        self.only_last_round = rlhf_type not in ALL_ROUNDS
-        self.encoder = ChatEncoder(tokenizer, args.template, args.system, args.loss_on_prompt)
+        self.encoder = args.chat_encoder(tokenizer)
         self.counters = counters or Counters()
         self.bad = BadRows(args.strict)
 
@@ -105,8 +100,8 @@ class PairProcessor:
         cut = truncate(encoded.input_ids, encoded.labels, self.args.max_length, self.args.truncation_strategy)
         if cut is None:
             return None
-        ids, labels = cut
-        labels = last_round(labels) if self.only_last_round and not self.args.loss_on_prompt else labels.copy()
+        ids, labels, _ = cut  # per-token loss_scale weights do not enter sequence log-probs
+        labels = labels.copy()
         labels[0] = IGNORE
         return ids, labels
 
@@ -213,6 +208,11 @@ class PreferencePipeline(DataPipeline):
             return pack_pairs(self.samples(num_epochs), self.row_length, self.pad_id, bins, self.seed, self.shuffle)
         return self.samples(num_epochs).map(lambda s: pad_pair(s, self.row_length, self.pad_id))
 
+    def train_dataset(self, num_epochs: int | None = None) -> grain.IterDataset:
+        """Batches `[batch_size, 2 * max_length]` (one width for the whole run), prefetched in a background thread."""
+        batched = self.rows(num_epochs).batch(self.batch_size, drop_remainder=True)
+        return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
+
     def _build_val(self) -> list[dict[str, np.ndarray]]:
         if self.val_table is None:
             return []
@@ -266,10 +266,11 @@ class PreferencePipeline(DataPipeline):
 
 
 def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_size: int, eval_batch_size: int | None = None,
-                          seed: int = 42, shuffle: bool = True, process_index: int = 0,
+                          batches_per_step: int = 1, seed: int = 42, shuffle: bool = True, process_index: int = 0,
                           process_count: int = 1) -> PreferencePipeline:
     """Load and split `args`' datasets as preference pairs for `rlhf_type` (see the module docstring); batches
-    hold `batch_size` rows (validation: `eval_batch_size`, default the same)."""
+    hold `batch_size` rows (validation: `eval_batch_size`, default the same); every batch has the same shape, so
+    any `batches_per_step` of them stack. The RLHF loss_scale applies (`rlhf_data_args`)."""
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
     if args.streaming:
@@ -277,6 +278,7 @@ def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_si
     if rlhf_type == "kto" and batch_size * process_count <= 1:
         raise DataError("KTO needs a batch of at least 2 rows: its KL example borrows another row's answer "
                         "(raise --per_device_train_batch_size)")
+    args = rlhf_data_args(args, rlhf_type)
     bad = BadRows(args.strict)
     train = load_table(args.dataset, args.data_seed, bad)
     if args.val_dataset:
