@@ -99,6 +99,7 @@ class Trainer:
         self.model.model.remat = t.gradient_checkpointing
         self.trainable = apply_tuner(self.model, args)
         self.method = self.method or default_method(args, self.model)
+        self.method.prepare_model(self.model)
         self.is_lora = self.trainable is nnx.LoRAParam
 
         from swift_jax.data.bundled import resolve_bundled
