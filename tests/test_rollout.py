@@ -10,9 +10,9 @@ from flax import nnx
 import swift_jax
 from swift_jax.flops import compile_count
 from swift_jax.generation import GenerationConfig, Generator
-from swift_jax.rlhf.grpo_logps import adapters_off, completion_logps
+from swift_jax.rlhf.grpo_logps import completion_logps
 from swift_jax.rlhf.rollout import SamplingParams, pad_prompts, prompt_length, rollout
-from swift_jax.tuners.lora import loraize
+from swift_jax.tuners.lora import adapters_disabled, loraize
 
 CONFIG = dict(
     model_type="llama", vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -81,7 +81,7 @@ def test_compiles_once_and_reads_live_lora_weights(model):
     assert compile_count() == before
     live = completion_logps(lora, jnp.asarray(other_ids), jnp.asarray(other_mask), out.completion_ids, 0.5)
     np.testing.assert_allclose(np.where(out.completion_mask, live, 0), out.old_logps, atol=1e-5)
-    with adapters_off(lora):  # the reference: the base model, exactly
+    with adapters_disabled():  # the reference: the base model, exactly
         ref = completion_logps(lora, jnp.asarray(base_ids), jnp.asarray(base_mask), jnp.ones((4, C), jnp.int32), 1.0)
     np.testing.assert_allclose(ref, base_logps, atol=1e-6)
     with_adapters = completion_logps(lora, jnp.asarray(base_ids), jnp.asarray(base_mask), jnp.ones((4, C), jnp.int32), 1.0)

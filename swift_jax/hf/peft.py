@@ -44,7 +44,8 @@ def save_peft_adapter(
     lora_dropout: float = 0.0,
     dtype: str | None = None,
 ) -> None:
-    """Write the model's LoRA adapters in PEFT's format (one rank/alpha for all layers, as PEFT's config)."""
+    """Write the model's LoRA adapters in PEFT's format (one rank/alpha for all layers, as PEFT's config); a
+    reward model's value head (`score`) goes in `modules_to_save` of a `SEQ_CLS` adapter."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA adapters to save (train with --tuner_type lora)")
@@ -62,13 +63,17 @@ def save_peft_adapter(
         out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else a.dtype
         tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T).astype(out_dtype)
         tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T).astype(out_dtype)
+    head = getattr(model, "score", None)  # a reward model's value head (swift_jax.rlhf): PEFT's modules_to_save
+    if head is not None:
+        kernel = host_array(head.kernel[...])  # [embed, 1]
+        tensors[f"{PREFIX}score.weight"] = np.ascontiguousarray(kernel.T).astype(np.dtype(to_jnp_dtype(dtype)) if dtype else kernel.dtype)
     if not is_main_process():  # multi-host: every process gathers, process 0 writes
         return
     os.makedirs(output_dir, exist_ok=True)
     save_file(tensors, os.path.join(output_dir, WEIGHTS_FILE), metadata={"format": "pt"})
     config = {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": "CAUSAL_LM" if head is None else "SEQ_CLS",
         "base_model_name_or_path": base_model_name_or_path,
         "r": int(rank),
         "lora_alpha": float(scale * rank),
@@ -80,7 +85,7 @@ def save_peft_adapter(
         "init_lora_weights": True,
         "use_rslora": False,
         "use_dora": False,
-        "modules_to_save": None,
+        "modules_to_save": None if head is None else ["score"],
         "layers_to_transform": None,
     }
     with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:

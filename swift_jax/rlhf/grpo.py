@@ -27,13 +27,13 @@ from flax import nnx
 from swift_jax.rewards import build_reward_funcs, load_plugins, score_completions
 from swift_jax.rewards.plugins import reward_name
 from swift_jax.trainer.method import LossOutput, Method
-from swift_jax.tuners.lora import lora_layers
+from swift_jax.tuners.lora import adapters_disabled, lora_layers
 
 from .advantages import compute_advantages, reward_metrics, weighted_rewards
 from .dynamic_sampling import Round, concat_rounds, dynamic_sample, take_rows
 from .grpo_args import GRPOArgs
 from .grpo_loss import policy_loss
-from .grpo_logps import adapters_off, completion_logps
+from .grpo_logps import completion_logps
 from .memory import ProgramMemory, check_memory, program_memory
 from .rollout import Rollout, SamplingParams, compile_rollout, rollout
 
@@ -45,7 +45,7 @@ def _reference_logps(graphdef, state, prompt_ids, prompt_mask, completion_ids, *
     """`[rows, C]` log-probs under the reference: the given weights with any LoRA adapters switched off."""
     model = nnx.merge(graphdef, state)
     model.eval()
-    with adapters_off(model):
+    with adapters_disabled():
         return completion_logps(model, prompt_ids, prompt_mask, completion_ids, temperature)
 
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
-
-from swift_jax.tuners.lora import lora_layers
 
 
 def sequence_inputs(prompt_ids: jax.Array, prompt_mask: jax.Array, completion_ids: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -55,21 +50,3 @@ def completion_logps(
 
     out = jax.lax.map(lambda xs: chunk_logps(*xs), (hidden, targets))  # [chunks, rows, chunk]
     return out.swapaxes(0, 1).reshape(rows, n * chunk)[:, :length]
-
-
-@contextlib.contextmanager
-def adapters_off(model: nnx.Module) -> Iterator[nnx.Module]:
-    """The model without its LoRA adapters (the frozen base = the reference policy), restored on exit.
-
-    Works on a model merged inside a traced function too (the switch happens at trace time); the base
-    kernels are untouched, nothing is copied. A local stand-in until the shared switch
-    (`swift_jax.tuners.lora.adapters_disabled`, on the preference-training branch) reaches main.
-    """
-    layers = [(linear, linear.lora) for _, linear in lora_layers(model)]
-    for linear, _ in layers:
-        linear.lora = None
-    try:
-        yield model
-    finally:
-        for linear, lora in layers:
-            linear.lora = lora

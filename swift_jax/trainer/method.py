@@ -74,6 +74,10 @@ class Method:
         """The summed loss of one micro-batch (traced; `model` is in train or eval mode as the caller set)."""
         raise NotImplementedError
 
+    def prepare_model(self, model: "nnx.Module") -> None:
+        """Change the model (in place) after the tuner is applied and before its state is split, e.g. attach a
+        reward model's value head. Nothing by default."""
+
     def extra_state(self, trainer: "Trainer") -> Any:
         """Frozen arrays the loss reads besides the model (e.g. a reference model's parameters); None by default."""
         return None

@@ -99,6 +99,7 @@ class Trainer:
         self.model.model.remat = t.gradient_checkpointing
         self.trainable = apply_tuner(self.model, args)
         self.method = self.method or default_method(args, self.model)
+        self.method.prepare_model(self.model)
         self.is_lora = self.trainable is nnx.LoRAParam
 
         from swift_jax.data.bundled import resolve_bundled
@@ -112,7 +113,8 @@ class Trainer:
             data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, batches_per_step=self.accum, seed=t.seed,
             shuffle=t.train_dataloader_shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
         )
-        self.steps_per_epoch = max(1, self.pipe.steps_per_epoch // self.accum)
+        # optimizer steps per epoch, as transformers counts them (a last partial accumulation is a step)
+        self.steps_per_epoch = max(1, math.ceil(self.pipe.steps_per_epoch / self.accum))
         self.total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.num_train_epochs * self.steps_per_epoch))
         warmup = int(math.ceil(t.warmup_ratio * self.total_steps))
         self.schedule = learning_rate_schedule(t.lr_scheduler_type, t.learning_rate, self.total_steps, warmup)

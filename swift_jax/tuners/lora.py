@@ -9,6 +9,8 @@ uses (`q_proj`, ..., `down_proj`), i.e. PEFT's `target_modules`.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import math
 from typing import Iterator, Sequence
@@ -24,6 +26,22 @@ ALL_LINEAR = "all-linear"
 EXCLUDED_FROM_ALL_LINEAR = ("lm_head",)
 
 lora_state_filter = nnx.LoRAParam  # the optimizer's `wrt` for LoRA training
+
+_ADAPTERS_ENABLED = contextvars.ContextVar("swift_jax_lora_adapters_enabled", default=True)
+
+
+@contextlib.contextmanager
+def adapters_disabled():
+    """Inside this block every LoRA layer computes the base layer only (`x @ W`), as PEFT's
+    `disable_adapter()`: the DPO-family reference model is the policy's own weights with no copy.
+
+    The switch is read when a layer is called, i.e. while tracing, so `with adapters_disabled(): model(x)`
+    inside a jit-compiled function compiles the adapter-free path for that call only."""
+    token = _ADAPTERS_ENABLED.set(False)
+    try:
+        yield
+    finally:
+        _ADAPTERS_ENABLED.reset(token)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -88,6 +106,8 @@ class LoRA(nnx.Module):
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        if not _ADAPTERS_ENABLED.get():  # see adapters_disabled: no update, no dropout draw
+            return jnp.zeros((*x.shape[:-1], self.lora_b.shape[-1]), self.dtype)
         if self.dropout is not None:
             x = self.dropout(x)
         a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)

@@ -1,0 +1,80 @@
+"""Side by side with ms-swift's `swift rlhf`: our curves against the golden runs of scripts/record_ms_swift_rlhf.py.
+
+For each recorded run whose batches ms-swift draws in file order (DPO and its loss types; ms-swift's CPO, ORPO,
+KTO and RM trainers sample at random, so only their first step is comparable, see tests/test_rlhf_msswift.py),
+trains `python -m swift_jax.rlhf` from the same tiny model and LoRA start (tests/golden/rlhf_tiny/) with the same
+flags, and prints every step's loss and rewards/margins next to ms-swift's.
+
+    python scripts/parity_ms_swift_rlhf.py [--types dpo dpo_rpo dpo_ipo] [--workdir /tmp/parity_rlhf]
+
+Exit status 1 when a step differs by more than 1e-4 (relative to the value when it exceeds 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+GOLDEN = os.path.join(ROOT, "tests", "golden")
+TINY = os.path.join(GOLDEN, "rlhf_tiny")
+TOLERANCE = 1e-4
+KEYS = ("loss", "rewards/margins")
+# ms-swift-only flags of the recording: nothing to pass on here
+DROP = {"--model_type", "--template", "--check_model", "--torch_dtype", "--dataloader_num_workers", "--eval_strategy",
+        "--use_hf", "--lora_dropout"}
+
+
+def our_flags(recorded: list[str]) -> list[str]:
+    flags, i = [], 0
+    while i < len(recorded):
+        if recorded[i] in DROP:
+            i += 2
+            continue
+        flags += recorded[i : i + 2]
+        i += 2
+    return flags + ["--dtype", "float32", "--lora_dropout", "0", "--fsdp_size", "1", "--template", "chatml"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--types", nargs="+", default=["dpo", "dpo_rpo", "dpo_ipo"])
+    parser.add_argument("--workdir", default="/tmp/parity_ms_swift_rlhf")
+    args = parser.parse_args()
+    golden = json.load(open(os.path.join(GOLDEN, "rlhf_runs.json")))
+    worst_all, ok = 0.0, True
+    for name in args.types:
+        run = golden[name]
+        out = os.path.join(args.workdir, name)
+        cmd = [sys.executable, "-m", "swift_jax.rlhf", "--rlhf_type", name.split("_")[0], "--model", os.path.join(TINY, "base"),
+               "--adapters", os.path.join(TINY, "adapter"), "--dataset", os.path.join(ROOT, run["data"]),
+               "--max_steps", str(golden["steps"]), "--output_dir", out, *our_flags(golden["flags"]), *run["extra_flags"]]
+        env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stdout[-2000:], proc.stderr[-3000:])
+            return 1
+        (log_path,) = sorted(glob.glob(os.path.join(out, "v*", "logging.jsonl")))[-1:]
+        ours = {r["step"]: r for r in map(json.loads, open(log_path)) if "loss" in r}
+        print(f"\n{name}: step  " + "  ".join(f"{k + ' ms-swift':>22} {'swift_jax':>10} {'|diff|':>8}" for k in KEYS))
+        worst = 0.0
+        for theirs in run["log"]:
+            mine, cells = ours.get(theirs["step"], {}), []
+            for key in KEYS:
+                a, b = theirs[key], mine.get(key, float("nan"))
+                diff = abs(a - b) / max(1.0, abs(a))
+                worst = max(worst, diff) if diff == diff else float("inf")
+                cells.append(f"{a:>22.6f} {b:>10.6f} {diff:>8.1e}")
+            print(f"{'':>{len(name)}}  {theirs['step']:>4}  " + "  ".join(cells))
+        print(f"{name}: worst |diff| {worst:.1e} over {len(run['log'])} steps ({'OK' if worst <= TOLERANCE else 'MISMATCH'})")
+        ok &= worst <= TOLERANCE
+        worst_all = max(worst_all, worst)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
