@@ -5,7 +5,6 @@ configuration over the memory budget is tested on the compiled programs in test_
 import json
 import os
 
-import jax
 import pytest
 
 from swift_jax.cli import parse_config
@@ -39,7 +38,6 @@ def uppercase_reward():
     orms["uppercase"] = Uppercase
     yield
     del orms["uppercase"]
-    jax.set_mesh(None)  # the trainer sets a global mesh; later test files run eager code without one
 
 
 def _train(tmp_path, *flags, **grpo):

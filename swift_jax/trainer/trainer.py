@@ -162,7 +162,14 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
-        """Run the job; returns the final metrics (also written to logging.jsonl)."""
+        """Run the job; returns the final metrics (also written to logging.jsonl). The global mesh the run sets
+        (activation sharding constraints read it) is cleared again at the end."""
+        try:
+            return self._train()
+        finally:
+            jax.set_mesh(None)
+
+    def _train(self) -> dict[str, Any]:
         self.setup()
         args, t = self.args, self.args.training
         n_trainable, n_total = _count(self.state.params), _count(self.state.params) + _count(self.frozen)
