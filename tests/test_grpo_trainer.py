@@ -70,3 +70,21 @@ def test_grpo_runs_in_the_trainer_logs_ms_swift_keys_and_resumes_exactly(tmp_pat
     assert step3["step"] == 3
     for key in ("loss", "reward", "kl", "completions/mean_length"):
         assert step3[key] == pytest.approx(records[2][key], abs=1e-6), key
+
+
+def test_the_rlhf_command_runs_grpo_with_its_own_defaults(tmp_path):
+    """`swift-jax rlhf --rlhf_type grpo` parses GRPO's group (its `--beta` default is 0.04, not DPO's 0.1)."""
+    from swift_jax.rlhf.__main__ import GRPOArguments, requested_rlhf_type, run_command
+
+    flags = [*BASE, "--output_dir", str(tmp_path), "--rlhf_type", "grpo", "--reward_funcs", "repetition",
+             "--num_generations", "4", "--max_completion_length", "8", "--max_steps", "2"]
+    assert requested_rlhf_type(flags) == "grpo"
+    recipe = tmp_path / "grpo.yaml"
+    recipe.write_text("rlhf_type: grpo\n")
+    assert requested_rlhf_type([str(recipe)]) == "grpo" and requested_rlhf_type(["--config", str(recipe)]) == "grpo"
+    assert GRPOArguments().grpo.beta == 0.04 and GRPOArguments().grpo.temperature == 0.9
+    result = run_command(flags)
+    with open(os.path.join(result["run_dir"], "logging.jsonl")) as f:
+        lines = [json.loads(line) for line in f]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2]
+    assert all("rewards/RepetitionPenalty/mean" in r and "reward" in r and "kl" in r for r in lines if "loss" in r)
