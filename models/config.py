@@ -145,6 +145,9 @@ class ModelConfig:
     # Multi-head latent attention (deepseek_v3) instead of grouped-query attention; `head_dim` is then
     # the rotary dim (qk_rope_head_dim, as in HF's config) and num_key_value_heads = num_attention_heads.
     mla: MlaConfig | None = None
+    # Runs of identical layers stored stacked (`[layers, ...]`) and run under one `jax.lax.scan`
+    # (models/scan.py): one compiled layer body instead of one per layer. False: one module per layer.
+    scan_layers: bool = True
     # The original HF config as JSON, written back by `save_pretrained`.
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
 
