@@ -218,6 +218,18 @@ class DecoderModel(nnx.Module):
     def remat(self, value: bool | str) -> None:
         self._remat = check_remat(value)
 
+    def layer(self, i: int) -> DecoderLayer:
+        """Layer `i` as a module: itself when unrolled; with scanned layers a copy of its slice of the
+        stacked arrays (for inspection: writes to the copy do not reach the model)."""
+        if not self.cfg.scan_layers:
+            return self.layers[i]
+        for segment, stack in zip(layer_layout(self.cfg), self.stacks):
+            offset = i - segment.start
+            if 0 <= offset < segment.period * segment.repeats:
+                slot, k = divmod(offset, segment.period)
+                return unstack_module(stack.layers[k], segment.repeats)[slot]
+        raise IndexError(f"layer {i} out of range: the model has {self.cfg.num_hidden_layers} layers")
+
     def embed(self, input_ids: jax.Array) -> jax.Array:
         """Token embeddings `[batch, seq, embed]`, times `embed_scale` (Gemma) in the compute dtype."""
         x = self.embed_tokens(input_ids)

@@ -65,7 +65,7 @@ def layer_layout(cfg: ModelConfig) -> tuple[Segment, ...]:
             repeats = 1
             while kinds[pos + repeats * period : pos + (repeats + 1) * period] == pattern:
                 repeats += 1
-            if period * repeats > best[0] * best[1]:
+            if repeats > 1 and period * repeats > best[0] * best[1]:
                 best = (period, repeats)
         segments.append(Segment(pos, *best))
         pos += best[0] * best[1]

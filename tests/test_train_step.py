@@ -86,7 +86,7 @@ def test_lora_leaves_the_base_bit_identical(base_path):
 
 def test_qlora_trains_on_a_quantized_base(base_path):
     model, step, state, frozen = _setup(base_path, "qlora")
-    assert is_quantized(model.model.layers[0].self_attn.q_proj)
+    assert is_quantized(model.model.stacks[0].layers[0].self_attn.q_proj)
     batch = {k: v[None] for k, v in _batch(4).items()}
     first = None
     for _ in range(5):
