@@ -5,7 +5,8 @@
 
 Both layouts train the same randomly initialised model (llama architecture, float32, AdamW) on the same
 batch; the step is the trainer's (`swift_jax.trainer.step.make_train_step`). Compile time is
-`lower(...).compile()` of that step; step time is the median of `--steps` timed steps after one warm-up.
+`lower(...).compile()` of that step; step time is the median of `--steps` timed steps after one warm-up,
+the two layouts' steps alternating (so load from other processes on a shared machine hits both alike).
 The last lines give scanned / unrolled ratios (below 1: scanned is faster).
 """
 
@@ -38,8 +39,8 @@ def hf_config(args) -> dict:
     )
 
 
-def measure(args, scan_layers: bool) -> dict:
-    """Compile time (s) and median step time (ms) of one layout."""
+def compile_step(args, scan_layers: bool):
+    """`(run, compile seconds)` for one layout: `run()` does one train step and returns its loss."""
     model = init_model(hf_config(args), scan_layers=scan_layers, seed=0)
     model.model.remat = args.remat
     optimizer = optax.adamw(1e-4)
@@ -49,19 +50,16 @@ def measure(args, scan_layers: bool) -> dict:
     positions = np.broadcast_to(np.arange(args.seq, dtype=np.int32), ids.shape)
     batches = dict(input_ids=ids, labels=ids, segment_ids=np.ones_like(ids), positions=positions)
     batches = jax.tree.map(jnp.asarray, batches)
-    step = make_train_step(graphdef, optimizer)
     start = time.perf_counter()
-    compiled = step.lower(state, frozen, batches).compile()
+    compiled = make_train_step(graphdef, optimizer).lower(state, frozen, batches).compile()
     compile_s = time.perf_counter() - start
-    state, metrics = compiled(state, frozen, batches)  # warm-up
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        state, metrics = compiled(state, frozen, batches)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
-    return dict(compile_s=compile_s, step_ms=1000 * statistics.median(times), loss=float(metrics["loss"]))
+    holder = [state]
+
+    def run() -> float:
+        holder[0], metrics = compiled(holder[0], frozen, batches)
+        return float(metrics["loss"])
+
+    return run, compile_s
 
 
 def main() -> None:
@@ -78,7 +76,17 @@ def main() -> None:
         f"llama layers={args.layers} hidden={args.hidden} vocab={args.vocab} batch={args.batch}x{args.seq} fp32, "
         f"AdamW full fine-tuning, remat={args.remat}, device={jax.devices()[0].platform}"
     )
-    results = {name: measure(args, scan) for name, scan in (("unrolled", False), ("scanned", True))}
+    runs, results = {}, {}
+    for name, scan in (("unrolled", False), ("scanned", True)):
+        runs[name], compile_s = compile_step(args, scan)
+        results[name] = dict(compile_s=compile_s, times=[], loss=runs[name]())  # the first step warms up
+    for _ in range(args.steps):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results[name]["loss"] = run()
+            results[name]["times"].append(time.perf_counter() - start)
+    for r in results.values():
+        r["step_ms"] = 1000 * statistics.median(r["times"])
     print(f"{'layout':<10} {'compile s':>10} {'step ms':>10} {'loss':>10}")
     for name, r in results.items():
         print(f"{name:<10} {r['compile_s']:>10.2f} {r['step_ms']:>10.1f} {r['loss']:>10.4f}")
