@@ -172,6 +172,9 @@ def load_model(
     pure: dict[str, Any] = {}
     for path, slices in sources.items():
         var = params[path]
+        if mesh is None:  # one device: no shards to cut, and no second host copy of each tensor
+            _assign(pure, path, _read_whole(reader, slices, tuple(var.shape), var.dtype))
+            continue
         sharding = _placement(var.logical_axes, var.shape, mesh)
         read_shard = _shard_reader(reader, slices, tuple(var.shape), var.dtype)
         _assign(pure, path, jax.make_array_from_callback(tuple(var.shape), sharding, read_shard))
@@ -188,7 +191,7 @@ def _shard_reader(reader: SafetensorsReader, slices, shape: tuple[int, ...], dty
         if len(prefix) == depth:
             name, rule = by_index[prefix]
             t = rule.transform
-            return to_ours(reader.read(name, hf_index_to_ours(index[depth:], t)), t).astype(dtype)
+            return to_ours(reader.read(name, hf_index_to_ours(index[depth:], t)), t).astype(dtype, copy=False)
         rows = range(*index[len(prefix)].indices(shape[len(prefix)]))
         out = None  # filled row by row: host memory holds the shard once, not its rows and a stacked copy
         for n, j in enumerate(rows):
@@ -199,6 +202,43 @@ def _shard_reader(reader: SafetensorsReader, slices, shape: tuple[int, ...], dty
         return out
 
     return read
+
+
+_CHUNK_BYTES = 64 << 20  # HF tensors are copied into place in row blocks of about this size
+_ALIGN = 64  # XLA:CPU adopts host buffers aligned like this without copying them
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised host array whose data starts on a `_ALIGN`-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    offset = (-raw.ctypes.data) % _ALIGN
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def _read_whole(reader: SafetensorsReader, slices, shape: tuple[int, ...], dtype) -> jax.Array:
+    """A parameter on the default device, read from the HF tensors of its `hf_slices`.
+
+    The tensors are copied in row blocks into one aligned host buffer, which `device_put(may_alias=True)`
+    adopts on the CPU (and copies once to an accelerator). Host memory then holds each parameter once:
+    going through `make_array_from_callback` held a read copy beside the device copy, so the largest tensor
+    (the embedding) doubled the load's peak.
+    """
+    out = _aligned_empty(shape, dtype)
+    for index, name, rule in slices:
+        target = out[index] if index else out  # [in, out] in our layout
+        hf_shape, _ = reader.shape_dtype(name)
+        rows = hf_shape[0] if hf_shape else 1
+        step = max(1, _CHUNK_BYTES // max(1, target.nbytes // max(rows, 1)))
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            block = reader.read(name, (slice(start, stop),)) if hf_shape else reader.read(name)
+            if rule.transform == "transpose":  # HF rows are our columns
+                target[..., start:stop] = block.T
+            else:
+                target[start:stop] = block
+    return jax.device_put(out, jax.devices()[0], may_alias=True)
 
 
 def to_hf_shape(shape, rule: Rule) -> tuple[int, ...]:
