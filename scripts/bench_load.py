@@ -31,11 +31,12 @@ LOADERS = {
     "swift_jax one device + forward": """
         import jax.numpy as jnp
         import swift_jax
-        forward = nnx.jit(lambda m, ids: m(ids))
-        forward(swift_jax.load_model(WARMUP), jnp.ones((1, 16), jnp.int32)).block_until_ready()
+        def forward(model):  # as generation and eval run it: jit over (graphdef, state), no state output
+            graphdef, state = nnx.split(model)
+            return jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))(state, jnp.ones((1, 16), jnp.int32))
+        forward(swift_jax.load_model(WARMUP)).block_until_ready()
         before = rss(); t0 = time.perf_counter()
-        model = swift_jax.load_model(PATH)
-        forward(model, jnp.ones((1, 16), jnp.int32)).block_until_ready()  # its compilation included
+        forward(swift_jax.load_model(PATH)).block_until_ready()  # its compilation included
     """,
     "transformers + forward": """
         import torch, transformers
