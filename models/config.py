@@ -237,6 +237,9 @@ class ModelConfig:
     mla: MlaConfig | None = None
     # Image (and video) tower of a vision-language model: Qwen2-VL family or InternVL.
     vision: Qwen2VLVisionConfig | InternVisionConfig | None = None
+    # Runs of identical layers stored stacked (`[layers, ...]`) and run under one `jax.lax.scan`
+    # (models/scan.py): one compiled layer body instead of one per layer. False: one module per layer.
+    scan_layers: bool = True
     # The original HF config as JSON, written back by `save_pretrained`.
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
 

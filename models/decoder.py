@@ -7,6 +7,10 @@ weight-map table is short and LoRA `target_modules` names are PEFT's names. That
 `qkv_proj` / `gate_up_proj`: they stay one Linear each (PEFT targets them by those names) and are split
 after the matmul. Gemma's differences are config switches: (1 + w) norms, scaled embeddings, norms
 around both sublayers, logit soft-capping, a query scale, and per-layer windows and rotary bases.
+
+With `ModelConfig.scan_layers` (the default) the layers live stacked in `model.stacks` and run under
+`jax.lax.scan` (see `scan.py`, which also names the per-layer paths above for every stacked array);
+without it, one module per layer in `model.layers`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,8 @@ from .config import ModelConfig
 from .layers import MLP, Embed, Linear, RMSNorm, apply_rotary, cached_attention, rotary_cos_sin, soft_cap
 from .mla import MLAttention
 from .moe import SparseMoE, is_sparse_layer, load_balancing_loss
-
-# Residual-stream activations are sharded over the batch (data, fsdp) at every layer boundary.
-ACTIVATION_AXES = ("batch", "seq", "embed_act")
+from .remat import check_remat, checkpointed
+from .scan import ACTIVATION_AXES, LayerStack, layer_layout, unstack_module
 
 
 @jax.tree_util.register_dataclass
@@ -39,7 +42,9 @@ class KVCache:
     written) are never attended to. Every row writes at the same `index` (prompts are left-padded).
     """
 
-    keys: tuple[jax.Array, ...]  # per layer [batch, max_len, kv_heads, head_dim] (MLA: heads, cache_head_dim)
+    # per layer [batch, max_len, kv_heads, head_dim] (MLA: heads, cache_head_dim); with scanned layers
+    # per stack and pattern position (`layer_layout` order), stacked: [repeats, batch, max_len, ...]
+    keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]  # per layer, the same shape as keys
     segment_ids: jax.Array  # [batch, max_len] int32, 0 = padding or not yet written
     index: jax.Array  # [] int32: slot of the next input token
@@ -50,7 +55,11 @@ class KVCache:
         shape = (batch, max_len, cfg.num_key_value_heads, cfg.head_dim)
         if cfg.mla is not None:  # full per-head keys and values, v zero-padded to the key width (mla.py)
             shape = (batch, max_len, cfg.num_attention_heads, cfg.mla.cache_head_dim)
-        empty = tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in range(cfg.num_hidden_layers))
+        if cfg.scan_layers:
+            shapes = [(seg.repeats, *shape) for seg in layer_layout(cfg) for _ in range(seg.period)]
+        else:
+            shapes = [shape] * cfg.num_hidden_layers
+        empty = tuple(jnp.zeros(s, cfg.compute_dtype) for s in shapes)
         return cls(empty, empty, jnp.zeros((batch, max_len), jnp.int32), jnp.zeros((), jnp.int32))
 
 
@@ -162,8 +171,8 @@ class DecoderLayer(nnx.Module):
         return x if stats is None else (x, stats)
 
 
-def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-    """Run a layer under `jax.checkpoint`: its activations are recomputed in the backward pass.
+def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, remat):
+    """Run a layer under `jax.checkpoint` with the policy of `remat` (see `remat.py`).
 
     The layer is split into a pure function of its state, so the weights pass through the checkpoint
     as arguments (never copied), and RNG streams (LoRA dropout) advance as in the plain call.
@@ -174,7 +183,7 @@ def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Arr
         module = nnx.merge(graphdef, state)
         return module(x, cos, sin, segment_ids), nnx.state(module, nnx.RngState)
 
-    out, rng_state = jax.checkpoint(run)(state, x, cos, sin, segment_ids)
+    out, rng_state = checkpointed(run, remat)(state, x, cos, sin, segment_ids)
     nnx.update(layer, rng_state)
     return out
 
@@ -192,9 +201,34 @@ class DecoderModel(nnx.Module):
             init_std=cfg.initializer_range,
             rngs=rngs,
         )
-        self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_hidden_layers)])
+        if cfg.scan_layers:
+            make = lambda i: DecoderLayer(cfg, i, rngs=rngs)
+            self.stacks = nnx.List([LayerStack(segment, make) for segment in layer_layout(cfg)])
+        else:
+            self.layers = nnx.List([DecoderLayer(cfg, i, rngs=rngs) for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=cfg.params_dtype, offset=cfg.norm_offset)
-        self.remat = False  # recompute each layer in the backward pass (set by the trainer)
+        self.remat = False  # set by the trainer: True/False or a policy name (models/remat.py)
+
+    @property
+    def remat(self) -> bool | str:
+        """Recompute layer activations in the backward pass: False, True or a `jax.checkpoint_policies` name."""
+        return self._remat
+
+    @remat.setter
+    def remat(self, value: bool | str) -> None:
+        self._remat = check_remat(value)
+
+    def layer(self, i: int) -> DecoderLayer:
+        """Layer `i` as a module: itself when unrolled; with scanned layers a copy of its slice of the
+        stacked arrays (for inspection: writes to the copy do not reach the model)."""
+        if not self.cfg.scan_layers:
+            return self.layers[i]
+        for segment, stack in zip(layer_layout(self.cfg), self.stacks):
+            offset = i - segment.start
+            if 0 <= offset < segment.period * segment.repeats:
+                slot, k = divmod(offset, segment.period)
+                return unstack_module(stack.layers[k], segment.repeats)[slot]
+        raise IndexError(f"layer {i} out of range: the model has {self.cfg.num_hidden_layers} layers")
 
     def embed(self, input_ids: jax.Array) -> jax.Array:
         """Token embeddings `[batch, seq, embed]`, times `embed_scale` (Gemma) in the compute dtype."""
@@ -233,9 +267,14 @@ class DecoderModel(nnx.Module):
         if cache is not None:
             return self._cached(x, rotary, segment_ids, cache)
         stats = []
+        if self.cfg.scan_layers:
+            for stack in self.stacks:
+                x, stack_stats = stack(x, rotary, segment_ids, self.remat)
+                stats.extend(stack_stats)
+            return (self.norm(x), stats) if with_router_stats else self.norm(x)
         for layer, (cos, sin) in zip(self.layers, rotary):
             if self.remat:
-                x = _remat_layer(layer, x, cos, sin, segment_ids)
+                x = _remat_layer(layer, x, cos, sin, segment_ids, self.remat)
             else:
                 x = layer(x, cos, sin, segment_ids)
             if isinstance(x, tuple):  # an MoE layer: (x, RouterStats)
@@ -249,6 +288,16 @@ class DecoderModel(nnx.Module):
         kv_segment_ids = jax.lax.dynamic_update_slice_in_dim(
             cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1
         )
+        if self.cfg.scan_layers:
+            keys, values, at = [], [], 0
+            for stack in self.stacks:
+                span = slice(at, at + stack.period)
+                x, k, v = stack.cached(x, rotary, segment_ids, cache.keys[span], cache.values[span], kv_segment_ids, cache.index)
+                keys.extend(k)
+                values.extend(v)
+                at += stack.period
+            new_cache = KVCache(tuple(keys), tuple(values), kv_segment_ids, cache.index + x.shape[1])
+            return self.norm(x), new_cache
         keys, values = [], []
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, rotary)):
             x, (k, v) = layer(x, cos, sin, segment_ids, (cache.keys[i], cache.values[i], kv_segment_ids, cache.index))
@@ -326,3 +375,30 @@ class CausalLM(nnx.Module):
         segment_ids: jax.Array | None = None,
     ) -> jax.Array:
         return self.logits(self.hidden_states(input_ids, positions=positions, segment_ids=segment_ids))
+
+
+def set_scan_layers(model: CausalLM, scan_layers: bool) -> CausalLM:
+    """Switch `model` between the scanned and the unrolled layer layout, in place; returns it.
+
+    The values are unchanged (stacked into, or sliced out of, `[layers, ...]` arrays), adapters and
+    quantized kernels included; only the parameter tree's paths and shapes change. The trainer calls
+    this for `--scan_layers false`; `load_model(..., scan_layers=...)` builds the wanted layout directly.
+    """
+    cfg = model.config
+    if cfg.scan_layers == scan_layers:
+        return model
+    decoder, new_cfg = model.model, cfg.replace(scan_layers=scan_layers)
+    if scan_layers:
+        layers = list(decoder.layers)
+        decoder.stacks = nnx.List([LayerStack(segment, layers.__getitem__) for segment in layer_layout(new_cfg)])
+        del decoder.layers
+    else:
+        layers = [None] * cfg.num_hidden_layers
+        for segment, stack in zip(layer_layout(cfg), decoder.stacks):
+            for k, stacked in enumerate(stack.layers):
+                for slot, layer in enumerate(unstack_module(stacked, segment.repeats)):
+                    layers[segment.layer_index(k, slot)] = layer
+        decoder.layers = nnx.List(layers)
+        del decoder.stacks
+    decoder.cfg = model.config = new_cfg
+    return model

@@ -4,7 +4,9 @@
 
 Writes a random Qwen2-architecture checkpoint of about `--size_mb` MB (float32, sharded safetensors), then
 loads it in fresh subprocesses and prints a table: seconds, peak RSS growth, growth / checkpoint size,
-and each ratio against transformers measured in the same run.
+and each ratio against transformers measured in the same run. Rows: the sharded load over `--devices`
+fake CPU devices, the one-device load followed by a first jitted forward (compilation included), the
+same for transformers, and transformers' load alone.
 """
 
 from __future__ import annotations
@@ -25,6 +27,24 @@ LOADERS = {
         before = rss(); t0 = time.perf_counter()
         model = swift_jax.load_model(PATH, mesh=mesh)
         jax.block_until_ready(jax.tree.leaves(nnx.state(model)))
+    """,
+    "swift_jax one device + forward": """
+        import jax.numpy as jnp
+        import swift_jax
+        def forward(model):  # as generation and eval run it: jit over (graphdef, state), no state output
+            graphdef, state = nnx.split(model)
+            return jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))(state, jnp.ones((1, 16), jnp.int32))
+        forward(swift_jax.load_model(WARMUP)).block_until_ready()
+        before = rss(); t0 = time.perf_counter()
+        forward(swift_jax.load_model(PATH)).block_until_ready()  # its compilation included
+    """,
+    "transformers + forward": """
+        import torch, transformers
+        transformers.AutoModelForCausalLM.from_pretrained(WARMUP, dtype=torch.float32)(torch.ones(1, 16, dtype=torch.long))
+        before = rss(); t0 = time.perf_counter()
+        model = transformers.AutoModelForCausalLM.from_pretrained(PATH, dtype=torch.float32)
+        with torch.no_grad():
+            model(torch.ones(1, 16, dtype=torch.long))
     """,
     "transformers.from_pretrained": """
         import torch, transformers

@@ -87,7 +87,7 @@ def _to_flags(key: str, value: Any) -> list[str]:
 
 
 def _normalise_bools(argv: list[str], owners) -> list[str]:
-    bool_flags = {f"--{name}" for name, (_, f) in owners.items() if f.type in (bool, bool | None)}
+    bool_flags = {f"--{name}" for name, (_, f) in owners.items() if f.type in (bool, bool | None, bool | str)}
     out = list(argv)
     for i in range(1, len(out)):
         if out[i - 1].replace("-", "_").replace("__", "--", 1) in bool_flags and out[i].lower() in ("true", "false"):

@@ -23,6 +23,9 @@ class ModelArgs:
     float32 master weights and optimizer state and computes in this dtype."""
     init_from_scratch: bool = False
     """Randomly initialise the model from its config.json instead of loading weights (pre-training demos)."""
+    scan_layers: bool = True
+    """Run runs of identical decoder layers under one `jax.lax.scan` over stacked `[layers, ...]` parameters
+    (compiles one layer body whatever the depth; models/scan.py); false: one module per layer."""
     attn_impl: str = "auto"
     """Attention backend: auto | xla | pallas_gpu | pallas_tpu | cudnn (see the README)."""
 
@@ -63,8 +66,10 @@ class TrainingArgs:
     per_device_eval_batch_size: int = 1
     gradient_accumulation_steps: int | None = None
     """Micro-batches per optimizer step. Default (as ms-swift): ceil(16 / global micro-batch)."""
-    gradient_checkpointing: bool = True
-    """Recompute each decoder layer in the backward pass (less memory, ~1/3 more compute)."""
+    gradient_checkpointing: bool | str = True
+    """Recompute each decoder layer in the backward pass (less memory, ~1/3 more compute): true | false, or a
+    jax.checkpoint_policies name (nothing_saveable = true, dots_saveable, dots_with_no_batch_dims_saveable,
+    offload_dot_with_no_batch_dims) to keep some activations."""
     loss_chunk_size: int = 1024
     """Sequence chunk of the cross-entropy: fp32 logits exist for one chunk at a time."""
     router_aux_loss_coef: float | None = None
@@ -132,6 +137,12 @@ class TrainArguments:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.eval_steps is None:
             t.eval_steps = t.save_steps
+        from swift_jax.models.remat import check_remat
+
+        try:
+            t.gradient_checkpointing = check_remat(t.gradient_checkpointing)
+        except ValueError as err:
+            raise ValueError(f"--{err}") from None
         for flag in ("logging_steps", "save_steps", "eval_steps", "per_device_eval_batch_size"):
             if getattr(t, flag) < 1:
                 raise ValueError(f"--{flag} must be >= 1, got {getattr(t, flag)}")

@@ -22,6 +22,7 @@ from swift_jax.hf.safetensors_io import SafetensorsReader, write_sharded_safeten
 from swift_jax.models.config import ModelConfig, dtype_name, to_jnp_dtype
 from swift_jax.models.layers import Buffer
 from swift_jax.models.registry import Architecture, architecture
+from swift_jax.models.scan import layer_paths
 from swift_jax.models.weight_map import Rule, hf_index_to_ours, to_hf, to_ours
 from swift_jax.parallel.distributed import host_array, is_main_process
 from swift_jax.parallel.rules import param_sharding
@@ -46,15 +47,17 @@ def read_hf_config(model_dir: str) -> dict[str, Any]:
 
 
 def model_config(
-    hf_config: dict[str, Any], *, dtype: Any = None, param_dtype: Any = None
+    hf_config: dict[str, Any], *, dtype: Any = None, param_dtype: Any = None, scan_layers: bool = True
 ) -> tuple[ModelConfig, Architecture]:
     """`ModelConfig` and architecture for an HF config dict.
 
     `dtype` is the compute dtype and, unless `param_dtype` is given, also the parameters' (default: the
     checkpoint's). Full fine-tuning in bf16 passes `param_dtype="float32"` for float32 master weights.
+    `scan_layers` stacks runs of identical layers and runs them under `jax.lax.scan` (models/scan.py).
     """
     arch = architecture(hf_config.get("model_type", "<missing>"))
-    return arch.config_from_hf(hf_config, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype)), arch
+    cfg = arch.config_from_hf(hf_config, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype))
+    return cfg.replace(scan_layers=scan_layers), arch
 
 
 def _placement(axes, shape, mesh: Mesh | None):
@@ -67,6 +70,29 @@ def _flat_params(state: nnx.State) -> dict[str, nnx.Variable]:
     return {".".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
 
 
+def hf_slices(arch: Architecture, cfg: ModelConfig, path: str, shape) -> list[tuple[tuple[int, ...], str, Rule]] | None:
+    """Every HF tensor one of our parameters holds: `(index into our array, HF name, rule)`.
+
+    A plain parameter holds one tensor at index `()`. Stacked axes lead: scanned layers (`[layers, ...]`,
+    see models/scan.py) hold one per layer, stacked experts one per expert, both `[layers, expert, ...]`.
+    None when the weight map has no row for the parameter.
+    """
+    per_layer = layer_paths(cfg, path)
+    prefixes = [((), path)] if per_layer is None else [((s,), p) for s, p in enumerate(per_layer)]
+    out = []
+    for index, ours in prefixes:
+        hit = arch.weights.ours_to_hf(ours)
+        if hit is None:
+            return None
+        name, rule = hit
+        if rule.stack:
+            names = rule.stacked_names(name, shape[len(index)])
+            out += [((*index, j), n, rule) for j, n in enumerate(names)]
+        else:
+            out.append((index, name, rule))
+    return out
+
+
 def init_model(
     hf_config: dict[str, Any],
     *,
@@ -74,9 +100,10 @@ def init_model(
     seed: int = 0,
     mesh: Mesh | None = None,
     param_dtype: Any = None,
+    scan_layers: bool = True,
 ) -> nnx.Module:
     """A randomly initialised model for an HF config dict (training from scratch)."""
-    cfg, arch = model_config(hf_config, dtype=dtype, param_dtype=param_dtype)
+    cfg, arch = model_config(hf_config, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
     model = arch.module(cfg, rngs=nnx.Rngs(seed))
     if mesh is not None:
         graphdef, state = nnx.split(model)
@@ -90,7 +117,12 @@ def init_model(
 
 
 def load_model(
-    path_or_hub_id: str, *, dtype: Any = None, mesh: Mesh | None = None, param_dtype: Any = None
+    path_or_hub_id: str,
+    *,
+    dtype: Any = None,
+    mesh: Mesh | None = None,
+    param_dtype: Any = None,
+    scan_layers: bool = True,
 ) -> nnx.Module:
     """Load an HF safetensors checkpoint (local folder or hub id) into our Flax model.
 
@@ -98,27 +130,27 @@ def load_model(
     dtype; default: the checkpoint's.
     `param_dtype` stores parameters in another dtype than the compute one (float32 master weights).
     `mesh` shards parameters by their logical axes; default: the first device.
+    `scan_layers` (default) stacks each run of identical layers into `[layers, ...]` arrays, filled from
+    the per-layer HF tensors; False builds one module per layer.
     Raises one error listing every missing, unexpected or mis-shaped tensor.
     """
     model_dir = resolve_model_dir(path_or_hub_id)
-    cfg, arch = model_config(read_hf_config(model_dir), dtype=dtype, param_dtype=param_dtype)
+    cfg, arch = model_config(read_hf_config(model_dir), dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
     abstract = nnx.eval_shape(lambda: arch.module(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     params = _flat_params(state)
     reader = SafetensorsReader(model_dir)
 
-    expected: dict[str, tuple[str, Rule]] = {}
-    sources: dict[str, tuple[Rule, list[str]]] = {}  # our path -> (rule, its HF names: one, or one per slice)
+    expected: dict[str, tuple[str, tuple[int, ...], Rule]] = {}  # HF name -> (our path, index, rule)
+    sources: dict[str, list] = {}  # our path -> its hf_slices
     unmapped = []
     for path in params:
-        hit = arch.weights.ours_to_hf(path)
-        if hit is None:
+        slices = hf_slices(arch, cfg, path, params[path].shape)
+        if slices is None:
             unmapped.append(path)
             continue
-        name, rule = hit
-        names = rule.stacked_names(name, params[path].shape[0]) if rule.stack else [name]
-        sources[path] = (rule, names)
-        expected.update({n: (path, rule) for n in names})
+        sources[path] = slices
+        expected.update({name: (path, index, rule) for index, name, rule in slices})
     if unmapped:  # a table bug, not a user error
         raise RuntimeError(f"weight map for {cfg.model_type} has no row for parameters {unmapped}")
 
@@ -131,30 +163,84 @@ def load_model(
     problems = [f"missing tensor {n} (for {expected[n][0]})" for n in sorted(set(expected) - available)]
     problems += [f"unexpected tensor {n}" for n in sorted(available - set(expected) - ignorable)]
     for name in sorted(set(expected) & available):
-        path, rule = expected[name]
+        path, index, rule = expected[name]
         hf_shape, _ = reader.shape_dtype(name)
-        want = to_hf_shape(params[path].shape[1:] if rule.stack else params[path].shape, rule)
+        want = to_hf_shape(params[path].shape[len(index) :], rule)
         if hf_shape != want:
             problems.append(f"tensor {name} has shape {list(hf_shape)}, expected {list(want)}")
     if problems:
         raise ValueError(f"{model_dir}: checkpoint does not match {cfg.model_type} config:\n  " + "\n  ".join(problems))
 
     pure: dict[str, Any] = {}
-    for path, (rule, names) in sources.items():
+    for path, slices in sources.items():
         var = params[path]
+        if mesh is None:  # one device: no shards to cut, and no second host copy of each tensor
+            _assign(pure, path, _read_whole(reader, slices, tuple(var.shape), var.dtype))
+            continue
         sharding = _placement(var.logical_axes, var.shape, mesh)
-        dtype_ = var.dtype
-
-        def read_shard(index, names=names, rule=rule, dtype_=dtype_):
-            t = rule.transform
-            if not rule.stack:
-                return to_ours(reader.read(names[0], hf_index_to_ours(index, t)), t).astype(dtype_)
-            rows = range(*index[0].indices(len(names)))  # a stacked array: one HF tensor per slice
-            return np.stack([to_ours(reader.read(names[j], hf_index_to_ours(index[1:], t)), t) for j in rows]).astype(dtype_)
-
+        read_shard = _shard_reader(reader, slices, tuple(var.shape), var.dtype)
         _assign(pure, path, jax.make_array_from_callback(tuple(var.shape), sharding, read_shard))
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
+
+
+def _shard_reader(reader: SafetensorsReader, slices, shape: tuple[int, ...], dtype):
+    """`index -> array`: one device shard of a parameter, read from the HF tensors of its `hf_slices`."""
+    by_index = {index: (name, rule) for index, name, rule in slices}
+    depth = len(slices[0][0])  # number of stacked leading axes
+
+    def read(index, prefix=()):
+        if len(prefix) == depth:
+            name, rule = by_index[prefix]
+            t = rule.transform
+            return to_ours(reader.read(name, hf_index_to_ours(index[depth:], t)), t).astype(dtype, copy=False)
+        rows = range(*index[len(prefix)].indices(shape[len(prefix)]))
+        out = None  # filled row by row: host memory holds the shard once, not its rows and a stacked copy
+        for n, j in enumerate(rows):
+            row = read(index, (*prefix, j))
+            if out is None:
+                out = np.empty((len(rows), *row.shape), dtype)
+            out[n] = row
+        return out
+
+    return read
+
+
+_CHUNK_BYTES = 64 << 20  # HF tensors are copied into place in row blocks of about this size
+_ALIGN = 64  # XLA:CPU adopts host buffers aligned like this without copying them
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """An uninitialised host array whose data starts on a `_ALIGN`-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + _ALIGN, np.uint8)
+    offset = (-raw.ctypes.data) % _ALIGN
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+
+
+def _read_whole(reader: SafetensorsReader, slices, shape: tuple[int, ...], dtype) -> jax.Array:
+    """A parameter on the default device, read from the HF tensors of its `hf_slices`.
+
+    The tensors are copied in row blocks into one aligned host buffer, which `device_put(may_alias=True)`
+    adopts on the CPU (and copies once to an accelerator). Host memory then holds each parameter once:
+    going through `make_array_from_callback` held a read copy beside the device copy, so the largest tensor
+    (the embedding) doubled the load's peak.
+    """
+    out = _aligned_empty(shape, dtype)
+    for index, name, rule in slices:
+        target = out[index] if index else out  # [in, out] in our layout
+        hf_shape, _ = reader.shape_dtype(name)
+        rows = hf_shape[0] if hf_shape else 1
+        step = max(1, _CHUNK_BYTES // max(1, target.nbytes // max(rows, 1)))
+        for start in range(0, rows, step):
+            stop = min(start + step, rows)
+            block = reader.read(name, (slice(start, stop),)) if hf_shape else reader.read(name)
+            if rule.transform == "transpose":  # HF rows are our columns
+                target[..., start:stop] = block.T
+            else:
+                target[start:stop] = block
+    return jax.device_put(out, jax.devices()[0], may_alias=True)
 
 
 def to_hf_shape(shape, rule: Rule) -> tuple[int, ...]:
@@ -181,23 +267,19 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: Any = None, ma
     params = _flat_params(nnx.state(model, nnx.Any(nnx.Param, Buffer)))  # buffers: non-trained tensors
     entries, sources = [], {}
     for path, var in params.items():
-        hit = arch.weights.ours_to_hf(path)
-        if hit is None:
+        if hf_slices(arch, cfg, path, var.shape) is None:
             raise ValueError(
                 f"parameter {path} has no Hugging Face name; merge LoRA adapters before save_pretrained "
                 "(swift_jax.tuners.merge) or export them with the PEFT exporter"
             )
-        name, rule = hit
         out_dtype = np.dtype(to_jnp_dtype(dtype_name(dtype))) if dtype else np.dtype(var.dtype)
-        slices = list(enumerate(rule.stacked_names(name, var.shape[0]))) if rule.stack else [(None, name)]
-        for j, hf_name in slices:  # a stacked array (experts) is written as one HF tensor per slice
-            shape = var.shape if j is None else var.shape[1:]
-            entries.append((hf_name, int(np.prod(shape)) * out_dtype.itemsize))
-            sources[hf_name] = (var, rule, out_dtype, j)
+        for index, hf_name, rule in hf_slices(arch, cfg, path, var.shape):  # stacked arrays: one per slice
+            entries.append((hf_name, int(np.prod(var.shape[len(index) :])) * out_dtype.itemsize))
+            sources[hf_name] = (var, rule, out_dtype, index)
 
     def fetch(name: str) -> np.ndarray:
-        var, rule, out_dtype, j = sources[name]
-        value = var[...] if j is None else var[...][j]
+        var, rule, out_dtype, index = sources[name]
+        value = var[...][index] if index else var[...]
         return to_hf(host_array(value), rule.transform).astype(out_dtype)
 
     if not is_main_process():  # multi-host: take part in every gather, write nothing

@@ -76,9 +76,9 @@ def test_mesh_sharded_load_equals_single_device(qwen2):
     _, path = qwen2
     mesh = make_mesh(data_parallel_size=2, fsdp_size=2, tensor_parallel_size=2)
     sharded = swift_jax.load_model(path, mesh=mesh)
-    q = sharded.model.layers[0].self_attn.q_proj.kernel[...]
-    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (32, 32)
+    q = sharded.model.stacks[0].layers[0].self_attn.q_proj.kernel[...]  # [layers, embed, heads]
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape[1:] == (32, 32)
     single = swift_jax.load_model(path)
     assert np.abs(_logits(sharded) - _logits(single)).max() < 1e-5
 

@@ -10,6 +10,7 @@ import torch
 import jax.numpy as jnp
 
 import swift_jax
+from swift_jax.hf.peft import hf_module_paths
 from swift_jax.hf.peft import load_peft_adapter
 from swift_jax.tuners import lora_layers
 from tiny_models import build_hf_model, hf_logits, save_hf_model
@@ -34,7 +35,7 @@ def test_regex_targets_and_rslora_match_peft(base, tmp_path):
     peft_model = _peft_adapter(tmp_path, target_modules=r".*\.(q_proj|v_proj|up_proj)", use_rslora=True)
     assert isinstance(json.loads((tmp_path / "adapter_config.json").read_text())["target_modules"], str)
     ours = load_peft_adapter(swift_jax.load_model(base), str(tmp_path))
-    adapted = {p for p, _ in lora_layers(ours)}
+    adapted = {m for p, _ in lora_layers(ours) for m in hf_module_paths(ours, p)}  # PEFT module names
     assert len(adapted) == 2 * 3 and all(p.split(".")[-1] in ("q_proj", "v_proj", "up_proj") for p in adapted)
     got = np.asarray(ours(jnp.asarray(IDS)))
     assert np.abs(hf_logits(peft_model, IDS) - got).max() < 1e-4

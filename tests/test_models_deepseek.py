@@ -11,6 +11,7 @@ import transformers
 from flax import nnx
 
 import swift_jax
+from swift_jax.hf.peft import hf_module_paths
 from swift_jax.flops import matmul_params, training_flops
 from swift_jax.models.layers import Buffer
 from swift_jax.tuners import loraize
@@ -92,7 +93,7 @@ def test_config_and_layer_kinds(pair):
     c, cfg = hf.config, ours.config
     assert cfg.mla.q_lora_rank == c.q_lora_rank and cfg.mla.v_head_dim == c.v_head_dim
     assert cfg.moe.sparse_layers == (1, 2) and (cfg.moe.n_group, cfg.moe.topk_group) == (c.n_group, c.topk_group)
-    assert [type(layer.mlp).__name__ for layer in ours.model.layers] == ["MLP", "SparseMoE", "SparseMoE"]
+    assert [type(layer.mlp).__name__ for layer in map(ours.model.layer, range(3))] == ["MLP", "SparseMoE", "SparseMoE"]
     assert abs(cfg.query_scale - hf.model.layers[0].self_attn.scaling) < 1e-7
 
 
@@ -126,7 +127,7 @@ def test_kv_cache_greedy_decoding_matches_transformers(pair):
 
 def test_correction_bias_is_a_frozen_buffer_that_changes_routing(pair):
     hf, ours, _ = pair
-    gate = ours.model.layers[1].mlp.gate
+    gate = ours.model.stacks[1].layers[0].mlp.gate  # the MoE layers' routers, stacked
     assert isinstance(gate.e_score_correction_bias, Buffer)
     params = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(ours, nnx.Param))}
     assert not any("e_score_correction_bias" in p for p in params)  # full fine-tuning never updates it
@@ -145,8 +146,9 @@ def test_flops_count_mla_and_active_experts(pair):
     cfg = ours.config
     shapes = {".".join(map(str, p)): v.shape for p, v in nnx.to_flat_state(nnx.state(ours, nnx.Param))}
     # every matrix but the embedding lookup (biases and norms are vectors), routed experts at top_k / E
-    matmuls = sum(np.prod(s) for p, s in shapes.items() if len(s) == 2 and "embed_tokens" not in p)
-    experts = sum(np.prod(s) for s in shapes.values() if len(s) == 3)
+    rank = lambda p, s: len(s) - ("stacks" in p)  # scanned layers stack [layers, ...]
+    matmuls = sum(np.prod(s) for p, s in shapes.items() if rank(p, s) == 2 and "embed_tokens" not in p)
+    experts = sum(np.prod(s) for p, s in shapes.items() if rank(p, s) == 3)
     assert matmul_params(cfg) == matmuls + experts * cfg.moe.top_k // cfg.moe.num_experts
     assert training_flops(cfg, [12, 5]) > 0
 
@@ -157,7 +159,7 @@ def test_lora_targets_are_the_hf_module_names(pair, tmp_path):
     names += ["kv_a_proj_with_mqa", "kv_b_proj", "o_proj"]
     model = swift_jax.load_model(save_hf_model(hf, tmp_path / "base"))
     loraize(model, target_modules=names, rank=4, dropout=0.0, rngs=nnx.Rngs(0))
-    adapted = sorted(p for p, _ in lora_layers(model))
+    adapted = sorted(m for p, _ in lora_layers(model) for m in hf_module_paths(model, p))  # PEFT names
     assert adapted == sorted(f"model.layers.{i}.self_attn.{n}" for i in range(3) for n in names)
     graphdef, lora, rest = nnx.split(model, nnx.LoRAParam, ...)
     assert not any("e_score_correction_bias" in ".".join(map(str, p)) for p, _ in nnx.to_flat_state(lora))
@@ -178,7 +180,7 @@ def test_peft_adapter_on_latent_attention_matches_peft(tmp_path):
     peft_model = peft.get_peft_model(build_hf_model("deepseek_v3", **overrides), config).eval()
     peft_model.save_pretrained(tmp_path / "adapter")
     ours = load_peft_adapter(swift_jax.load_model(base), str(tmp_path / "adapter"))
-    assert len(lora_layers(ours)) == 3 * len(targets)
+    assert sum(len(hf_module_paths(ours, p)) for p, _ in lora_layers(ours)) == 3 * len(targets)
     ids = _ids(2, 10, seed=9)
     diff = np.abs(hf_logits(peft_model, ids) - np.asarray(ours(jnp.asarray(ids)))).max()
     print(f"peft adapter: max |logits diff| {diff:.2e}")
@@ -197,20 +199,20 @@ def test_full_fine_tuning_step_matches_transformers_loss_and_keeps_the_bias(tmp_
     ids = _ids(2, 12, seed=5)
     with torch.no_grad():
         ref = hf(input_ids=torch.as_tensor(ids, dtype=torch.long), labels=torch.as_tensor(ids, dtype=torch.long)).loss
-    bias = np.asarray(model.model.layers[1].mlp.gate.e_score_correction_bias[...])
+    bias = np.asarray(model.model.layer(1).mlp.gate.e_score_correction_bias[...])
     positions = np.broadcast_to(np.arange(12, dtype=np.int32), ids.shape)
     batch = dict(input_ids=ids, labels=ids, segment_ids=np.ones_like(ids), positions=positions)
     optimizer = optax.sgd(0.1)
     graphdef, params, rng, frozen = split_model(model, nnx.Param)
     assert any("e_score_correction_bias" in ".".join(map(str, p)) for p, _ in nnx.to_flat_state(frozen))
-    before = np.asarray(params["model"]["layers"][1]["mlp"]["experts"]["gate_proj"][...])
+    before = np.asarray(params["model"]["stacks"][1]["layers"][0]["mlp"]["experts"]["gate_proj"][...])
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params), rng)
     batches = jax.tree.map(lambda x: jnp.asarray(x)[None], batch)
     state, metrics = make_train_step(graphdef, optimizer, LanguageModeling())(state, frozen, None, batches)
     assert abs(float(metrics["loss"]) - float(ref)) < 1e-5, (float(metrics["loss"]), float(ref))
-    assert np.abs(np.asarray(state.params["model"]["layers"][1]["mlp"]["experts"]["gate_proj"][...]) - before).max() > 0
+    assert np.abs(np.asarray(state.params["model"]["stacks"][1]["layers"][0]["mlp"]["experts"]["gate_proj"][...]) - before).max() > 0
     trained = nnx.merge(graphdef, state.params, state.rng, frozen)
-    np.testing.assert_array_equal(np.asarray(trained.model.layers[1].mlp.gate.e_score_correction_bias[...]), bias)
+    np.testing.assert_array_equal(np.asarray(trained.model.layer(1).mlp.gate.e_score_correction_bias[...]), bias)
 
 
 def test_bfloat16_load_runs_close_to_float32(tmp_path):
@@ -219,7 +221,7 @@ def test_bfloat16_load_runs_close_to_float32(tmp_path):
     ids = jnp.asarray(_ids(2, 10, seed=6))
     ref = np.asarray(swift_jax.load_model(path)(ids))
     model = swift_jax.load_model(path, dtype="bfloat16")
-    assert model.model.layers[1].mlp.gate.e_score_correction_bias[...].dtype == jnp.float32
+    assert model.model.layer(1).mlp.gate.e_score_correction_bias[...].dtype == jnp.float32
     got = np.asarray(model(ids).astype(jnp.float32))
     assert np.isfinite(got).all() and np.abs(got - ref).max() < 0.05 * np.abs(ref).max() + 0.02
 
@@ -233,9 +235,9 @@ def test_expert_and_fsdp_sharded_mesh_keeps_logits(tmp_path):
     path = save_hf_model(hf, tmp_path)
     mesh = make_mesh(expert_parallel_size=4, fsdp_size=2)
     model = swift_jax.load_model(path, mesh=mesh)
-    layer = model.model.layers[1]
-    assert layer.mlp.experts.gate_proj[...].sharding.spec == P("expert", "fsdp", None)
-    assert layer.self_attn.kv_a_proj_with_mqa.kernel[...].sharding.spec == P("fsdp", None)
+    layer = model.model.stacks[1].layers[0]  # the MoE layers, stacked
+    assert layer.mlp.experts.gate_proj[...].sharding.spec == P(None, "expert", "fsdp", None)
+    assert layer.self_attn.kv_a_proj_with_mqa.kernel[...].sharding.spec == P(None, "fsdp", None)
     ids = _ids(4, 10, seed=7)
     with jax.set_mesh(mesh):
         sharded = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(ids)))

@@ -13,6 +13,7 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import swift_jax
+from swift_jax.hf.peft import hf_module_paths
 from swift_jax.models.moe import experts_dense, experts_ragged, route
 from swift_jax.parallel import make_mesh
 from swift_jax.trainer.method import LanguageModeling
@@ -65,7 +66,7 @@ def test_config_reads_the_moe_fields(pair):
         assert moe.norm_topk_prob == c.norm_topk_prob and ours.config.qk_norm
         hf_sparse = [i for i, layer in enumerate(hf.model.layers) if "Sparse" in type(layer.mlp).__name__]
         assert list(moe.sparse_layers) == hf_sparse
-        assert [type(layer.mlp).__name__ == "SparseMoE" for layer in ours.model.layers] == [
+        assert [type(layer.mlp).__name__ == "SparseMoE" for layer in map(ours.model.layer, range(c.num_hidden_layers))] == [
             i in hf_sparse for i in range(c.num_hidden_layers)
         ]
 
@@ -154,8 +155,9 @@ def test_model_with_dense_reference_impl_gives_the_same_logits(tmp_path):
     model = swift_jax.load_model(save_hf_model(hf, tmp_path))
     ids = jnp.asarray(_ids(2, 9, seed=6))
     ragged = np.asarray(model(ids))
-    for layer in model.model.layers:
-        layer.mlp.impl = "dense"
+    for stack in model.model.stacks:
+        for layer in stack.layers:
+            layer.mlp.impl = "dense"
     np.testing.assert_allclose(np.asarray(model(ids)), ragged, atol=1e-5)
 
 
@@ -165,10 +167,10 @@ def test_expert_parallel_mesh_shards_experts_and_keeps_logits(model_type, overri
     path = save_hf_model(hf, tmp_path)
     mesh = make_mesh(expert_parallel_size=4, fsdp_size=2)
     model = swift_jax.load_model(path, mesh=mesh)
-    experts = model.model.layers[0].mlp.experts
-    assert experts.gate_proj[...].sharding.spec == P("expert", "fsdp", None)
-    assert experts.up_proj[...].sharding.spec == P("expert", "fsdp", None)
-    assert experts.down_proj[...].sharding.spec == P("expert", None, "fsdp")
+    experts = model.model.stacks[0].layers[0].mlp.experts  # [layers, expert, ...]
+    assert experts.gate_proj[...].sharding.spec == P(None, "expert", "fsdp", None)
+    assert experts.up_proj[...].sharding.spec == P(None, "expert", "fsdp", None)
+    assert experts.down_proj[...].sharding.spec == P(None, "expert", None, "fsdp")
     ids = _ids(4, 10, seed=7)
     with jax.set_mesh(mesh):
         sharded = np.asarray(nnx.jit(lambda m, x: m(x))(model, jnp.asarray(ids)))
@@ -183,7 +185,7 @@ def test_lora_all_linear_skips_experts_and_router(tmp_path):
     ids = jnp.asarray(_ids(2, 8))
     before = np.asarray(model(ids))
     loraize(model, target_modules="all-linear", rank=4, dropout=0.0, rngs=nnx.Rngs(0))
-    adapted = {p for p, _ in lora_layers(model)}
+    adapted = {m for p, _ in lora_layers(model) for m in hf_module_paths(model, p)}  # PEFT names
     assert "model.layers.0.mlp.gate_proj" in adapted and "model.layers.1.self_attn.q_proj" in adapted
     assert not any("experts" in p or p.endswith("mlp.gate") for p in adapted)
     np.testing.assert_allclose(np.asarray(model(ids)), before, atol=1e-6)  # lora_b starts at zero
@@ -222,6 +224,6 @@ def test_peft_adapter_on_attention_matches_peft(tmp_path):
     peft_model = peft.get_peft_model(build_hf_model("qwen3_moe", **overrides), config).eval()
     peft_model.save_pretrained(tmp_path / "adapter")
     ours = load_peft_adapter(swift_jax.load_model(base), str(tmp_path / "adapter"))
-    assert len(lora_layers(ours)) == 2 * 2  # (peft refuses gate_proj/up_proj here: it maps them onto the fused experts)
+    assert sum(len(hf_module_paths(ours, p)) for p, _ in lora_layers(ours)) == 2 * 2  # (peft refuses gate_proj/up_proj here: it maps them onto the fused experts)
     ids = _ids(2, 10, seed=9)
     assert np.abs(hf_logits(peft_model, ids) - np.asarray(ours(jnp.asarray(ids)))).max() < TOL

@@ -59,9 +59,9 @@ def test_params_shard_as_the_rules_say_and_logits_do_not_change(qwen2, sizes, q_
     hf, path = qwen2
     mesh = make_mesh(**sizes)
     model = swift_jax.load_model(path, mesh=mesh)
-    layer = model.model.layers[0]
-    assert layer.self_attn.q_proj.kernel[...].sharding.spec == q_spec
-    assert layer.mlp.down_proj.kernel[...].sharding.spec == down_spec
+    layer = model.model.stacks[0].layers[0]  # [layers, ...]: the stacking axis is never sharded
+    assert layer.self_attn.q_proj.kernel[...].sharding.spec == P(None, *q_spec)
+    assert layer.mlp.down_proj.kernel[...].sharding.spec == P(None, *down_spec)
     ids = np.random.RandomState(0).randint(0, 128, (4, 10)).astype(np.int32)
     with jax.set_mesh(mesh):
         logits = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(ids))

@@ -103,7 +103,7 @@ def test_qlora_forward_equals_the_dequantized_reference_and_trains(base_path):
     import qwix
 
     model, step, state, frozen = _setup(base_path, "qlora")
-    assert is_quantized(model.model.layers[0].self_attn.q_proj)
+    assert is_quantized(model.model.stacks[0].layers[0].self_attn.q_proj)
     reference = swift_jax.load_model(base_path)  # the same model with each kernel replaced by its dequantized value
     for (path, q), (_, ref) in zip(_linears(model), _linears(reference)):
         kernel = q.kernel.get_value()

@@ -3,7 +3,8 @@
 Layout: `adapter_config.json` (peft_type LORA, r, lora_alpha, target_modules, base model) and
 `adapter_model.safetensors` with `base_model.model.<HF module path>.lora_A.weight` `[r, in]` and
 `.lora_B.weight` `[out, r]`. Module paths come from the architecture's weight-map table (the HF name of
-the layer's kernel without `.weight`), so they are the names PEFT sees in `transformers`.
+the layer's kernel without `.weight`), so they are the names PEFT sees in `transformers`. The stacked
+adapters of scanned layers (`[layers, in, r]`) are written and read as one tensor pair per layer.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from safetensors.numpy import save_file
 from swift_jax.models.config import to_jnp_dtype
 from swift_jax.models.registry import architecture
 from swift_jax.parallel.distributed import host_array, is_main_process
+from swift_jax.models.scan import layer_paths
 from swift_jax.tuners.lora import iter_linears, lora_layers, loraize
 
 CONFIG_FILE = "adapter_config.json"
@@ -28,12 +30,25 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 
 
-def hf_module_path(model: nnx.Module, path: str) -> str:
-    """The HF module path of one of our Linear layers (e.g. `model.layers.0.self_attn.q_proj`)."""
-    hit = architecture(model.config.model_type).weights.ours_to_hf(path + ".kernel")
-    if hit is None:
-        raise ValueError(f"layer {path} has no Hugging Face name in the {model.config.model_type} weight map")
-    return hit[0].removesuffix(".weight")
+def hf_module_paths(model: nnx.Module, path: str) -> list[str]:
+    """The HF module paths of one of our Linear layers (e.g. `model.layers.0.self_attn.q_proj`): one, or,
+    for a Linear of scanned layers (`model.stacks....`), one per stacked layer in slot order."""
+    weights = architecture(model.config.model_type).weights
+    modules = []
+    for layer_path in layer_paths(model.config, path) or [path]:
+        hit = weights.ours_to_hf(layer_path + ".kernel")
+        if hit is None:
+            raise ValueError(f"layer {layer_path} has no Hugging Face name in the {model.config.model_type} weight map")
+        modules.append(hit[0].removesuffix(".weight"))
+    return modules
+
+
+def _slots(model: nnx.Module, path: str) -> list[tuple[str, int | None]]:
+    """`(HF module path, slot)` of a Linear: slot None for an unstacked one, else its index on axis 0."""
+    modules = hf_module_paths(model, path)
+    if layer_paths(model.config, path) is None:
+        return [(modules[0], None)]
+    return list(zip(modules, range(len(modules))))
 
 
 def save_peft_adapter(
@@ -49,20 +64,21 @@ def save_peft_adapter(
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA adapters to save (train with --tuner_type lora)")
-    ranks = {m.lora.lora_a.shape[1] for _, m in layers}
+    ranks = {m.lora.lora_a.shape[-1] for _, m in layers}
     scales = {m.lora.scale for _, m in layers}
     if len(ranks) != 1 or len(scales) != 1:
         raise ValueError(f"PEFT's config holds one rank and alpha; the adapters have ranks {ranks}, scales {scales}")
     rank, scale = ranks.pop(), scales.pop()
     tensors, targets = {}, set()
     for path, linear in layers:
-        module = hf_module_path(model, path)
-        targets.add(module.split(".")[-1])
-        a = host_array(linear.lora.lora_a[...])  # [in, r]; gathered from every process when sharded across hosts
-        b = host_array(linear.lora.lora_b[...])  # [r, out]
-        out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else a.dtype
-        tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T).astype(out_dtype)
-        tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T).astype(out_dtype)
+        a_all = host_array(linear.lora.lora_a[...])  # [in, r] or [layers, in, r]; gathered from every process
+        b_all = host_array(linear.lora.lora_b[...])  # [r, out] or [layers, r, out]
+        out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else a_all.dtype
+        for module, slot in _slots(model, path):
+            targets.add(module.split(".")[-1])
+            a, b = (a_all, b_all) if slot is None else (a_all[slot], b_all[slot])
+            tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T).astype(out_dtype)
+            tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T).astype(out_dtype)
     head = getattr(model, "score", None)  # a reward model's value head (swift_jax.rlhf): PEFT's modules_to_save
     if head is not None:
         kernel = host_array(head.kernel[...])  # [embed, 1]
@@ -127,7 +143,8 @@ def load_peft_adapter(
     """Attach the adapter stored in a PEFT folder to `model` (in place) and return the model.
 
     Every tensor in the file must land on a layer of the model and vice versa; mismatches raise one error
-    listing them with the folder's path.
+    listing them with the folder's path. With scanned layers an adapted Linear carries an adapter for every
+    stacked layer: layers a `layers_to_transform` adapter leaves out get a zero adapter (no effect).
     """
     from safetensors import safe_open
 
@@ -137,7 +154,7 @@ def load_peft_adapter(
         found = sorted(os.listdir(adapter_dir))
         raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_FILE} (files: {found}); only safetensors adapters are supported")
     # The adapted layers are the ones the file holds tensors for: PEFT's target_modules may be a regex.
-    ours = {hf_module_path(model, p): p for p, _ in iter_linears(model)}
+    ours = {module: p for p, _ in iter_linears(model) for module in hf_module_paths(model, p)}
     with safe_open(path, framework="numpy") as f:
         names = list(f.keys())
     targets = sorted({ours[m] for m in (_module_of(n) for n in names) if m in ours})
@@ -152,26 +169,47 @@ def load_peft_adapter(
         dropout=float(config.get("lora_dropout", 0.0) if dropout is None else dropout),
         rngs=rngs or nnx.Rngs(0),
     )
-    by_module = {hf_module_path(model, p): m for p, m in iter_linears(model) if m.lora is not None}
+    by_module = {
+        module: (m, slot) for p, m in iter_linears(model) if m.lora is not None for module, slot in _slots(model, p)
+    }
     if config.get("use_rslora"):  # rank-stabilised LoRA scales by alpha / sqrt(r)
-        for linear in by_module.values():
+        for linear, _ in by_module.values():
             linear.lora.scale = float(config["lora_alpha"]) / math.sqrt(rank)
     problems, seen = [], set()
     with safe_open(path, framework="numpy") as f:
         for name in f.keys():
             module, kind = _module_of(name), _kind_of(name)
-            linear = by_module.get(module)
+            linear, slot = by_module.get(module, (None, None))
             if linear is None or kind not in ("A", "B"):
                 problems.append(f"unexpected tensor {name}")
                 continue
             value = f.get_tensor(name).T  # A: [in, r], B: [r, out]
             var = linear.lora.lora_a if kind == "A" else linear.lora.lora_b
-            if tuple(value.shape) != tuple(var.shape):
-                problems.append(f"tensor {name} has shape {list(value.T.shape)}, expected {list(var.shape[::-1])}")
+            want = tuple(var.shape) if slot is None else tuple(var.shape[1:])
+            if tuple(value.shape) != want:
+                problems.append(f"tensor {name} has shape {list(value.T.shape)}, expected {list(want[::-1])}")
                 continue
-            var[...] = jax.device_put(value.astype(var.dtype), var[...].sharding)
+            _set_slot(var, slot, value)
             seen.add((module, kind))
-    problems += [f"missing tensor {PREFIX}{m}.lora_{k}.weight" for m in sorted(by_module) for k in "AB" if (m, k) not in seen]
+    partial = config.get("layers_to_transform") is not None
+    for module, (linear, slot) in sorted(by_module.items()):
+        for kind in "AB":
+            if (module, kind) in seen:
+                continue
+            if partial and slot is not None:  # a stacked layer the adapter does not cover: no update there
+                var = linear.lora.lora_a if kind == "A" else linear.lora.lora_b
+                _set_slot(var, slot, np.zeros(var.shape[1:], var.dtype))
+            else:
+                problems.append(f"missing tensor {PREFIX}{module}.lora_{kind}.weight")
     if problems:
         raise ValueError(f"{adapter_dir}: adapter does not match the model:\n  " + "\n  ".join(problems))
     return model
+
+
+def _set_slot(var: nnx.Variable, slot: int | None, value: np.ndarray) -> None:
+    """Write a host array into a variable (slot None) or into slice `slot` of its stacked axis 0."""
+    current = var[...]
+    if slot is None:
+        var[...] = jax.device_put(value.astype(var.dtype), current.sharding)
+    else:
+        var[...] = current.at[slot].set(value.astype(var.dtype))

@@ -21,6 +21,7 @@ DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
     "expert": "expert",
     "lora_rank": None,
+    "layers": None,  # the stacking axis of scanned layers (models/scan.py): scanned over, never sharded
 }
 
 

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from swift_jax.models.decoder import set_scan_layers
 from swift_jax.models.layers import Linear
 
 from .base import QuantizedWeight, QuantSpec, quantizable_linears, set_dequantized
@@ -102,7 +103,10 @@ def quantize_model(
     `calibration` `[n, seq]` token ids are required by GPTQ (RTN and fp8 ignore them); `scale_dtype`
     is the dtype the scales are stored in (default: the model's parameter dtype). Returns
     `{module path: QuantizedWeight}` (paths like `model.layers.0.self_attn.q_proj`).
+    A model with scanned layers is switched to the unrolled layout first (`set_scan_layers`, in place):
+    quantization and GPTQ's layer-by-layer calibration work on one layer at a time.
     """
+    set_scan_layers(model, False)
     linears = list(quantizable_linears(model))
     _check_unadapted(linears)
     for path, linear in linears:

@@ -48,8 +48,9 @@ def build_model(args: TrainArguments, mesh) -> nnx.Module:
     param_dtype = "float32" if full and m.dtype not in (None, "float32", "fp32") else None
     path = resolve_path(m.model)
     if m.init_from_scratch:
-        return init_model(read_hf_config(resolve_model_dir(path)), dtype=m.dtype, seed=args.training.seed, mesh=mesh, param_dtype=param_dtype)
-    return load_model(path, dtype=m.dtype, mesh=mesh, param_dtype=param_dtype)
+        return init_model(read_hf_config(resolve_model_dir(path)), dtype=m.dtype, seed=args.training.seed, mesh=mesh,
+                          param_dtype=param_dtype, scan_layers=m.scan_layers)
+    return load_model(path, dtype=m.dtype, mesh=mesh, param_dtype=param_dtype, scan_layers=m.scan_layers)
 
 
 ADAPTER_FIELDS = {"lora_rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout"}

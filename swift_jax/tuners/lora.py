@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from swift_jax.models.layers import Linear
+from swift_jax.models.scan import stack_modules, stack_size
 
 ALL_LINEAR = "all-linear"
 # Linear layers never adapted by `all-linear` (PEFT excludes the output layer too).
@@ -114,7 +115,7 @@ class LoRA(nnx.Module):
         return low_rank_product(x, a, b, self.scale)
 
     def delta(self) -> jax.Array:
-        """The dense update `scale * A @ B` `[in, out]` in float32 (for merging)."""
+        """The dense update `scale * A @ B` `[in, out]` in float32 (for merging); `[layers, in, out]` stacked."""
         return self.scale * (self.lora_a[...].astype(jnp.float32) @ self.lora_b[...].astype(jnp.float32))
 
 
@@ -155,22 +156,28 @@ def loraize(
     dropout: float = 0.05,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """Attach a fresh LoRA adapter to every targeted Linear (in place); returns the model."""
+    """Attach a fresh LoRA adapter to every targeted Linear (in place); returns the model.
+
+    A Linear of scanned layers (kernel `[layers, in, out]`) gets stacked adapters: one independently
+    initialised adapter per layer, A `[layers, in, rank]`, B `[layers, rank, out]`.
+    """
     if rank <= 0:
         raise ValueError(f"lora_rank must be positive, got {rank}")
     for _, linear in resolve_targets(model, target_modules):
         axes = tuple(linear.kernel.get_metadata()["logical_axes"])
-        linear.lora = LoRA(
+        layers = stack_size(linear.kernel)
+        make = lambda: LoRA(
             linear.in_features,
             linear.out_features,
             rank=rank,
             alpha=alpha,
             dropout=dropout,
-            axes=axes,
+            axes=axes[-2:],
             dtype=linear.dtype,
             param_dtype=linear.kernel.dtype,
             rngs=rngs,
         )
+        linear.lora = make() if layers is None else stack_modules([make() for _ in range(layers)])
     return model
 
 

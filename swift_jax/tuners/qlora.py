@@ -11,21 +11,27 @@ import jax.numpy as jnp
 import qwix
 from flax import nnx
 
+from swift_jax.models.scan import stack_size
+
 from .lora import EXCLUDED_FROM_ALL_LINEAR, iter_linears
 
 QTYPES = {4: "nf4", 8: jnp.int8}
 
 
 def quantize_base(model: nnx.Module, *, bits: int = 4, tile_size: int = 64) -> nnx.Module:
-    """Quantize every Linear kernel but the LM head in place; scales per `tile_size` input rows per column."""
+    """Quantize every Linear kernel but the LM head in place; scales per `tile_size` input rows per column
+    (and per layer for the stacked kernels of scanned layers, `[layers, in, out]`)."""
     if bits not in QTYPES:
         raise ValueError(f"--quant_bits {bits}: QLoRA supports {sorted(QTYPES)}")
     for path, linear in iter_linears(model):
         if path.split(".")[-1] in EXCLUDED_FROM_ALL_LINEAR:
             continue
-        kernel = linear.kernel.get_value()  # [in, out]
-        tile = tile_size if kernel.shape[0] % tile_size == 0 else kernel.shape[0]
-        quantized = qwix.quantize(kernel, QTYPES[bits], tiled_axes={0: tile}, channelwise_axes=(1,))
+        kernel = linear.kernel.get_value()  # [in, out] or [layers, in, out]
+        lead = 0 if stack_size(linear.kernel) is None else 1
+        rows = kernel.shape[lead]
+        tile = tile_size if rows % tile_size == 0 else rows
+        channels = (lead + 1,) if lead == 0 else (0, lead + 1)
+        quantized = qwix.quantize(kernel, QTYPES[bits], tiled_axes={lead: tile}, channelwise_axes=channels)
         linear.kernel.set_value(quantized)
     return model
 
