@@ -250,7 +250,7 @@ def test_hub_layout_config_builds_transformers_architecture(model_type, tmp_path
     (tmp_path / "config.json").write_text(
         json.dumps({**_HUB_TEXT, "model_type": model_type, **HUB_CONFIGS[model_type]})
     )
-    cfg, arch = model_config(read_hf_config(str(tmp_path)))
+    cfg, arch = model_config(read_hf_config(str(tmp_path)), scan_layers=False)  # one parameter per HF tensor
     assert cfg.rope.mrope_section == (2, 3, 3) and cfg.tie_word_embeddings and cfg.rope.theta == 1e6
     abstract = nnx.eval_shape(lambda: arch.module(cfg, rngs=nnx.Rngs(0)))
     ours = sorted(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
@@ -267,7 +267,11 @@ def test_gradients_equal_torch(pair, images):
     Qwen2.5-VL only (windows, RMSNorm, SwiGLU: the superset of Qwen2-VL's blocks), to keep the file's time down."""
     import torch
 
+    from swift_jax.models import set_scan_layers
+
     hf, ours = pair
+    ours = nnx.clone(ours)
+    set_scan_layers(ours, False)  # per-layer parameter paths, to name each gradient as transformers does
     pixel_values, grid = images
     cfg = ours.config.vision
     ids = np.asarray([vision_row([1], grid[:2], [4, 5])])
