@@ -70,6 +70,10 @@ def _flat_params(state: nnx.State) -> dict[str, nnx.Variable]:
     return {".".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
 
 
+HEAD_RULES = {"score.kernel": Rule("score.weight", "score.kernel", "transpose")}
+"""Parameters outside every architecture's table: the value head a reward model adds (swift_jax.tuners.value_head)."""
+
+
 def hf_slices(arch: Architecture, cfg: ModelConfig, path: str, shape) -> list[tuple[tuple[int, ...], str, Rule]] | None:
     """Every HF tensor one of our parameters holds: `(index into our array, HF name, rule)`.
 
@@ -77,6 +81,8 @@ def hf_slices(arch: Architecture, cfg: ModelConfig, path: str, shape) -> list[tu
     see models/scan.py) hold one per layer, stacked experts one per expert, both `[layers, expert, ...]`.
     None when the weight map has no row for the parameter.
     """
+    if path in HEAD_RULES:  # a reward model's value head: transformers' *ForSequenceClassification `score`
+        return [((), HEAD_RULES[path].hf, HEAD_RULES[path])]
     per_layer = layer_paths(cfg, path)
     prefixes = [((), path)] if per_layer is None else [((s,), p) for s, p in enumerate(per_layer)]
     out = []
@@ -291,6 +297,9 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: Any = None, ma
     hf = cfg.hf_config
     hf.pop("torch_dtype", None)
     hf["dtype"] = str(np.dtype(to_jnp_dtype(dtype_name(dtype) or cfg.param_dtype)))
+    if "score.kernel" in params:  # a reward model: transformers reads it as *ForSequenceClassification, one label
+        hf["architectures"] = [a.replace("ForCausalLM", "ForSequenceClassification") for a in hf.get("architectures") or []]
+        hf["id2label"], hf["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
     with open(os.path.join(output_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
 

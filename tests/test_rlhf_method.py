@@ -61,7 +61,7 @@ def lora_model(path: str, seed: int = 1):
     model = swift_jax.load_model(path, dtype="float32")
     loraize(model, rank=4, alpha=8, dropout=0.0, rngs=nnx.Rngs(seed))
     for _, var in nnx.iter_graph(model):
-        if isinstance(var, nnx.LoRAParam) and var.shape[0] == 4:
+        if isinstance(var, nnx.LoRAParam) and var.shape[-2] == 4:  # B: [rank, out] (scanned: [layers, rank, out])
             var[...] = 0.05 * jax.random.normal(jax.random.key(seed), var.shape)
     return model
 
@@ -184,7 +184,7 @@ def test_a_few_steps_move_the_rewards(base_path, rlhf_type):
     loraize(model, rank=4, alpha=8, dropout=0.0, rngs=nnx.Rngs(0))
     if rlhf_type == "rm":
         attach_value_head(model)
-    history = _train(make_method(RLHFArgs(rlhf_type=rlhf_type)), model, batch, steps=6, lr=2e-2)
+    history = _train(make_method(RLHFArgs(rlhf_type=rlhf_type)), model, batch, steps=10, lr=2e-2)
     first, last = history[0], history[-1]
     assert last["loss"] < first["loss"], history
     if rlhf_type == "kto":
@@ -214,6 +214,36 @@ def test_reward_model_lora_saves_a_peft_seq_cls_adapter_that_transformers_scores
         expected = float(hf(torch.as_tensor(ids[None], dtype=torch.long)).logits[0, 0])
     ours = float(model.score(model.hidden_states(jnp.asarray(ids[None])))[0, -1])
     assert abs(ours - expected) < 1e-4, (ours, expected)
+
+
+def test_reward_model_adapter_reads_back_and_exports_as_sequence_classification(base_path, tmp_path):
+    """`--adapters` reads a SEQ_CLS adapter back (value head included), and a merged export is an HF
+    `*ForSequenceClassification` checkpoint that transformers scores as we do."""
+    import transformers
+
+    from swift_jax.export import main as export_main
+    from swift_jax.hf.peft import save_peft_adapter
+    from swift_jax.tuners import load_adapter
+
+    model = lora_model(base_path)
+    attach_value_head(model)
+    model.score.kernel[...] = 0.1 * jax.random.normal(jax.random.key(4), model.score.kernel.shape)
+    adapter = tmp_path / "adapter"
+    save_peft_adapter(model, str(adapter), base_model_name_or_path=base_path)
+    ids = samples()[0]["input_ids"][:20]
+    ours = float(model.score(model.hidden_states(jnp.asarray(ids[None])))[0, -1])
+
+    again = load_adapter(swift_jax.load_model(base_path, dtype="float32"), str(adapter))
+    assert float(again.score(again.hidden_states(jnp.asarray(ids[None])))[0, -1]) == pytest.approx(ours, abs=1e-6)
+
+    merged = tmp_path / "merged"
+    export_main(["--adapters", str(adapter), "--merge_lora", "true", "--output_dir", str(merged)])
+    config = json.load(open(merged / "config.json"))
+    assert config["architectures"] == ["Qwen2ForSequenceClassification"] and len(config["id2label"]) == 1
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(merged)).eval()
+    with torch.no_grad():
+        theirs = float(hf(torch.as_tensor(ids[None], dtype=torch.long)).logits[0, 0])
+    assert abs(theirs - ours) < 1e-4, (theirs, ours)
 
 
 def test_ref_adapters_make_the_reference_the_sft_adapter():

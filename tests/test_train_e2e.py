@@ -22,7 +22,10 @@ COMMON = [
 
 
 def _run(args, **kw):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    # One device: these runs test resume, preemption and the run folder. Multi-device training is tested in
+    # test_parallel_training.py / test_multihost.py; two in-process CPU devices once hit an XLA:CPU all-reduce
+    # rendezvous timeout here under the loaded 2-core CI host (see the issue-17 note).
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     return subprocess.Popen([sys.executable, "-m", "swift_jax.train", *COMMON, *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 

@@ -82,7 +82,7 @@ def save_peft_adapter(
     head = getattr(model, "score", None)  # a reward model's value head (swift_jax.rlhf): PEFT's modules_to_save
     if head is not None:
         kernel = host_array(head.kernel[...])  # [embed, 1]
-        tensors[f"{PREFIX}score.weight"] = np.ascontiguousarray(kernel.T).astype(np.dtype(to_jnp_dtype(dtype)) if dtype else kernel.dtype)
+        tensors[HEAD_TENSOR] = np.ascontiguousarray(kernel.T).astype(np.dtype(to_jnp_dtype(dtype)) if dtype else kernel.dtype)
     if not is_main_process():  # multi-host: every process gathers, process 0 writes
         return
     os.makedirs(output_dir, exist_ok=True)
@@ -125,6 +125,21 @@ def read_peft_config(adapter_dir: str) -> dict[str, Any]:
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ValueError(f"{path}: per-layer rank_pattern/alpha_pattern are not supported")
     return config
+
+
+HEAD_TENSOR = f"{PREFIX}score.weight"
+
+
+def _load_value_head(model: nnx.Module, weight: np.ndarray, problems: list[str]) -> None:
+    """Attach the `score` head (`[1, embed]` in PEFT's file) to `model`, or note a shape mismatch."""
+    from swift_jax.tuners.value_head import attach_value_head
+
+    attach_value_head(model)
+    kernel = model.score.kernel
+    if tuple(weight.T.shape) != tuple(kernel.shape):
+        problems.append(f"tensor {HEAD_TENSOR} has shape {list(weight.shape)}, expected {list(kernel.shape[::-1])}")
+        return
+    kernel[...] = jax.device_put(weight.T.astype(kernel.dtype), kernel[...].sharding)
 
 
 def _module_of(name: str) -> str:
@@ -178,6 +193,9 @@ def load_peft_adapter(
     problems, seen = [], set()
     with safe_open(path, framework="numpy") as f:
         for name in f.keys():
+            if name == HEAD_TENSOR:  # a reward model's value head (PEFT's modules_to_save of a SEQ_CLS adapter)
+                _load_value_head(model, f.get_tensor(name), problems)
+                continue
             module, kind = _module_of(name), _kind_of(name)
             linear, slot = by_module.get(module, (None, None))
             if linear is None or kind not in ("A", "B"):

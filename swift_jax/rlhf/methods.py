@@ -27,6 +27,7 @@ from swift_jax.rlhf.args import RLHFArgs
 from swift_jax.rlhf.logps import PairStats, model_pair_stats
 from swift_jax.trainer.method import LossOutput, Method, mean_metric
 from swift_jax.tuners.lora import adapters_disabled
+from swift_jax.tuners.value_head import attach_value_head
 
 sg = jax.lax.stop_gradient
 
@@ -220,29 +221,6 @@ def _pair_values(batch: dict, pairs_per_row: int) -> jax.Array:
     on = seg[..., None] == ids  # [batch, seq, pairs_per_row]
     total = jnp.einsum("bs,bsk->bk", batch["pair_value"].astype(jnp.float32), on.astype(jnp.float32))
     return (total / jnp.maximum(on.sum(1), 1)).reshape(-1)
-
-
-class HeadParam(nnx.LoRAParam):
-    """A parameter trained under LoRA too (PEFT's `modules_to_save`): the reward model's value head."""
-
-
-class ValueHead(nnx.Module):
-    """`score`: hidden `[..., embed]` -> a scalar reward `[...]` (transformers' `*ForSequenceClassification`
-    head with num_labels 1, no bias)."""
-
-    def __init__(self, embed: int, *, std: float = 0.02, rngs: nnx.Rngs):
-        self.kernel = HeadParam(jax.random.normal(rngs.params(), (embed, 1), jnp.float32) * std, logical_axes=("embed", None))
-
-    def __call__(self, hidden: jax.Array) -> jax.Array:
-        return (hidden.astype(jnp.float32) @ self.kernel[...])[..., 0]
-
-
-def attach_value_head(model, *, seed: int = 0):
-    """Give `model` a `score` value head (in place) unless it has one; returns the model."""
-    if getattr(model, "score", None) is None:
-        model.score = ValueHead(model.config.hidden_size, std=getattr(model.config, "initializer_range", 0.02),
-                                rngs=nnx.Rngs(seed))
-    return model
 
 
 class RewardModel(PreferenceMethod):
