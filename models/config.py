@@ -35,6 +35,22 @@ def to_jnp_dtype(name: Any) -> jnp.dtype:
     return jnp.dtype(_DTYPES[key])
 
 
+def dtype_name(dtype: Any) -> str | None:
+    """A dtype as the public API accepts it (`"bfloat16"`, `"bf16"`, `jnp.bfloat16`, `np.dtype("float32")`,
+    `"torch.float32"`) as its canonical name, e.g. `"bfloat16"`; None stays None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        return jnp.dtype(to_jnp_dtype(dtype)).name
+    try:
+        name = jnp.dtype(dtype).name
+    except TypeError as err:
+        raise ValueError(f"unknown dtype {dtype!r}; expected a name such as 'bfloat16' or a dtype such as jnp.float32") from err
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported dtype {name!r}; expected one of {sorted(_DTYPES)}")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
     """Rotary embedding parameters in transformers' `rope_parameters` vocabulary."""

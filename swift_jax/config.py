@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from swift_jax.data import DataArgs
+from swift_jax.data.args import DataArgs
 from swift_jax.parallel.distributed import DistributedArgs
 from swift_jax.parallel.mesh import MeshArgs
 
@@ -73,11 +73,28 @@ class TrainingArgs:
     logging_steps: int = 5
     save_steps: int = 500
     save_total_limit: int | None = None
-    """Keep only the newest N checkpoints (None: all)."""
+    """Keep only the newest N checkpoints, and always the best by eval loss (so 1 may keep 2); None: all."""
     eval_steps: int | None = None
     """Evaluate every N steps (default: save_steps) when there is a validation split."""
     resume_from_checkpoint: str | None = None
-    """A checkpoint folder (output_dir/vN-.../checkpoint_STEP) to continue exactly from."""
+    """A checkpoint folder (output_dir/vN-.../checkpoint-STEP) to continue exactly from. As in ms-swift, the
+    resumed run writes a new vN- folder whose log begins at the next step."""
+    resume_only_model: bool = False
+    """With --resume_from_checkpoint: restore the trained weights only (a fresh optimizer and schedule); the
+    step count and data position still continue unless --ignore_data_skip."""
+    ignore_data_skip: bool = False
+    """With --resume_from_checkpoint: do not skip the data already trained on (the stream starts over); with
+    --resume_only_model the step count starts over too (weights only)."""
+    add_version: bool = True
+    """Write the run into output_dir/vN-YYYYMMDD-HHMMSS/ (false: straight into output_dir)."""
+    create_checkpoint_symlink: bool = False
+    """At the end, link run_dir/last and run_dir/best to the last and the best (lowest eval loss) checkpoints."""
+    compilation_cache_dir: str = "~/.cache/swift_jax/xla"
+    """JAX's persistent compilation cache (a second run of the same job skips compilation); none disables it.
+    Never inside output_dir. The JAX_COMPILATION_CACHE_DIR environment variable wins when set."""
+    preemption_save_timeout: float = 600.0
+    """Seconds the checkpoint after a SIGTERM may take before the process exits anyway (0: no limit); a second
+    SIGTERM exits at once."""
     seed: int = 42
     train_dataloader_shuffle: bool = True
     """Shuffle the training samples every epoch."""
@@ -115,6 +132,14 @@ class TrainArguments:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.eval_steps is None:
             t.eval_steps = t.save_steps
+        for flag in ("logging_steps", "save_steps", "eval_steps", "per_device_eval_batch_size"):
+            if getattr(t, flag) < 1:
+                raise ValueError(f"--{flag} must be >= 1, got {getattr(t, flag)}")
+        if self.data.streaming and t.max_steps <= 0:
+            raise ValueError("--streaming true needs --max_steps: a stream has no length to count epochs over (as ms-swift)")
+        if (t.resume_only_model or t.ignore_data_skip) and not t.resume_from_checkpoint:
+            flag = "--resume_only_model" if t.resume_only_model else "--ignore_data_skip"
+            raise ValueError(f"{flag} needs --resume_from_checkpoint")
         return self
 
     def accumulation_steps(self, batch_devices: int) -> int:

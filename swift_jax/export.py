@@ -1,7 +1,7 @@
 """`python -m swift_jax.export`: merged HF checkpoints, PEFT adapters, quantized weights.
 
-    python -m swift_jax.export --adapters output/vN-.../checkpoint_100 --merge_lora true --output_dir merged
-    python -m swift_jax.export --adapters output/vN-.../checkpoint_100 --to_peft true --output_dir peft
+    python -m swift_jax.export --adapters output/vN-.../checkpoint-100 --merge_lora true --output_dir merged
+    python -m swift_jax.export --adapters output/vN-.../checkpoint-100 --to_peft true --output_dir peft
     python -m swift_jax.export --model merged --quant_method rtn --quant_bits 4 --output_dir merged-int4
     python -m swift_jax.export --adapters CKPT --quant_method gptq --quant_bits 4 --group_size 128 \
         --dataset calib.jsonl --quant_n_samples 128 --max_length 2048 --output_dir merged-gptq-int4
@@ -31,7 +31,7 @@ class ExportArgs:
     model: str | None = None
     """Base model folder or hub id; default: the base model recorded in --adapters."""
     adapters: list[str] = dataclasses.field(default_factory=list)
-    """LoRA checkpoint(s) in PEFT format (our checkpoint_STEP folders, or PEFT's)."""
+    """LoRA checkpoint(s) in PEFT format (our checkpoint-STEP folders, or PEFT's)."""
     merge_lora: bool = False
     """Fold the adapters into the base weights and write a full HF model folder."""
     to_peft: bool = False
@@ -73,14 +73,17 @@ def export(args: ExportArgs) -> str:
         raise ValueError("--to_peft writes only the adapter; do not combine it with --merge_lora or --quant_method")
     if (args.merge_lora or args.to_peft) and not args.adapters:
         raise ValueError("--merge_lora/--to_peft need --adapters CKPT")
+    base = args.model or base_model_of(args.adapters[0])
     spec = None
-    if args.quant_method:
+    if args.quant_method:  # bad settings and unsupported models fail before anything is loaded
+        from swift_jax.hf.compressed_tensors import check_quantizable
+        from swift_jax.modeling import model_config, read_hf_config, resolve_model_dir
         from swift_jax.quant import QuantSpec
 
-        spec = QuantSpec(args.quant_method, args.quant_bits, args.group_size)  # bad settings fail before loading
+        spec = QuantSpec(args.quant_method, args.quant_bits, args.group_size)
         if spec.method == "gptq" and not args.dataset:
             raise ValueError("--quant_method gptq needs calibration data: pass --dataset FILE.jsonl")
-    base = args.model or base_model_of(args.adapters[0])
+        check_quantizable(model_config(read_hf_config(resolve_model_dir(base)))[0])
     model = swift_jax.load_model(base, dtype=args.dtype)
     for path in args.adapters:
         load_adapter(model, path)

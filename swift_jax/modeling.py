@@ -19,11 +19,12 @@ from jax.sharding import Mesh
 
 from swift_jax.hf.hub import resolve_model_dir
 from swift_jax.hf.safetensors_io import SafetensorsReader, write_sharded_safetensors
-from swift_jax.models.config import ModelConfig, to_jnp_dtype
+from swift_jax.models.config import ModelConfig, dtype_name, to_jnp_dtype
 from swift_jax.models.layers import Buffer
 from swift_jax.models.registry import Architecture, architecture
 from swift_jax.models.scan import layer_paths
 from swift_jax.models.weight_map import Rule, hf_index_to_ours, to_hf, to_ours
+from swift_jax.parallel.distributed import host_array, is_main_process
 from swift_jax.parallel.rules import param_sharding
 
 # Checkpoint entries that carry no learned state (old rotary caches) and are skipped silently.
@@ -46,7 +47,11 @@ def read_hf_config(model_dir: str) -> dict[str, Any]:
 
 
 def model_config(
+<<<<<<< HEAD
     hf_config: dict[str, Any], *, dtype: str | None = None, param_dtype: str | None = None, scan_layers: bool = True
+=======
+    hf_config: dict[str, Any], *, dtype: Any = None, param_dtype: Any = None
+>>>>>>> main
 ) -> tuple[ModelConfig, Architecture]:
     """`ModelConfig` and architecture for an HF config dict.
 
@@ -55,8 +60,12 @@ def model_config(
     `scan_layers` stacks runs of identical layers and runs them under `jax.lax.scan` (models/scan.py).
     """
     arch = architecture(hf_config.get("model_type", "<missing>"))
+<<<<<<< HEAD
     cfg = arch.config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype)
     return cfg.replace(scan_layers=scan_layers), arch
+=======
+    return arch.config_from_hf(hf_config, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype)), arch
+>>>>>>> main
 
 
 def _placement(axes, shape, mesh: Mesh | None):
@@ -95,11 +104,15 @@ def hf_slices(arch: Architecture, cfg: ModelConfig, path: str, shape) -> list[tu
 def init_model(
     hf_config: dict[str, Any],
     *,
-    dtype: str | None = None,
+    dtype: Any = None,
     seed: int = 0,
     mesh: Mesh | None = None,
+<<<<<<< HEAD
     param_dtype: str | None = None,
     scan_layers: bool = True,
+=======
+    param_dtype: Any = None,
+>>>>>>> main
 ) -> nnx.Module:
     """A randomly initialised model for an HF config dict (training from scratch)."""
     cfg, arch = model_config(hf_config, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
@@ -116,16 +129,21 @@ def init_model(
 
 
 def load_model(
+<<<<<<< HEAD
     path_or_hub_id: str,
     *,
     dtype: str | None = None,
     mesh: Mesh | None = None,
     param_dtype: str | None = None,
     scan_layers: bool = True,
+=======
+    path_or_hub_id: str, *, dtype: Any = None, mesh: Mesh | None = None, param_dtype: Any = None
+>>>>>>> main
 ) -> nnx.Module:
     """Load an HF safetensors checkpoint (local folder or hub id) into our Flax model.
 
-    `dtype` ("float32", "bfloat16") sets parameter and compute dtype; default: the checkpoint's.
+    `dtype` (`"float32"`, `"bfloat16"`, `jnp.bfloat16`, `np.dtype("float32")`) sets parameter and compute
+    dtype; default: the checkpoint's.
     `param_dtype` stores parameters in another dtype than the compute one (float32 master weights).
     `mesh` shards parameters by their logical axes; default: the first device.
     `scan_layers` (default) stacks each run of identical layers into `[layers, ...]` arrays, filled from
@@ -213,11 +231,12 @@ def _assign(tree: dict, dotted: str, value: Any) -> None:
     tree[keys[-1]] = value
 
 
-def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: str | None = None, max_shard_size: int | str = "5GB") -> None:
+def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: Any = None, max_shard_size: int | str = "5GB") -> None:
     """Write `config.json` and (sharded) safetensors that `transformers` loads.
 
     `dtype` casts the saved weights (default: the parameters' dtype). Parameters are gathered to the
-    host one at a time. A model with unmerged LoRA adapters must be merged first.
+    host one at a time. A model with unmerged LoRA adapters must be merged first. In a multi-host run every
+    process calls it (parameters sharded across hosts are gathered from all) and process 0 writes.
     """
     cfg: ModelConfig = model.config
     arch = architecture(cfg.model_type)
@@ -229,6 +248,7 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: str | None = N
                 f"parameter {path} has no Hugging Face name; merge LoRA adapters before save_pretrained "
                 "(swift_jax.tuners.merge) or export them with the PEFT exporter"
             )
+<<<<<<< HEAD
         out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else np.dtype(var.dtype)
         for index, hf_name, rule in hf_slices(arch, cfg, path, var.shape):  # stacked arrays: one per slice
             entries.append((hf_name, int(np.prod(var.shape[len(index) :])) * out_dtype.itemsize))
@@ -238,12 +258,30 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: str | None = N
         var, rule, out_dtype, index = sources[name]
         value = var[...][index] if index else var[...]
         return to_hf(np.asarray(jax.device_get(value)), rule.transform).astype(out_dtype)
+=======
+        name, rule = hit
+        out_dtype = np.dtype(to_jnp_dtype(dtype_name(dtype))) if dtype else np.dtype(var.dtype)
+        slices = list(enumerate(rule.stacked_names(name, var.shape[0]))) if rule.stack else [(None, name)]
+        for j, hf_name in slices:  # a stacked array (experts) is written as one HF tensor per slice
+            shape = var.shape if j is None else var.shape[1:]
+            entries.append((hf_name, int(np.prod(shape)) * out_dtype.itemsize))
+            sources[hf_name] = (var, rule, out_dtype, j)
 
+    def fetch(name: str) -> np.ndarray:
+        var, rule, out_dtype, j = sources[name]
+        value = var[...] if j is None else var[...][j]
+        return to_hf(host_array(value), rule.transform).astype(out_dtype)
+>>>>>>> main
+
+    if not is_main_process():  # multi-host: take part in every gather, write nothing
+        for name, _ in entries:
+            fetch(name)
+        return
     os.makedirs(output_dir, exist_ok=True)
     write_sharded_safetensors(output_dir, entries, fetch, max_shard_size=max_shard_size)
     hf = cfg.hf_config
     hf.pop("torch_dtype", None)
-    hf["dtype"] = str(np.dtype(to_jnp_dtype(dtype or cfg.param_dtype)))
+    hf["dtype"] = str(np.dtype(to_jnp_dtype(dtype_name(dtype) or cfg.param_dtype)))
     with open(os.path.join(output_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
 

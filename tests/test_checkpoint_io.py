@@ -142,3 +142,23 @@ def test_init_model_from_config_trains_from_scratch_shape(tmp_path):
     swift_jax.save_pretrained(model, tmp_path)
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     assert np.abs(hf_logits(reloaded, IDS) - _logits(model)).max() < 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["float32", "fp32", jnp.float32, np.dtype("float32"), np.float32, "torch.float32"])
+def test_the_api_takes_dtypes_as_jax_users_pass_them(qwen2, dtype):
+    _, path = qwen2
+    model = swift_jax.load_model(path, dtype=dtype)
+    assert model.config.dtype == "float32" and model.config.param_dtype == "float32"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", jnp.bfloat16, np.dtype(jnp.bfloat16)])
+def test_bfloat16_in_every_form_loads_inits_and_saves(qwen2, tmp_path, dtype):
+    _, path = qwen2
+    assert swift_jax.load_model(path, dtype=dtype).model.embed_tokens.embedding[...].dtype == jnp.bfloat16
+    with open(os.path.join(path, "config.json")) as f:
+        initialised = swift_jax.init_model(json.load(f), dtype=dtype)
+    assert initialised.model.embed_tokens.embedding[...].dtype == jnp.bfloat16
+    swift_jax.save_pretrained(swift_jax.load_model(path), tmp_path, dtype=dtype)
+    assert json.load(open(tmp_path / "config.json"))["dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="unsupported dtype 'int8'"):
+        swift_jax.load_model(path, dtype=jnp.int8)

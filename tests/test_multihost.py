@@ -1,27 +1,23 @@
-"""Two real processes on loopback join one JAX run through `initialize_distributed` (gloo CPU collectives)."""
+"""Multi-host training with real processes: two `python -m swift_jax.train` processes on loopback (torchrun-style
+variables, 2 CPU devices each, gloo collectives) form one run with FSDP over all 4 devices."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
-import textwrap
 
-WORKER = textwrap.dedent(
-    """
-    import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    import jax
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from swift_jax.parallel import DistributedArgs, initialize_distributed, is_main_process, make_mesh
-    initialize_distributed(DistributedArgs(coordinator_address=sys.argv[2], num_processes=2, process_id=int(sys.argv[1])))
-    import numpy as np
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    mesh = make_mesh()  # pure FSDP over the 4 devices of both processes
-    x = jax.make_array_from_callback((8,), NamedSharding(mesh, P("fsdp")), lambda i: np.arange(8.0, dtype=np.float32)[i])
-    total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, P()))(x)
-    print("RESULT", jax.process_index(), jax.process_count(), jax.device_count(), dict(mesh.shape)["fsdp"], float(total), is_main_process())
-    """
-)
+import numpy as np
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+QUICK = os.path.join(ROOT, "swift_jax", "assets", "quickstart")
+FLAGS = [
+    "--model", QUICK, "--init_from_scratch", "true", "--dtype", "float32", "--tuner_type", "full",
+    "--dataset", os.path.join(QUICK, "train.jsonl") + "#200", "--max_length", "32", "--per_device_train_batch_size", "1",
+    "--gradient_accumulation_steps", "2", "--learning_rate", "1e-3", "--logging_steps", "1", "--report_to", "none",
+    "--fsdp_size", "4", "--max_steps", "4", "--save_steps", "2",
+]
 
 
 def _free_port() -> int:
@@ -30,19 +26,70 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_form_one_mesh():
-    address = f"127.0.0.1:{_free_port()}"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def _env(devices: int, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK")}
+    return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
+
+
+def train_two_processes(*flags) -> list[str]:
+    """Run one training job as two processes (ranks 0 and 1); returns their outputs."""
+    port = str(_free_port())
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(rank), address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen([sys.executable, "-m", "swift_jax.train", *FLAGS, *flags], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True,
+                         env=_env(2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank)))
         for rank in range(2)
     ]
-    outputs = [p.communicate(timeout=120) for p in procs]
-    results = []
-    for proc, (out, err) in zip(procs, outputs):
-        assert proc.returncode == 0, err[-2000:]
-        results.append(next(line for line in out.splitlines() if line.startswith("RESULT")).split()[1:])
-    assert sorted(results) == [
-        ["0", "2", "4", "4", "28.0", "True"],
-        ["1", "2", "4", "4", "28.0", "False"],
-    ]
+    outputs = []
+    for proc in procs:
+        try:
+            out, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            raise
+        outputs.append(out)
+    for proc, out in zip(procs, outputs):
+        assert proc.returncode == 0, out[-3000:]
+    return outputs
+
+
+def losses(run_dir) -> dict[int, float]:
+    with open(os.path.join(run_dir, "logging.jsonl")) as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def test_two_processes_train_one_run_that_resumes(tmp_path):
+    single = subprocess.run([sys.executable, "-m", "swift_jax.train", *FLAGS, "--output_dir", str(tmp_path / "one")],
+                            cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, (single.stdout + single.stderr)[-3000:]
+    (reference,) = [os.path.join(tmp_path / "one", d) for d in os.listdir(tmp_path / "one")]
+
+    out = tmp_path / "two"
+    train_two_processes("--output_dir", str(out))
+    (run_dir,) = [os.path.join(out, d) for d in os.listdir(out)]  # one run folder, agreed by both processes
+    assert sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint")) == ["checkpoint-2", "checkpoint-4"]
+    expected, got = losses(reference), losses(run_dir)
+    assert sorted(got) == [1, 2, 3, 4]
+    for step in got:
+        assert got[step] == pytest.approx(expected[step], rel=1e-4), (step, got, expected)
+
+    # the full fine-tuning checkpoint is an HF folder written from the shards of both processes
+    import torch
+    import transformers
+
+    import swift_jax
+
+    checkpoint = os.path.join(run_dir, "checkpoint-4")
+    assert {"config.json", "model.safetensors", "tokenizer.json", "args.json", "state", "data"} <= set(os.listdir(checkpoint))
+    ids = np.arange(3, 19, dtype=np.int64)[None]
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)(torch.from_numpy(ids)).logits
+    ours = np.asarray(swift_jax.load_model(os.path.join(reference, "checkpoint-4"))(ids.astype(np.int32)))
+    assert np.abs(ours - theirs.detach().numpy()).max() < 1e-3  # the 2-process weights = the 1-process weights
+
+    train_two_processes("--output_dir", str(out), "--resume_from_checkpoint", os.path.join(run_dir, "checkpoint-2"))
+    resumed = max((os.path.join(out, d) for d in os.listdir(out)), key=lambda d: int(os.path.basename(d)[1:].split("-")[0]))
+    after = losses(resumed)
+    assert sorted(after) == [3, 4]
+    for step in after:
+        assert after[step] == pytest.approx(got[step], rel=1e-5)

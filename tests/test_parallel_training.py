@@ -6,14 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding
 
 import swift_jax
-from swift_jax.parallel import logical_to_spec, make_mesh
-from swift_jax.train import _shard_like_params, _stack_batches
+from swift_jax.parallel import make_mesh
 from swift_jax.trainer import checkpoint as ckpt
 from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
+from swift_jax.trainer.method import LanguageModeling
 from swift_jax.trainer.step import TrainState, make_train_step, split_model
+from swift_jax.trainer.trainer import init_optimizer_state, stack_batches
 from tiny_models import build_hf_model, save_hf_model
 
 MESHES = {
@@ -54,23 +54,23 @@ def _batches(steps=3, rows=8, seq=16):
 
 
 def _trainer(path, mesh):
-    """(train_step, state, frozen, batch sharding) for full fine-tuning of the model on `mesh`."""
+    """(train_step, state, frozen) for full fine-tuning of the model on `mesh`."""
     model = swift_jax.load_model(path, mesh=mesh)
     graphdef, params, rng, frozen = split_model(model, nnx.Param)
     optimizer = make_optimizer(learning_rate_schedule("cosine", 1e-2, 3, 1), weight_decay=0.1, adam_beta1=0.9,
                                adam_beta2=0.95, max_grad_norm=1.0)
-    state = TrainState(jnp.zeros((), jnp.int32), params, _shard_like_params(optimizer, params, mesh), rng)
-    sharding = NamedSharding(mesh, logical_to_spec((None, "batch", "seq"), mesh))
-    return make_train_step(graphdef, optimizer, loss_chunk=8), state, frozen, sharding
+    state = TrainState(jnp.zeros((), jnp.int32), params, init_optimizer_state(optimizer, params, mesh), rng)
+    step = make_train_step(graphdef, optimizer, LanguageModeling(loss_chunk_size=8))
+    return lambda state, frozen, batches: step(state, frozen, None, batches), state, frozen
 
 
 def _losses(path, mesh, batches, state=None):
     losses = []
     with jax.set_mesh(mesh):  # as the trainer: the state is created under the mesh
-        step_fn, fresh, frozen, sharding = _trainer(path, mesh)
+        step_fn, fresh, frozen = _trainer(path, mesh)
         state = fresh if state is None else state
         for batch in batches:
-            state, metrics = step_fn(state, frozen, _stack_batches([batch], sharding))
+            state, metrics = step_fn(state, frozen, stack_batches([batch], list(batch), mesh))
             losses.append(float(metrics["loss"]))
     return losses, state
 
@@ -93,15 +93,15 @@ def test_same_steps_on_every_mesh_give_the_same_losses(base, reference, name):
 def test_checkpoint_from_one_mesh_resumes_on_another(base, reference, tmp_path):
     batches = _batches()
     _, state = _losses(base, _mesh(MESHES["fsdp8"]), batches[:2])
-    manager = ckpt.checkpoint_manager(str(tmp_path), save_total_limit=None, async_save=False)
+    manager = ckpt.checkpoint_manager(str(tmp_path), async_save=False)
     ckpt.save(manager, 2, state, {"position": 2})
     manager.wait_until_finished()
     manager.close()
 
     other = _mesh(MESHES["dp2-fsdp2-tp2"])
     with jax.set_mesh(other):
-        _, abstract, _, _ = _trainer(base, other)
-        restored, data_state = ckpt.restore(str(tmp_path / "checkpoint_2"), abstract)
+        _, abstract, _ = _trainer(base, other)
+        restored, data_state = ckpt.restore(str(tmp_path / "checkpoint-2"), abstract)
     assert data_state == {"position": 2} and int(restored.step) == 2
     kernel = restored.params["model"]["layers"][0]["mlp"]["down_proj"]["kernel"][...]
     assert _spec(kernel) == ("tensor", "fsdp")  # resharded onto the new mesh

@@ -119,3 +119,17 @@ def test_adapter_is_merged_before_quantizing(base, tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
     assert np.abs(hf_logits(reloaded, IDS) - expected).max() < TOL
     assert np.abs(expected - original).max() > 0.01  # the adapter's update is really in the export
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "fp8"])
+def test_moe_quantized_export_is_refused_before_any_work(tmp_path, method):
+    """The folder holds only config.json: loading weights or reading calibration data would fail differently."""
+    hf = build_hf_model("qwen3_moe", num_experts=4, moe_intermediate_size=32)
+    model_dir = tmp_path / "moe"
+    model_dir.mkdir()
+    hf.config.save_pretrained(model_dir)
+    calib = ["--dataset", str(tmp_path / "missing.jsonl")] if method == "gptq" else []
+    with pytest.raises(ValueError, match="qwen3_moe: quantized export of Mixture-of-Experts models is not supported"):
+        export_main(["--model", str(model_dir), "--quant_method", method, "--quant_bits", "8" if method == "fp8" else "4",
+                     "--output_dir", str(tmp_path / "out"), *calib])
+    assert not (tmp_path / "out").exists()

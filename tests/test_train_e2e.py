@@ -32,9 +32,14 @@ def _losses(run_dir):
         return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
 
 
+def _run_dirs(output_dir):
+    """The run folders in `output_dir`, oldest first (a resumed run opens a new vN- folder, as ms-swift)."""
+    return [os.path.join(output_dir, d) for d in sorted(os.listdir(output_dir), key=lambda d: int(d[1:].split("-")[0]))]
+
+
 def _run_dir(output_dir):
-    (name,) = os.listdir(output_dir)
-    return os.path.join(output_dir, name)
+    (run_dir,) = _run_dirs(output_dir)
+    return run_dir
 
 
 def test_output_folder_and_eval(tmp_path):
@@ -51,12 +56,14 @@ def test_output_folder_and_eval(tmp_path):
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_sec", "padding_ratio", "compiles", "elapsed"} <= set(train[0])
     assert all(0.0 <= r["padding_ratio"] < 1.0 for r in train)
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
-    assert sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint")) == ["checkpoint_4"]  # keep-1
-    assert os.path.exists(os.path.join(run_dir, "checkpoint_4", "adapter_model.safetensors"))
+    best = min((r for r in records if "eval_loss" in r), key=lambda r: r["eval_loss"])["step"]
+    kept = sorted(d for d in os.listdir(run_dir) if d.startswith("checkpoint"))
+    assert kept == sorted({f"checkpoint-{best}", "checkpoint-4"})  # keep-1, and never the best
+    assert {"adapter_model.safetensors", "adapter_config.json", "args.json"} <= set(os.listdir(os.path.join(run_dir, "checkpoint-4")))
     assert {"train_loss.png", "eval_loss.png", "learning_rate.png"} <= set(os.listdir(os.path.join(run_dir, "images")))
     assert os.listdir(os.path.join(run_dir, "runs"))  # tensorboard events
     args = json.load(open(os.path.join(run_dir, "args.json")))
-    assert args["tuner"]["lora_rank"] == 4
+    assert args["lora_rank"] == 4 and args["max_steps"] == 4  # flat, ms-swift's names
     assert "trainable params" in log and "held-out token accuracy" in log
 
 
@@ -77,7 +84,7 @@ def test_kill_9_then_resume_gives_the_same_losses(tmp_path):
     marker = None
     while time.time() < deadline and victim.poll() is None:
         if os.path.isdir(out) and os.listdir(out):
-            marker = os.path.join(_run_dir(out), "checkpoint_4", "adapter_model.safetensors")
+            marker = os.path.join(_run_dir(out), "checkpoint-4", "state", "_METADATA")
             if os.path.exists(marker):
                 break
         time.sleep(0.05)
@@ -85,11 +92,12 @@ def test_kill_9_then_resume_gives_the_same_losses(tmp_path):
     victim.send_signal(signal.SIGKILL)  # mid-run, some steps after checkpoint_4
     victim.wait()
 
-    checkpoint = os.path.join(_run_dir(out), "checkpoint_4")
+    checkpoint = os.path.join(_run_dir(out), "checkpoint-4")
     resumed = _run(["--output_dir", str(out), *steps, "--save_steps", "100", "--resume_from_checkpoint", checkpoint])
     log, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, log[-3000:]
-    after = {s: l for s, l in _losses(_run_dir(out)).items() if s >= 5}  # the resumed run's lines come last
+    first, second = _run_dirs(out)  # the resumed run writes a new folder whose log begins at the next step
+    after = _losses(second)
     assert sorted(after) == list(range(5, 25))
     for step in after:
         assert abs(after[step] - expected[step]) < 1e-6, (step, after[step], expected[step])
@@ -114,9 +122,50 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     log, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, log[-3000:]
     assert "SIGTERM: saving checkpoint" in log
-    saved = [d for d in os.listdir(_run_dir(out)) if d.startswith("checkpoint_")]
-    assert len(saved) == 1 and int(saved[0].split("_")[1]) >= 1
+    saved = [d for d in os.listdir(_run_dir(out)) if d.startswith("checkpoint-")]
+    assert len(saved) == 1 and int(saved[0].split("-")[1]) >= 1
     assert os.path.exists(os.path.join(_run_dir(out), saved[0], "adapter_model.safetensors"))
+
+
+def _started(output_dir, **popen):
+    proc = _run(["--output_dir", str(output_dir), "--max_steps", "10000", "--save_steps", "10000", "--report_to", "none", *popen.pop("args", [])])
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not _first_logged_step(output_dir):
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    return proc
+
+
+def test_a_second_sigterm_ends_the_process_at_once(tmp_path):
+    proc = _started(tmp_path / "twice")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)  # signals sent together coalesce; the save after the first takes seconds here
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert "again while saving: exiting now" in log
+
+
+def test_the_preemption_save_has_a_deadline(tmp_path):
+    proc = _started(tmp_path / "slow", args=["--preemption_save_timeout", "0.001"])
+    proc.send_signal(signal.SIGTERM)
+    log, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, log[-3000:]
+    assert "did not finish within --preemption_save_timeout 0.001s" in log
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    out = tmp_path / "nan"
+    proc = _run(["--output_dir", str(out), "--max_steps", "6", "--save_steps", "1", "--learning_rate", "1e30",
+                 "--max_grad_norm", "0", "--lora_dropout", "0"])
+    log, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, log[-3000:]
+    message = next(line for line in log.splitlines() if line.startswith("error: loss is"))
+    bad_step = int(message.split(" at step ")[1].split(";")[0])
+    kept = sorted(int(d.split("-")[1]) for d in os.listdir(_run_dir(out)) if d.startswith("checkpoint-"))
+    assert kept == list(range(1, bad_step)), (kept, message)
+    assert f"checkpoint-{bad_step - 1}, is kept" in message
+    assert os.path.exists(os.path.join(_run_dir(out), f"checkpoint-{bad_step - 1}", "adapter_model.safetensors"))
 
 
 def test_quickstart_learns_the_held_out_task(tmp_path):
@@ -138,7 +187,7 @@ def test_quickstart_learns_the_held_out_task(tmp_path):
     assert evals[-1]["step"] == 400 and evals[-1]["eval_token_acc"] > 0.99, evals
     exact = float(proc.stdout.split("held-out exact match: ")[1].split()[0])
     assert exact >= 0.9, proc.stdout[-2000:]
-    checkpoint = os.path.join(_run_dir(tmp_path / "qs"), "checkpoint_400")
+    checkpoint = os.path.join(_run_dir(tmp_path / "qs"), "checkpoint-400")
     assert {"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja"} <= set(os.listdir(checkpoint))
     ids = np.arange(3, 19, dtype=np.int64)[None]
     theirs = transformers.AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)(torch.from_numpy(ids)).logits

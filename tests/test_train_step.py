@@ -8,6 +8,7 @@ from flax import nnx
 
 import swift_jax
 from swift_jax.trainer.loss import chunked_cross_entropy
+from swift_jax.trainer.method import LanguageModeling
 from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
 from swift_jax.trainer.step import TrainState, make_train_step, split_model
 from swift_jax.tuners import loraize
@@ -43,7 +44,8 @@ def _setup(path, tuner, lr=1e-2, max_grad_norm=1.0):
     graphdef, params, rng, frozen = split_model(model, trainable)
     opt = make_optimizer(learning_rate_schedule("constant", lr, 10, 0), weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.95, max_grad_norm=max_grad_norm)
     state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params), rng)
-    return model, make_train_step(graphdef, opt, loss_chunk=5), state, frozen
+    step = make_train_step(graphdef, opt, LanguageModeling(loss_chunk_size=5))
+    return model, lambda state, frozen, batch: step(state, frozen, None, batch), state, frozen
 
 
 def test_chunked_loss_equals_plain_cross_entropy(base_path):
@@ -72,21 +74,45 @@ def test_a_few_steps_decrease_the_loss(base_path, tuner):
     assert losses[-1] < losses[0] - 0.05, losses
 
 
-def test_lora_leaves_the_base_bit_identical(base_path):
+def test_lora_trains_only_the_adapters_and_the_base_stays_bit_identical(base_path):
     model, step, state, frozen = _setup(base_path, "lora")
-    before = [np.asarray(x) for x in jax.tree.leaves(frozen)]
+    trained_paths = [".".join(map(str, p)) for p, _ in jax.tree_util.tree_leaves_with_path(state.params)]
+    assert trained_paths and all(("lora_a" in p or "lora_b" in p) for p in trained_paths), trained_paths
     batch = {k: v[None] for k, v in _batch(4).items()}
     for _ in range(3):
         state, _ = step(state, frozen, batch)
-    after = [np.asarray(x) for x in jax.tree.leaves(frozen)]
-    assert all(np.array_equal(a, b) for a, b in zip(before, after))
+    # the trained model = the checkpoint's base weights (re-read from disk) + the adapters
+    graphdef = nnx.split(model, nnx.LoRAParam, nnx.RngState, ...)[0]
+    trained = nnx.merge(graphdef, state.params, state.rng, frozen)
+    original = swift_jax.load_model(base_path)
+    for (path, linear), (_, ref) in zip(_linears(trained), _linears(original)):
+        assert np.array_equal(np.asarray(linear.kernel[...]), np.asarray(ref.kernel[...])), path
     moved = [float(jnp.abs(p).max()) for p in jax.tree.leaves(state.params)]
     assert max(moved) > 0  # lora_b left zero-init: the adapters really trained
+    ids = jnp.asarray(_batch(2)["input_ids"])
+    assert float(jnp.abs(trained(ids) - original(ids)).max()) > 1e-4  # and they change the output
 
 
-def test_qlora_trains_on_a_quantized_base(base_path):
+def _linears(model):
+    from swift_jax.tuners.lora import iter_linears
+
+    return sorted(iter_linears(model), key=lambda x: x[0])
+
+
+def test_qlora_forward_equals_the_dequantized_reference_and_trains(base_path):
+    import qwix
+
     model, step, state, frozen = _setup(base_path, "qlora")
     assert is_quantized(model.model.stacks[0].layers[0].self_attn.q_proj)
+    reference = swift_jax.load_model(base_path)  # the same model with each kernel replaced by its dequantized value
+    for (path, q), (_, ref) in zip(_linears(model), _linears(reference)):
+        kernel = q.kernel.get_value()
+        if isinstance(kernel, qwix.QArray):
+            dequantized = qwix.dequantize(kernel)
+            assert not np.array_equal(np.asarray(dequantized), np.asarray(ref.kernel[...])), path  # really quantized
+            ref.kernel.set_value(dequantized.astype(ref.kernel[...].dtype))
+    ids = jnp.asarray(_batch(2)["input_ids"])
+    assert float(jnp.abs(model(ids) - reference(ids)).max()) < 1e-4  # LoRA B starts at zero: only the base counts
     batch = {k: v[None] for k, v in _batch(4).items()}
     first = None
     for _ in range(5):

@@ -5,25 +5,28 @@
     it = pipe.train_iterator()      # next(it) -> {"input_ids", "labels", "segment_ids", "positions"}: int32 [8, 2048]
 """
 
+import importlib
 import os
-
-from swift_jax.data.args import DataArgs
-from swift_jax.data.errors import DataError
-from swift_jax.data.formats import normalize
-from swift_jax.data.pipeline import DataPipeline, build_data
-from swift_jax.data.templates import BUILTIN_TEMPLATES, IGNORE, ChatEncoder
 
 BUNDLED_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "tokenizer")
 """A small byte-level BPE tokenizer (vocab 1000, ChatML template) that ships with the package."""
 
-__all__ = [
-    "BUILTIN_TEMPLATES",
-    "BUNDLED_TOKENIZER_DIR",
-    "IGNORE",
-    "ChatEncoder",
-    "DataArgs",
-    "DataError",
-    "DataPipeline",
-    "build_data",
-    "normalize",
-]
+# Public names -> the module that defines them, imported on first use (grain and datasets are heavy to import).
+_EXPORTS = {
+    "DataArgs": ".args",
+    "DataError": ".errors",
+    "normalize": ".formats",
+    "DataPipeline": ".pipeline",
+    "build_data": ".pipeline",
+    "BUILTIN_TEMPLATES": ".templates",
+    "IGNORE": ".templates",
+    "ChatEncoder": ".templates",
+}
+
+__all__ = sorted([*_EXPORTS, "BUNDLED_TOKENIZER_DIR"])
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

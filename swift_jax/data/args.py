@@ -47,5 +47,12 @@ class DataArgs:
     """Pack several samples into each max_length row (segment_ids keep them apart)."""
     packing_num_bins: int = 64
     """Rows filled together by the best-fit packer; more bins, less padding."""
+    use_chat_template: bool = True
+    """Render `messages` with the chat template (SFT). false (`swift pt`'s default): the last round's query and
+    response as plain text plus eos, every token trained; the system prompt is dropped."""
     loss_on_prompt: bool = False
     """Also train on system/user/tool tokens (ms-swift's loss_scale=all)."""
+    model_name: list[str] | None = None
+    """Self-cognition: fills {{NAME}} in swift/self-cognition rows; zh and en names (one value serves both)."""
+    model_author: list[str] | None = None
+    """Self-cognition: fills {{AUTHOR}} in swift/self-cognition rows; zh and en authors (one value serves both)."""

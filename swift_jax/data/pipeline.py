@@ -46,9 +46,10 @@ class DataPipeline:
     """The training stream and validation batches of one run; see `build_data`."""
 
     def __init__(self, args: DataArgs, tokenizer, train: RowTable, val: RowTable | None, *, batch_size: int, seed: int,
-                 shuffle: bool, process_index: int, process_count: int):
+                 shuffle: bool, process_index: int, process_count: int, eval_batch_size: int | None = None):
         self.args = args
         self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
         self.seed = seed
         self.shuffle = shuffle and args.dataset_shuffle
         self.process_index, self.process_count = process_index, process_count
@@ -100,6 +101,13 @@ class DataPipeline:
             self._val_batches = self._build_val()
         return self._val_batches
 
+    def split_val_rows(self) -> list[dict]:
+        """The validation rows carved from --dataset by --split_dataset_ratio (ms-swift writes them to the run
+        folder's val_dataset.jsonl); empty when the validation set came from --val_dataset."""
+        if self.val_table is None or self.args.val_dataset or self.args.split_dataset_ratio <= 0:
+            return []
+        return [self.val_table[i][0] for i in range(len(self.val_table))]
+
     def _build_val(self) -> list[dict[str, np.ndarray]]:
         if self.val_table is None:
             return []
@@ -114,11 +122,9 @@ class DataPipeline:
             rows.append(batching.pad_sample(sample, args.max_length, self.pad_id) if sample else None)
         empty = batching.empty_row(args.max_length, self.pad_id)
         rows = [r if r is not None else empty for r in rows] + [empty] * (per_process - len(rows))
-        rows += [empty] * (-len(rows) % self.batch_size)
-        return [
-            {k: np.stack([r[k] for r in rows[b : b + self.batch_size]]) for k in batching.FEATURES}
-            for b in range(0, len(rows), self.batch_size)
-        ]
+        size = self.eval_batch_size
+        rows += [empty] * (-len(rows) % size)
+        return [{k: np.stack([r[k] for r in rows[b : b + size]]) for k in batching.FEATURES} for b in range(0, len(rows), size)]
 
     # -- statistics -----------------------------------------------------------------------------------
     def _probe(self, tokenizer) -> dict:
@@ -189,10 +195,11 @@ def _close_at_exit(iterator) -> None:
 
 
 def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, shuffle: bool = True,
-               process_index: int = 0, process_count: int = 1) -> DataPipeline:
+               process_index: int = 0, process_count: int = 1, eval_batch_size: int | None = None) -> DataPipeline:
     """Load, split and prepare the datasets of `args` for training with `tokenizer`.
 
-    `batch_size` is this process's batch (rows per host batch); `seed` drives the training order and the
+    `batch_size` is this process's batch (rows per host batch; `eval_batch_size` for validation batches,
+    default the same); `seed` drives the training order and the
     packer (`args.data_seed` drives #N sampling and the validation split, as in ms-swift). Bad rows raise
     a DataError naming file and line unless `args.strict` is false."""
     if batch_size <= 0:
@@ -203,7 +210,7 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
         from swift_jax.data.streaming import build_streaming
 
         return build_streaming(args, tokenizer, batch_size=batch_size, seed=seed, shuffle=shuffle,
-                               process_index=process_index, process_count=process_count)
+                               process_index=process_index, process_count=process_count, eval_batch_size=eval_batch_size)
     bad = BadRows(args.strict)
     train = load_table(args.dataset, args.data_seed, bad)
     if args.val_dataset:
@@ -211,6 +218,6 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
     else:
         train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
     pipe = DataPipeline(args, tokenizer, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
-                        process_index=process_index, process_count=process_count)
+                        process_index=process_index, process_count=process_count, eval_batch_size=eval_batch_size)
     pipe.stats["bad_rows_skipped"] += bad.count  # unreadable lines skipped while loading
     return pipe

@@ -46,6 +46,18 @@ def truncate(ids: np.ndarray, labels: np.ndarray, max_length: int, strategy: str
     return ids[keep], labels[keep]
 
 
+def plain_text(sample: dict) -> dict:
+    """A normalised sample as pre-training text (ms-swift's template without chat formatting): the last
+    round's query followed by its response; the system prompt and earlier rounds are dropped, as ms-swift's
+    generation template (one round, no system) does. `text` samples pass through."""
+    if "text" in sample:
+        return sample
+    messages = sample["messages"]
+    response = messages[-1]["content"] if messages[-1]["role"] == "assistant" else ""
+    asked = [m["content"] for m in messages[: len(messages) - bool(response)] if m["role"] == "user"]
+    return {"text": (asked[-1] if asked else "") + response}
+
+
 class SampleProcessor:
     """Maps (row, RowRef) -> {"input_ids": [n], "labels": [n]} int32, or None when the row is dropped."""
 
@@ -60,7 +72,10 @@ class SampleProcessor:
     def encode_row(self, row: dict, ref) -> dict[str, np.ndarray] | None:
         """The sample of one row; raises DataError naming `ref` when the row is malformed (strict)."""
         try:
-            encoded = self.encoder.encode(normalize(row, self.args.columns))
+            sample = normalize(row, self.args.columns)
+            if not self.args.use_chat_template:
+                sample = plain_text(sample)
+            encoded = self.encoder.encode(sample)
         except DataError as e:
             self.bad.handle(row_error(ref, str(e)))
             self.counters.add("bad_rows_skipped")

@@ -117,6 +117,16 @@ def _retag_float8(path: str, names: set[str]) -> None:
     os.replace(path + ".tmp", path)
 
 
+def check_quantizable(config) -> None:
+    """Refuse, before any loading or calibration, a model whose weights the compressed-tensors export cannot
+    write: Mixture-of-Experts models (their experts are stacked tensors, not linear layers)."""
+    if getattr(config, "moe", None) is not None:
+        raise ValueError(
+            f"{config.model_type}: quantized export of Mixture-of-Experts models is not supported yet; export it "
+            "unquantized (--merge_lora true, or swift_jax.save_pretrained)"
+        )
+
+
 def save_compressed(
     model: nnx.Module,
     quantized: dict[str, QuantizedWeight],
@@ -132,6 +142,7 @@ def save_compressed(
     Returns the safetensors file names.
     """
     cfg = model.config
+    check_quantizable(cfg)
     arch = architecture(cfg.model_type)
     out_dtype = np.dtype(to_jnp_dtype(dtype or cfg.param_dtype))
     params = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
@@ -143,11 +154,6 @@ def save_compressed(
         if hit is None:
             raise ValueError(f"parameter {path} has no Hugging Face name; merge LoRA adapters before exporting")
         name, rule = hit
-        if rule.stack:
-            raise NotImplementedError(
-                f"{cfg.model_type}: quantized export of Mixture-of-Experts weights ({path}) is not supported; "
-                "export unquantized with save_pretrained"
-            )
         module = path.removesuffix(".kernel")
         if path.endswith(".kernel") and module in quantized:
             tensors = _quantized_tensors(name.removesuffix(".weight"), quantized[module], spec, out_dtype)

@@ -21,7 +21,11 @@ from safetensors.numpy import save_file
 
 from swift_jax.models.config import to_jnp_dtype
 from swift_jax.models.registry import architecture
+<<<<<<< HEAD
 from swift_jax.models.scan import layer_paths
+=======
+from swift_jax.parallel.distributed import host_array, is_main_process
+>>>>>>> main
 from swift_jax.tuners.lora import iter_linears, lora_layers, loraize
 
 CONFIG_FILE = "adapter_config.json"
@@ -69,6 +73,7 @@ def save_peft_adapter(
     rank, scale = ranks.pop(), scales.pop()
     tensors, targets = {}, set()
     for path, linear in layers:
+<<<<<<< HEAD
         a_all = np.asarray(jax.device_get(linear.lora.lora_a[...]))  # [in, r] or [layers, in, r]
         b_all = np.asarray(jax.device_get(linear.lora.lora_b[...]))  # [r, out] or [layers, r, out]
         out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else a_all.dtype
@@ -77,6 +82,17 @@ def save_peft_adapter(
             a, b = (a_all, b_all) if slot is None else (a_all[slot], b_all[slot])
             tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T).astype(out_dtype)
             tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T).astype(out_dtype)
+=======
+        module = hf_module_path(model, path)
+        targets.add(module.split(".")[-1])
+        a = host_array(linear.lora.lora_a[...])  # [in, r]; gathered from every process when sharded across hosts
+        b = host_array(linear.lora.lora_b[...])  # [r, out]
+        out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else a.dtype
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T).astype(out_dtype)
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T).astype(out_dtype)
+    if not is_main_process():  # multi-host: every process gathers, process 0 writes
+        return
+>>>>>>> main
     os.makedirs(output_dir, exist_ok=True)
     save_file(tensors, os.path.join(output_dir, WEIGHTS_FILE), metadata={"format": "pt"})
     config = {
@@ -129,7 +145,9 @@ def _kind_of(name: str) -> str:
     return name.rpartition(".lora_")[2].removesuffix(".default.weight").removesuffix(".weight")
 
 
-def load_peft_adapter(model: nnx.Module, adapter_dir: str, *, dropout: float | None = None) -> nnx.Module:
+def load_peft_adapter(
+    model: nnx.Module, adapter_dir: str, *, dropout: float | None = None, rngs: nnx.Rngs | None = None
+) -> nnx.Module:
     """Attach the adapter stored in a PEFT folder to `model` (in place) and return the model.
 
     Every tensor in the file must land on a layer of the model and vice versa; mismatches raise one error
@@ -157,7 +175,7 @@ def load_peft_adapter(model: nnx.Module, adapter_dir: str, *, dropout: float | N
         rank=rank,
         alpha=float(config["lora_alpha"]),
         dropout=float(config.get("lora_dropout", 0.0) if dropout is None else dropout),
-        rngs=nnx.Rngs(0),
+        rngs=rngs or nnx.Rngs(0),
     )
     by_module = {
         module: (m, slot) for p, m in iter_linears(model) if m.lora is not None for module, slot in _slots(model, p)

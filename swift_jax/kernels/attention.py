@@ -10,25 +10,43 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Callable, Iterator, NamedTuple
+import dataclasses
+import importlib
+from typing import Callable, Iterator
 
 import jax
 
-from . import cudnn, pallas_gpu, pallas_tpu
-from .xla import blocked_unsupported_reason, xla_attention, xla_blocked_attention
+
+def _always_supported(*args, **kwargs) -> None:
+    return None
 
 
-class Backend(NamedTuple):
-    fn: Callable[..., jax.Array]
-    unsupported_reason: Callable[..., str | None]  # None when the backend can run the call
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """An attention implementation, imported on first use (the Pallas/Triton modules cost ~0.4 s to import,
+    which a CPU run never needs)."""
+
+    module: str
+    fn_name: str
+    reason_name: str | None  # None: supports every call
+
+    @property
+    def fn(self) -> Callable[..., jax.Array]:
+        return getattr(importlib.import_module(self.module, __package__), self.fn_name)
+
+    @property
+    def unsupported_reason(self) -> Callable[..., str | None]:  # returns None when the backend can run the call
+        if self.reason_name is None:
+            return _always_supported
+        return getattr(importlib.import_module(self.module, __package__), self.reason_name)
 
 
 BACKENDS: dict[str, Backend] = {
-    "xla": Backend(xla_attention, lambda *a, **k: None),
-    "xla_blocked": Backend(xla_blocked_attention, blocked_unsupported_reason),
-    "pallas_gpu": Backend(pallas_gpu.pallas_gpu_attention, pallas_gpu.unsupported_reason),
-    "pallas_tpu": Backend(pallas_tpu.pallas_tpu_attention, pallas_tpu.unsupported_reason),
-    "cudnn": Backend(cudnn.cudnn_attention, cudnn.unsupported_reason),
+    "xla": Backend(".xla", "xla_attention", None),
+    "xla_blocked": Backend(".xla", "xla_blocked_attention", "blocked_unsupported_reason"),
+    "pallas_gpu": Backend(".pallas_gpu", "pallas_gpu_attention", "unsupported_reason"),
+    "pallas_tpu": Backend(".pallas_tpu", "pallas_tpu_attention", "unsupported_reason"),
+    "cudnn": Backend(".cudnn", "cudnn_attention", "unsupported_reason"),
 }
 
 # What impl="auto" tries, in order, per platform; the first backend that supports the call wins.

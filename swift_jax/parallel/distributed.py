@@ -11,6 +11,7 @@ import os
 from typing import Mapping
 
 import jax
+import numpy as np
 
 
 @dataclasses.dataclass
@@ -60,6 +61,8 @@ def initialize_distributed(args: DistributedArgs | None = None) -> bool:
     settings = distributed_settings(args or DistributedArgs())
     if settings is None:
         return False
+    # CPU devices of different processes need a collectives backend (GPU/TPU bring their own; harmless there).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(**settings)
     return True
 
@@ -67,3 +70,13 @@ def initialize_distributed(args: DistributedArgs | None = None) -> bool:
 def is_main_process() -> bool:
     """Only process 0 writes logs, plots and args.json."""
     return jax.process_index() == 0
+
+
+def host_array(x) -> np.ndarray:
+    """`x` as one numpy array on this host. An array sharded across processes (FSDP over hosts) is gathered
+    from all of them, so every process must call this for the same arrays in the same order."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))

@@ -2,25 +2,49 @@
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import json
 import os
-import re
 import time
 from typing import Any
 
+import jax
 from tqdm.auto import tqdm
 
 
-def new_run_dir(output_dir: str) -> str:
-    """`output_dir/vN-YYYYMMDD-HHMMSS` with N one more than the highest existing version (as ms-swift)."""
-    os.makedirs(output_dir, exist_ok=True)
-    versions = [int(m.group(1)) for d in os.listdir(output_dir) if (m := re.match(r"v(\d+)-", d))]
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(output_dir, f"v{max(versions, default=-1) + 1}-{stamp}")
-    os.makedirs(path)
-    return path
+def format_time(seconds: float) -> str:
+    """ms-swift's duration format: `1h 2m 3s`, `2m 3s`, `3s`."""
+    total = round(seconds)
+    days, hours, minutes, secs = total // 86400, total % 86400 // 3600, total % 3600 // 60, total % 60
+    if days:
+        return f"{days}d {hours}h {minutes}m {secs}s"
+    if hours:
+        return f"{hours}h {minutes}m {secs}s"
+    return f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def peak_memory_gib() -> float:
+    """Peak memory of this process's first device (its allocator's peak), or the process's peak RSS where the
+    device reports none (CPU), in GiB."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if stats.get("peak_bytes_in_use"):
+        return stats["peak_bytes_in_use"] / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def progress_fields(step: int, max_steps: int, elapsed: float, steps_done: int) -> dict[str, Any]:
+    """The keys ms-swift adds to every `logging.jsonl` line: `global_step/max_steps`, `percentage`,
+    `elapsed_time`, `remaining_time`, `memory(GiB)`, `train_speed(s/it)` (over this run's steps so far)."""
+    speed = elapsed / steps_done if steps_done > 0 else 0.0
+    return {
+        "global_step/max_steps": f"{step}/{max_steps}",
+        "percentage": f"{100 * step / max(max_steps, 1):.2f}%",
+        "elapsed_time": format_time(elapsed),
+        "remaining_time": format_time((max_steps - step) * speed),
+        "memory(GiB)": round(peak_memory_gib(), 2),
+        "train_speed(s/it)": round(speed, 6),
+    }
 
 
 class RunLogger:
@@ -51,17 +75,14 @@ class RunLogger:
             return
         with open(path) as f:
             for line in f:
-                self._remember(json.loads(line))
+                record = json.loads(line)
+                if "step" in record:  # not a summary line
+                    self._remember(record)
 
     def _remember(self, record: dict[str, Any]) -> None:
         for plot, key in self.PLOTS.items():
             if key in record:
                 self.history[plot].append((record["step"], record[key]))
-
-    def write_args(self, args: Any) -> None:
-        if self.enabled:
-            with open(os.path.join(self.run_dir, "args.json"), "w") as f:
-                json.dump(dataclasses.asdict(args), f, indent=2, default=str)
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one record (must hold `step`) to logging.jsonl and tensorboard; redraw the plots when the
@@ -81,6 +102,12 @@ class RunLogger:
         shown = {k: f"{record[k]:.4g}" for k in ("loss", "eval_loss", "tokens_per_sec") if k in record}
         self.bar.set_postfix(shown, refresh=False)
         self.bar.write(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}))
+
+    def summary(self, record: dict[str, Any]) -> None:
+        """The last line of `logging.jsonl`, ms-swift's end-of-training summary (no `step` key)."""
+        if self.enabled:
+            with open(os.path.join(self.run_dir, "logging.jsonl"), "a") as f:
+                f.write(json.dumps(record, default=str) + "\n")
 
     def advance(self, steps: int = 1) -> None:
         if self.bar is not None:

@@ -62,9 +62,12 @@ class Method:
     batch_keys: tuple[str, ...] = ("input_ids", "labels", "segment_ids", "positions")
     """Host arrays of one micro-batch that the step receives (each `[rows, ...]`, rows split over data x fsdp)."""
 
-    def build_data(self, args, tokenizer, *, batch_size: int, seed: int, shuffle: bool, process_index: int, process_count: int):
-        """The data pipeline: an object with `train_iterator(num_epochs)` (a checkpointable iterator of host
-        batches), `val_batches()`, `steps_per_epoch` and `stats`, like `swift_jax.data.DataPipeline`."""
+    def build_data(self, args, tokenizer, *, batch_size: int, eval_batch_size: int, seed: int, shuffle: bool,
+                   process_index: int, process_count: int):
+        """The data pipeline for `args` (the run's `DataArgs`): an object with `train_iterator(num_epochs)` (a
+        checkpointable iterator of host batches of `batch_size` rows), `val_batches()` (of `eval_batch_size`
+        rows), `steps_per_epoch` and `stats`, like `swift_jax.data.DataPipeline`; optionally `split_val_rows()`
+        (rows written to the run folder's val_dataset.jsonl)."""
         raise NotImplementedError
 
     def loss(self, model: "nnx.Module", batch: dict[str, jax.Array], extra: Any) -> LossOutput:

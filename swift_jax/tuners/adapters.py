@@ -8,19 +8,20 @@ import os
 from flax import nnx
 
 
+def load_adapter(model: nnx.Module, path: str, *, rngs: nnx.Rngs | None = None) -> nnx.Module:
+    """Attach the LoRA adapter in `path` (PEFT format: ours from a training checkpoint, or PEFT's/ms-swift's).
 
-def load_adapter(model: nnx.Module, path: str) -> nnx.Module:
-    """Attach the LoRA adapter in `path` (PEFT format: ours from a training checkpoint, or PEFT's/ms-swift's)."""
+    `rngs` seeds the adapter's dropout stream (training continues with the run's --seed)."""
     from swift_jax.hf.peft import CONFIG_FILE, load_peft_adapter  # lazy: hf.peft builds on tuners.lora
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--adapters {path}: no such folder")
     if not os.path.exists(os.path.join(path, CONFIG_FILE)):
         raise FileNotFoundError(
-            f"--adapters {path}: no {CONFIG_FILE}; expected a LoRA checkpoint (output_dir/vN-.../checkpoint_STEP) "
+            f"--adapters {path}: no {CONFIG_FILE}; expected a LoRA checkpoint (output_dir/vN-.../checkpoint-STEP) "
             "or a PEFT adapter folder"
         )
-    return load_peft_adapter(model, path)
+    return load_peft_adapter(model, path, rngs=rngs)
 
 
 def base_model_of(path: str) -> str:

@@ -1,0 +1,103 @@
+"""Run set-up shared by the training commands: bundled paths, the model, the tuner, the compilation cache."""
+
+from __future__ import annotations
+
+import os
+
+from flax import nnx
+
+from swift_jax.config import TrainArguments
+
+PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_path(path: str) -> str:
+    """A path as given, or relative to the installed package (bundled assets like `assets/quickstart`)."""
+    if os.path.exists(path):
+        return path
+    bundled = os.path.join(PACKAGE_DIR, path.removeprefix("swift_jax/"))
+    return bundled if os.path.exists(bundled) else path
+
+
+def enable_compilation_cache(cache_dir: str | None, output_dir: str) -> str | None:
+    """Turn on JAX's persistent compilation cache in `cache_dir` (`none` disables it), so a second run of the
+    same job skips XLA compilation. An explicit JAX_COMPILATION_CACHE_DIR in the environment wins. The cache
+    never goes inside `output_dir` (a run folder is the user's result, not a cache)."""
+    import jax
+
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    if not cache_dir or cache_dir.lower() == "none":
+        return None
+    path = os.path.abspath(os.path.expanduser(cache_dir))
+    out = os.path.abspath(output_dir)
+    if path == out or path.startswith(out + os.sep):
+        raise ValueError(f"--compilation_cache_dir {cache_dir} is inside --output_dir {output_dir}; choose a folder outside it")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
+
+
+def build_model(args: TrainArguments, mesh) -> nnx.Module:
+    """The base model on the mesh: loaded from safetensors, or initialised from config.json."""
+    from swift_jax.modeling import init_model, load_model, read_hf_config, resolve_model_dir
+
+    m = args.model_args
+    full = args.tuner.tuner_type == "full"
+    # Full fine-tuning keeps float32 master weights whatever the compute dtype.
+    param_dtype = "float32" if full and m.dtype not in (None, "float32", "fp32") else None
+    path = resolve_path(m.model)
+    if m.init_from_scratch:
+        return init_model(read_hf_config(resolve_model_dir(path)), dtype=m.dtype, seed=args.training.seed, mesh=mesh, param_dtype=param_dtype)
+    return load_model(path, dtype=m.dtype, mesh=mesh, param_dtype=param_dtype)
+
+
+ADAPTER_FIELDS = {"lora_rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout"}
+
+
+def check_adapter_conflicts(args: TrainArguments, adapter_dirs: list[str]) -> None:
+    """`--adapters` brings its own rank, alpha and dropout (PEFT's adapter_config.json); a flag the user gave
+    explicitly that says otherwise is an error naming both values, never silently replaced."""
+    from swift_jax.hf.peft import read_peft_config
+
+    explicit = getattr(args, "explicit_flags", frozenset())
+    for path in adapter_dirs:
+        config = read_peft_config(path)
+        for flag, key in ADAPTER_FIELDS.items():
+            ours = getattr(args.tuner, flag)
+            if flag in explicit and key in config and float(config[key]) != float(ours):
+                raise ValueError(
+                    f"--{flag} {ours} conflicts with --adapters {path}, whose adapter_config.json has {key}={config[key]}; "
+                    f"drop --{flag} (the adapter's value is used) or train a new adapter without --adapters"
+                )
+
+
+def apply_tuner(model: nnx.Module, args: TrainArguments):
+    """Attach adapters as the tuner asks (new ones, or `--adapters` to continue); returns the filter of
+    trainable variables. Adapter dropout uses `--seed` whichever way the adapters came."""
+    t = args.tuner
+    if t.tuner_type == "full":
+        if t.adapters:
+            raise ValueError("--adapters needs --tuner_type lora (full fine-tuning trains the base weights)")
+        return nnx.Param
+    if t.tuner_type == "qlora":
+        from swift_jax.tuners.qlora import quantize_base
+
+        quantize_base(model, bits=t.quant_bits)
+    seed = args.training.seed
+    rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+    if not t.adapters:
+        from swift_jax.tuners import loraize
+
+        loraize(model, target_modules=t.target_modules, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout, rngs=rngs)
+        return nnx.LoRAParam
+    from swift_jax.tuners.adapters import load_adapter
+
+    paths = [resolve_path(p) for p in t.adapters]
+    for p in paths:
+        if not os.path.isdir(p):
+            raise FileNotFoundError(f"--adapters {p}: no such folder")
+    check_adapter_conflicts(args, paths)
+    for p in paths:
+        load_adapter(model, p, rngs=rngs)
+    return nnx.LoRAParam

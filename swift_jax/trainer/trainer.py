@@ -1,0 +1,361 @@
+"""`Trainer(args, method).train()`: the one training loop every method plugs into.
+
+The trainer owns the run: the mesh, the model and tuner, the state, the jit step with accumulation, the
+optimizer, logs, evaluation, preemption, checkpoints and their exports, resume, and multi-host agreement on
+paths. What is trained and how (SFT, pre-training, DPO family, GRPO family) is the `Method`'s (see
+`swift_jax/trainer/method.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from swift_jax import flops
+from swift_jax.config import TrainArguments
+from swift_jax.kernels.attention import use_impl
+from swift_jax.parallel import initialize_distributed, is_main_process, logical_to_spec, memory_report, mesh_from_args
+from swift_jax.trainer import checkpoint as ckpt
+from swift_jax.trainer import run_folder
+from swift_jax.trainer.logs import RunLogger, progress_fields
+from swift_jax.trainer.method import LanguageModeling, Method
+from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
+from swift_jax.trainer.preemption import Preemption
+from swift_jax.trainer.setup import apply_tuner, build_model, enable_compilation_cache, resolve_path
+from swift_jax.trainer.step import TrainState, make_eval_step, make_train_step, router_aux_coef, split_model, summarize
+
+STAGING = ".staging-"  # exports written at save time, moved into checkpoint-STEP once orbax finalises it
+
+
+def default_method(args: TrainArguments, model) -> Method:
+    """Supervised fine-tuning (or pre-training when the chat template is off)."""
+    t = args.training
+    name = "sft" if args.data.use_chat_template else "pt"
+    return LanguageModeling(name, loss_chunk_size=t.loss_chunk_size, router_aux_loss_coef=router_aux_coef(model.config, t.router_aux_loss_coef))
+
+
+def init_optimizer_state(optimizer, params, mesh):
+    """Optimizer state with each per-parameter leaf sharded like its parameter, the rest replicated."""
+    shapes = jax.eval_shape(optimizer.init, params)
+    param_shardings = jax.tree.map(lambda p: p.sharding, params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shardings = optax.tree_map_params(optimizer, lambda _, s: s, shapes, param_shardings, transform_non_params=lambda _: replicated)
+    return jax.jit(optimizer.init, out_shardings=shardings)(params)
+
+
+def stack_batches(host_batches: list[dict], keys, mesh) -> dict[str, jax.Array]:
+    """`accum` host batches (this process's rows) -> global `[accum, rows, ...]` arrays sharded over the batch
+    axes of `mesh` (rows split over data x fsdp)."""
+    out = {}
+    for key in keys:
+        stacked = np.stack([b[key] for b in host_batches])
+        axes = (None, "batch", "seq") + (None,) * (stacked.ndim - 3) if stacked.ndim >= 3 else (None, "batch")
+        out[key] = jax.make_array_from_process_local_data(NamedSharding(mesh, logical_to_spec(axes, mesh)), stacked)
+    return out
+
+
+class Trainer:
+    """One training run of `method` (default: SFT / pre-training) configured by `args`."""
+
+    def __init__(self, args: TrainArguments, method: Method | None = None):
+        self.args = args
+        self.method = method
+        self.main = True
+        self.say = print
+
+    # -- set-up ---------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Mesh, model, tuner, data, optimizer, state (restored when resuming), run folder and logger."""
+        args, t = self.args, self.args.training
+        initialize_distributed(args.distributed)
+        enable_compilation_cache(t.compilation_cache_dir, t.output_dir)
+        self.main = is_main_process()
+        self.mesh = mesh_from_args(args.mesh)
+        jax.set_mesh(self.mesh)  # activation sharding constraints read the mesh from here
+        self.batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        self.accum = args.accumulation_steps(self.batch_devices)
+
+        from swift_jax.modeling import load_tokenizer
+
+        self.tokenizer = load_tokenizer(resolve_path(args.model_args.model))
+        self.model = build_model(args, self.mesh)
+        self.model.model.remat = t.gradient_checkpointing
+        self.trainable = apply_tuner(self.model, args)
+        self.method = self.method or default_method(args, self.model)
+        self.is_lora = self.trainable is nnx.LoRAParam
+
+        from swift_jax.data.bundled import resolve_bundled
+
+        d = args.data  # bundled hub ids (swift/self-cognition) read offline; args.json keeps what the user gave
+        data_args = dataclasses.replace(d, dataset=resolve_bundled(d.dataset, d.model_name, d.model_author),
+                                        val_dataset=resolve_bundled(d.val_dataset, d.model_name, d.model_author))
+        rows = t.per_device_train_batch_size * self.batch_devices // jax.process_count()
+        eval_rows = t.per_device_eval_batch_size * self.batch_devices // jax.process_count()
+        self.pipe = self.method.build_data(
+            data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, seed=t.seed,
+            shuffle=t.train_dataloader_shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
+        )
+        self.steps_per_epoch = max(1, self.pipe.steps_per_epoch // self.accum)
+        self.total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.num_train_epochs * self.steps_per_epoch))
+        warmup = int(math.ceil(t.warmup_ratio * self.total_steps))
+        self.schedule = learning_rate_schedule(t.lr_scheduler_type, t.learning_rate, self.total_steps, warmup)
+        self.optimizer = make_optimizer(
+            self.schedule, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2,
+            adam_epsilon=t.adam_epsilon, max_grad_norm=t.max_grad_norm,
+        )
+        self.graphdef, params, rng, self.frozen = split_model(self.model, self.trainable)
+        opt_state = init_optimizer_state(self.optimizer, params, self.mesh)
+        self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
+        self.iterator = self.pipe.train_iterator(num_epochs=None)
+        self.optimizer_offset = 0  # steps taken before this optimizer state began
+        if t.resume_from_checkpoint:
+            self._resume(t.resume_from_checkpoint)
+        self.extra = self.method.extra_state(self)
+
+        self.run_dir = run_folder.create_run_dir(t.output_dir, add_version=t.add_version)
+        self.logger = RunLogger(self.run_dir, total_steps=self.total_steps, initial_step=int(self.state.step),
+                                enabled=self.main, tensorboard="tensorboard" in t.report_to)
+        self.say = self.logger.bar.write if self.main else (lambda _: None)
+        if self.main:
+            run_folder.write_args(self.run_dir, args)
+            val_rows = getattr(self.pipe, "split_val_rows", None)
+            if val_rows:
+                run_folder.write_rows(os.path.join(self.run_dir, "val_dataset.jsonl"), val_rows())
+        self.manager = ckpt.checkpoint_manager(self.run_dir)
+        self.eval_sharding = NamedSharding(self.mesh, logical_to_spec(("batch", "seq"), self.mesh))
+        with use_impl(args.model_args.attn_impl):
+            self.train_step = make_train_step(self.graphdef, self.optimizer, self.method)
+            self.eval_step = make_eval_step(self.graphdef, self.method)
+
+    def _resume(self, path: str) -> None:
+        """Restore from `path` (`--resume_from_checkpoint`) with ms-swift's meaning of `--resume_only_model`
+        (weights only: a fresh optimizer) and `--ignore_data_skip` (the data stream starts over; with
+        `--resume_only_model`, the step count too)."""
+        t = self.args.training
+        restored, data_state = ckpt.restore(path, self.state, with_data=not t.ignore_data_skip)
+        if t.resume_only_model:
+            step = jnp.zeros((), jnp.int32) if t.ignore_data_skip else restored.step
+            self.state = TrainState(step=step, params=restored.params, opt_state=self.state.opt_state, rng=self.state.rng)
+            self.optimizer_offset = int(step)  # a fresh optimizer: its schedule starts over, as transformers'
+        else:
+            self.state = restored
+        if data_state:
+            self.iterator.set_state(data_state)
+
+    # -- the loop -------------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run the job; returns the final metrics (also written to logging.jsonl)."""
+        self.setup()
+        args, t = self.args, self.args.training
+        n_trainable, n_total = _count(self.state.params), _count(self.state.params) + _count(self.frozen)
+        self.say(f"run folder: {self.run_dir}")
+        self.say(f"trainable params: {n_trainable:,} / {n_total:,} ({100 * n_trainable / max(n_total, 1):.4f}%), "
+                 f"tuner: {args.tuner.tuner_type}, method: {self.method.describe()}")
+        self.say(f"data: {self.pipe.stats}")
+        self.say(f"steps: {self.total_steps} (batch {t.per_device_train_batch_size} x {self.batch_devices} devices x "
+                 f"{self.accum} accumulation, length {args.data.max_length})")
+        self.say(memory_report(self.state.params, self.state.opt_state, self.model.config, batch_per_device=t.per_device_train_batch_size,
+                               seq_len=args.data.max_length, remat=t.gradient_checkpointing))
+        preemption = Preemption(t.preemption_save_timeout, self.say)
+        lora_params = n_trainable if self.is_lora else 0
+        device_kind = jax.devices()[0].device_kind
+        self.pending: list[tuple[int, Any]] = []  # (step, device loss) since the last host check
+        self.unfinished: int | None = None  # the step whose orbax save may still be in flight
+        self.best: tuple[float, int] | None = None  # (eval_loss, step) of the best checkpoint
+        self.last_saved: int | None = None
+        final: dict[str, Any] = {}
+        start_step = step = int(self.state.step)
+        window = _Window()
+        run_start = time.perf_counter()
+        try:
+            while step < self.total_steps:
+                host = self.method.make_batches(self, [next(self.iterator) for _ in range(self.accum)])
+                window.add(host, self.model.config, lora_params)
+                with use_impl(args.model_args.attn_impl):
+                    self.state, metrics = self.train_step(self.state, self.frozen, self.extra, stack_batches(host, self.method.batch_keys, self.mesh))
+                step += 1
+                self.pending.append((step, metrics["loss"]))
+                self.logger.advance()
+                if step % t.logging_steps == 0 or step == self.total_steps:
+                    self._check_finite()
+                    record = {"step": step, **{k: float(v) for k, v in metrics.items() if k != "count"}}
+                    record["learning_rate"] = float(self.schedule(step - self.optimizer_offset - 1))
+                    record["epoch"] = round(step / self.steps_per_epoch, 4)
+                    record.update(window.flush(device_kind))
+                    record["elapsed"] = round(time.perf_counter() - run_start, 3)
+                    record.update(progress_fields(step, self.total_steps, time.perf_counter() - run_start, step - start_step))
+                    self.logger.log(record)
+                    final.update(record)
+                if self.pipe.val_batches() and (step % t.eval_steps == 0 or step == self.total_steps):
+                    result = {"step": step, **self.evaluate()}
+                    self.logger.log(result)
+                    final.update(result)
+                    if self.best is None or result["eval_loss"] < self.best[0]:
+                        self.best = (result["eval_loss"], step)
+                if step % t.save_steps == 0 or step == self.total_steps:
+                    self.save(step)
+                elif self.unfinished is not None and not self.manager.is_saving_in_progress():
+                    self._finalize()
+                if preemption.requested:
+                    self.say(f"SIGTERM: saving checkpoint at step {step} and stopping")
+                    preemption.start_deadline()
+                    if self.last_saved != step:
+                        self.save(step)
+                    break
+        finally:  # also on errors: the last good checkpoint gets its PEFT/HF files
+            self._wait_and_finalize()
+            self.manager.close()
+            self.logger.close()
+        if "eval_token_acc" in final:
+            self.say(f"held-out token accuracy: {final['eval_token_acc']:.4f} (eval_loss {final['eval_loss']:.4f})")
+        if t.num_predict_samples > 0 and args.data.val_dataset and self.main and step >= self.total_steps:
+            from swift_jax.trainer.predict import predict_held_out
+
+            model = self.current_model()
+            model.eval()
+            path = resolve_path(args.data.val_dataset[0].split("#")[0])
+            rate = predict_held_out(model, self.tokenizer, path, t.num_predict_samples, t.predict_max_new_tokens, self.say)
+            if rate is not None:
+                final["exact_match"] = rate
+        summary = self._summary(step)
+        self.logger.summary(summary)
+        self.say(f"finished {step} steps in {time.perf_counter() - run_start:.1f}s; outputs in {self.run_dir}")
+        return {**final, **summary, "run_dir": self.run_dir}
+
+    def evaluate(self) -> dict[str, float]:
+        """The method's loss and metrics over the validation batches, as `eval_<name>`."""
+        total = None
+        with use_impl(self.args.model_args.attn_impl):
+            for batch in self.pipe.val_batches():
+                arrays = {k: jax.make_array_from_process_local_data(self.eval_sharding, np.asarray(batch[k])) for k in self.method.batch_keys}
+                out = self.eval_step(self.state.params, self.state.rng, self.frozen, self.extra, arrays)
+                total = out if total is None else jax.tree.map(jnp.add, total, out)
+        return {f"eval_{k}": float(v) for k, v in summarize(total).items()}
+
+    def current_model(self) -> nnx.Module:
+        """The model with the current trained state (shares the arrays; do not donate them)."""
+        return nnx.merge(self.graphdef, self.state.params, self.state.rng, self.frozen)
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+    def _check_finite(self) -> None:
+        for s, loss in self.pending:
+            if not np.isfinite(float(loss)):
+                keep = f"the last good checkpoint, {ckpt.step_dir(self.run_dir, self.last_saved)}, is kept" if self.last_saved else "no checkpoint was saved before it"
+                raise FloatingPointError(f"loss is {float(loss)} at step {s}; stopping ({keep}). Lower --learning_rate or check the data")
+        self.pending.clear()
+
+    def save(self, step: int) -> None:
+        """Checkpoint `step`: wait for the previous save (saves never overlap, but stay asynchronous to the
+        loop), stage the PEFT adapter / HF model files (gathered from every process, written by process 0),
+        and start orbax's asynchronous save of the state and data position."""
+        self._check_finite()
+        self._wait_and_finalize()
+        staging = os.path.join(self.run_dir, f"{STAGING}{step}")
+        self._export(staging)
+        ckpt.save(self.manager, step, self.state, self.iterator.get_state())
+        self.unfinished, self.last_saved = step, step
+
+    def _export(self, folder: str) -> None:
+        """What a checkpoint holds besides orbax's state, so `--adapters`/`--model` and peft/transformers read
+        it: LoRA -> PEFT adapter; full fine-tuning -> HF model folder (as ms-swift). Every process takes part
+        in gathering sharded parameters; only process 0 writes."""
+        from swift_jax.hf.hub import copy_tokenizer_files
+        from swift_jax.hf.peft import save_peft_adapter
+        from swift_jax.modeling import save_pretrained
+
+        model, m = self.current_model(), self.args.model_args
+        if self.is_lora:
+            save_peft_adapter(model, folder, base_model_name_or_path=resolve_path(m.model), lora_dropout=self.args.tuner.lora_dropout)
+        else:
+            save_pretrained(model, folder, dtype=m.dtype)
+            if self.main:
+                copy_tokenizer_files(resolve_path(m.model), folder)
+        if self.main:
+            run_folder.write_args(folder, self.args)
+
+    def _wait_and_finalize(self) -> None:
+        self.manager.wait_until_finished()
+        self._finalize()
+        self._rotate()
+
+    def _finalize(self) -> None:
+        """Move the staged export files into the finished `checkpoint-STEP` folder (process 0)."""
+        if self.unfinished is None:
+            return
+        step, self.unfinished = self.unfinished, None
+        staging, target = os.path.join(self.run_dir, f"{STAGING}{step}"), ckpt.step_dir(self.run_dir, step)
+        if self.main and os.path.isdir(staging):
+            for name in os.listdir(staging):
+                os.replace(os.path.join(staging, name), os.path.join(target, name))
+            os.rmdir(staging)
+
+    def _rotate(self) -> None:
+        """`save_total_limit`: delete all but the newest N checkpoints, never the best by eval loss."""
+        limit = self.args.training.save_total_limit
+        best = [self.best[1]] if self.best else []
+        for step in ckpt.steps_to_delete(self.manager.all_steps(), limit, keep=best):
+            self.manager.delete(step)
+
+    def _summary(self, step: int) -> dict[str, Any]:
+        """ms-swift's last `logging.jsonl` line, with `--create_checkpoint_symlink`'s `last`/`best` links."""
+        last = ckpt.step_dir(self.run_dir, self.last_saved) if self.last_saved else None
+        best = ckpt.step_dir(self.run_dir, self.best[1]) if self.best and os.path.isdir(ckpt.step_dir(self.run_dir, self.best[1])) else None
+        if self.args.training.create_checkpoint_symlink and self.main:
+            last = run_folder.link(last, os.path.join(self.run_dir, "last")) if last else None
+            best = run_folder.link(best, os.path.join(self.run_dir, "best")) if best else None
+        from swift_jax.trainer.logs import peak_memory_gib
+
+        return {
+            "last_model_checkpoint": last,
+            "best_model_checkpoint": best,
+            "best_metric": self.best[0] if self.best else None,
+            "global_step": step,
+            "memory": round(peak_memory_gib(), 4),
+        }
+
+
+def _count(state) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state))
+
+
+class _Window:
+    """Token, slot and FLOP counts since the last log line, for tokens/s, padding ratio and MFU."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.tokens, self.slots, self.flops, self.start = 0, 0, 0.0, time.perf_counter()
+        self.compiles = flops.compile_count()
+
+    def add(self, host_batches: list[dict], config, lora_params: int) -> None:
+        for batch in host_batches:
+            if "segment_ids" not in batch:
+                continue
+            lengths = flops.segment_lengths(batch["segment_ids"])
+            self.tokens += sum(lengths)
+            self.slots += batch["segment_ids"].size
+            self.flops += flops.training_flops(config, lengths, full=lora_params == 0, lora_params=lora_params)
+
+    def flush(self, device_kind: str) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.start
+        out = {
+            "tokens_per_sec": self.tokens * jax.process_count() / elapsed,
+            "padding_ratio": round(1.0 - self.tokens / max(self.slots, 1), 4),
+            "compiles": flops.compile_count() - self.compiles,  # XLA compilations in this window
+        }
+        utilisation = flops.mfu(self.flops * jax.process_count(), elapsed, device_kind, jax.device_count())
+        if utilisation is not None:
+            out["mfu"] = utilisation
+        self.reset()
+        return out
