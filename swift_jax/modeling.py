@@ -47,11 +47,7 @@ def read_hf_config(model_dir: str) -> dict[str, Any]:
 
 
 def model_config(
-<<<<<<< HEAD
-    hf_config: dict[str, Any], *, dtype: str | None = None, param_dtype: str | None = None, scan_layers: bool = True
-=======
-    hf_config: dict[str, Any], *, dtype: Any = None, param_dtype: Any = None
->>>>>>> main
+    hf_config: dict[str, Any], *, dtype: Any = None, param_dtype: Any = None, scan_layers: bool = True
 ) -> tuple[ModelConfig, Architecture]:
     """`ModelConfig` and architecture for an HF config dict.
 
@@ -60,12 +56,8 @@ def model_config(
     `scan_layers` stacks runs of identical layers and runs them under `jax.lax.scan` (models/scan.py).
     """
     arch = architecture(hf_config.get("model_type", "<missing>"))
-<<<<<<< HEAD
-    cfg = arch.config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype)
+    cfg = arch.config_from_hf(hf_config, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype))
     return cfg.replace(scan_layers=scan_layers), arch
-=======
-    return arch.config_from_hf(hf_config, dtype=dtype_name(dtype), param_dtype=dtype_name(param_dtype)), arch
->>>>>>> main
 
 
 def _placement(axes, shape, mesh: Mesh | None):
@@ -107,12 +99,8 @@ def init_model(
     dtype: Any = None,
     seed: int = 0,
     mesh: Mesh | None = None,
-<<<<<<< HEAD
-    param_dtype: str | None = None,
-    scan_layers: bool = True,
-=======
     param_dtype: Any = None,
->>>>>>> main
+    scan_layers: bool = True,
 ) -> nnx.Module:
     """A randomly initialised model for an HF config dict (training from scratch)."""
     cfg, arch = model_config(hf_config, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
@@ -129,16 +117,12 @@ def init_model(
 
 
 def load_model(
-<<<<<<< HEAD
     path_or_hub_id: str,
     *,
-    dtype: str | None = None,
+    dtype: Any = None,
     mesh: Mesh | None = None,
-    param_dtype: str | None = None,
+    param_dtype: Any = None,
     scan_layers: bool = True,
-=======
-    path_or_hub_id: str, *, dtype: Any = None, mesh: Mesh | None = None, param_dtype: Any = None
->>>>>>> main
 ) -> nnx.Module:
     """Load an HF safetensors checkpoint (local folder or hub id) into our Flax model.
 
@@ -248,8 +232,7 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: Any = None, ma
                 f"parameter {path} has no Hugging Face name; merge LoRA adapters before save_pretrained "
                 "(swift_jax.tuners.merge) or export them with the PEFT exporter"
             )
-<<<<<<< HEAD
-        out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else np.dtype(var.dtype)
+        out_dtype = np.dtype(to_jnp_dtype(dtype_name(dtype))) if dtype else np.dtype(var.dtype)
         for index, hf_name, rule in hf_slices(arch, cfg, path, var.shape):  # stacked arrays: one per slice
             entries.append((hf_name, int(np.prod(var.shape[len(index) :])) * out_dtype.itemsize))
             sources[hf_name] = (var, rule, out_dtype, index)
@@ -257,21 +240,7 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: Any = None, ma
     def fetch(name: str) -> np.ndarray:
         var, rule, out_dtype, index = sources[name]
         value = var[...][index] if index else var[...]
-        return to_hf(np.asarray(jax.device_get(value)), rule.transform).astype(out_dtype)
-=======
-        name, rule = hit
-        out_dtype = np.dtype(to_jnp_dtype(dtype_name(dtype))) if dtype else np.dtype(var.dtype)
-        slices = list(enumerate(rule.stacked_names(name, var.shape[0]))) if rule.stack else [(None, name)]
-        for j, hf_name in slices:  # a stacked array (experts) is written as one HF tensor per slice
-            shape = var.shape if j is None else var.shape[1:]
-            entries.append((hf_name, int(np.prod(shape)) * out_dtype.itemsize))
-            sources[hf_name] = (var, rule, out_dtype, j)
-
-    def fetch(name: str) -> np.ndarray:
-        var, rule, out_dtype, j = sources[name]
-        value = var[...] if j is None else var[...][j]
         return to_hf(host_array(value), rule.transform).astype(out_dtype)
->>>>>>> main
 
     if not is_main_process():  # multi-host: take part in every gather, write nothing
         for name, _ in entries:

@@ -21,11 +21,8 @@ from safetensors.numpy import save_file
 
 from swift_jax.models.config import to_jnp_dtype
 from swift_jax.models.registry import architecture
-<<<<<<< HEAD
 from swift_jax.models.scan import layer_paths
-=======
 from swift_jax.parallel.distributed import host_array, is_main_process
->>>>>>> main
 from swift_jax.tuners.lora import iter_linears, lora_layers, loraize
 
 CONFIG_FILE = "adapter_config.json"
@@ -73,26 +70,16 @@ def save_peft_adapter(
     rank, scale = ranks.pop(), scales.pop()
     tensors, targets = {}, set()
     for path, linear in layers:
-<<<<<<< HEAD
-        a_all = np.asarray(jax.device_get(linear.lora.lora_a[...]))  # [in, r] or [layers, in, r]
-        b_all = np.asarray(jax.device_get(linear.lora.lora_b[...]))  # [r, out] or [layers, r, out]
+        a_all = host_array(linear.lora.lora_a[...])  # [in, r] or [layers, in, r]; gathered from every process when sharded across hosts
+        b_all = host_array(linear.lora.lora_b[...])  # [r, out] or [layers, r, out]
         out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else a_all.dtype
         for module, slot in _slots(model, path):
             targets.add(module.split(".")[-1])
             a, b = (a_all, b_all) if slot is None else (a_all[slot], b_all[slot])
             tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T).astype(out_dtype)
             tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T).astype(out_dtype)
-=======
-        module = hf_module_path(model, path)
-        targets.add(module.split(".")[-1])
-        a = host_array(linear.lora.lora_a[...])  # [in, r]; gathered from every process when sharded across hosts
-        b = host_array(linear.lora.lora_b[...])  # [r, out]
-        out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else a.dtype
-        tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T).astype(out_dtype)
-        tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T).astype(out_dtype)
     if not is_main_process():  # multi-host: every process gathers, process 0 writes
         return
->>>>>>> main
     os.makedirs(output_dir, exist_ok=True)
     save_file(tensors, os.path.join(output_dir, WEIGHTS_FILE), metadata={"format": "pt"})
     config = {
