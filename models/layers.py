@@ -77,7 +77,7 @@ class Linear(nnx.Module):
         x = x.astype(self.dtype)
         y = x @ self.weight()
         if self.lora is not None:
-            y = y + self.lora(x)
+            y = self.lora.adapt(x, y, self.weight)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
