@@ -91,6 +91,7 @@ class LoRA(nnx.Module):
         self.lora_a = nnx.LoRAParam(a, logical_axes=(axes[0], "lora_rank"))
         self.lora_b = nnx.LoRAParam(jnp.zeros((rank, out_features), param_dtype), logical_axes=("lora_rank", axes[1]))
         self.scale = alpha / (math.sqrt(rank) if use_rslora else rank)
+        self.use_rslora = use_rslora
         self.dtype = dtype
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 
