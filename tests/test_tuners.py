@@ -71,7 +71,7 @@ def test_variant_matches_peft_logits_and_gradients(base, tmp_path, variant):
     grads = jax.grad(lambda p: _loss_ours(nnx.merge(graphdef, p, rest)))(params)
     flat = {".".join(map(str, k)): np.asarray(v[...]) for k, v in nnx.to_flat_state(grads)}
     theirs = _peft_grads(peft_model)
-    stack = "model.stacks.0.layers"  # layer 0 is slot 0 of the (only) scanned stack
+    stack = "model.stacks.0.layers.0"  # layer 0 is slot 0 of the (only) scanned stack
     pairs = {
         f"{stack}.self_attn.q_proj.lora_a": ("model.layers.0.self_attn.q_proj.lora_A.default.weight", lambda g: g[0].T),
         f"{stack}.mlp.down_proj.lora_b": ("model.layers.0.mlp.down_proj.lora_B.default.weight", lambda g: g[0].T),
@@ -127,7 +127,7 @@ def test_olora_matches_peft_initialisation(base):
     peft_model = peft.get_peft_model(build_hf_model("qwen2"), config)
     ours = swift_jax.load_model(base)
     loraize(ours, target_modules=["q_proj"], rank=4, alpha=8, dropout=0.0, rngs=nnx.Rngs(0), init_weights="olora")
-    q = ours.model.stacks[0].layers.self_attn.q_proj
+    q = ours.model.stacks[0].layers[0].self_attn.q_proj
     layer0 = peft_model.base_model.model.model.layers[0].self_attn.q_proj
     np.testing.assert_allclose(np.asarray(q.lora.lora_a[...][0]).T, layer0.lora_A["default"].weight.detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(q.kernel[...][0]).T, layer0.base_layer.weight.detach().numpy(), atol=1e-5)
