@@ -188,3 +188,38 @@ def test_neftune_noise_only_in_training(base):
     assert 0.5 * bound < np.abs(noisy - clean).max() <= bound * (1 + 1e-5)
     model.eval()
     assert np.array_equal(np.asarray(model.model.embed(jnp.asarray(IDS))), clean)
+
+
+def test_training_run_with_the_tuner_flags_writes_a_peft_checkpoint(tmp_path):
+    import json
+    import os
+
+    from safetensors import safe_open
+
+    from test_trainer import args_of
+    from swift_jax.trainer.trainer import Trainer
+
+    flags = ["--output_dir", str(tmp_path), "--max_steps", "2", "--save_steps", "2", "--use_dora", "true", "--use_rslora", "true",
+             "--lorap_lr_ratio", "16", "--modules_to_save", "embed_tokens", "--neftune_noise_alpha", "5", "--target_regex", r".*\.(q|v)_proj"]
+    result = Trainer(args_of(*flags)).train()
+    folder = os.path.join(result["run_dir"], "checkpoint-2")
+    with open(os.path.join(folder, "adapter_config.json")) as f:
+        config = json.load(f)
+    assert (config["use_dora"], config["use_rslora"], config["modules_to_save"], config["target_modules"]) == (True, True, ["embed_tokens"], ["q_proj", "v_proj"])
+    with safe_open(os.path.join(folder, "adapter_model.safetensors"), "np") as f:
+        names = list(f.keys())
+    assert "base_model.model.model.embed_tokens.weight" in names and any(n.endswith("lora_magnitude_vector") for n in names)
+    assert np.isfinite(result["loss"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--tuner_type", "full", "--use_dora", "true"], "--use_dora applies to LoRA only"),
+    (["--freeze_parameters", "model.embed_tokens"], "--freeze_parameters applies to full fine-tuning only"),
+    (["--init_weights", "loftq"], "--init_weights 'loftq'"),
+    (["--use_dora", "true", "--init_weights", "pissa"], "PEFT cannot convert"),
+])
+def test_tuner_flag_errors_name_the_flag(flags, message):
+    from test_trainer import args_of
+
+    with pytest.raises(ValueError, match=message):
+        args_of(*flags)

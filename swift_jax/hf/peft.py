@@ -125,6 +125,8 @@ def save_peft_adapter(
         "modules_to_save": list(modules_to_save) or None,
         "layers_to_transform": None,
     }
+    if modules_to_save and model.config.tie_word_embeddings:  # our tied LM head reads the trained embedding
+        config["ensure_weight_tying"] = True
     with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
 
