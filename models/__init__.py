@@ -1,7 +1,7 @@
 """Flax NNX architectures, installed as `swift_jax.models`."""
 
 from .config import MlaConfig, ModelConfig, MoeConfig, RopeConfig
-from .decoder import CausalLM
+from .decoder import CausalLM, set_scan_layers
 from .registry import ARCHITECTURES, Architecture, architecture
 from .weight_map import Rule, WeightMap
 
@@ -11,6 +11,7 @@ __all__ = [
     "MoeConfig",
     "RopeConfig",
     "CausalLM",
+    "set_scan_layers",
     "ARCHITECTURES",
     "Architecture",
     "architecture",

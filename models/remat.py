@@ -8,8 +8,8 @@ intermediate values of a decoder layer the backward pass keeps instead of recomp
 - `dots_saveable`: keep every matmul output (recompute only elementwise work);
 - `dots_with_no_batch_dims_saveable`: keep the matmuls without batch dimensions (the projections,
   not the attention score matmuls, whose outputs grow with seq^2);
-- `offload_dot_with_no_batch_dims`: the same matmul outputs, moved to pinned host memory (needs a
-  platform with host offloading: GPU/TPU; XLA:CPU refuses it when compiling).
+- `offload_dot_with_no_batch_dims`: the same matmul outputs, moved to pinned host memory (meant for
+  GPU/TPU; XLA:CPU compiles it, where host and device memory are the same).
 """
 
 from __future__ import annotations

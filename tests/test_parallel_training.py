@@ -86,8 +86,8 @@ def test_same_steps_on_every_mesh_give_the_same_losses(base, reference, name):
     losses, state = _losses(base, mesh, _batches())
     np.testing.assert_allclose(losses, reference, atol=1e-5, rtol=0)
     assert reference[2] < reference[0]  # the steps really train
-    q = state.params["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"][...]
-    assert _spec(q) == ("fsdp", "tensor" if "tp2" in name else None)
+    q = state.params["model"]["stacks"][0]["layers"][0]["self_attn"]["q_proj"]["kernel"][...]  # [layers, ...]
+    assert _spec(q) == (None, "fsdp", "tensor" if "tp2" in name else None)
 
 
 def test_checkpoint_from_one_mesh_resumes_on_another(base, reference, tmp_path):
@@ -103,7 +103,7 @@ def test_checkpoint_from_one_mesh_resumes_on_another(base, reference, tmp_path):
         _, abstract, _ = _trainer(base, other)
         restored, data_state = ckpt.restore(str(tmp_path / "checkpoint-2"), abstract)
     assert data_state == {"position": 2} and int(restored.step) == 2
-    kernel = restored.params["model"]["layers"][0]["mlp"]["down_proj"]["kernel"][...]
-    assert _spec(kernel) == ("tensor", "fsdp")  # resharded onto the new mesh
+    kernel = restored.params["model"]["stacks"][0]["layers"][0]["mlp"]["down_proj"]["kernel"][...]
+    assert _spec(kernel) == (None, "tensor", "fsdp")  # resharded onto the new mesh
     losses, _ = _losses(base, other, batches[2:], state=restored)
     assert abs(losses[0] - reference[2]) < 1e-5

@@ -57,7 +57,7 @@ def test_export_loads_in_transformers_with_our_quantized_logits(base, tmp_path, 
 def test_int4_folder_holds_packed_codes(base, tmp_path):
     path, _ = base
     model = swift_jax.load_model(path)
-    kernel = np.asarray(model.model.layers[0].mlp.down_proj.kernel[...])  # [96, 64]
+    kernel = np.asarray(model.model.layer(0).mlp.down_proj.kernel[...])  # [96, 64]
     export_main(["--model", path, "--quant_method", "rtn", "--quant_bits", "4", "--group_size", "32", "--output_dir", str(tmp_path)])
     tensors = load_file(str(tmp_path / "model.safetensors"))
     name = "model.layers.0.mlp.down_proj"
