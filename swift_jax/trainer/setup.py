@@ -123,12 +123,25 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
         check_adapter_conflicts(args, paths)
         for p in paths:
             load_adapter(model, p, rngs=rngs)
+        _adopt_saved_modules(t, paths)
     if not (t.modules_to_save or t.lora_bias != "none"):
         return TunerPlan(nnx.LoRAParam, is_lora=True)
     from swift_jax.tuners.select import module_selection
 
     selection = module_selection(model, t.modules_to_save, t.lora_bias)
     return TunerPlan(selection.filter(also=nnx.LoRAParam), selection.masks, is_lora=True)
+
+
+def _adopt_saved_modules(t, paths: list[str]) -> None:
+    """An adapter's own modules_to_save and bias="all" keep training (and are saved again) when training
+    continues from it, as PEFT's `is_trainable=True`; otherwise checkpoints would lose them."""
+    from swift_jax.hf.peft import read_peft_config
+
+    for p in paths:
+        config = read_peft_config(p)
+        t.modules_to_save = list(dict.fromkeys([*t.modules_to_save, *(config.get("modules_to_save") or [])]))
+        if config.get("bias") == "all":
+            t.lora_bias = "all"
 
 
 def _full_plan(model: nnx.Module, t) -> TunerPlan:
