@@ -94,13 +94,14 @@ def test_variant_matches_peft_logits_and_gradients(base, tmp_path, variant):
     assert np.abs(np.asarray(merge_lora(loaded)(jnp.asarray(IDS))) - got).max() < 1e-4
 
 
-def test_dora_written_by_peft_loads_into_our_model(base, tmp_path):
+@pytest.mark.parametrize("options", [dict(use_dora=True, use_rslora=True), dict(modules_to_save=["lm_head"], bias="all")])
+def test_adapter_written_by_peft_loads_into_our_model(base, tmp_path, options):
     torch.manual_seed(1)
-    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, use_dora=True, use_rslora=True)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, **options)
     peft_model = peft.get_peft_model(build_hf_model("qwen2"), config).eval()
     with torch.no_grad():
         for n, p in peft_model.named_parameters():
-            if "magnitude" in n:
+            if "magnitude" in n or "modules_to_save" in n or (n.endswith("bias") and options.get("bias") == "all"):
                 p.mul_(1.0 + 0.1 * torch.randn_like(p))
     peft_model.save_pretrained(tmp_path)
     ours = load_peft_adapter(swift_jax.load_model(base), str(tmp_path))
@@ -224,3 +225,11 @@ def test_tuner_flag_errors_name_the_flag(flags, message):
 
     with pytest.raises(ValueError, match=message):
         args_of(*flags)
+
+
+def test_lora_dtype_sets_the_adapter_storage(base):
+    model = swift_jax.load_model(base)
+    loraize(model, rank=4, alpha=8, dropout=0.0, rngs=nnx.Rngs(0), lora_dtype=jnp.bfloat16, use_dora=True)
+    dtypes = {v.get_value().dtype for _, v in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))}
+    assert dtypes == {jnp.dtype(jnp.bfloat16)}
+    assert model.model.stacks[0].layers[0].self_attn.q_proj.kernel.get_value().dtype == jnp.float32
