@@ -114,7 +114,7 @@ def main() -> None:
         return
     print(f"preset {args.preset}: {json.dumps(preset['model'])}, {preset['rows_per_step']} x {preset['max_length']} tokens/step, "
           f"{args.steps} steps (+{preset['warmup']} warm-up), lr {args.learning_rate} (full {args.full_learning_rate})")
-    print(f"| tuner | trainable params | peak memory (MB) | tokens/s | loss step 1 | final loss |")
+    print("| tuner | trainable params | peak memory (MB) | tokens/s | loss step 1 | final loss |")
     print("|---|---:|---:|---:|---:|---:|")
     for tuner in TUNERS:
         cmd = [sys.executable, __file__, "--preset", args.preset, "--steps", str(args.steps), "--tuner", tuner,

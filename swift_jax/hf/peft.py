@@ -161,7 +161,8 @@ def read_peft_config(adapter_dir: str) -> dict[str, Any]:
     if config.get("target_parameters"):
         unsupported["target_parameters"] = config["target_parameters"]
     if config.get("peft_type", "LORA") != "LORA" or unsupported:
-        raise ValueError(f"{path}: only LoRA / DoRA / rsLoRA adapters are supported (got peft_type={config.get('peft_type')}, {unsupported})")
+        kind = config.get("peft_type")
+        raise ValueError(f"{path}: only LoRA / DoRA / rsLoRA adapters are supported (got peft_type={kind}, {unsupported})")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ValueError(f"{path}: per-layer rank_pattern/alpha_pattern are not supported")
     return config
@@ -218,12 +219,14 @@ def load_peft_adapter(
     problems, seen = [], set()
     with safe_open(path, framework="numpy") as f:
         for name in f.keys():
-            if ".lora_" not in name and name.removeprefix(PREFIX).replace(".base_layer.", ".") in base:
-                problems += _set_base_tensor(base[name.removeprefix(PREFIX).replace(".base_layer.", ".")], name, f.get_tensor(name))
+            hf_name = name.removeprefix(PREFIX).replace(".base_layer.", ".")  # modules_to_save, bias tensors
+            if ".lora_" not in name and hf_name in base:
+                problems += _set_base_tensor(base[hf_name], name, f.get_tensor(name))
                 continue
             module, kind = _module_of(name), _kind_of(name)
             linear, slot = by_module.get(module, (None, None))
-            if linear is None or kind not in ("A", "B", "magnitude_vector") or (kind == "magnitude_vector" and not config.get("use_dora")):
+            kinds = ("A", "B", "magnitude_vector") if config.get("use_dora") else ("A", "B")
+            if linear is None or kind not in kinds:
                 problems.append(f"unexpected tensor {name}")
                 continue
             if kind == "magnitude_vector":
@@ -274,17 +277,12 @@ def _set_base_tensor(target: tuple, name: str, value: np.ndarray) -> list[str]:
     want = tuple(r.shape[len(r.index) :])
     if tuple(ours.shape) != want:
         return [f"tensor {name} has shape {list(value.shape)}, which does not fit {r.path} {list(want)}"]
-    _set_slot_index(var, r.index, ours)
+    _set_slot(var, r.index or None, ours)
     return []
 
 
-def _set_slot_index(var: nnx.Variable, index: tuple[int, ...], value: np.ndarray) -> None:
-    current = var[...]
-    var[...] = jax.device_put(value.astype(var.dtype), current.sharding) if not index else current.at[index].set(value.astype(var.dtype))
-
-
-def _set_slot(var: nnx.Variable, slot: int | None, value: np.ndarray) -> None:
-    """Write a host array into a variable (slot None) or into slice `slot` of its stacked axis 0."""
+def _set_slot(var: nnx.Variable, slot: int | tuple[int, ...] | None, value: np.ndarray) -> None:
+    """Write a host array into a variable (slot None) or into slice `slot` of its stacked axes."""
     current = var[...]
     if slot is None:
         var[...] = jax.device_put(value.astype(var.dtype), current.sharding)

@@ -229,7 +229,8 @@ def resolve_regex(model: nnx.Module, target_regex: str) -> list[tuple[str, Linea
                 f"({hf_module_paths(model, path)[0]} ...); match all of a stack's layers or none"
             )
     if not chosen:
-        raise ValueError(f"--target_regex {target_regex!r} matches no linear layer (names look like {hf_module_paths(model, next(iter_linears(model))[0])[0]})")
+        example = hf_module_paths(model, next(iter_linears(model))[0])[0]
+        raise ValueError(f"--target_regex {target_regex!r} matches no linear layer (names look like {example})")
     return chosen
 
 

@@ -133,24 +133,35 @@ def _selection(rows, trainable: dict[str, bool]) -> TrainSelection:
     return TrainSelection(frozenset(paths), masks)
 
 
+def _module_of(name: str) -> str:
+    return name.rsplit(".", 1)[0]  # model.layers.3.self_attn.q_proj.bias -> model.layers.3.self_attn.q_proj
+
+
+def _names_module(name: str, module: str) -> bool:
+    """PEFT's modules_to_save match: the module is `module` or ends with `.module`."""
+    return _module_of(name) == module or _module_of(name).endswith("." + module)
+
+
+def _carried(name: str, modules_to_save, lora_bias: str) -> bool:
+    """True for a base tensor that trains beside the adapters and is saved with them."""
+    return any(_names_module(name, m) for m in modules_to_save) or (lora_bias == "all" and name.endswith(".bias"))
+
+
 def module_selection(model: nnx.Module, modules_to_save=(), lora_bias: str = "none") -> TrainSelection:
     """PEFT's `modules_to_save` (modules whose name ends with one of the names train in full, e.g.
     `embed_tokens`, `lm_head`) and `bias="all"` (every bias trains) beside the adapters."""
     if lora_bias not in ("none", "all"):
         raise ValueError(f"--lora_bias {lora_bias!r}: expected none or all")
     rows = hf_parameters(model)
-    modules = lambda name: name.rsplit(".", 1)[0]
-    saved = lambda name: any(modules(name) == m or modules(name).endswith("." + m) for m in modules_to_save)
-    missing = [m for m in modules_to_save if not any(modules(n) == m or modules(n).endswith("." + m) for n, *_ in rows)]
+    missing = [m for m in modules_to_save if not any(_names_module(r.name, m) for r in rows)]
     if missing:
+        names = sorted({_module_of(r.name).split(".")[-1] for r in rows})
         raise ValueError(f"--modules_to_save {missing} match no module of this {model.config.model_type} model "
-                         f"(tied embeddings have no separate lm_head); names look like {sorted({modules(n).split('.')[-1] for n, *_ in rows})}")
-    trainable = {name: saved(name) or (lora_bias == "all" and name.endswith(".bias")) for name, *_ in rows}
-    return _selection(rows, trainable)
+                         f"(tied embeddings have no separate lm_head); module names are {names}")
+    return _selection(rows, {r.name: _carried(r.name, modules_to_save, lora_bias) for r in rows})
 
 
 def saved_parameters(model: nnx.Module, modules_to_save=(), lora_bias: str = "none") -> list[HFParam]:
-    """The base parameters an adapter file carries (modules_to_save, biases with `lora_bias all`)."""
-    selection = module_selection(model, modules_to_save, lora_bias)
-    saved = lambda name: any(name.rsplit(".", 1)[0] == m or name.rsplit(".", 1)[0].endswith("." + m) for m in modules_to_save)
-    return [r for r in hf_parameters(model) if r.path in selection.paths and (saved(r.name) or (lora_bias == "all" and r.name.endswith(".bias")))]
+    """The base tensors an adapter file carries (modules_to_save, biases with `lora_bias all`)."""
+    module_selection(model, modules_to_save, lora_bias)  # validates the names
+    return [r for r in hf_parameters(model) if _carried(r.name, modules_to_save, lora_bias)]
