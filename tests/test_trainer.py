@@ -141,7 +141,7 @@ def test_an_explicit_flag_that_conflicts_with_the_adapter_is_an_error(reference,
     # flags that agree with the adapter (BASE's --lora_rank 4, --lora_dropout 0) are fine
     trainer = Trainer(args_of("--output_dir", str(tmp_path), "--max_steps", "1", "--adapters", adapter))
     trainer.setup()
-    assert trainer.model.model.layers[0].self_attn.q_proj.lora.lora_a.shape[1] == 4
+    assert trainer.model.model.stacks[0].layers[0].self_attn.q_proj.lora.lora_a.shape[-1] == 4  # [layers, in, rank]
 
 
 def test_pt_trains_every_token_of_plain_text(tmp_path):
