@@ -132,6 +132,14 @@ def test_olora_matches_peft_initialisation(base):
     layer0 = peft_model.base_model.model.model.layers[0].self_attn.q_proj
     np.testing.assert_allclose(np.asarray(q.lora.lora_a[...][0]).T, layer0.lora_A["default"].weight.detach().numpy(), atol=1e-5)
     np.testing.assert_allclose(np.asarray(q.kernel[...][0]).T, layer0.base_layer.weight.detach().numpy(), atol=1e-5)
+    # the same model, so the same gradients (B of the q_proj adapters)
+    graphdef, params, rest = nnx.split(ours, nnx.LoRAParam, ...)
+    grads = jax.grad(lambda p: _loss_ours(nnx.merge(graphdef, p, rest)))(params)
+    ours_b = np.asarray(grads["model"]["stacks"][0]["layers"][0]["self_attn"]["q_proj"]["lora"]["lora_b"][...])  # [layers, r, out]
+    theirs = _peft_grads(peft_model)
+    for i in range(2):
+        want = theirs[f"base_model.model.model.layers.{i}.self_attn.q_proj.lora_B.default.weight"]
+        assert np.abs(ours_b[i].T - want).max() < 1e-4 * max(1.0, np.abs(want).max())
 
 
 def test_lora_plus_gives_b_the_stated_learning_rate_multiple():
