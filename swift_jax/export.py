@@ -93,7 +93,8 @@ def export(args: ExportArgs) -> str:
 
         saved = read_peft_config(args.adapters[-1])
         save_peft_adapter(model, args.output_dir, base_model_name_or_path=base, dtype=args.dtype,
-                          modules_to_save=saved.get("modules_to_save") or (), lora_bias=saved.get("bias", "none"))
+                          modules_to_save=saved.get("modules_to_save") or (), lora_bias=saved.get("bias", "none"),
+                          target_regex=saved["target_modules"] if isinstance(saved.get("target_modules"), str) else None)
         return args.output_dir
     merge_lora(model)
     if args.quant_method:

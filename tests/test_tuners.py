@@ -199,6 +199,31 @@ def test_neftune_noise_only_in_training(base):
     assert np.array_equal(np.asarray(model.model.embed(jnp.asarray(IDS))), clean)
 
 
+def test_target_regex_adapts_some_layers_of_a_scanned_stack(base, tmp_path):
+    regex = r"model\.layers\.1\.self_attn\.(q|v)_proj"
+    model = swift_jax.load_model(base)
+    loraize(model, rank=4, alpha=8, dropout=0.0, rngs=nnx.Rngs(0), target_regex=regex)
+    graphdef, params, rng, frozen = split_model(model, nnx.LoRAParam)
+    opt = make_optimizer(learning_rate_schedule("constant", 1e-2, 10, 0), weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
+                         max_grad_norm=1.0, lorap_lr_ratio=4.0)
+    step = make_train_step(graphdef, opt, LanguageModeling(loss_chunk_size=6))
+    state = TrainState(jnp.zeros((), jnp.int32), params, opt.init(params), rng)
+    for _ in range(2):
+        state, _ = step(state, frozen, None, jax.tree.map(jnp.asarray, _batch()))
+    trained = nnx.merge(graphdef, state.params, rng, frozen)
+    q = trained.model.stacks[0].layers[0].self_attn.q_proj.lora
+    assert not np.asarray(q.lora_a[...][0]).any() and not np.asarray(q.lora_b[...][0]).any()  # layer 0: still no adapter
+    assert np.asarray(q.lora_b[...][1]).any()  # layer 1 trained
+    assert trained.model.stacks[0].layers[0].mlp.down_proj.lora is None
+    save_peft_adapter(trained, tmp_path, base_model_name_or_path=base, target_regex=regex)
+    peft_model = peft.PeftModel.from_pretrained(build_hf_model("qwen2"), tmp_path).eval()
+    assert not hasattr(peft_model.base_model.model.model.layers[0].self_attn.q_proj, "lora_A")
+    got = np.asarray(trained(jnp.asarray(IDS)))
+    assert np.abs(hf_logits(peft_model, IDS) - got).max() < 1e-4
+    loaded = load_peft_adapter(swift_jax.load_model(base), str(tmp_path))
+    assert np.abs(np.asarray(loaded(jnp.asarray(IDS))) - got).max() < 1e-5
+
+
 def test_training_run_with_the_tuner_flags_writes_a_peft_checkpoint(tmp_path):
     import json
     import os
@@ -215,7 +240,7 @@ def test_training_run_with_the_tuner_flags_writes_a_peft_checkpoint(tmp_path):
     folder = os.path.join(result["run_dir"], "checkpoint-2")
     with open(os.path.join(folder, "adapter_config.json")) as f:
         config = json.load(f)
-    assert (config["use_dora"], config["use_rslora"], config["modules_to_save"], config["target_modules"]) == (True, True, ["embed_tokens"], ["q_proj", "v_proj"])
+    assert (config["use_dora"], config["use_rslora"], config["modules_to_save"], config["target_modules"]) == (True, True, ["embed_tokens"], r".*\.(q|v)_proj")
     with safe_open(os.path.join(folder, "adapter_model.safetensors"), "np") as f:
         names = list(f.keys())
     assert "base_model.model.model.embed_tokens.weight" in names and any(n.endswith("lora_magnitude_vector") for n in names)

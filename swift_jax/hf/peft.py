@@ -60,6 +60,7 @@ def save_peft_adapter(
     dtype: str | None = None,
     modules_to_save: Sequence[str] = (),
     lora_bias: str = "none",
+    target_regex: str | None = None,
 ) -> None:
     """Write the model's LoRA adapters in PEFT's format (one rank/alpha for all layers, as PEFT's config).
 
@@ -67,7 +68,8 @@ def save_peft_adapter(
     `lora_bias all` add those base tensors under their HF names (a bias of an adapted layer as
     `<module>.base_layer.bias`, as PEFT names it). PiSSA/OLoRA adapters are written as PEFT's conversion
     (`path_initial_model_for_weight_conversion`) writes them: the rank-2r LoRA `[A; A0]`, `[B, -B0]`, which
-    applies to the original base model.
+    applies to the original base model. With `target_regex` the config's target_modules is the regex, and
+    the stacked layers it left out (all-zero A and B) are not written.
     """
     layers = lora_layers(model)
     if not layers:
@@ -92,6 +94,8 @@ def save_peft_adapter(
         for module, slot in _slots(model, path):
             targets.add(module.split(".")[-1])
             pick = (lambda t: t) if slot is None else (lambda t: t[slot])
+            if target_regex and not (pick(a_all).any() or pick(b_all).any()):
+                continue  # a layer the regex leaves out
             tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(pick(a_all).T).astype(out_dtype)
             tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(pick(b_all).T).astype(out_dtype)
             if dora:
@@ -115,7 +119,7 @@ def save_peft_adapter(
         "r": int(rank),
         "lora_alpha": float(alpha),
         "lora_dropout": float(lora_dropout),
-        "target_modules": sorted(targets),
+        "target_modules": target_regex or sorted(targets),
         "bias": lora_bias,
         "fan_in_fan_out": False,
         "inference_mode": True,
@@ -245,7 +249,8 @@ def load_peft_adapter(
                 continue
             _set_slot(var, slot, value)
             seen.add((module, kind))
-    partial = config.get("layers_to_transform") is not None
+    # layers_to_transform or a regex may leave out some layers of a stack
+    partial = config.get("layers_to_transform") is not None or isinstance(config.get("target_modules"), str)
     for module, (linear, slot) in sorted(by_module.items()):
         for kind in "AB":
             if (module, kind) in seen:

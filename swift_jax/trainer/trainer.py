@@ -278,7 +278,8 @@ class Trainer:
         model, m = self.current_model(), self.args.model_args
         if self.is_lora:
             save_peft_adapter(model, folder, base_model_name_or_path=resolve_path(m.model), lora_dropout=self.args.tuner.lora_dropout,
-                              modules_to_save=self.args.tuner.modules_to_save, lora_bias=self.args.tuner.lora_bias)
+                              modules_to_save=self.args.tuner.modules_to_save, lora_bias=self.args.tuner.lora_bias,
+                              target_regex=self.args.tuner.target_regex)
         else:
             save_pretrained(model, folder, dtype=m.dtype)
             if self.main:

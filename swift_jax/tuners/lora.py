@@ -164,16 +164,17 @@ def loraize(
     DoRA adapters (tuners/dora.py); `init_weights` `pissa`/`pissa_niter_N`/`olora` start the adapter from
     the kernel's principal part and leave the residual in the kernel (tuners/init.py); `lora_dtype` stores
     the adapters in that dtype (default: the kernel's). `target_regex` replaces `target_modules` by a
-    regex over the HF module names (PEFT's string `target_modules`).
+    regex over the HF module names (PEFT's string `target_modules`); stacked layers it leaves out get
+    zero adapters that stay zero.
     """
     from .init import check_init_weights, initialize_from_kernel
 
     if rank <= 0:
         raise ValueError(f"lora_rank must be positive, got {rank}")
     init = check_init_weights(init_weights)
-    targets = resolve_regex(model, target_regex) if target_regex else resolve_targets(model, target_modules)
+    targets, left_out = resolve_regex(model, target_regex) if target_regex else (resolve_targets(model, target_modules), {})
     adapter_class = _adapter_class(use_dora)
-    for _, linear in targets:
+    for path, linear in targets:
         axes = tuple(linear.kernel.get_metadata()["logical_axes"])
         layers = stack_size(linear.kernel)
         make = lambda: adapter_class(
@@ -193,6 +194,8 @@ def loraize(
         initialize_from_kernel(linear, init)  # PiSSA / OLoRA (no-op otherwise), then DoRA's magnitude
         if use_dora:
             linear.lora.init_magnitude(linear.weight)
+        if path in left_out:
+            _leave_out(linear.lora, left_out[path], path)
     return model
 
 
@@ -210,28 +213,36 @@ def _float_dtype(linear: Linear) -> jnp.dtype:
     return value.dtype if isinstance(value, jax.Array) else linear.dtype
 
 
-def resolve_regex(model: nnx.Module, target_regex: str) -> list[tuple[str, Linear]]:
-    """The Linear layers whose HF module name (`model.layers.3.self_attn.q_proj`) the regex matches in full
-    (PEFT's string `target_modules`). A scanned stack must be matched in all its layers or none."""
+def resolve_regex(model: nnx.Module, target_regex: str) -> tuple[list[tuple[str, Linear]], dict[str, list[int]]]:
+    """The Linear layers with a HF module name (`model.layers.3.self_attn.q_proj`) the regex matches in full
+    (PEFT's string `target_modules`), and for each scanned stack matched in only some layers, the slots
+    it leaves out."""
     import re
 
     from swift_jax.hf.peft import hf_module_paths  # lazy: hf.peft builds on this module
 
     pattern = re.compile(target_regex)
-    chosen = []
+    chosen, left_out = [], {}
     for path, linear in iter_linears(model):
         hits = [bool(pattern.fullmatch(m)) for m in hf_module_paths(model, path)]
-        if all(hits):
+        if any(hits):
             chosen.append((path, linear))
-        elif any(hits):
-            raise ValueError(
-                f"--target_regex {target_regex!r} matches only some layers of the scanned stack {path} "
-                f"({hf_module_paths(model, path)[0]} ...); match all of a stack's layers or none"
-            )
+        if any(hits) and not all(hits):
+            left_out[path] = [slot for slot, hit in enumerate(hits) if not hit]
     if not chosen:
         example = hf_module_paths(model, next(iter_linears(model))[0])[0]
         raise ValueError(f"--target_regex {target_regex!r} matches no linear layer (names look like {example})")
-    return chosen
+    return chosen, left_out
+
+
+def _leave_out(lora: LoRA, slots: list[int], path: str) -> None:
+    """Zero A and B in the stacked slots a regex leaves out: their gradients and AdamW updates are then
+    exactly zero, so those layers stay unadapted through training (and the PEFT export skips them)."""
+    if hasattr(lora, "magnitude") or hasattr(lora, "initial_a"):
+        raise ValueError(f"--target_regex selects only some layers of the scanned stack {path}; with DoRA, PiSSA or "
+                         "OLoRA select whole stacks (every layer of the run) or use target_modules")
+    for var in (lora.lora_a, lora.lora_b):
+        var.set_value(var.get_value().at[jnp.asarray(slots)].set(0))
 
 
 def lora_layers(model: nnx.Module) -> list[tuple[str, Linear]]:
