@@ -79,7 +79,7 @@ class Linear(nnx.Module):
         x = x.astype(self.dtype)
         y = x @ self.weight()
         if self.lora is not None:
-            y = y + self.lora(x)
+            y = self.lora.adapt(x, y, self.weight)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
@@ -150,9 +150,11 @@ class Embed(nnx.Module):
         self.embedding = nnx.Param(
             init(rngs.params(), (num_embeddings, features), param_dtype), logical_axes=("vocab", "embed")
         )
+        self.neftune = nnx.data(None)  # training noise, set by swift_jax.tuners.neftune.add_neftune
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        x = jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+        return x if self.neftune is None else self.neftune(x)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the embedding table: `x @ embedding.T`."""

@@ -43,6 +43,60 @@ class TunerArgs:
     """HF module names to adapt (q_proj, v_proj, ...) or all-linear (every linear layer but lm_head)."""
     quant_bits: int = 4
     """qlora: bits of the frozen quantized base (4 or 8)."""
+    target_regex: str | None = None
+    """Regex over HF module names (`model.layers.3.self_attn.q_proj`), matched in full; replaces target_modules."""
+    modules_to_save: list[str] = dataclasses.field(default_factory=list)
+    """Modules trained in full beside the adapters and saved in the adapter (e.g. embed_tokens lm_head)."""
+    lora_bias: str = "none"
+    """none | all (every bias of the model trains and is saved with the adapter; PEFT's bias)."""
+    lora_dtype: str | None = None
+    """float32 | bfloat16 | float16: dtype of the adapter weights (default: the base weights')."""
+    lorap_lr_ratio: float | None = None
+    """LoRA+: lora_B (and 1-D adapter parameters) learn at learning_rate x this ratio (paper: 16)."""
+    use_rslora: bool = False
+    """Rank-stabilised LoRA: scale lora_alpha / sqrt(lora_rank) instead of lora_alpha / lora_rank."""
+    use_dora: bool = False
+    """DoRA: a trained magnitude per output feature times the normalised adapted weight."""
+    init_weights: str = "true"
+    """true | false | gaussian | pissa | pissa_niter_N | olora: how new adapters start (PEFT's init_lora_weights)."""
+    freeze_parameters: list[str] = dataclasses.field(default_factory=list)
+    """full: HF parameter-name prefixes to freeze (model.embed_tokens, model.layers.0., ...)."""
+    freeze_parameters_regex: str | None = None
+    """full: freeze parameters whose HF name the regex searches."""
+    freeze_parameters_ratio: float = 0.0
+    """full: freeze this fraction of the parameter count from the bottom (embeddings, first layers) up."""
+    trainable_parameters: list[str] = dataclasses.field(default_factory=list)
+    """full: HF parameter-name prefixes that train even when a freeze rule matches them."""
+    trainable_parameters_regex: str | None = None
+    """full: parameters whose HF name the regex searches train even when a freeze rule matches them."""
+    neftune_noise_alpha: float | None = None
+    """NEFTune: uniform noise of magnitude alpha / sqrt(seq x hidden) on the input embeddings while training."""
+
+
+    def validate(self) -> None:
+        """Refuse flags that the chosen tuner would ignore (naming the flag), and bad values."""
+        lora_only = ("target_regex", "modules_to_save", "lorap_lr_ratio", "use_rslora", "use_dora", "lora_dtype")
+        full_only = ("freeze_parameters", "freeze_parameters_regex", "freeze_parameters_ratio", "trainable_parameters",
+                     "trainable_parameters_regex")
+        given = lambda flag: getattr(self, flag) not in (None, False, 0.0, [], "none")
+        wrong = [f for f in lora_only if given(f) and self.tuner_type == "full"]
+        wrong += [f for f in full_only if given(f) and self.tuner_type != "full"]
+        if self.lora_bias != "none" and self.tuner_type == "full":
+            wrong.append("lora_bias")
+        if wrong:
+            kind = "LoRA" if self.tuner_type == "full" else "full fine-tuning"
+            raise ValueError(f"--{wrong[0]} applies to {kind} only, but --tuner_type is {self.tuner_type}")
+        if self.lora_dtype not in (None, "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
+            raise ValueError(f"--lora_dtype {self.lora_dtype!r}: expected float32, bfloat16 or float16")
+        if self.lorap_lr_ratio is not None and self.lorap_lr_ratio <= 0:
+            raise ValueError(f"--lorap_lr_ratio must be positive, got {self.lorap_lr_ratio}")
+        from swift_jax.tuners.init import check_init_weights
+
+        self.init_weights = check_init_weights(self.init_weights)
+        if self.use_dora and self.init_weights not in ("true", "false", "gaussian"):
+            raise ValueError(f"--use_dora with --init_weights {self.init_weights}: PEFT cannot convert such an adapter to plain LoRA")
+        if self.adapters and self.init_weights != "true":
+            raise ValueError(f"--init_weights {self.init_weights} initialises new adapters; --adapters loads trained ones")
 
 
 @dataclasses.dataclass
@@ -128,6 +182,7 @@ class TrainArguments:
             raise ValueError("--model is required (an HF model folder or hub id)")
         if self.tuner.tuner_type not in TUNER_TYPES:
             raise ValueError(f"--tuner_type {self.tuner.tuner_type!r}: expected one of {TUNER_TYPES}")
+        self.tuner.validate()
         t = self.training
         if t.learning_rate is None:
             t.learning_rate = 1e-5 if self.tuner.tuner_type == "full" else 1e-4

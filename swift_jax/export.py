@@ -88,8 +88,13 @@ def export(args: ExportArgs) -> str:
     for path in args.adapters:
         load_adapter(model, path)
     os.makedirs(args.output_dir, exist_ok=True)
-    if args.to_peft:
-        save_peft_adapter(model, args.output_dir, base_model_name_or_path=base, dtype=args.dtype)
+    if args.to_peft:  # the adapter's own modules_to_save / bias tensors travel with it
+        from swift_jax.hf.peft import read_peft_config
+
+        saved = read_peft_config(args.adapters[-1])
+        save_peft_adapter(model, args.output_dir, base_model_name_or_path=base, dtype=args.dtype,
+                          modules_to_save=saved.get("modules_to_save") or (), lora_bias=saved.get("bias", "none"),
+                          target_regex=saved["target_modules"] if isinstance(saved.get("target_modules"), str) else None)
         return args.output_dir
     merge_lora(model)
     if args.quant_method:

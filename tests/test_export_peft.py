@@ -50,11 +50,11 @@ def test_adapter_of_another_shape_is_refused(base, tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [(dict(use_dora=True), "use_dora"), (dict(bias="lora_only"), "bias")],
+    [(dict(bias="lora_only"), "bias"), (dict(lora_bias=True), "lora_bias")],
 )
 def test_unsupported_adapter_kinds_are_named(base, tmp_path, kwargs, message):
     _peft_adapter(tmp_path, target_modules=["q_proj"], **kwargs)
-    with pytest.raises(ValueError, match=f"only plain LoRA adapters are supported.*{message}"):
+    with pytest.raises(ValueError, match=f"only LoRA / DoRA / rsLoRA adapters are supported.*{message}"):
         load_peft_adapter(swift_jax.load_model(base), str(tmp_path))
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -21,8 +21,8 @@ from safetensors.numpy import save_file
 
 from swift_jax.models.config import to_jnp_dtype
 from swift_jax.models.registry import architecture
-from swift_jax.parallel.distributed import host_array, is_main_process
 from swift_jax.models.scan import layer_paths
+from swift_jax.parallel.distributed import host_array, is_main_process
 from swift_jax.tuners.lora import iter_linears, lora_layers, loraize
 
 CONFIG_FILE = "adapter_config.json"
@@ -58,27 +58,54 @@ def save_peft_adapter(
     base_model_name_or_path: str,
     lora_dropout: float = 0.0,
     dtype: str | None = None,
+    modules_to_save: Sequence[str] = (),
+    lora_bias: str = "none",
+    target_regex: str | None = None,
 ) -> None:
-    """Write the model's LoRA adapters in PEFT's format (one rank/alpha for all layers, as PEFT's config); a
-    reward model's value head (`score`) goes in `modules_to_save` of a `SEQ_CLS` adapter."""
+    """Write the model's LoRA adapters in PEFT's format (one rank/alpha for all layers, as PEFT's config).
+
+    DoRA adds `lora_magnitude_vector` `[out]` per layer; rsLoRA sets `use_rslora`; `modules_to_save` and
+    `lora_bias all` add those base tensors under their HF names (a bias of an adapted layer as
+    `<module>.base_layer.bias`, as PEFT names it). PiSSA/OLoRA adapters are written as PEFT's conversion
+    (`path_initial_model_for_weight_conversion`) writes them: the rank-2r LoRA `[A; A0]`, `[B, -B0]`, which
+    applies to the original base model. With `target_regex` the config's target_modules is the regex, and
+    the stacked layers it left out (all-zero A and B) are not written. A reward model's value head (`score`)
+    is written as `modules_to_save` of a `SEQ_CLS` adapter.
+    """
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA adapters to save (train with --tuner_type lora)")
     ranks = {m.lora.lora_a.shape[-1] for _, m in layers}
-    scales = {m.lora.scale for _, m in layers}
-    if len(ranks) != 1 or len(scales) != 1:
-        raise ValueError(f"PEFT's config holds one rank and alpha; the adapters have ranks {ranks}, scales {scales}")
-    rank, scale = ranks.pop(), scales.pop()
+    scales = {(m.lora.scale, m.lora.use_rslora) for _, m in layers}
+    kinds = {(hasattr(m.lora, "magnitude"), hasattr(m.lora, "initial_a")) for _, m in layers}
+    if len(ranks) != 1 or len(scales) != 1 or len(kinds) != 1:
+        raise ValueError(f"PEFT's config holds one rank, alpha and kind; the adapters have ranks {ranks}, scales {scales}")
+    rank, (scale, rslora), (dora, converted) = ranks.pop(), scales.pop(), kinds.pop()
+    if dora and converted:
+        raise ValueError("PEFT cannot convert a DoRA adapter initialised with PiSSA/OLoRA to plain LoRA")
     tensors, targets = {}, set()
     for path, linear in layers:
-        a_all = host_array(linear.lora.lora_a[...])  # [in, r] or [layers, in, r]; gathered from every process
+        a_all = host_array(linear.lora.lora_a[...])  # [in, r] or [layers, in, r]; gathered from every process when sharded across hosts
         b_all = host_array(linear.lora.lora_b[...])  # [r, out] or [layers, r, out]
+        if converted:  # PEFT's conversion: W_res + s B A = W + s [B, -B0] [A; A0]
+            a_all = np.concatenate([a_all, host_array(linear.lora.initial_a[...])], axis=-1)
+            b_all = np.concatenate([b_all, -host_array(linear.lora.initial_b[...])], axis=-2)
+        m_all = host_array(linear.lora.magnitude[...]) if dora else None  # [out] or [layers, out]
         out_dtype = np.dtype(to_jnp_dtype(dtype)) if dtype else a_all.dtype
         for module, slot in _slots(model, path):
             targets.add(module.split(".")[-1])
-            a, b = (a_all, b_all) if slot is None else (a_all[slot], b_all[slot])
-            tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(a.T).astype(out_dtype)
-            tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(b.T).astype(out_dtype)
+            pick = (lambda t: t) if slot is None else (lambda t: t[slot])
+            if target_regex and not (pick(a_all).any() or pick(b_all).any()):
+                continue  # a layer the regex leaves out
+            tensors[f"{PREFIX}{module}.lora_A.weight"] = np.ascontiguousarray(pick(a_all).T).astype(out_dtype)
+            tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(pick(b_all).T).astype(out_dtype)
+            if dora:
+                tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = np.ascontiguousarray(pick(m_all)).astype(out_dtype)
+    adapted = {module for p, _ in layers for module in hf_module_paths(model, p)}
+    for name, array in _saved_base_tensors(model, modules_to_save, lora_bias):
+        module, _, leaf = name.rpartition(".")
+        key = f"{module}.base_layer.{leaf}" if module in adapted else name
+        tensors[PREFIX + key] = array.astype(np.dtype(to_jnp_dtype(dtype)) if dtype else array.dtype)
     head = getattr(model, "score", None)  # a reward model's value head (swift_jax.rlhf): PEFT's modules_to_save
     if head is not None:
         kernel = host_array(head.kernel[...])  # [embed, 1]
@@ -87,25 +114,45 @@ def save_peft_adapter(
         return
     os.makedirs(output_dir, exist_ok=True)
     save_file(tensors, os.path.join(output_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+    alpha = scale * (math.sqrt(rank) if rslora else rank)
+    if converted:  # PEFT doubles r and alpha (sqrt(2) x alpha with rsLoRA) so the scale stays the same
+        rank, alpha = 2 * rank, alpha * (math.sqrt(2) if rslora else 2)
     config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM" if head is None else "SEQ_CLS",
         "base_model_name_or_path": base_model_name_or_path,
         "r": int(rank),
-        "lora_alpha": float(scale * rank),
+        "lora_alpha": float(alpha),
         "lora_dropout": float(lora_dropout),
-        "target_modules": sorted(targets),
-        "bias": "none",
+        "target_modules": target_regex or sorted(targets),
+        "bias": lora_bias,
         "fan_in_fan_out": False,
         "inference_mode": True,
         "init_lora_weights": True,
-        "use_rslora": False,
-        "use_dora": False,
-        "modules_to_save": None if head is None else ["score"],
+        "use_rslora": bool(rslora),
+        "use_dora": bool(dora),
+        "modules_to_save": (list(modules_to_save) + (["score"] if head is not None else [])) or None,
         "layers_to_transform": None,
     }
+    if modules_to_save and model.config.tie_word_embeddings:  # our tied LM head reads the trained embedding
+        config["ensure_weight_tying"] = True
     with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
+
+
+def _saved_base_tensors(model: nnx.Module, modules_to_save: Sequence[str], lora_bias: str):
+    """(HF name, HF-layout host array) of the base tensors an adapter carries (tuners/select.py)."""
+    if not modules_to_save and lora_bias == "none":
+        return []
+    from swift_jax.models.weight_map import to_hf
+    from swift_jax.tuners.select import saved_parameters
+
+    variables = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    out = []
+    for r in saved_parameters(model, modules_to_save, lora_bias):
+        value = variables[r.path][...]
+        out.append((r.name, np.ascontiguousarray(to_hf(host_array(value[r.index] if r.index else value), r.rule.transform))))
+    return out
 
 
 def read_peft_config(adapter_dir: str) -> dict[str, Any]:
@@ -115,13 +162,16 @@ def read_peft_config(adapter_dir: str) -> dict[str, Any]:
         raise FileNotFoundError(f"{adapter_dir}: no {CONFIG_FILE}; expected a PEFT LoRA adapter folder")
     with open(path) as f:
         config = json.load(f)
-    unsupported = {k: config.get(k) for k in ("use_dora",) if config.get(k)}
-    if config.get("bias", "none") != "none":
+    unsupported = {}
+    if config.get("bias", "none") not in ("none", "all"):
         unsupported["bias"] = config["bias"]
-    if config.get("modules_to_save"):
-        unsupported["modules_to_save"] = config["modules_to_save"]
+    if config.get("lora_bias"):
+        unsupported["lora_bias"] = config["lora_bias"]
+    if config.get("target_parameters"):
+        unsupported["target_parameters"] = config["target_parameters"]
     if config.get("peft_type", "LORA") != "LORA" or unsupported:
-        raise ValueError(f"{path}: only plain LoRA adapters are supported (got peft_type={config.get('peft_type')}, {unsupported})")
+        kind = config.get("peft_type")
+        raise ValueError(f"{path}: only LoRA / DoRA / rsLoRA adapters are supported (got peft_type={kind}, {unsupported})")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ValueError(f"{path}: per-layer rank_pattern/alpha_pattern are not supported")
     return config
@@ -183,23 +233,36 @@ def load_peft_adapter(
         alpha=float(config["lora_alpha"]),
         dropout=float(config.get("lora_dropout", 0.0) if dropout is None else dropout),
         rngs=rngs or nnx.Rngs(0),
+        use_rslora=bool(config.get("use_rslora")),  # rank-stabilised LoRA scales by alpha / sqrt(r)
+        use_dora=bool(config.get("use_dora")),
     )
     by_module = {
         module: (m, slot) for p, m in iter_linears(model) if m.lora is not None for module, slot in _slots(model, p)
     }
-    if config.get("use_rslora"):  # rank-stabilised LoRA scales by alpha / sqrt(r)
-        for linear, _ in by_module.values():
-            linear.lora.scale = float(config["lora_alpha"]) / math.sqrt(rank)
+    base = _base_tensor_targets(model)
     problems, seen = [], set()
     with safe_open(path, framework="numpy") as f:
         for name in f.keys():
             if name == HEAD_TENSOR:  # a reward model's value head (PEFT's modules_to_save of a SEQ_CLS adapter)
                 _load_value_head(model, f.get_tensor(name), problems)
                 continue
+            hf_name = name.removeprefix(PREFIX).replace(".base_layer.", ".")  # modules_to_save, bias tensors
+            if ".lora_" not in name and hf_name in base:
+                problems += _set_base_tensor(base[hf_name], name, f.get_tensor(name))
+                continue
             module, kind = _module_of(name), _kind_of(name)
             linear, slot = by_module.get(module, (None, None))
-            if linear is None or kind not in ("A", "B"):
+            kinds = ("A", "B", "magnitude_vector") if config.get("use_dora") else ("A", "B")
+            if linear is None or kind not in kinds:
                 problems.append(f"unexpected tensor {name}")
+                continue
+            if kind == "magnitude_vector":
+                var, value = linear.lora.magnitude, f.get_tensor(name)  # [out]
+                want = tuple(var.shape) if slot is None else tuple(var.shape[1:])
+                if tuple(value.shape) != want:
+                    problems.append(f"tensor {name} has shape {list(value.shape)}, expected {list(want)}")
+                else:
+                    _set_slot(var, slot, value)
                 continue
             value = f.get_tensor(name).T  # A: [in, r], B: [r, out]
             var = linear.lora.lora_a if kind == "A" else linear.lora.lora_b
@@ -209,7 +272,8 @@ def load_peft_adapter(
                 continue
             _set_slot(var, slot, value)
             seen.add((module, kind))
-    partial = config.get("layers_to_transform") is not None
+    # layers_to_transform or a regex may leave out some layers of a stack
+    partial = config.get("layers_to_transform") is not None or isinstance(config.get("target_modules"), str)
     for module, (linear, slot) in sorted(by_module.items()):
         for kind in "AB":
             if (module, kind) in seen:
@@ -224,8 +288,29 @@ def load_peft_adapter(
     return model
 
 
-def _set_slot(var: nnx.Variable, slot: int | None, value: np.ndarray) -> None:
-    """Write a host array into a variable (slot None) or into slice `slot` of its stacked axis 0."""
+def _base_tensor_targets(model: nnx.Module) -> dict[str, tuple]:
+    """HF name -> (variable, HFParam) of every base tensor (for modules_to_save and bias tensors)."""
+    from swift_jax.tuners.select import hf_parameters
+
+    variables = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    return {r.name: (variables[r.path], r) for r in hf_parameters(model)}
+
+
+def _set_base_tensor(target: tuple, name: str, value: np.ndarray) -> list[str]:
+    """Write a base tensor an adapter carries (modules_to_save, bias) into our variable; problems found."""
+    from swift_jax.models.weight_map import to_ours
+
+    var, r = target
+    ours = to_ours(value, r.rule.transform)
+    want = tuple(r.shape[len(r.index) :])
+    if tuple(ours.shape) != want:
+        return [f"tensor {name} has shape {list(value.shape)}, which does not fit {r.path} {list(want)}"]
+    _set_slot(var, r.index or None, ours)
+    return []
+
+
+def _set_slot(var: nnx.Variable, slot: int | tuple[int, ...] | None, value: np.ndarray) -> None:
+    """Write a host array into a variable (slot None) or into slice `slot` of its stacked axes."""
     current = var[...]
     if slot is None:
         var[...] = jax.device_put(value.astype(var.dtype), current.sharding)

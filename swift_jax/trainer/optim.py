@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import optax
 
@@ -47,6 +48,33 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decays, params)
 
 
+def path_name(path) -> str:
+    """A pytree path of an nnx.State as our dotted variable name (`model.stacks.0.layers.mlp.up_proj.lora_b`)."""
+    return ".".join(str(k.key) for k in path if hasattr(k, "key"))
+
+
+def scale_by_path(factor: Callable[[str], Any]) -> optax.GradientTransformation:
+    """Multiply each leaf by `factor(dotted name)` (a number or a broadcastable array; None leaves it as is).
+    Stateless: a per-parameter learning-rate multiple after AdamW, or a 0/1 mask of frozen slices."""
+    import jax
+
+    def update(updates, state, params=None):
+        def apply(path, u):
+            f = factor(path_name(path))
+            return u if f is None else u * jax.numpy.asarray(f, u.dtype)
+
+        return jax.tree_util.tree_map_with_path(apply, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def is_lora_plus_b(name: str) -> bool:
+    """LoRA+'s fast group (PEFT's create_loraplus_optimizer: lora_B and the 1-D parameters: DoRA magnitudes,
+    biases, norm scales)."""
+    last = name.rsplit(".", 1)[-1]
+    return last in ("lora_b", "magnitude", "bias") or "norm" in name
+
+
 def make_optimizer(
     schedule: optax.Schedule,
     *,
@@ -55,10 +83,25 @@ def make_optimizer(
     adam_beta2: float,
     adam_epsilon: float = 1e-8,
     max_grad_norm: float | None,
+    lorap_lr_ratio: float | None = None,
+    masks: dict[str, Any] | None = None,
 ) -> optax.GradientTransformation:
-    """Global-norm clipping followed by AdamW (decoupled weight decay on weights, not biases or norms)."""
+    """Global-norm clipping followed by AdamW (decoupled weight decay on weights, not biases or norms).
+
+    `lorap_lr_ratio` (LoRA+): LoRA+'s B group takes `ratio x` the learning rate, i.e. its whole AdamW update
+    (step and decoupled decay both scale with the rate) is multiplied by the ratio. `masks` (dotted name ->
+    0/1 array over stacked axes, tuners/select.py) zero the gradients of frozen slices before clipping and
+    their updates after AdamW (weight decay included), so those slices stay bit-identical.
+    """
     parts = []
+    mask = (lambda name: masks.get(name)) if masks else None
+    if mask:
+        parts.append(scale_by_path(mask))
     if max_grad_norm and max_grad_norm > 0:
         parts.append(optax.clip_by_global_norm(max_grad_norm))
     parts.append(optax.adamw(schedule, b1=adam_beta1, b2=adam_beta2, eps=adam_epsilon, weight_decay=weight_decay, mask=decay_mask))
+    if lorap_lr_ratio:
+        parts.append(scale_by_path(lambda name: lorap_lr_ratio if is_lora_plus_b(name) else None))
+    if mask:
+        parts.append(scale_by_path(mask))
     return optax.chain(*parts)

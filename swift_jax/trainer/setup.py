@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 from flax import nnx
 
@@ -73,32 +75,85 @@ def check_adapter_conflicts(args: TrainArguments, adapter_dirs: list[str]) -> No
                 )
 
 
-def apply_tuner(model: nnx.Module, args: TrainArguments):
-    """Attach adapters as the tuner asks (new ones, or `--adapters` to continue); returns the filter of
-    trainable variables. Adapter dropout uses `--seed` whichever way the adapters came."""
+@dataclasses.dataclass
+class TunerPlan:
+    """What the tuner decided: the trainable filter, masks of partly frozen stacked variables (full
+    fine-tuning with freeze rules; see tuners/select.py), and whether adapters are trained (PEFT export)."""
+
+    trainable: Any
+    masks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    is_lora: bool = False
+
+
+def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
+    """Attach adapters as the tuner asks (new ones, or `--adapters` to continue), or choose the parameters
+    full fine-tuning trains; NEFTune noise on the embeddings. Adapter dropout uses `--seed` whichever way
+    the adapters came."""
     t = args.tuner
+    seed = args.training.seed
+    if t.neftune_noise_alpha:
+        from swift_jax.tuners.neftune import add_neftune
+
+        add_neftune(model, t.neftune_noise_alpha, seed=seed + 2)
     if t.tuner_type == "full":
         if t.adapters:
             raise ValueError("--adapters needs --tuner_type lora (full fine-tuning trains the base weights)")
-        return nnx.Param
+        return _full_plan(model, t)
     if t.tuner_type == "qlora":
+        if t.init_weights not in ("true", "false", "gaussian"):
+            raise ValueError(f"--init_weights {t.init_weights} rewrites the base weights; with qlora initialise the float "
+                             "model (--tuner_type lora), merge, then quantize the residual")
         from swift_jax.tuners.qlora import quantize_base
 
         quantize_base(model, bits=t.quant_bits)
-    seed = args.training.seed
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     if not t.adapters:
+        from swift_jax.models.config import to_jnp_dtype
         from swift_jax.tuners import loraize
 
-        loraize(model, target_modules=t.target_modules, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout, rngs=rngs)
-        return nnx.LoRAParam
-    from swift_jax.tuners.adapters import load_adapter
+        loraize(model, target_modules=t.target_modules, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
+                rngs=rngs, use_rslora=t.use_rslora, use_dora=t.use_dora, init_weights=t.init_weights,
+                lora_dtype=to_jnp_dtype(t.lora_dtype) if t.lora_dtype else None, target_regex=t.target_regex)
+    else:
+        from swift_jax.tuners.adapters import load_adapter
 
-    paths = [resolve_path(p) for p in t.adapters]
+        paths = [resolve_path(p) for p in t.adapters]
+        for p in paths:
+            if not os.path.isdir(p):
+                raise FileNotFoundError(f"--adapters {p}: no such folder")
+        check_adapter_conflicts(args, paths)
+        for p in paths:
+            load_adapter(model, p, rngs=rngs)
+        _adopt_saved_modules(t, paths)
+    if not (t.modules_to_save or t.lora_bias != "none"):
+        return TunerPlan(nnx.LoRAParam, is_lora=True)
+    from swift_jax.tuners.select import module_selection
+
+    selection = module_selection(model, t.modules_to_save, t.lora_bias)
+    return TunerPlan(selection.filter(also=nnx.LoRAParam), selection.masks, is_lora=True)
+
+
+def _adopt_saved_modules(t, paths: list[str]) -> None:
+    """An adapter's own modules_to_save and bias="all" keep training (and are saved again) when training
+    continues from it, as PEFT's `is_trainable=True`; otherwise checkpoints would lose them."""
+    from swift_jax.hf.peft import read_peft_config
+
     for p in paths:
-        if not os.path.isdir(p):
-            raise FileNotFoundError(f"--adapters {p}: no such folder")
-    check_adapter_conflicts(args, paths)
-    for p in paths:
-        load_adapter(model, p, rngs=rngs)
-    return nnx.LoRAParam
+        config = read_peft_config(p)
+        t.modules_to_save = list(dict.fromkeys([*t.modules_to_save, *(config.get("modules_to_save") or [])]))
+        if config.get("bias") == "all":
+            t.lora_bias = "all"
+
+
+def _full_plan(model: nnx.Module, t) -> TunerPlan:
+    rules = dict(freeze_parameters=t.freeze_parameters, freeze_parameters_regex=t.freeze_parameters_regex,
+                 freeze_parameters_ratio=t.freeze_parameters_ratio, trainable_parameters=t.trainable_parameters,
+                 trainable_parameters_regex=t.trainable_parameters_regex)
+    if not any(rules.values()):
+        return TunerPlan(nnx.Param)
+    from swift_jax.tuners.select import full_selection
+
+    selection = full_selection(model, **rules)
+    if not selection.paths:
+        raise ValueError("the freeze rules leave no parameter to train; add --trainable_parameters or relax them")
+    return TunerPlan(selection.filter(), selection.masks)

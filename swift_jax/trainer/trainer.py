@@ -97,10 +97,11 @@ class Trainer:
         self.tokenizer = load_tokenizer(resolve_path(args.model_args.model))
         self.model = build_model(args, self.mesh)
         self.model.model.remat = t.gradient_checkpointing
-        self.trainable = apply_tuner(self.model, args)
+        self.plan = apply_tuner(self.model, args)
+        self.trainable = self.plan.trainable
         self.method = self.method or default_method(args, self.model)
         self.method.prepare_model(self.model)
-        self.is_lora = self.trainable is nnx.LoRAParam
+        self.is_lora = self.plan.is_lora
 
         from swift_jax.data.bundled import resolve_bundled
 
@@ -120,7 +121,8 @@ class Trainer:
         self.schedule = learning_rate_schedule(t.lr_scheduler_type, t.learning_rate, self.total_steps, warmup)
         self.optimizer = make_optimizer(
             self.schedule, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2,
-            adam_epsilon=t.adam_epsilon, max_grad_norm=t.max_grad_norm,
+            adam_epsilon=t.adam_epsilon, max_grad_norm=t.max_grad_norm, lorap_lr_ratio=args.tuner.lorap_lr_ratio,
+            masks=self.plan.masks,
         )
         self.graphdef, params, rng, self.frozen = split_model(self.model, self.trainable)
         opt_state = init_optimizer_state(self.optimizer, params, self.mesh)
@@ -290,7 +292,9 @@ class Trainer:
 
         model, m = self.current_model(), self.args.model_args
         if self.is_lora:
-            save_peft_adapter(model, folder, base_model_name_or_path=resolve_path(m.model), lora_dropout=self.args.tuner.lora_dropout)
+            save_peft_adapter(model, folder, base_model_name_or_path=resolve_path(m.model), lora_dropout=self.args.tuner.lora_dropout,
+                              modules_to_save=self.args.tuner.modules_to_save, lora_bias=self.args.tuner.lora_bias,
+                              target_regex=self.args.tuner.target_regex)
         else:
             save_pretrained(model, folder, dtype=m.dtype)
             if self.main:

@@ -81,8 +81,9 @@ low_rank_product.defvjp(_low_rank_forward, _low_rank_backward)
 class LoRA(nnx.Module):
     """A low-rank update `scale * (dropout(x) @ lora_a) @ lora_b` for one Linear layer.
 
-    lora_a: [in, rank], initialised like PEFT's (kaiming-uniform, bound 1/sqrt(in));
-    lora_b: [rank, out], zero, so a fresh adapter leaves the model's output unchanged.
+    lora_a: [in, rank], initialised like PEFT's (kaiming-uniform, bound 1/sqrt(in); `init="gaussian"`:
+    normal with std 1/rank); lora_b: [rank, out], zero, so a fresh adapter leaves the output unchanged.
+    `scale` is alpha / rank, or alpha / sqrt(rank) with `use_rslora` (rank-stabilised LoRA).
     """
 
     def __init__(
@@ -97,12 +98,18 @@ class LoRA(nnx.Module):
         dtype: jnp.dtype,
         param_dtype: jnp.dtype,
         rngs: nnx.Rngs,
+        use_rslora: bool = False,
+        init: str = "true",
     ):
-        bound = 1.0 / math.sqrt(in_features)
-        a = jax.random.uniform(rngs.params(), (in_features, rank), param_dtype, -bound, bound)
+        if init == "gaussian":
+            a = jax.random.normal(rngs.params(), (in_features, rank), param_dtype) / rank
+        else:
+            bound = 1.0 / math.sqrt(in_features)
+            a = jax.random.uniform(rngs.params(), (in_features, rank), param_dtype, -bound, bound)
         self.lora_a = nnx.LoRAParam(a, logical_axes=(axes[0], "lora_rank"))
         self.lora_b = nnx.LoRAParam(jnp.zeros((rank, out_features), param_dtype), logical_axes=("lora_rank", axes[1]))
-        self.scale = alpha / rank
+        self.scale = alpha / (math.sqrt(rank) if use_rslora else rank)
+        self.use_rslora = use_rslora
         self.dtype = dtype
         self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 
@@ -114,9 +121,18 @@ class LoRA(nnx.Module):
         a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)
         return low_rank_product(x, a, b, self.scale)
 
+    def adapt(self, x: jax.Array, y: jax.Array, weight) -> jax.Array:
+        """The adapted layer's output from its input `x`, base output `y = x @ W` and `weight()` (W, for
+        variants like DoRA that rescale the base)."""
+        return y + self(x)
+
     def delta(self) -> jax.Array:
         """The dense update `scale * A @ B` `[in, out]` in float32 (for merging); `[layers, in, out]` stacked."""
         return self.scale * (self.lora_a[...].astype(jnp.float32) @ self.lora_b[...].astype(jnp.float32))
+
+    def merged(self, kernel: jax.Array) -> jax.Array:
+        """The float32 kernel `[..., in, out]` with this adapter folded in (what `merge_lora` stores)."""
+        return kernel + self.delta()
 
 
 def iter_linears(model: nnx.Module) -> Iterator[tuple[str, Linear]]:
@@ -155,18 +171,33 @@ def loraize(
     alpha: float = 32.0,
     dropout: float = 0.05,
     rngs: nnx.Rngs,
+    use_rslora: bool = False,
+    use_dora: bool = False,
+    init_weights: str | bool = True,
+    lora_dtype=None,
+    target_regex: str | None = None,
 ) -> nnx.Module:
     """Attach a fresh LoRA adapter to every targeted Linear (in place); returns the model.
 
     A Linear of scanned layers (kernel `[layers, in, out]`) gets stacked adapters: one independently
-    initialised adapter per layer, A `[layers, in, rank]`, B `[layers, rank, out]`.
+    initialised adapter per layer, A `[layers, in, rank]`, B `[layers, rank, out]`. `use_dora` attaches
+    DoRA adapters (tuners/dora.py); `init_weights` `pissa`/`pissa_niter_N`/`olora` start the adapter from
+    the kernel's principal part and leave the residual in the kernel (tuners/init.py); `lora_dtype` stores
+    the adapters in that dtype (default: the kernel's). `target_regex` replaces `target_modules` by a
+    regex over the HF module names (PEFT's string `target_modules`); stacked layers it leaves out get
+    zero adapters that stay zero.
     """
+    from .init import check_init_weights, initialize_from_kernel
+
     if rank <= 0:
         raise ValueError(f"lora_rank must be positive, got {rank}")
-    for _, linear in resolve_targets(model, target_modules):
+    init = check_init_weights(init_weights)
+    targets, left_out = resolve_regex(model, target_regex) if target_regex else (resolve_targets(model, target_modules), {})
+    adapter_class = _adapter_class(use_dora)
+    for path, linear in targets:
         axes = tuple(linear.kernel.get_metadata()["logical_axes"])
         layers = stack_size(linear.kernel)
-        make = lambda: LoRA(
+        make = lambda: adapter_class(
             linear.in_features,
             linear.out_features,
             rank=rank,
@@ -174,11 +205,64 @@ def loraize(
             dropout=dropout,
             axes=axes[-2:],
             dtype=linear.dtype,
-            param_dtype=linear.kernel.dtype,
+            param_dtype=lora_dtype or _float_dtype(linear),
             rngs=rngs,
+            use_rslora=use_rslora,
+            init=init,
         )
         linear.lora = make() if layers is None else stack_modules([make() for _ in range(layers)])
+        initialize_from_kernel(linear, init)  # PiSSA / OLoRA (no-op otherwise), then DoRA's magnitude
+        if use_dora:
+            linear.lora.init_magnitude(linear.weight)
+        if path in left_out:
+            _leave_out(linear.lora, left_out[path], path)
     return model
+
+
+def _adapter_class(use_dora: bool) -> type:
+    if not use_dora:
+        return LoRA
+    from .dora import DoRA  # lazy: dora builds on this module
+
+    return DoRA
+
+
+def _float_dtype(linear: Linear) -> jnp.dtype:
+    """The kernel's dtype, or the compute dtype when the kernel is stored quantized (QLoRA)."""
+    value = linear.kernel.get_value()
+    return value.dtype if isinstance(value, jax.Array) else linear.dtype
+
+
+def resolve_regex(model: nnx.Module, target_regex: str) -> tuple[list[tuple[str, Linear]], dict[str, list[int]]]:
+    """The Linear layers with a HF module name (`model.layers.3.self_attn.q_proj`) the regex matches in full
+    (PEFT's string `target_modules`), and for each scanned stack matched in only some layers, the slots
+    it leaves out."""
+    import re
+
+    from swift_jax.hf.peft import hf_module_paths  # lazy: hf.peft builds on this module
+
+    pattern = re.compile(target_regex)
+    chosen, left_out = [], {}
+    for path, linear in iter_linears(model):
+        hits = [bool(pattern.fullmatch(m)) for m in hf_module_paths(model, path)]
+        if any(hits):
+            chosen.append((path, linear))
+        if any(hits) and not all(hits):
+            left_out[path] = [slot for slot, hit in enumerate(hits) if not hit]
+    if not chosen:
+        example = hf_module_paths(model, next(iter_linears(model))[0])[0]
+        raise ValueError(f"--target_regex {target_regex!r} matches no linear layer (names look like {example})")
+    return chosen, left_out
+
+
+def _leave_out(lora: LoRA, slots: list[int], path: str) -> None:
+    """Zero A and B in the stacked slots a regex leaves out: their gradients and AdamW updates are then
+    exactly zero, so those layers stay unadapted through training (and the PEFT export skips them)."""
+    if hasattr(lora, "magnitude") or hasattr(lora, "initial_a"):
+        raise ValueError(f"--target_regex selects only some layers of the scanned stack {path}; with DoRA, PiSSA or "
+                         "OLoRA select whole stacks (every layer of the run) or use target_modules")
+    for var in (lora.lora_a, lora.lora_b):
+        var.set_value(var.get_value().at[jnp.asarray(slots)].set(0))
 
 
 def lora_layers(model: nnx.Module) -> list[tuple[str, Linear]]:
@@ -187,10 +271,10 @@ def lora_layers(model: nnx.Module) -> list[tuple[str, Linear]]:
 
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
-    """Fold every adapter into its base kernel (`W += scale * A @ B`) and remove it (in place)."""
+    """Fold every adapter into its base kernel (`W += scale * A @ B`; DoRA rescales) and remove it (in place)."""
     for _, linear in lora_layers(model):
         kernel = linear.kernel[...]
-        linear.kernel[...] = (kernel.astype(jnp.float32) + linear.lora.delta()).astype(kernel.dtype)
+        linear.kernel[...] = linear.lora.merged(kernel.astype(jnp.float32)).astype(kernel.dtype)
         linear.lora = None
     return model
 
