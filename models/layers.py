@@ -78,8 +78,9 @@ class Linear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
         y = x @ self.weight()
-        if self.lora is not None:
-            y = self.lora.adapt(x, y, self.weight)
+        if self.lora is not None:  # an attachment adds `lora(x)`, or (DoRA) rewrites the output with `adapt`
+            adapt = getattr(self.lora, "adapt", None)
+            y = adapt(x, y, self.weight) if adapt is not None else y + self.lora(x)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
