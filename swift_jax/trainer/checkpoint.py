@@ -68,7 +68,7 @@ def parse_checkpoint_dir(path: str, flag: str = "--resume_from_checkpoint") -> t
     path = os.path.abspath(path.rstrip("/"))
     match = _CHECKPOINT_NAME.match(os.path.basename(path))
     if match is None or not os.path.isdir(os.path.join(path, "state")):
-        hint = " (folders named checkpoint_STEP come from swift_jax < 0.2 and do not resume)" if "checkpoint_" in path else ""
+        hint = " (folders named checkpoint_STEP come from an older swift_jax and do not resume)" if "checkpoint_" in path else ""
         raise FileNotFoundError(f"{flag} {path}: expected a finished checkpoint folder {CHECKPOINT_PREFIX}STEP with a state/ subfolder{hint}")
     return os.path.dirname(path), int(match.group(1))
 
