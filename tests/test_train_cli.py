@@ -56,9 +56,9 @@ def test_bad_values_are_errors(tmp_path):
 
 @pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))), ids=os.path.basename)
 def test_every_recipe_parses(recipe):
-    from swift_jax.rlhf.__main__ import RLHFArguments  # preference recipes carry rlhf_type & co.
+    from swift_jax.rlhf.__main__ import GRPOArguments, RLHFArguments, requested_rlhf_type
 
-    with open(recipe) as f:
-        cls = RLHFArguments if "rlhf_type" in f.read() else TrainArguments
+    kind = requested_rlhf_type(["--config", recipe])  # rlhf recipes carry rlhf_type & co.
+    cls = GRPOArguments if kind == "grpo" else RLHFArguments if kind else TrainArguments
     args = parse_config(cls, ["--config", recipe], aliases=ALIASES).validate()
     assert args.model_args.model and args.data.dataset
