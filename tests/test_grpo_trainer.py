@@ -61,6 +61,8 @@ def test_grpo_runs_in_the_trainer_logs_ms_swift_keys_and_resumes_exactly(tmp_pat
     assert [r["step"] for r in records] == [1, 2, 3] and all(KEYS <= set(r) for r in records)
     assert records[1]["compiles"] == 0  # rollout and update compiled once, before step 1 (step 3's window has a save)
     assert all(r["tokens_per_sec"] > 0 for r in records)
+    # the update alone is faster than rollout + update: tokens over the time outside the rollout phase
+    assert all(r["train_tokens_per_sec"] > r["tokens_per_sec"] for r in records)
     (first, *_) = [json.loads(line) for line in open(os.path.join(run_dir, "completions.jsonl"))]
     assert first["step"] == ["1"] * 8 and {"prompt", "completion", "Uppercase", "advantages"} <= set(first)
     assert "<|im_start|>assistant" in first["prompt"][0] and "= " not in first["prompt"][0]  # the answer is dropped

@@ -192,11 +192,13 @@ class Trainer:
         self.last_saved: int | None = None
         final: dict[str, Any] = {}
         start_step = step = int(self.state.step)
-        window = _Window()
+        window = _Window(phase=type(self.method).make_batches is not Method.make_batches)
         run_start = time.perf_counter()
         try:
             while step < self.total_steps:
+                phase_start = time.perf_counter()
                 host = self.method.make_batches(self, [next(self.iterator) for _ in range(self.accum)])
+                window.phase_seconds += time.perf_counter() - phase_start
                 window.add(host, self.model.config, lora_params)
                 with use_impl(args.model_args.attn_impl):
                     self.state, metrics = self.train_step(self.state, self.frozen, self.extra, stack_batches(host, self.method.batch_keys, self.mesh))
@@ -348,13 +350,17 @@ def _count(state) -> int:
 
 
 class _Window:
-    """Token, slot and FLOP counts since the last log line, for tokens/s, padding ratio and MFU."""
+    """Token, slot and FLOP counts since the last log line, for tokens/s, padding ratio and MFU. With a method
+    that makes its batches in a phase of its own (`phase`: GRPO's rollouts), `train_tokens_per_sec` counts the
+    same tokens over the time outside that phase (the update)."""
 
-    def __init__(self):
+    def __init__(self, phase: bool = False):
+        self.phase = phase
         self.reset()
 
     def reset(self) -> None:
         self.tokens, self.slots, self.flops, self.start = 0, 0, 0.0, time.perf_counter()
+        self.phase_seconds = 0.0  # spent in Method.make_batches
         self.compiles = flops.compile_count()
 
     def add(self, host_batches: list[dict], config, lora_params: int) -> None:
@@ -373,6 +379,8 @@ class _Window:
             "padding_ratio": round(1.0 - self.tokens / max(self.slots, 1), 4),
             "compiles": flops.compile_count() - self.compiles,  # XLA compilations in this window
         }
+        if self.phase:
+            out["train_tokens_per_sec"] = self.tokens * jax.process_count() / max(elapsed - self.phase_seconds, 1e-9)
         utilisation = flops.mfu(self.flops * jax.process_count(), elapsed, device_kind, jax.device_count())
         if utilisation is not None:
             out["mfu"] = utilisation
