@@ -164,3 +164,14 @@ def test_pt_trains_every_token_of_plain_text(tmp_path):
     assert batch["input_ids"][0, :n].tolist() == expected  # no chat markup, no system prompt
     assert (batch["labels"][0, 1:n] == batch["input_ids"][0, 1:n]).all()  # every token trained
     assert np.isfinite(run_command(flags, PT_DEFAULTS)["loss"])
+
+
+def test_the_compilation_cache_is_never_inside_the_output_dir(tmp_path, monkeypatch):
+    from swift_jax.trainer.setup import enable_compilation_cache
+
+    monkeypatch.delenv("JAX_COMPILATION_CACHE_DIR", raising=False)
+    with pytest.raises(ValueError, match=r"--compilation_cache_dir .*xla is inside --output_dir"):
+        enable_compilation_cache(str(tmp_path / "out" / "xla"), str(tmp_path / "out"))
+    assert enable_compilation_cache("none", str(tmp_path / "out")) is None  # `none` disables it
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "env"))  # the environment wins
+    assert enable_compilation_cache(str(tmp_path / "out" / "xla"), str(tmp_path / "out")) == str(tmp_path / "env")

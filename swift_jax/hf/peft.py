@@ -21,6 +21,7 @@ from safetensors.numpy import save_file
 
 from swift_jax.models.config import to_jnp_dtype
 from swift_jax.models.registry import architecture
+from swift_jax.modeling import HEAD_RULES
 from swift_jax.models.scan import layer_paths
 from swift_jax.parallel.distributed import host_array, is_main_process
 from swift_jax.tuners.lora import iter_linears, lora_layers, loraize
@@ -177,7 +178,7 @@ def read_peft_config(adapter_dir: str) -> dict[str, Any]:
     return config
 
 
-HEAD_TENSOR = f"{PREFIX}score.weight"
+HEAD_TENSOR = PREFIX + HEAD_RULES["score.kernel"].hf  # the value head's HF name, from the one table
 
 
 def _load_value_head(model: nnx.Module, weight: np.ndarray, problems: list[str]) -> None:

@@ -27,7 +27,7 @@ from swift_jax.kernels.attention import use_impl
 from swift_jax.parallel import initialize_distributed, is_main_process, logical_to_spec, memory_report, mesh_from_args
 from swift_jax.trainer import checkpoint as ckpt
 from swift_jax.trainer import run_folder
-from swift_jax.trainer.logs import RunLogger, progress_fields
+from swift_jax.trainer.logs import RunLogger, peak_memory_gib, progress_fields
 from swift_jax.trainer.method import LanguageModeling, Method
 from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
 from swift_jax.trainer.preemption import Preemption
@@ -211,8 +211,9 @@ class Trainer:
                     record["learning_rate"] = float(self.schedule(step - self.optimizer_offset - 1))
                     record["epoch"] = round(step / self.steps_per_epoch, 4)
                     record.update(window.flush(device_kind))
-                    record["elapsed"] = round(time.perf_counter() - run_start, 3)
-                    record.update(progress_fields(step, self.total_steps, time.perf_counter() - run_start, step - start_step))
+                    elapsed = time.perf_counter() - run_start
+                    record["elapsed"] = round(elapsed, 3)
+                    record.update(progress_fields(step, self.total_steps, elapsed, step - start_step))
                     self.logger.log(record)
                     final.update(record)
                 if self.pipe.val_batches() and (step % t.eval_steps == 0 or step == self.total_steps):
@@ -334,8 +335,6 @@ class Trainer:
         if self.args.training.create_checkpoint_symlink and self.main:
             last = run_folder.link(last, os.path.join(self.run_dir, "last")) if last else None
             best = run_folder.link(best, os.path.join(self.run_dir, "best")) if best else None
-        from swift_jax.trainer.logs import peak_memory_gib
-
         return {
             "last_model_checkpoint": last,
             "best_model_checkpoint": best,
