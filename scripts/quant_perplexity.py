@@ -19,6 +19,7 @@ import time
 import swift_jax
 from swift_jax.eval import Scorer, eval_loss
 from swift_jax.quant import QuantSpec
+from swift_jax.data.frontend import chat_encoder
 from swift_jax.quant.calibration import calibration_rows
 from swift_jax.quant.export import save_quantized
 
@@ -44,7 +45,7 @@ def main() -> None:
     args = p.parse_args()
     tokenizer = swift_jax.load_tokenizer(args.model)
     val = _rows(args.val)
-    calibration = calibration_rows(tokenizer, [args.calib], n_samples=args.n_samples, seq_len=args.max_length)
+    calibration = calibration_rows(chat_encoder(tokenizer), [args.calib], n_samples=args.n_samples, seq_len=args.max_length)
 
     def score(model) -> dict:
         return eval_loss(Scorer(model, max_batch_size=32, max_length=args.max_length), tokenizer, val, "val")

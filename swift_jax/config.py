@@ -1,10 +1,12 @@
-"""Typed arguments of `python -m swift_jax.train` (names and defaults follow ms-swift's `swift sft`)."""
+"""Typed arguments of `python -m swift_jax.train` (names and defaults follow ms-swift's `swift sft`): the shared
+groups of `swift_jax.arguments` (model, adapters, template inside DataArgs) nested with the training ones."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 
+from swift_jax.arguments import AdapterArgs, ModelArgs
 from swift_jax.data.args import DataArgs
 from swift_jax.parallel.distributed import DistributedArgs
 from swift_jax.parallel.mesh import MeshArgs
@@ -15,12 +17,10 @@ TUNER_TYPES = ("full", "lora", "qlora")
 
 
 @dataclasses.dataclass
-class ModelArgs:
-    model: str = ""
-    """HF model folder or hub id (with config.json; weights unless --init_from_scratch)."""
-    dtype: str | None = None
-    """Parameter and compute dtype: float32 | bfloat16. Default: the checkpoint's. Full fine-tuning keeps
-    float32 master weights and optimizer state and computes in this dtype."""
+class TrainModelArgs(ModelArgs):
+    """The shared model group plus what only training reads. Full fine-tuning keeps float32 master weights and
+    optimizer state and computes in --dtype."""
+
     init_from_scratch: bool = False
     """Randomly initialise the model from its config.json instead of loading weights (pre-training demos)."""
     scan_layers: bool = True
@@ -31,11 +31,11 @@ class ModelArgs:
 
 
 @dataclasses.dataclass
-class TunerArgs:
+class TunerArgs(AdapterArgs):
+    """The shared adapters group (training starts from them) plus how new adapters or full fine-tuning train."""
+
     tuner_type: str = "lora"
     """full | lora | qlora (3.x name: train_type)."""
-    adapters: list[str] = dataclasses.field(default_factory=list)
-    """Start from an existing LoRA adapter (a PEFT folder or one of our checkpoints)."""
     lora_rank: int = 8
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
@@ -169,7 +169,7 @@ class TrainingArgs:
 class TrainArguments:
     """Everything `python -m swift_jax.train` reads; flags and YAML keys are the flat field names."""
 
-    model_args: ModelArgs = dataclasses.field(default_factory=ModelArgs)
+    model_args: TrainModelArgs = dataclasses.field(default_factory=TrainModelArgs)
     tuner: TunerArgs = dataclasses.field(default_factory=TunerArgs)
     data: DataArgs = dataclasses.field(default_factory=DataArgs)
     training: TrainingArgs = dataclasses.field(default_factory=TrainingArgs)

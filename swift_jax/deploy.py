@@ -5,9 +5,11 @@
 
 Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (with `stream: true` as server-sent events).
 Requests run one at a time (the standard library's threading server; generation holds a lock). Prompts are
-rendered as training renders rows (`--template`, `--system`, or what the checkpoint was trained with). Request
-fields: `messages`, `tools`, `max_tokens` / `max_completion_tokens`, `temperature`, `top_p`, `seed`, `stop`,
-`stream`, and the extras `top_k`, `repetition_penalty`; missing ones take the server's `--` defaults.
+rendered as training renders rows (`--template`, `--system`, or what the checkpoint was trained with); generation
+stops at the tokenizer's eos and the template's stop words. Request fields: `messages`, `tools`,
+`chat_template_kwargs` (e.g. `{"enable_thinking": false}`), `max_tokens` / `max_completion_tokens`,
+`temperature`, `top_p`, `seed`, `stop`, `stream`, and the extras `top_k`, `repetition_penalty`; missing ones take
+the server's `--` defaults.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Sequence
 
+from swift_jax.arguments import GenerationArgs
 from swift_jax.generation import GenerationConfig, Generator
 from swift_jax.data.errors import DataError
 from swift_jax.data.frontend import prompt_of
-from swift_jax.infer import InferArgs, load_for_inference, parse_args
+from swift_jax.cli import parse_config
+from swift_jax.config import ALIASES
+from swift_jax.infer import InferArgs, load_for_inference
 
 
 @dataclasses.dataclass
@@ -31,28 +36,33 @@ class DeployArgs(InferArgs):
     """Arguments of `swift_jax.deploy`: the inference arguments (server defaults) plus the address."""
 
     host: str = "127.0.0.1"
+    """Address to listen on."""
     port: int = 8000
-    served_model_name: str | None = None  # the `model` name clients use; default: --model
+    """Port to listen on (0: a free one)."""
+    served_model_name: str | None = None
+    """The `model` name clients use; default: --model."""
 
 
 class RequestError(ValueError):
     """A client mistake, answered with HTTP 400 and an OpenAI-style error body."""
 
 
-def _config(body: dict[str, Any], args: DeployArgs) -> GenerationConfig:
-    """Generation settings of one request, falling back to the server's arguments."""
+def _config(body: dict[str, Any], args: DeployArgs, gen: Generator, encoder) -> GenerationConfig:
+    """Generation settings of one request, falling back to the server's arguments; generation also stops at the
+    template's stop words, as for infer."""
     if body.get("n", 1) != 1:
         raise RequestError(f"n={body['n']} is not supported; only n=1")
     stop = body.get("stop") or args.stop_words
-    return GenerationConfig(
+    request = GenerationArgs(
         max_new_tokens=int(body.get("max_completion_tokens") or body.get("max_tokens") or args.max_new_tokens),
         temperature=float(body.get("temperature", args.temperature) or 0.0),
         top_k=int(body.get("top_k", args.top_k) or 0),
         top_p=float(body.get("top_p", args.top_p) or 1.0),
         repetition_penalty=float(body.get("repetition_penalty", args.repetition_penalty) or 1.0),
         seed=int(body.get("seed", args.seed) or 0),
-        stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        stop_words=[stop] if isinstance(stop, str) else list(stop),
     )
+    return request.generation_config(gen, encoder)
 
 
 def _prompt(body: dict[str, Any], encoder) -> list[int]:
@@ -72,10 +82,11 @@ def _prompt(body: dict[str, Any], encoder) -> list[int]:
             content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
         flat.append({**m, "content": content})
     try:
-        prompt = prompt_of({"messages": flat, "tools": body.get("tools")}, where="request")
+        request = {"messages": flat, "tools": body.get("tools"), "chat_template_kwargs": body.get("chat_template_kwargs")}
+        prompt = prompt_of(request, where="request")
         if prompt.reference is not None:  # a request may end with an assistant message: it is history here
             prompt.messages.append({"role": "assistant", "content": prompt.reference})
-        return encoder.prompt_ids(prompt.messages, prompt.tools)
+        return encoder.prompt_ids(prompt.messages, prompt.tools, prompt.chat_template_kwargs)
     except DataError as err:
         raise RequestError(str(err)) from None
 
@@ -94,7 +105,7 @@ class ChatServer:
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """A `chat.completion` object for a non-streaming request."""
-        prompt, config = _prompt(body, self.encoder), _config(body, self.args)
+        prompt, config = _prompt(body, self.encoder), _config(body, self.args, self.gen, self.encoder)
         with self.lock:
             out = self.gen.generate_ids([prompt], config)[0]
         return {
@@ -111,7 +122,7 @@ class ChatServer:
 
     def stream(self, body: dict[str, Any]):
         """`chat.completion.chunk` objects for a streaming request (validated before the first one)."""
-        prompt, config = _prompt(body, self.encoder), _config(body, self.args)
+        prompt, config = _prompt(body, self.encoder), _config(body, self.args, self.gen, self.encoder)
         head = self._head("chat.completion.chunk")
 
         def chunks():
@@ -184,7 +195,7 @@ def make_server(chat: ChatServer, host: str, port: int) -> ThreadingHTTPServer:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(DeployArgs, argv)
+    args = parse_config(DeployArgs, argv, aliases=ALIASES)
     model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
     chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args)
     server = make_server(chat, args.host, args.port)

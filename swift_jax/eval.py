@@ -9,7 +9,7 @@ A task file (`.jsonl`, `.json` list or `.parquet`) holds one kind of task, told 
   `--mc_template` (default `"Question: {question}\\nAnswer:"`); `acc` picks the highest total,
   `acc_norm` the highest per character of the choice (lm-eval's length normalisation).
 - generation: `{"question" | "query": str, "answer": str}` or `{"messages": [...], "answer": str}`.
-  The model answers greedily (chat template when the tokenizer has one); the answer is extracted from
+  The model answers (greedily unless --temperature; with the run's template); the answer is extracted from
   the response and from the reference alike (`extract_answer`: after the last `####`, else the last
   number, else the whole text). `exact_match`: extracted answers equal; `contains`: the reference's
   extracted answer appears in the response.
@@ -35,29 +35,34 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from swift_jax.generation import GenerationConfig, Generator, bucket
-from swift_jax.data.frontend import chat_encoder, prompt_of, read_rows, trained_template_args
+from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, TemplateArgs
+from swift_jax.cli import parse_config
+from swift_jax.config import ALIASES
+from swift_jax.data.frontend import prompt_of, read_rows
 from swift_jax.data.templates import IGNORE
-from swift_jax.infer import load_for_inference, parse_args
+from swift_jax.generation import Generator, bucket
+from swift_jax.infer import load_for_inference
 
 
 @dataclasses.dataclass
-class EvalArgs:
-    """Arguments of `swift_jax.eval` (names follow ms-swift's EvalArguments)."""
+class EvalArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
+    """Arguments of `swift_jax.eval`: the shared model, adapter, template and generation groups
+    (`swift_jax.arguments`) plus the task settings (names follow ms-swift's EvalArguments)."""
 
-    eval_dataset: list[str]  # task files, see the module docstring for the row formats
-    model: str | None = None  # HF model folder or hub id; default: the base model of --adapters
-    adapters: list[str] = dataclasses.field(default_factory=list)
-    dtype: str | None = None
-    eval_limit: int | None = None  # first N rows of each task
+    eval_dataset: list[str] = dataclasses.field(default_factory=list)
+    """Task files, see the module docstring for the row formats."""
+    max_new_tokens: int = 256
+    """Tokens generated per answer of a generation task at most."""
+    eval_limit: int | None = None
+    """First N rows of each task."""
     max_batch_size: int = 8
-    max_length: int = 2048  # longer scored sequences are an error (names the row)
-    max_new_tokens: int = 256  # generation tasks
-    system: str | None = None  # system prompt of chat rows
-    template: str | None = None  # ms-swift template name (or .jinja); default: the trained one, else the tokenizer's
-    columns: dict[str, str] = dataclasses.field(default_factory=dict)  # rename fields of chat rows (training's --columns)
+    """Rows scored or generated together."""
+    max_length: int = 2048
+    """Longer scored sequences are an error (naming the row)."""
     mc_template: str = "Question: {question}\nAnswer:"
+    """Prompt of multiple-choice rows; each choice is scored after it."""
     result_path: str = "eval_result.json"
+    """Where the metrics are written (JSON)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,7 +236,7 @@ def eval_loss(scorer: Scorer, tokenizer, rows, name: str, encoder, args: EvalArg
             if prompt.reference is None:
                 raise ValueError(f"{w}: a loss row needs a final assistant message (or 'response') to score")
             messages = prompt.messages + [{"role": "assistant", "content": prompt.reference}]
-            encoded = encoder.encode({"messages": messages, "tools": prompt.tools})
+            encoded = encoder.encode({"messages": messages, "tools": prompt.tools, "chat_template_kwargs": prompt.chat_template_kwargs})
             trained = encoded.labels != IGNORE
             starts = np.flatnonzero(trained & ~np.concatenate([[False], trained[:-1]]))  # where trained runs begin
             if not len(starts):
@@ -255,8 +260,8 @@ def eval_generation(gen: Generator, rows, name: str, args: EvalArgs, encoder) ->
         if "question" in chat and "query" not in chat:
             chat["query"] = chat.pop("question")
         prompt = prompt_of(chat, where=w, columns=args.columns)
-        prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools))
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens)
+        prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools, prompt.chat_template_kwargs))
+    config = args.generation_config(gen, encoder)
     responses = [o.text for o in gen.generate_ids(prompts, config)]
     return generation_metrics(responses, [str(r["answer"]) for r in rows]), responses
 
@@ -265,9 +270,7 @@ def evaluate(model: nnx.Module, tokenizer, args: EvalArgs) -> dict[str, dict[str
     """Metrics of every task file in `args.eval_dataset`: `{task name: {"kind", "n", metric: value}}`."""
     scorer = Scorer(model, max_batch_size=args.max_batch_size, max_length=args.max_length)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
-    saved = trained_template_args(*args.adapters, args.model)
-    encoder = chat_encoder(tokenizer, args.template or saved.get("template"), args.system or saved.get("system"),
-                           agent_template=saved.get("agent_template") if not args.template else None)
+    encoder = args.trained_encoder(tokenizer, *args.adapters, args.model)
     results = {}
     for path in args.eval_dataset:
         rows = read_rows(path, args.eval_limit)
@@ -296,7 +299,9 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    args = parse_args(EvalArgs, argv)
+    args = parse_config(EvalArgs, argv, aliases=ALIASES)
+    if not args.eval_dataset:
+        raise ValueError("--eval_dataset is required: one or more task files (see python -m swift_jax.eval --help)")
     model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
     results = evaluate(model, tokenizer, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.result_path)), exist_ok=True)

@@ -12,25 +12,25 @@ As in ms-swift, `--adapters CKPT` alone is enough: the base model comes from the
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 from typing import Sequence
 
+from swift_jax.arguments import AdapterArgs, ModelArgs, TemplateArgs
 from swift_jax.cli import parse_config
+from swift_jax.config import ALIASES
 from swift_jax.hf.hub import copy_tokenizer_files
 
 
 
 @dataclasses.dataclass
-class ExportArgs:
-    """Arguments of `swift_jax.export` (ms-swift's ExportArguments names)."""
+class ExportArgs(ModelArgs, AdapterArgs, TemplateArgs):
+    """Arguments of `swift_jax.export`: the shared model, adapter and template groups (`swift_jax.arguments`;
+    the template renders GPTQ calibration rows) plus ms-swift's ExportArguments."""
 
     output_dir: str = ""
     """Where to write the exported folder (must not exist, or be empty)."""
-    model: str | None = None
-    """Base model folder or hub id; default: the base model recorded in --adapters."""
-    adapters: list[str] = dataclasses.field(default_factory=list)
-    """LoRA checkpoint(s) in PEFT format (our checkpoint-STEP folders, or PEFT's)."""
     merge_lora: bool = False
     """Fold the adapters into the base weights and write a full HF model folder."""
     to_peft: bool = False
@@ -46,7 +46,8 @@ class ExportArgs:
     group_size: int = 128
     """Input features per scale (rtn/gptq); -1: one scale per output channel."""
     dataset: list[str] = dataclasses.field(default_factory=list)
-    """GPTQ calibration data: local .json/.jsonl files (text, messages, alpaca or query/response rows)."""
+    """GPTQ calibration data: datasets in any format training reads, rendered with the run's template (--template,
+    else the one the checkpoint was trained with)."""
     quant_n_samples: int = 128
     """GPTQ calibration rows of --max_length tokens."""
     max_length: int = 2048
@@ -94,6 +95,7 @@ def export(args: ExportArgs) -> str:
         save_peft_adapter(model, args.output_dir, base_model_name_or_path=base, dtype=args.dtype,
                           modules_to_save=saved.get("modules_to_save") or (), lora_bias=saved.get("bias", "none"),
                           target_regex=saved["target_modules"] if isinstance(saved.get("target_modules"), str) else None)
+        _save_template_args(args, args.output_dir)
         return args.output_dir
     merge_lora(model)
     if args.quant_method:
@@ -104,7 +106,9 @@ def export(args: ExportArgs) -> str:
             from swift_jax.quant.calibration import calibration_rows
 
             tokenizer = swift_jax.load_tokenizer(base)
-            calibration = calibration_rows(tokenizer, args.dataset, n_samples=args.quant_n_samples, seq_len=args.max_length)
+            encoder = args.trained_encoder(tokenizer, *args.adapters, args.model)
+            calibration = calibration_rows(encoder, args.dataset, n_samples=args.quant_n_samples, seq_len=args.max_length,
+                                           columns=args.columns)
         save_quantized(
             model, args.output_dir, spec, calibration=calibration, batch_size=args.quant_batch_size,
             dtype=args.dtype, max_shard_size=args.max_shard_size,
@@ -112,11 +116,21 @@ def export(args: ExportArgs) -> str:
     else:
         swift_jax.save_pretrained(model, args.output_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
     copy_tokenizer_files(base, args.output_dir)
+    _save_template_args(args, args.output_dir)
     return args.output_dir
 
 
+def _save_template_args(args: ExportArgs, output_dir: str) -> None:
+    """Record the template the run used (given, or trained with) in output_dir/args.json, so infer, eval and
+    deploy on the exported folder render prompts as training did (ms-swift's export carries args.json too)."""
+    fields = {k: v for k, v in args.trained_template_fields(*args.adapters, args.model).items() if v is not None}
+    if fields:
+        with open(os.path.join(output_dir, "args.json"), "w") as f:
+            json.dump({"data": fields}, f, indent=2, ensure_ascii=False)
+
+
 def main(argv: Sequence[str] | None = None) -> str:
-    out = export(parse_config(ExportArgs, argv))
+    out = export(parse_config(ExportArgs, argv, aliases=ALIASES))
     print(f"exported to {out}")
     return out
 

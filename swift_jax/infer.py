@@ -18,72 +18,34 @@ import os
 import sys
 from typing import Sequence
 
-import tyro
-
+from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, TemplateArgs
+from swift_jax.cli import parse_config
+from swift_jax.config import ALIASES
 from swift_jax.data.frontend import encode_chat, prompt_of, read_rows, row_messages
-from swift_jax.generation import GenerationConfig, Generator
+from swift_jax.generation import Generator
 
 __all__ = ["InferArgs", "encode_chat", "infer_dataset", "chat_loop", "load_for_inference", "read_rows", "row_messages"]
 
 
 @dataclasses.dataclass
-class InferArgs:
-    """Arguments of `swift_jax.infer` (names follow ms-swift's InferArguments)."""
+class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
+    """Arguments of `swift_jax.infer`: the shared model, adapter, template and generation groups
+    (`swift_jax.arguments`) plus the dataset and batch settings of ms-swift's InferArguments."""
 
-    model: str | None = None  # HF model folder or hub id; default: the base model of --adapters
-    adapters: list[str] = dataclasses.field(default_factory=list)  # LoRA checkpoint folders
-    dtype: str | None = None  # float32 | bfloat16; default: the checkpoint's
-    max_new_tokens: int = 512
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    seed: int = 42
-    stop_words: list[str] = dataclasses.field(default_factory=list)
-    system: str | None = None  # default system prompt (rows with their own keep it)
-    template: str | None = None  # ms-swift template name (or .jinja file); default: the trained one, else the tokenizer's
-    agent_template: str | None = None  # how tools / tool calls are written (with --template)
-    enable_thinking: bool | None = None  # thinking templates: open the response thinking (true) or not (false)
-    response_prefix: str | None = None  # text every response starts with
-    columns: dict[str, str] = dataclasses.field(default_factory=dict)  # rename row fields first (as training's --columns)
-    stream: bool = False  # print tokens as they come (interactive chat)
-    val_dataset: list[str] = dataclasses.field(default_factory=list)  # jsonl/json/parquet files
-    val_dataset_sample: int | None = None  # use only the first N rows of each file
-    result_path: str | None = None  # batch results; default: infer_result.jsonl next to the dataset
+    stream: bool = False
+    """Print tokens as they come (interactive chat)."""
+    val_dataset: list[str] = dataclasses.field(default_factory=list)
+    """Rows to answer (any format training reads); none: interactive chat."""
+    val_dataset_sample: int | None = None
+    """Use only the first N rows of each file."""
+    result_path: str | None = None
+    """Batch results; default: infer_result.jsonl next to the dataset."""
     max_batch_size: int = 16
+    """Prompts generated together."""
 
     def chat_encoder(self, tokenizer):
         """The prompt renderer: these arguments, else what the checkpoint was trained with (its args.json)."""
-        from swift_jax.data.frontend import chat_encoder, trained_template_args
-        from swift_jax.data.swift_template import ThinkingArgs
-
-        given = {k: getattr(self, k) for k in ("template", "system", "agent_template", "enable_thinking", "response_prefix")}
-        saved = trained_template_args(*self.adapters, self.model)
-        merged = {k: given[k] if given.get(k) is not None else saved.get(k) for k in set(given) | set(saved)}
-        thinking = ThinkingArgs(merged.get("enable_thinking"), merged.get("preserve_thinking"), True, merged.get("response_prefix"))
-        return chat_encoder(tokenizer, merged.get("template"), merged.get("system"),
-                            agent_template=merged.get("agent_template"), thinking=thinking)
-
-    def generation_config(self) -> GenerationConfig:
-        return GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_k=self.top_k,
-            top_p=self.top_p,
-            repetition_penalty=self.repetition_penalty,
-            seed=self.seed,
-            stop=tuple(self.stop_words),
-        )
-
-
-def parse_args(cls, argv: Sequence[str] | None = None):
-    """tyro parsing that also accepts ms-swift's lower-case booleans (`--stream true`)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    bools = {f"__{f.name}" for f in dataclasses.fields(cls) if f.type in (bool, "bool")}
-    for i in range(1, len(argv)):
-        if argv[i - 1].replace("-", "_") in bools and argv[i].lower() in ("true", "false"):
-            argv[i] = argv[i].capitalize()
-    return tyro.cli(cls, args=argv, config=(tyro.conf.FlagConversionOff,))
+        return self.trained_encoder(tokenizer, *self.adapters, self.model)
 
 
 def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None):
@@ -131,8 +93,8 @@ def infer_dataset(gen: Generator, args: InferArgs) -> str:
         for i, row in enumerate(read_rows(path, args.val_dataset_sample)):
             prompt = prompt_of(row, where=f"{path} row {i}", columns=args.columns)
             rows.append(row)
-            prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools))
-    outputs = gen.generate_ids(prompts, args.generation_config())
+            prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools, prompt.chat_template_kwargs))
+    outputs = gen.generate_ids(prompts, args.generation_config(gen, encoder))
     os.makedirs(os.path.dirname(os.path.abspath(result_path)), exist_ok=True)
     with open(result_path, "w") as f:
         for row, out in zip(rows, outputs):
@@ -143,8 +105,8 @@ def infer_dataset(gen: Generator, args: InferArgs) -> str:
 
 def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdout) -> None:
     """Interactive multi-turn chat on stdin/stdout; `clear` forgets the history, `exit` quits."""
-    config = args.generation_config()
     encoder = args.chat_encoder(gen.tokenizer)  # applies --system to every turn
+    config = args.generation_config(gen, encoder)
     history: list[dict] = []
     while True:
         stdout.write("<<< ")
@@ -172,7 +134,7 @@ def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdou
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(InferArgs, argv)
+    args = parse_config(InferArgs, argv, aliases=ALIASES)
     model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
     if args.val_dataset:

@@ -10,6 +10,7 @@ import transformers
 import swift_jax
 from infer_fixtures import build_chat_model
 from swift_jax import infer
+from swift_jax.cli import parse_config
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +59,7 @@ def test_batch_inference_writes_rows_with_response(chat, tmp_path):
 
 def test_interactive_chat_streams_and_keeps_history(chat):
     path, hf, tok = chat
-    args = infer.parse_args(infer.InferArgs, ["--model", path, "--stream", "true", "--max_new_tokens", "6"])
+    args = parse_config(infer.InferArgs, ["--model", path, "--stream", "true", "--max_new_tokens", "6"])
     assert args.stream is True
     model, tokenizer = infer.load_for_inference(path)
     gen = infer.Generator(model, tokenizer)
@@ -87,7 +88,7 @@ def test_input_errors_are_clear(chat, tmp_path):
     data.write_text(json.dumps({"query": "ok"}) + "\n" + json.dumps({"prompt_text": "hi"}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl row 1: unknown row format with keys \['prompt_text'\]"):
         infer.main(["--model", path, "--val_dataset", str(data)])
-    renamed = infer.parse_args(infer.InferArgs, ["--model", path, "--columns", "prompt_text", "query"])
+    renamed = parse_config(infer.InferArgs, ["--model", path, "--columns", "prompt_text", "query"])
     assert renamed.columns == {"prompt_text": "query"}  # training's --columns: the row above then reads
     assert infer.prompt_of({"prompt_text": "hi"}, where="r", columns=renamed.columns).messages == [{"role": "user", "content": "hi"}]
     with pytest.raises(ValueError, match="missing.jsonl: no such file or folder"):
@@ -107,7 +108,7 @@ def test_template_renders_prompts_as_training_does(chat, tmp_path):
     row = {"messages": [{"role": "user", "content": "What is 6 times 7?"}, {"role": "assistant", "content": "42"}]}
     data = tmp_path / "data.jsonl"
     data.write_text(json.dumps(row) + "\n")
-    args = infer.parse_args(infer.InferArgs, ["--model", path, "--template", "qwen2_5", "--val_dataset", str(data)])
+    args = parse_config(infer.InferArgs, ["--model", path, "--template", "qwen2_5", "--val_dataset", str(data)])
     ids = args.chat_encoder(tok).prompt_ids(row["messages"][:1])
     assert tok.decode(ids) == ("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant."
                                "<|im_end|>\n<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n")

@@ -13,6 +13,7 @@ from swift_jax.export import main as export_main
 from swift_jax.hf.compressed_tensors import unpack_int32
 from swift_jax.quant import QuantSpec
 from swift_jax.quant.export import save_quantized
+from swift_jax.data.frontend import chat_encoder
 from swift_jax.quant.calibration import calibration_rows
 from safetensors.numpy import load_file
 from infer_fixtures import build_chat_model
@@ -75,7 +76,7 @@ def test_gptq_export_from_the_command_line(tmp_path):
     rows = [{"messages": [{"role": "user", "content": f"what is {i} times 7?"}, {"role": "assistant", "content": f"It is {7 * i}."}]} for i in range(60)]
     calib = tmp_path / "calib.jsonl"
     calib.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    ids = calibration_rows(swift_jax.load_tokenizer(path), [str(calib)], n_samples=8, seq_len=32)
+    ids = calibration_rows(chat_encoder(swift_jax.load_tokenizer(path)), [str(calib)], n_samples=8, seq_len=32)
     assert ids.shape == (8, 32) and ids.max() < 320
     out = tmp_path / "gptq"
     with pytest.raises(ValueError, match="--quant_method gptq needs calibration data"):

@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from swift_jax.arguments import TemplateArgs
+
 
 @dataclasses.dataclass
-class DataArgs:
-    """Which datasets to read, how to render them with a template and how to cut them into batches."""
+class DataArgs(TemplateArgs):
+    """Which datasets to read, how to render them with a template (TemplateArgs, shared with inference) and how
+    to cut them into batches."""
 
     dataset: list[str] = dataclasses.field(default_factory=list)
     """Training datasets: local files (.jsonl/.json/.csv/.parquet), folders of them, or hub ids.
@@ -31,19 +34,6 @@ class DataArgs:
     """Rows in the streaming shuffle buffer."""
     strict: bool = True
     """Raise on a malformed row (naming file and line); false skips and counts it. (ms-swift's default is false.)"""
-    columns: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Rename columns before format detection, e.g. {"prompt_text": "query"}."""
-
-    template: str | None = None
-    """Chat template: None uses the tokenizer's own Jinja template (what inference engines render); an ms-swift
-    template name (qwen, qwen2_5, qwen3, llama3, llama3_2, chatml, gemma, phi3, deepseek_v2_5, ...) encodes
-    exactly as ms-swift's template of that name, default system prompt included; or a path to a .jinja file."""
-    system: str | None = None
-    """Default system prompt for rows that have none (replaces the template's own default)."""
-    agent_template: str | None = None
-    """How tools, tool calls and tool responses are written (ms-swift names: hermes, react_en, react_zh, qwen_en,
-    qwen_zh, qwen_en_parallel, qwen_zh_parallel, glm4, chatglm4, llama3, deepseek_v3_1); None: the template's
-    own (hermes for the qwen templates, llama3 for llama3). Needs --template."""
     loss_scale: str = "default"
     """Which tokens are trained and with what weight: [default|last_round|all+]NAME[+NAME...] with NAME in
     ignore_empty_think, ignore_think_prefix, react, hermes, qwen, agentflan, alpha_umi (ms-swift's
@@ -51,16 +41,6 @@ class DataArgs:
     --disable_ignore_empty_think."""
     is_binary_loss_scale: bool | None = None
     """Force (true) or refuse (false) 0/1 token weights; None: decided by --loss_scale, as in ms-swift."""
-    enable_thinking: bool | None = None
-    """Thinking templates: open responses with the thinking prefix (true) or the non-thinking one (false) at
-    inference; None: the template's default (on for thinking templates)."""
-    preserve_thinking: bool | None = None
-    """Keep the reasoning of rounds before the last user message; None: ms-swift's rule (kept in training
-    unless --loss_scale last_round)."""
-    add_non_thinking_prefix: bool = True
-    """Hybrid-thinking templates: prefix responses that do not start with <think> with the empty-thinking block."""
-    response_prefix: str | None = None
-    """Text that opens every generated response (overrides the thinking prefixes; inference only)."""
     disable_ignore_empty_think: bool = False
     """Do not add +ignore_empty_think to --loss_scale for hybrid-thinking templates."""
     max_length: int = 2048
@@ -80,12 +60,6 @@ class DataArgs:
     """Self-cognition: fills {{NAME}} in swift/self-cognition rows; zh and en names (one value serves both)."""
     model_author: list[str] | None = None
     """Self-cognition: fills {{AUTHOR}} in swift/self-cognition rows; zh and en authors (one value serves both)."""
-
-    def thinking(self):
-        """The thinking controls as the template reads them."""
-        from swift_jax.data.swift_template import ThinkingArgs
-
-        return ThinkingArgs(self.enable_thinking, self.preserve_thinking, self.add_non_thinking_prefix, self.response_prefix)
 
     def chat_encoder(self, tokenizer):
         """The ChatEncoder for these arguments (template, system, agent template, loss_scale, thinking)."""

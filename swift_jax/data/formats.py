@@ -226,6 +226,19 @@ def check_media(row: dict) -> None:
                         f"drop the field or use a multimodal model")
 
 
+def template_kwargs(value: Any) -> dict:
+    """A row's `chat_template_kwargs` (ms-swift 4: a JSON object, e.g. {"enable_thinking": false}; a JSON string
+    as Arrow files store it is read too)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(value, dict):
+        raise DataError(f"'chat_template_kwargs' must be an object such as {{\"enable_thinking\": false}}, got {value!r:.80}")
+    return value
+
+
 def normalize(row: Any, columns: dict[str, str] | None = None) -> dict:
     """One dataset row -> {"messages", "tools"} or {"text"}; raises DataError saying what was expected."""
     if not isinstance(row, dict):
@@ -235,6 +248,9 @@ def normalize(row: Any, columns: dict[str, str] | None = None) -> dict:
     check_media(row)
     for _, test, convert in FORMATS:
         if test(row):
-            return convert(row)
+            sample = convert(row)
+            if row.get("chat_template_kwargs") is not None and "text" not in sample:
+                sample["chat_template_kwargs"] = template_kwargs(row["chat_template_kwargs"])
+            return sample
     keys = sorted(k for k, v in row.items() if v is not None)
     raise DataError(f"unknown row format with keys {keys}; {FORMATS_HINT}")

@@ -34,6 +34,8 @@ class Prompt:
     messages: list[dict]
     tools: list | None
     reference: str | None
+    chat_template_kwargs: dict | None = None
+    """The row's own template switches (enable_thinking, preserve_thinking, response_prefix, Jinja variables)."""
 
 
 def _without_arrow_padding(value):
@@ -67,7 +69,7 @@ def prompt_of(row: dict, *, where: str, columns: dict[str, str] | None = None) -
         reference = messages.pop()["content"]
     if not messages or messages[-1]["role"] == "system":
         raise DataError(f"{where}: the row has no user message to answer")
-    return Prompt(messages, sample.get("tools"), reference)
+    return Prompt(messages, sample.get("tools"), reference, sample.get("chat_template_kwargs"))
 
 
 def row_messages(row: dict, *, where: str, system: str | None = None) -> tuple[list[dict], str | None]:
@@ -104,3 +106,28 @@ def trained_template_args(*paths: str | None) -> dict:
                 data = saved.get("data", saved)
                 return {k: data[k] for k in TEMPLATE_FIELDS if data.get(k) is not None}
     return {}
+
+
+def template_stops(encoder: ChatEncoder) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Where generation stops for the run's template, beside the tokenizer's eos (ms-swift's template
+    `stop_words`: the suffix's last piece, e.g. `<|im_end|>`, `<|eot_id|>`, `<end_of_turn>`, and the eos): stop
+    words that are one token as token ids, the others as strings. The tokenizer's Jinja template (no
+    --template) stops at what it writes after an assistant turn, stripped."""
+    tokenizer = encoder.tokenizer
+    if encoder.swift is not None:
+        words = encoder.swift.meta.stop_words
+    else:
+        try:
+            words = [encoder.turn_suffix().strip()]
+        except DataError:  # no chat template: text prompts stop at the eos only
+            words = []
+    ids, strings = set(), []
+    for word in words:
+        if not word:
+            continue
+        tokens = list(word) if isinstance(word, (list, tuple)) else tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(tokens) == 1:
+            ids.add(int(tokens[0]))
+        else:
+            strings.append(word if isinstance(word, str) else tokenizer.decode(tokens))
+    return tuple(sorted(ids)), tuple(dict.fromkeys(strings))

@@ -27,6 +27,8 @@ from swift_jax.data.loss_scale import OTHER, RESPONSE, SUFFIX, LossScale
 from swift_jax.data.template_meta import TemplateMeta
 
 IGNORE = -100
+ROW_THINKING_KEYS = ("enable_thinking", "preserve_thinking", "response_prefix")
+"""The `chat_template_kwargs` keys ms-swift's own templates read per row (Jinja templates receive them all)."""
 
 
 @dataclasses.dataclass
@@ -351,8 +353,25 @@ class SwiftTemplate:
         pieces, weights = self.loss_scale(pieces, types, messages)
         return _join_equal_weights(pieces, weights)
 
+    def for_row(self, chat_template_kwargs: dict | None) -> "SwiftTemplate":
+        """This template with a row's `chat_template_kwargs` applied: its enable_thinking, preserve_thinking and
+        response_prefix win over the run's for that row (ms-swift's _get_enable_thinking and siblings)."""
+        row = {k: v for k, v in (chat_template_kwargs or {}).items() if k in ROW_THINKING_KEYS and v is not None}
+        if not row:
+            return self
+        view = copy.copy(self)
+        view.thinking = dataclasses.replace(self.thinking, **row)
+        view.enable_thinking = row.get("enable_thinking", self.enable_thinking)
+        return view
+
     def encode(self, sample: dict) -> Encoded:
-        """Token ids, labels and (when weighted) per-token weights of one `{"messages", "tools"}` sample."""
+        """Token ids, labels and (when weighted) per-token weights of one `{"messages", "tools"}` sample (and its
+        optional `chat_template_kwargs`)."""
+        if sample.get("chat_template_kwargs"):
+            return self.for_row(sample["chat_template_kwargs"])._encode(sample)
+        return self._encode(sample)
+
+    def _encode(self, sample: dict) -> Encoded:
         pieces, weights = self._pieces(sample)
         ids, labels, scale = [], [], []
         for piece, weight in zip(pieces, weights):
@@ -366,15 +385,14 @@ class SwiftTemplate:
         return Encoded(np.asarray(ids, np.int32), np.asarray(labels, np.int32),
                        np.asarray(scale, np.float32) if self.weighted else None)
 
-    def prompt_ids(self, messages: list[dict], tools=None) -> list[int]:
-        """Token ids of the prompt for generation: the conversation with the assistant turn opened."""
+    def prompt_ids(self, messages: list[dict], tools=None, chat_template_kwargs: dict | None = None) -> list[int]:
+        """Token ids of the prompt for generation: the conversation with the assistant turn opened (with the
+        row's `chat_template_kwargs` applied)."""
         if self.meta.name == "dummy":
             raise DataError("ms-swift's `dummy` template renders prompts with the tokenizer's chat template at inference")
-        training, self.training = self.training, False
-        try:
-            pieces, _ = self._pieces({"messages": messages, "tools": tools})
-        finally:
-            self.training = training
+        view = copy.copy(self.for_row(chat_template_kwargs))
+        view.training = False
+        pieces, _ = view._pieces({"messages": messages, "tools": tools})
         return [t for p in pieces for t in (self._tokenize(p) if isinstance(p, str) else p)]
 
 

@@ -117,8 +117,10 @@ class ChatEncoder:
             self._template = resolve_template(self._template_name, self.tokenizer)
         return self._template
 
-    def render(self, messages: list[dict], tools=None, add_generation_prompt: bool = False) -> str:
-        """The template's text for `messages` (a Jinja error becomes a DataError naming the template)."""
+    def render(self, messages: list[dict], tools=None, add_generation_prompt: bool = False,
+               template_kwargs: dict | None = None) -> str:
+        """The template's text for `messages` (a Jinja error becomes a DataError naming the template);
+        `template_kwargs` (a row's chat_template_kwargs) are Jinja variables over the run's thinking switches."""
         try:
             return self.tokenizer.apply_chat_template(
                 messages,
@@ -126,23 +128,23 @@ class ChatEncoder:
                 chat_template=self.template,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt,
-                **self._token_strings,
-                **self._jinja_kwargs,
+                **{**self._token_strings, **self._jinja_kwargs, **(template_kwargs or {})},
             )
         except DataError:
             raise
         except Exception as e:  # jinja2 raises TemplateError and plain exceptions from raise_exception()
             raise DataError(f"the chat template failed on this conversation: {type(e).__name__}: {e}") from None
 
-    def trained_spans(self, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
+    def trained_spans(self, messages: list[dict], tools=None, template_kwargs: dict | None = None) -> tuple[str, list[tuple[int, int]]]:
         """The full rendering and the [start, end) character spans of the assistant turns."""
-        full = self.render(messages, tools)
+        kw = template_kwargs
+        full = self.render(messages, tools, template_kwargs=kw)
         spans, cursor = [], 0
         for i, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            head = self.render(messages[:i], tools, add_generation_prompt=True) if i else self._empty_head(tools)
-            turn = self.render(messages[: i + 1], tools)
+            head = self.render(messages[:i], tools, True, kw) if i else self._empty_head(tools, kw)
+            turn = self.render(messages[: i + 1], tools, template_kwargs=kw)
             head_ok = full.startswith(head) and len(head) >= cursor
             if head_ok and full.startswith(turn) and len(head) <= len(turn):
                 spans.append((len(head), len(turn)))
@@ -180,10 +182,10 @@ class ChatEncoder:
             self._suffix = probe[probe.rindex(marker) + len(marker):] if marker in probe else ""
         return self._suffix
 
-    def _empty_head(self, tools) -> str:
+    def _empty_head(self, tools, template_kwargs: dict | None = None) -> str:
         """The generation prompt for a conversation that starts with the assistant."""
         try:
-            return self.render([], tools, add_generation_prompt=True)
+            return self.render([], tools, True, template_kwargs)
         except DataError:  # templates that index messages[0] cannot render an empty conversation
             return ""
 
@@ -193,7 +195,8 @@ class ChatEncoder:
         return self.swift is not None and self.swift.weighted
 
     def encode(self, sample: dict) -> Encoded:
-        """Tokens and labels of one sample. Text samples train on every token and end with eos."""
+        """Tokens and labels of one sample. Text samples train on every token and end with eos; a chat sample's
+        `chat_template_kwargs` apply to it alone (ms-swift 4's per-row template switches)."""
         if "text" in sample:
             ids = list(self.tokenizer(sample["text"]).input_ids)
             if self.eos_id is not None:
@@ -208,7 +211,7 @@ class ChatEncoder:
         if any(m.get("loss_scale") not in (None, 0.0, 1.0) for m in messages):
             raise DataError("a message has a 'loss_scale' other than 0 or 1, which needs an ms-swift template "
                             "(--template, e.g. qwen2_5) to weigh the loss")
-        full, spans = self.trained_spans(messages, sample.get("tools"))
+        full, spans = self.trained_spans(messages, sample.get("tools"), sample.get("chat_template_kwargs"))
         enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
         ids = np.asarray(enc["input_ids"], np.int32)
         if self.loss_scale == "all":
@@ -233,11 +236,13 @@ class ChatEncoder:
             return message["loss_scale"] > 0
         return self.loss_scale != "last_round" or last_round
 
-    def prompt_ids(self, messages: list[dict], tools=None) -> list[int]:
-        """Token ids of a generation prompt: the conversation with the assistant turn opened."""
+    def prompt_ids(self, messages: list[dict], tools=None, chat_template_kwargs: dict | None = None) -> list[int]:
+        """Token ids of a generation prompt: the conversation with the assistant turn opened (with a row's
+        `chat_template_kwargs`)."""
         if self.swift is not None and self.swift.meta.name != "dummy":  # dummy: the tokenizer's Jinja, as ms-swift
-            return self.swift.prompt_ids(messages, tools)
+            return self.swift.prompt_ids(messages, tools, chat_template_kwargs)
         messages = jinja_tool_calls(messages)
         if self.system and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.system}] + messages
-        return list(self.tokenizer(self.render(messages, tools, add_generation_prompt=True), add_special_tokens=False)["input_ids"])
+        text = self.render(messages, tools, add_generation_prompt=True, template_kwargs=chat_template_kwargs)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 
+from swift_jax.arguments import SamplingArgs
+
 from .advantages import ADVANTAGE_ESTIMATORS, DEFAULT_KL_IN_REWARD, DEFAULT_SCALE_REWARDS, SCALE_REWARDS
 from .grpo_loss import PolicyLossConfig
 
 
 @dataclasses.dataclass
-class GRPOArgs:
-    """Online RL (GRPO, DAPO, GSPO, Dr. GRPO, RLOO, REINFORCE++) settings."""
+class GRPOArgs(SamplingArgs):
+    """Online RL (GRPO, DAPO, GSPO, Dr. GRPO, RLOO, REINFORCE++) settings; the rollouts sample with the shared
+    sampling group under GRPO's defaults (ms-swift's GRPOArgumentsMixin: temperature 0.9, top_k off)."""
 
     # rollout
     num_generations: int = 8  # G: completions per prompt
     max_completion_length: int = 512
     temperature: float = 0.9
-    top_p: float = 1.0
     top_k: int = -1  # -1 = off
-    repetition_penalty: float = 1.0
     # loss
     beta: float = 0.04  # KL to the reference; 0 = no reference kept
     epsilon: float = 0.2

@@ -11,8 +11,9 @@ def predict_held_out(model: nnx.Module, tokenizer, data_args, path: str, n: int,
     """Greedy answers to the first `n` rows of `path` (rows whose last message is the reference answer),
     prompted exactly as training encoded them (the run's template, system, agent template and columns);
     prints a few pairs and returns the exact-match rate (the response equals the reference exactly)."""
+    from swift_jax.arguments import GenerationArgs
     from swift_jax.data.frontend import prompt_of, read_rows
-    from swift_jax.generation import GenerationConfig, Generator
+    from swift_jax.generation import Generator
 
     if not os.path.isfile(path):
         say(f"predict: {path} is not a local file; skipped")
@@ -22,12 +23,14 @@ def predict_held_out(model: nnx.Module, tokenizer, data_args, path: str, n: int,
     for i, row in enumerate(read_rows(path, limit=n)):
         prompt = prompt_of(row, where=f"{path} row {i}", columns=data_args.columns)
         if prompt.reference is not None:
-            prompts.append((prompt.messages[-1]["content"], encoder.prompt_ids(prompt.messages, prompt.tools)))
+            prompts.append((prompt.messages[-1]["content"], encoder.prompt_ids(prompt.messages, prompt.tools, prompt.chat_template_kwargs)))
             references.append(prompt.reference)
     if not prompts:
         say(f"predict: no rows of {path} end with an assistant answer; skipped")
         return None
-    outputs = Generator(model, tokenizer).generate_ids([ids for _, ids in prompts], GenerationConfig(max_new_tokens=max_new_tokens))
+    gen = Generator(model, tokenizer)
+    config = GenerationArgs(max_new_tokens=max_new_tokens).generation_config(gen, encoder)  # greedy; template stops
+    outputs = gen.generate_ids([ids for _, ids in prompts], config)
     hits = [o.text.strip() == r.strip() for o, r in zip(outputs, references)]
     for (question, _), out, ref, hit in list(zip(prompts, outputs, references, hits))[:5]:
         say(f"  {question!r} -> {out.text.strip()!r} (reference {ref!r}{'' if hit else ', wrong'})")
