@@ -3,6 +3,7 @@
 Run with ms-swift's python (never from tests; CI does not install ms-swift):
 
     /opt/msswift/bin/python scripts/record_ms_swift_templates.py   # writes tests/golden/templates/*.json
+    /opt/msswift/bin/python scripts/record_ms_swift_templates.py chat_template_kwargs   # only those cases
 
 For every case (template, agent template, loss_scale, thinking controls) and every row of ROWS, ms-swift's
 `get_template(...).encode(row)` is run in training mode (input_ids, labels, loss_scale) and, on the row without
@@ -72,6 +73,12 @@ ROWS = {
         {"role": "tool", "tool_call_id": "b", "content": "a quick brown fox"},
         {"role": "assistant", "content": "Thought: done\nFinal Answer: sunny, and a fox."}]},
 }
+# ms-swift 4's per-row template switches (StdTemplateInputs.chat_template_kwargs)
+ROWS["kwargs_thinking_off"] = {**ROWS["three_turns_thinking"], "chat_template_kwargs": {"enable_thinking": False}}
+ROWS["kwargs_thinking_on"] = {**ROWS["three_turns_thinking"], "chat_template_kwargs": {"enable_thinking": True}}
+ROWS["kwargs_preserve_off"] = {**ROWS["three_turns_thinking"], "chat_template_kwargs": {"preserve_thinking": False}}
+ROWS["kwargs_response_prefix"] = {**ROWS["system_two_turns"], "chat_template_kwargs": {"response_prefix": "Answer: "}}
+KWARGS_ROWS = ["kwargs_thinking_off", "kwargs_thinking_on", "kwargs_preserve_off", "kwargs_response_prefix"]
 CHAT_ROWS = ["system_two_turns", "three_turns_thinking"]
 AGENT_ROWS = ["tool_call_round", "parallel_calls_loss_fields", "openai_tool_calls"]
 ALL_ROWS = CHAT_ROWS + AGENT_ROWS
@@ -106,6 +113,8 @@ def cases():
                      "no_non_thinking_prefix": dict(add_non_thinking_prefix=False),
                      "last_round_preserve": dict(loss_scale="last_round", preserve_thinking=True)}.items():
         yield f"thinking-qwen3-{name}", "multi", dict(template_type="qwen3", **kw), CHAT_ROWS
+    for t, scale in (("qwen3", "default"), ("qwen3", "last_round"), ("qwen3_thinking", "default"), ("qwen2_5", "default")):
+        yield f"chat_template_kwargs-{t}-{scale}", "multi", dict(template_type=t, loss_scale=scale), KWARGS_ROWS
     yield "system-override-qwen2_5", "multi", dict(template_type="qwen2_5", default_system="Be brief."), ALL_ROWS
     yield "is_binary_false-qwen", "multi", dict(template_type="qwen", is_binary_loss_scale=False), ALL_ROWS
 
@@ -136,7 +145,7 @@ def load(kind):
     return tok
 
 
-def main():
+def main(only: list[str]):
     import swift
     from swift.arguments.base_args.template_args import TemplateArguments  # noqa: F401 (ms-swift's loss_scale rule)
     from swift.template import TEMPLATE_MAPPING, get_template
@@ -145,6 +154,8 @@ def main():
     today = datetime.date.today().isoformat()
     total = 0
     for name, kind, kwargs, rows in cases():
+        if only and not name.startswith(tuple(only)):
+            continue
         meta = TEMPLATE_MAPPING[kwargs["template_type"]]
         loss_scale = kwargs.get("loss_scale", "default")
         if meta.is_thinking and meta.non_thinking_prefix and "ignore_empty_think" not in loss_scale:
@@ -180,4 +191,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])  # optional case-name prefixes: record only those cases

@@ -1,7 +1,8 @@
 """`--template` / `--agent_template` / `--loss_scale` encode exactly as ms-swift 4.6 does.
 
 The golden files in tests/golden/templates/ hold ms-swift's own `Template.encode` output (input_ids, labels,
-loss_scale; and prompt_ids, the inference prompt without the last answer) for every template, agent template, loss_scale strategy and thinking control, on rows with system
+loss_scale; and prompt_ids, the inference prompt without the last answer) for every template, agent template, loss_scale
+strategy and thinking control (run-wide, and per row through `chat_template_kwargs`), on rows with system
 prompts, several turns, tool calls / responses and thinking content; `scripts/record_ms_swift_templates.py`
 wrote them (ms-swift is not installed in CI). Each (case, row) must be equal token for token, and a row
 ms-swift refuses must be refused here too.
@@ -57,6 +58,7 @@ def test_golden_files_cover_the_issue_list():
         assert f"agent-{a}" in names
     for s in ("default", "last_round", "all", "ignore_empty_think", "react", "hermes", "qwen", "last_round+ignore_empty_think"):
         assert f"loss_scale-{s}" in names
+    assert "chat_template_kwargs-qwen3-default" in names  # per-row enable_thinking / preserve_thinking / response_prefix
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: os.path.basename(p)[:-5])
@@ -66,7 +68,7 @@ def test_encoding_equals_ms_swift(path):
     template = template_for(golden)
     for row_name, expected in golden["encoded"].items():
         row = golden["rows"][row_name]
-        sample = {"messages": row["messages"], "tools": row.get("tools")}
+        sample = {"messages": row["messages"], "tools": row.get("tools"), "chat_template_kwargs": row.get("chat_template_kwargs")}
         if "error" in expected:
             with pytest.raises(DataError):
                 template.encode(sample)
@@ -82,6 +84,7 @@ def test_encoding_equals_ms_swift(path):
         # inference (infer / deploy): the prompt of the conversation without its last answer
         if "prompt_error" in expected:  # ms-swift's dummy template hands inference to the tokenizer's Jinja
             with pytest.raises(DataError):
-                template.prompt_ids(row["messages"][:-1], row.get("tools"))
+                template.prompt_ids(row["messages"][:-1], row.get("tools"), row.get("chat_template_kwargs"))
             continue
-        assert template.prompt_ids(row["messages"][:-1], row.get("tools")) == expected["prompt_ids"], where
+        prompt = template.prompt_ids(row["messages"][:-1], row.get("tools"), row.get("chat_template_kwargs"))
+        assert prompt == expected["prompt_ids"], where
