@@ -4,8 +4,8 @@
     swift-jax sft recipe.yaml --lora_rank 16          # ms-swift 4's positional YAML (or --config recipe.yaml)
     swift-jax pt | infer | deploy | eval | export | merge-lora | rlhf ...
 
-Arguments are typed dataclasses, possibly nested (model / data / training groups); flags and YAML keys
-are flat, as in ms-swift (`--lora_rank 8`, not `--tuner.lora_rank`). The YAML supplies values, flags
+Arguments are typed dataclasses composed of the shared groups of `swift_jax.arguments` (model, adapters,
+template, generation; nested in training's, inherited by infer/eval/deploy/export); flags and YAML keys are flat, as in ms-swift (`--lora_rank 8`, not `--tuner.lora_rank`). The YAML supplies values, flags
 override them; an unknown YAML key is an error naming the file and the key; ms-swift's lower-case
 booleans (`--packing true`) and its 3.x names (`--train_type`) are accepted. ms-swift flags that mean nothing
 here (`IGNORED_FLAGS`) are accepted with one line saying why; a flag that would change the result is never

@@ -236,7 +236,8 @@ def eval_loss(scorer: Scorer, tokenizer, rows, name: str, encoder, args: EvalArg
             if prompt.reference is None:
                 raise ValueError(f"{w}: a loss row needs a final assistant message (or 'response') to score")
             messages = prompt.messages + [{"role": "assistant", "content": prompt.reference}]
-            encoded = encoder.encode({"messages": messages, "tools": prompt.tools, "chat_template_kwargs": prompt.chat_template_kwargs})
+            encoded = encoder.encode({"messages": messages, "tools": prompt.tools,
+                                      "chat_template_kwargs": prompt.chat_template_kwargs})
             trained = encoded.labels != IGNORE
             starts = np.flatnonzero(trained & ~np.concatenate([[False], trained[:-1]]))  # where trained runs begin
             if not len(starts):

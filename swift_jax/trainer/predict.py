@@ -23,7 +23,8 @@ def predict_held_out(model: nnx.Module, tokenizer, data_args, path: str, n: int,
     for i, row in enumerate(read_rows(path, limit=n)):
         prompt = prompt_of(row, where=f"{path} row {i}", columns=data_args.columns)
         if prompt.reference is not None:
-            prompts.append((prompt.messages[-1]["content"], encoder.prompt_ids(prompt.messages, prompt.tools, prompt.chat_template_kwargs)))
+            ids = encoder.prompt_ids(prompt.messages, prompt.tools, prompt.chat_template_kwargs)
+            prompts.append((prompt.messages[-1]["content"], ids))
             references.append(prompt.reference)
     if not prompts:
         say(f"predict: no rows of {path} end with an assistant answer; skipped")
