@@ -76,8 +76,8 @@ def test_positional_yaml_and_merge_lora(model, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "one two"}]}) + "\n")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"model: {model}\ndataset: [{data}]\nmax_steps: 2\nsave_steps: 2\nlora_rank: 4\nmax_length: 32\n"
-                      f"report_to: [none]\ndeepspeed: zero3\noutput_dir: {tmp_path / 'out'}\n")
+    recipe.write_text(f"model: {model}\ndataset: [{data}]\nmax_steps: 2\nsave_steps: 2\nlora_rank: 4\nmax_length: 64\n"
+                      f"report_to: [none]\ndeepspeed: zero3\noutput_dir: {tmp_path / 'out'}\nsystem: Be brief.\n")
     out = swift_jax("sft", str(recipe), "--lora_rank", "2")
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert f"{recipe}: ignoring --deepspeed: parameters and optimizer state are sharded" in out.stderr
@@ -87,3 +87,9 @@ def test_positional_yaml_and_merge_lora(model, tmp_path):
     out = swift_jax("merge-lora", "--adapters", os.path.join(run_dir, "checkpoint-2"), "--output_dir", str(merged))
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(os.listdir(merged))
+    assert json.load(open(merged / "args.json")) == {"data": {"system": "Be brief."}}  # the trained system prompt travels
+    infer_recipe = tmp_path / "infer.yaml"  # every command takes ms-swift 4's positional YAML
+    infer_recipe.write_text(f"model: {merged}\nval_dataset: [{data}]\nmax_new_tokens: 4\nresult_path: {tmp_path / 'r.jsonl'}\n")
+    out = swift_jax("infer", str(infer_recipe), "--temperature", "0")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    assert "response" in json.loads((tmp_path / "r.jsonl").read_text())
