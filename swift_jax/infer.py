@@ -7,7 +7,8 @@ Batch results are the input rows, each with a `response` field added (ms-swift's
 Rows are in any format training reads (messages, sharegpt, alpaca, query/response/history, `prompt`, ...:
 `swift_jax.data.frontend`); a final assistant message (or `response` / `output`) is the reference answer and
 is left out of the prompt. Prompts are rendered with `--template` / `--system` exactly as training renders
-them; given a checkpoint trained here, the template and system prompt saved in its args.json are reused.
+them; given a checkpoint trained here, the template and system prompt saved in its args.json are reused. A row's
+`chat_template_kwargs` apply to that row; generation stops at the eos and at the template's stop words.
 """
 
 from __future__ import annotations
