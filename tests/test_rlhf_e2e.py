@@ -68,6 +68,6 @@ def test_arguments_follow_ms_swift_defaults_and_name_the_flag():
                            (("--rlhf_type", "cpo", "--loss_type", "sigmoid", "hinge"), "only supported for dpo"),
                            (("--rlhf_type", "orpo", "--loss_type", "sigmoid"), "orpo takes no --loss_type"),
                            (("--ref_model", "m"), "--ref_model"),
-                           (("--precompute_ref_log_probs", "true"), "--precompute_ref_log_probs")]:
+                           (("--rlhf_type", "orpo", "--precompute_ref_log_probs", "true"), "no reference model")]:
         with pytest.raises(ValueError, match=message):
             parse(*flags)
