@@ -47,6 +47,8 @@ class PairStats(NamedTuple):
     rejected_sequence_logits: jax.Array  # the vocabulary-mean logit (TRL's CPO/ORPO `logits/*`)
     chosen_length: jax.Array  # tokens of the chosen sequence, prompt included
     rejected_length: jax.Array
+    chosen_last_logits: jax.Array  # the vocabulary-mean logit at the sequence's last position (TRL's ORPO
+    rejected_last_logits: jax.Array  # leaves it out of `logits/*`)
 
     @property
     def nll(self) -> jax.Array:
@@ -97,7 +99,10 @@ def pair_stats(logps: jax.Array, mean_logits: jax.Array, labels: jax.Array, segm
     positions = jnp.zeros(segment_ids.shape, jnp.float32) if position_logits is None else position_logits
     sc, sr = segment_pair_sums(positions, segment_ids, pairs_per_row)
     length_c, length_r = segment_pair_sums(jnp.ones(segment_ids.shape), segment_ids, pairs_per_row)
-    return PairStats(PairLogps(chosen, rejected, nc, nr), lc, lr, nc > 0, _split_pairs(plain)[0], sc, sr, length_c, length_r)
+    last = segment_ids != jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))  # a segment's last position
+    last_c, last_r = segment_pair_sums(jnp.where(last, positions, 0.0), segment_ids, pairs_per_row)
+    return PairStats(PairLogps(chosen, rejected, nc, nr), lc, lr, nc > 0, _split_pairs(plain)[0], sc, sr, length_c, length_r,
+                     last_c, last_r)
 
 
 def model_pair_stats(model, batch: dict, *, pairs_per_row: int, chunk_size: int = 1024,

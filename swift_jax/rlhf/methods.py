@@ -41,19 +41,23 @@ def _token_mean(total: jax.Array, count: jax.Array):
 
 
 def pair_metrics(stats: PairStats, out: L.PreferenceOut, logps: L.PairLogps | None = None, *,
-                 whole_sequence_logits: bool = False) -> dict:
+                 sequence_logits: str | None = None) -> dict:
     """TRL's `rewards/*`, `logps/*` and `logits/*` metrics as (sum, count) over the valid pairs. `logits/*` is
-    the vocabulary-mean logit averaged over answer tokens (DPO), or with `whole_sequence_logits` over every
-    token of the sequences, prompt included (TRL's CPO/ORPO, which average the whole logits tensor; TRL's
-    also counts the padding of its batch, which ours has none of)."""
+    the vocabulary-mean logit averaged over answer tokens (DPO), or with `sequence_logits` over every position
+    of the sequences, prompt included: "all" (TRL's CPO, the mean of the whole logits tensor) or "but_last"
+    (TRL's ORPO, which drops each row's last position). TRL's also count the padding of its batch, which ours
+    has none of, so the two agree on batches without padding."""
     valid = stats.valid
     logps = stats.logps if logps is None else logps
     c, r = out.chosen_rewards, out.rejected_rewards
     tokens = lambda t: jnp.where(valid, t, 0)
-    if whole_sequence_logits:
+    if sequence_logits is not None:
+        drop = 1.0 if sequence_logits == "but_last" else 0.0
         return {**pair_metrics(stats, out, logps),
-                "logits/chosen": _token_mean(stats.chosen_sequence_logits, tokens(stats.chosen_length)),
-                "logits/rejected": _token_mean(stats.rejected_sequence_logits, tokens(stats.rejected_length))}
+                "logits/chosen": _token_mean(stats.chosen_sequence_logits - drop * stats.chosen_last_logits,
+                                             tokens(stats.chosen_length - drop)),
+                "logits/rejected": _token_mean(stats.rejected_sequence_logits - drop * stats.rejected_last_logits,
+                                               tokens(stats.rejected_length - drop))}
     return {
         "rewards/chosen": mean_metric(c, valid),
         "rewards/rejected": mean_metric(r, valid),
@@ -263,7 +267,7 @@ class CPO(PreferenceMethod):
                            label_smoothing=r.label_smoothing, simpo_gamma=r.simpo_gamma)
         n = policy.valid.sum().astype(jnp.float32)
         metrics = pair_metrics(policy, out, _averaged(policy) if r.loss_type[0] in ("ipo", "simpo") else None,
-                               whole_sequence_logits=True)
+                               sequence_logits="all")
         metrics["nll_loss"] = nll_metric(policy)
         return LossOutput(out.losses.sum() + r.cpo_alpha * policy.nll * n, n, metrics)
 
@@ -275,7 +279,7 @@ class ORPO(PreferenceMethod):
         policy = self.stats(model, batch)
         out, log_odds = L.orpo_losses(policy.logps, policy.valid, beta=self.rlhf.beta)
         n = policy.valid.sum().astype(jnp.float32)
-        metrics = pair_metrics(policy, out, _averaged(policy), whole_sequence_logits=True)
+        metrics = pair_metrics(policy, out, _averaged(policy), sequence_logits="but_last")
         metrics["nll_loss"] = nll_metric(policy)
         metrics["log_odds_chosen"] = mean_metric(log_odds, policy.valid)
         metrics["log_odds_ratio"] = mean_metric(jax.nn.log_sigmoid(log_odds), policy.valid)
