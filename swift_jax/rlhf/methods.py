@@ -334,12 +334,10 @@ class KTO(PreferenceMethod):
 
 
 def _pair_values(batch: dict, pairs_per_row: int) -> jax.Array:
-    """The per-pair `pair_value` (RM margin, KTO label) `[pairs]`: the value on the pair's first segment."""
-    seg = batch["segment_ids"]
-    ids = jnp.arange(1, 2 * pairs_per_row + 1, 2, dtype=seg.dtype)  # chosen segments
-    on = seg[..., None] == ids  # [batch, seq, pairs_per_row]
-    total = jnp.einsum("bs,bsk->bk", batch["pair_value"].astype(jnp.float32), on.astype(jnp.float32))
-    return (total / jnp.maximum(on.sum(1), 1)).reshape(-1)
+    """The per-pair `pair_value` (RM margin, KTO label) `[pairs]`: its mean over the pair's chosen segment."""
+    total, _ = segment_pair_sums(batch["pair_value"], batch["segment_ids"], pairs_per_row)
+    length, _ = segment_pair_sums(jnp.ones(batch["segment_ids"].shape), batch["segment_ids"], pairs_per_row)
+    return total / jnp.maximum(length, 1)
 
 
 class RewardModel(PreferenceMethod):
