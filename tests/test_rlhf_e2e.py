@@ -18,9 +18,9 @@ BASE = os.path.join(HERE, "golden", "rlhf_tiny", "base")
 DATA = os.path.join(os.path.dirname(HERE), "swift_jax", "assets", "preference")
 
 
-def run(tmp_path, *flags: str) -> tuple[dict, list[dict]]:
+def run(tmp_path, *flags: str, data: str = "train.jsonl") -> tuple[dict, list[dict]]:
     final = run_command([
-        "--model", BASE, "--dataset", os.path.join(DATA, "train.jsonl"), "--val_dataset", os.path.join(DATA, "val.jsonl#8"),
+        "--model", BASE, "--dataset", os.path.join(DATA, data), "--val_dataset", os.path.join(DATA, "val.jsonl#8"),
         "--max_length", "32", "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1",  # x 8 devices
         "--gradient_accumulation_steps", "1", "--logging_steps", "1", "--report_to", "none", "--dtype", "float32",
         "--output_dir", str(tmp_path), *flags,
@@ -45,12 +45,12 @@ def test_dpo_lora_packed_grows_the_held_out_margin(tmp_path):
 def test_full_fine_tuning_dpo_uses_a_frozen_reference_copy_or_its_precomputed_values(tmp_path):
     flags = ("--rlhf_type", "dpo", "--tuner_type", "full", "--max_steps", "2", "--learning_rate", "1e-3",
              "--save_steps", "100", "--eval_steps", "2")
-    copy, log = run(tmp_path / "copy", *flags)
+    copy, log = run(tmp_path / "copy", *flags, data="train.jsonl#16")
     steps = [r for r in log if "loss" in r and "rewards/margins" in r]
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and steps[0]["rewards/margins"] == 0.0
     assert steps[1]["rewards/margins"] != 0.0  # the policy moved, the reference did not
     # the reference computed once before training (no frozen copy in the step) gives the same numbers
-    precomputed, log = run(tmp_path / "precomputed", *flags, "--precompute_ref_log_probs", "true")
+    precomputed, log = run(tmp_path / "precomputed", *flags, "--precompute_ref_log_probs", "true", data="train.jsonl#16")
     for ours, theirs in zip([r for r in log if "loss" in r and "rewards/margins" in r], steps):
         for key in ("loss", "rewards/margins", "rewards/chosen", "logps/rejected"):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-7), key
@@ -60,7 +60,7 @@ def test_full_fine_tuning_dpo_uses_a_frozen_reference_copy_or_its_precomputed_va
 
 def test_qlora_dpo_reference_is_the_quantized_base_with_adapters_off(tmp_path):
     _, log = run(tmp_path, "--rlhf_type", "dpo", "--tuner_type", "qlora", "--max_steps", "2", "--learning_rate", "1e-2",
-                 "--lora_dropout", "0", "--save_steps", "2", "--eval_steps", "100")
+                 "--lora_dropout", "0", "--save_steps", "2", "--eval_steps", "100", data="train.jsonl#16")
     steps = [r for r in log if "loss" in r and "rewards/margins" in r]
     # fresh adapters (B = 0): the policy is the quantized base, and so is the reference (not the float one)
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and steps[0]["rewards/margins"] == 0.0
