@@ -95,7 +95,7 @@ class Method:
     def derived_metrics(self, metrics: dict[str, Metric]) -> dict[str, jax.Array]:
         """Logged values computed from the step's aggregated `(sum, count)` metrics, for those that are not a
         mean of their own (KTO's `rewards/margins` = the chosen mean minus the rejected mean, as TRL); NaN
-        leaves a value out of that step's log record. None by default."""
+        leaves a value out of that step's log record. None by default (an empty dict)."""
         return {}
 
     def make_batches(self, trainer: "Trainer", host_batches: list[dict]) -> list[dict]:
