@@ -42,7 +42,7 @@ def our_flags(recorded: list[str]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--types", nargs="+", default=["dpo", "dpo_rpo", "dpo_ipo"])
+    parser.add_argument("--types", nargs="+", default=["dpo", "dpo_rpo", "dpo_ipo", "dpo_bco"])
     parser.add_argument("--workdir", default="/tmp/parity_ms_swift_rlhf")
     args = parser.parse_args()
     golden = json.load(open(os.path.join(GOLDEN, "rlhf_runs.json")))
@@ -52,7 +52,7 @@ def main() -> int:
         out = os.path.join(args.workdir, name)
         cmd = [sys.executable, "-m", "swift_jax.rlhf", "--rlhf_type", name.split("_")[0], "--model", os.path.join(TINY, "base"),
                "--adapters", os.path.join(TINY, "adapter"), "--dataset", os.path.join(ROOT, run["data"]),
-               "--max_steps", str(golden["steps"]), "--output_dir", out, *our_flags(golden["flags"]), *run["extra_flags"]]
+               "--max_steps", str(run.get("steps", golden["steps"])), "--output_dir", out, *our_flags(golden["flags"]), *run["extra_flags"]]
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -3,7 +3,7 @@
 Runs only in ms-swift's own venv (CI never installs it):
 
     /opt/msswift/bin/python scripts/record_ms_swift_rlhf.py losses   # -> tests/golden/rlhf_losses.json
-    /opt/msswift/bin/python scripts/record_ms_swift_rlhf.py runs [--types dpo simpo ...] [--steps 20]
+    /opt/msswift/bin/python scripts/record_ms_swift_rlhf.py runs [--types dpo simpo ...] [--steps 20] [--reuse_tiny]
                                                            # -> tests/golden/rlhf_tiny/ and rlhf_runs.json
 
 `runs`: builds a tiny random Qwen2 (hidden 32, 2 layers, the bundled byte-level tokenizer, float32) and a PEFT
@@ -179,7 +179,11 @@ RUN_FLAGS = [  # ms-swift names; the test rebuilds the first batch from the same
     "--dataloader_num_workers", "0", "--eval_strategy", "no", "--use_hf", "true",
 ]
 TYPE_FLAGS = {"dpo": [], "simpo": [], "orpo": [], "cpo": [], "kto": [], "rm": [], "dpo_rpo": ["--rpo_alpha", "0.5"],
-              "dpo_ipo": ["--loss_type", "ipo"]}
+              "dpo_ipo": ["--loss_type", "ipo"], "dpo_bco": ["--loss_type", "bco_pair"], "cpo_equal": [], "orpo_equal": []}
+# `*_equal`: rows whose chosen and rejected sequences all have one length, so ms-swift's batches carry no padding
+# and TRL's CPO/ORPO `logits/*` (the mean of the whole padded logits tensor) is comparable with ours.
+EQUAL_LENGTH_ROWS = [{"messages": [{"role": "user", "content": f"Pick {a} or {b}."}, {"role": "assistant", "content": a}],
+                      "rejected_response": b} for a, b in zip("ACEGIKMO", "BDFHJLNP")]
 
 
 def build_tiny() -> tuple[str, str]:
@@ -246,18 +250,24 @@ rlhf_main()
 """
 
 
-def record_runs(types_: list[str], steps: int, workdir: str) -> None:
+def record_runs(types_: list[str], steps: int, workdir: str, reuse: bool = False) -> None:
     import subprocess
     import sys
 
-    base, adapter = build_tiny()
+    base, adapter = (os.path.join(TINY, "base"), os.path.join(TINY, "adapter")) if reuse else build_tiny()
     path = os.path.join(GOLDEN, "rlhf_runs.json")
     golden = json.load(open(path)) if os.path.exists(path) else {}
-    golden["flags"], golden["steps"] = RUN_FLAGS, steps
+    golden["flags"] = RUN_FLAGS
+    golden.setdefault("steps", steps)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ""}
     for name in types_:
         rlhf_type = name.split("_")[0]
         data = os.path.join(PREFERENCE, "kto.jsonl" if rlhf_type == "kto" else "train.jsonl")
+        os.makedirs(workdir, exist_ok=True)
+        if name.endswith("_equal"):
+            data = os.path.join(workdir, "equal_length.jsonl")
+            with open(data, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in EQUAL_LENGTH_ROWS)
         out = os.path.join(workdir, name)
         dump = os.path.join(workdir, f"{name}_first_batch.json")
         if os.path.exists(dump):
@@ -272,8 +282,9 @@ def record_runs(types_: list[str], steps: int, workdir: str) -> None:
             golden[name] = {"error": open(log_path).read()[-1500:], "command": cmd[1:]}
             print(f"{name}: FAILED (exit {proc.returncode}), see {log_path}")
             continue
-        golden[name] = {"extra_flags": TYPE_FLAGS[name], "data": os.path.relpath(data, ROOT), "log": read_log(out),
-                        "first_batch": json.load(open(dump))}
+        source = "scripts/record_ms_swift_rlhf.py:EQUAL_LENGTH_ROWS" if name.endswith("_equal") else os.path.relpath(data, ROOT)
+        golden[name] = {"extra_flags": TYPE_FLAGS[name], "data": source, "steps": steps,
+                        "log": read_log(out), "first_batch": json.load(open(dump))}
         first = golden[name]["log"][0]
         print(f"{name}: {len(golden[name]['log'])} steps, step 1 loss {first['loss']}, margins {first.get('rewards/margins')}")
         with open(path, "w") as f:
@@ -286,11 +297,12 @@ def main() -> None:
     parser.add_argument("--types", nargs="+", default=list(TYPE_FLAGS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--workdir", default="/tmp/record_ms_swift_rlhf")
+    parser.add_argument("--reuse_tiny", action="store_true", help="keep tests/golden/rlhf_tiny/ (add runs to a recording)")
     args = parser.parse_args()
     if args.what == "losses":
         record_losses()
     else:
-        record_runs(args.types, args.steps, args.workdir)
+        record_runs(args.types, args.steps, args.workdir, args.reuse_tiny)
 
 
 if __name__ == "__main__":

@@ -99,10 +99,12 @@ def test_rows_hold_whole_pairs(packing):
     assert pipe.stats["num_train_pairs"] == 24
 
 
-def test_kto_kl_example_borrows_the_previous_answer_in_its_group():
-    args = DataArgs(dataset=["swift_jax/assets/preference/kto.jsonl#8"], max_length=32, dataset_shuffle=False)
+@pytest.mark.parametrize("streaming", [False, True])
+def test_kto_kl_example_borrows_the_previous_answer_in_its_group(streaming):
+    args = DataArgs(dataset=["swift_jax/assets/preference/kto.jsonl#8"], max_length=32, dataset_shuffle=False, streaming=streaming)
     tok = bundled_tokenizer()
     pipe = build_preference_data(args, tok, "kto", batch_size=4, seed=0, shuffle=False)
+    assert pipe.streaming == streaming
     batch = next(pipe.train_iterator())
     answer = lambda ids: tok.decode(ids).split("assistant\n")[-1]
     prompt = lambda ids: tok.decode(ids).split("assistant\n")[0]
@@ -115,9 +117,10 @@ def test_kto_kl_example_borrows_the_previous_answer_in_its_group():
         assert batch["pair_value"][r, 0] == float(answer(example).split("<|im_end|>")[0] != "= " + word)
 
 
-def test_validation_batches_pad_with_empty_rows_and_the_iterator_resumes():
+@pytest.mark.parametrize("streaming", [False, True])
+def test_validation_batches_pad_with_empty_rows_and_the_iterator_resumes(streaming):
     args = DataArgs(dataset=["swift_jax/assets/preference/train.jsonl#12"], val_dataset=["swift_jax/assets/preference/val.jsonl#3"],
-                    max_length=32)
+                    max_length=32, streaming=streaming, packing=streaming)
     pipe = build_preference_data(args, bundled_tokenizer(), "dpo", batch_size=2, seed=0)
     val = pipe.val_batches()
     assert len(val) == 2 and (val[1]["segment_ids"][1] == 0).all()

@@ -1,8 +1,10 @@
 """`python -m swift_jax.rlhf` end to end on the tiny model and the bundled preference data: the reward margin on
-held-out pairs grows (LoRA, packed pairs), and full fine-tuning starts at log 2 against its frozen reference copy."""
+held-out pairs grows (LoRA, packed pairs); full fine-tuning starts at log 2 against its frozen reference copy, and its
+precomputed reference values give the same run; QLoRA's reference is the quantized base with its adapters off."""
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -16,9 +18,9 @@ BASE = os.path.join(HERE, "golden", "rlhf_tiny", "base")
 DATA = os.path.join(os.path.dirname(HERE), "swift_jax", "assets", "preference")
 
 
-def run(tmp_path, *flags: str) -> tuple[dict, list[dict]]:
+def run(tmp_path, *flags: str, data: str = "train.jsonl") -> tuple[dict, list[dict]]:
     final = run_command([
-        "--model", BASE, "--dataset", os.path.join(DATA, "train.jsonl"), "--val_dataset", os.path.join(DATA, "val.jsonl#8"),
+        "--model", BASE, "--dataset", os.path.join(DATA, data), "--val_dataset", os.path.join(DATA, "val.jsonl#8"),
         "--max_length", "32", "--per_device_train_batch_size", "1", "--per_device_eval_batch_size", "1",  # x 8 devices
         "--gradient_accumulation_steps", "1", "--logging_steps", "1", "--report_to", "none", "--dtype", "float32",
         "--output_dir", str(tmp_path), *flags,
@@ -40,12 +42,31 @@ def test_dpo_lora_packed_grows_the_held_out_margin(tmp_path):
     assert final["eval_loss"] < math.log(2) - 0.01
 
 
-def test_full_fine_tuning_dpo_uses_a_frozen_reference_copy(tmp_path):
-    _, log = run(tmp_path, "--rlhf_type", "dpo", "--tuner_type", "full", "--max_steps", "2", "--learning_rate", "1e-3",
-                 "--save_steps", "100", "--eval_steps", "100")
+def test_full_fine_tuning_dpo_uses_a_frozen_reference_copy_or_its_precomputed_values(tmp_path):
+    flags = ("--rlhf_type", "dpo", "--tuner_type", "full", "--max_steps", "2", "--learning_rate", "1e-3",
+             "--save_steps", "100", "--eval_steps", "2")
+    copy, log = run(tmp_path / "copy", *flags, data="train.jsonl#16")
     steps = [r for r in log if "loss" in r and "rewards/margins" in r]
     assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-5) and steps[0]["rewards/margins"] == 0.0
     assert steps[1]["rewards/margins"] != 0.0  # the policy moved, the reference did not
+    # the reference computed once before training (no frozen copy in the step) gives the same numbers
+    precomputed, log = run(tmp_path / "precomputed", *flags, "--precompute_ref_log_probs", "true", data="train.jsonl#16")
+    for ours, theirs in zip([r for r in log if "loss" in r and "rewards/margins" in r], steps):
+        for key in ("loss", "rewards/margins", "rewards/chosen", "logps/rejected"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-6, abs=1e-7), key
+    for key in ("eval_loss", "eval_rewards/margins"):
+        assert precomputed[key] == pytest.approx(copy[key], rel=1e-6, abs=1e-7), key
+
+
+def test_qlora_dpo_reference_is_the_quantized_base_with_adapters_off(tmp_path):
+    _, log = run(tmp_path, "--rlhf_type", "dpo", "--tuner_type", "qlora", "--max_steps", "2", "--learning_rate", "1e-2",
+                 "--lora_dropout", "0", "--save_steps", "2", "--eval_steps", "100", data="train.jsonl#16")
+    steps = [r for r in log if "loss" in r and "rewards/margins" in r]
+    # fresh adapters (B = 0): the policy is the quantized base, and so is the reference (not the float one)
+    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and steps[0]["rewards/margins"] == 0.0
+    assert steps[1]["rewards/margins"] != 0.0
+    (run_dir,) = {os.path.dirname(p) for p in glob.glob(os.path.join(str(tmp_path), "v*", "logging.jsonl"))}
+    assert os.path.isfile(os.path.join(run_dir, "checkpoint-2", "adapter_model.safetensors"))  # a PEFT adapter
 
 
 def test_arguments_follow_ms_swift_defaults_and_name_the_flag():
@@ -68,6 +89,6 @@ def test_arguments_follow_ms_swift_defaults_and_name_the_flag():
                            (("--rlhf_type", "cpo", "--loss_type", "sigmoid", "hinge"), "only supported for dpo"),
                            (("--rlhf_type", "orpo", "--loss_type", "sigmoid"), "orpo takes no --loss_type"),
                            (("--ref_model", "m"), "--ref_model"),
-                           (("--precompute_ref_log_probs", "true"), "--precompute_ref_log_probs")]:
+                           (("--rlhf_type", "orpo", "--precompute_ref_log_probs", "true"), "no reference model")]:
         with pytest.raises(ValueError, match=message):
             parse(*flags)

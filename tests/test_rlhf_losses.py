@@ -129,3 +129,15 @@ def test_reward_model_loss_equals_ms_swift(case):
     losses = L.reward_model_losses(jnp.asarray(case["chosen"]), jnp.asarray(case["rejected"]), VALID, margin=margin,
                                    center_rewards_coefficient=case["center_rewards_coefficient"])
     assert float(losses.mean()) == pytest.approx(case["loss"], rel=1e-6)
+
+
+def test_running_mean_is_trls_running_moments_mean():
+    """TRL's RunningMoments (count starting at ~0, one update per micro-batch) = the mean of the updates so far;
+    a micro-batch without pairs does not count."""
+    state = L.RunningMean.zeros()
+    values = [0.25, -1.5, 0.75, 3.0]
+    for i, v in enumerate(values):
+        state = state.update(jnp.float32(v), jnp.bool_(True))
+        state = state.update(jnp.float32(100.0), jnp.bool_(False))
+        assert float(state.mean) == pytest.approx(np.mean(values[: i + 1]), abs=1e-6)
+    assert float(state.count) == len(values)

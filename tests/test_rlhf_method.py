@@ -20,6 +20,9 @@ from swift_jax.data import DataArgs
 from swift_jax.rlhf import RLHFArgs, attach_value_head, make_method
 from swift_jax.rlhf.data import PairProcessor, pack_pairs, pad_pair
 from swift_jax.rlhf.logps import model_pair_stats
+from swift_jax.rlhf.precompute import REF_KEY, ReferenceTable
+from swift_jax.trainer.step import summarize
+from swift_jax.trainer.trainer import _defined
 from swift_jax.tuners import adapters_disabled, count_params, load_adapter, loraize
 from tiny_models import build_hf_model, save_hf_model
 from tokenizers_for_tests import bundled_tokenizer
@@ -112,6 +115,46 @@ def test_packed_equals_unpacked(base_path, rlhf_type, extra):
     for key, (total, count) in plain.metrics.items():
         np.testing.assert_allclose(float(pack.metrics[key][0]), float(total), rtol=1e-4, atol=1e-5, err_msg=key)
         assert float(pack.metrics[key][1]) == float(count), key
+
+
+@pytest.mark.parametrize("rlhf_type", ["dpo", "kto"])
+def test_precomputed_reference_values_equal_the_reference_forward_in_packed_rows(base_path, rlhf_type):
+    """A first pass's values, stored by pair id and put back on packed rows, give the loss of a reference forward."""
+    file = "kto.jsonl" if rlhf_type == "kto" else "train.jsonl"
+    pairs = [{**p, "pair_id": np.full(len(p["input_ids"]), 10 + i, np.int32)} for i, p in enumerate(samples(rlhf_type, 4, file))]
+    rows = list(pack_pairs(grain.MapDataset.source(pairs).to_iter_dataset(), 4 * MAX_LENGTH, 0, 4, 0, False))
+    host = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    graphdef, state = nnx.split(lora_model(base_path))
+
+    @jax.jit
+    def reference(state, batch):
+        with adapters_disabled():
+            stats = model_pair_stats(nnx.merge(graphdef, state), batch, pairs_per_row=16)
+        return stats.logps.chosen, stats.logps.rejected
+
+    table = ReferenceTable.compute(lambda b: tuple(map(np.asarray, reference(state, b))), [host], 14, 16)
+    assert np.isnan(table.values[:10]).all() and not np.isnan(table.values[10:]).any()
+    live, pre = (make_method(RLHFArgs(rlhf_type=rlhf_type, precompute_ref_log_probs=p)) for p in (False, True))
+    assert REF_KEY in pre.batch_keys and REF_KEY not in live.batch_keys
+    live.pairs_per_row = pre.pairs_per_row = 16
+    a, b = (jax.jit(lambda s, x, m=m: m.loss(nnx.merge(graphdef, s), x, None))(state, batch)
+            for m, batch in ((live, host), (pre, table.attach(host))))
+    np.testing.assert_allclose(float(b.loss_sum), float(a.loss_sum), rtol=1e-6)
+    for key, (total, _) in a.metrics.items():
+        np.testing.assert_allclose(float(b.metrics[key][0]), float(total), rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_kto_logs_margins_as_trl_and_leaves_out_a_side_without_examples(base_path):
+    method = make_method(RLHFArgs(rlhf_type="kto"))
+    graphdef, state = nnx.split(lora_model(base_path))
+    pairs = samples("kto", 4, "kto.jsonl")
+    loss = jax.jit(lambda s, b: summarize(method.loss(nnx.merge(graphdef, s), b, None), method))
+    both = loss(state, unpacked(pairs))
+    assert float(both["rewards/margins"]) == pytest.approx(float(both["rewards/chosen"] - both["rewards/rejected"]), abs=1e-7)
+    desirable = [p for p in pairs if p["pair_value"][0] > 0.5]
+    assert 0 < len(desirable) < len(pairs)
+    one_side = _defined(loss(state, unpacked(desirable)))
+    assert "rewards/chosen" in one_side and "rewards/rejected" not in one_side and "rewards/margins" not in one_side
 
 
 def test_lora_reference_is_the_base_model_without_a_copy(base_path):

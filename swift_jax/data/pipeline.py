@@ -42,6 +42,25 @@ def split_train_val(table: RowTable, ratio: float, seed: int) -> tuple[RowTable,
     return table.subset(np.sort(order[n_val:])), table.subset(np.sort(order[:n_val]))
 
 
+def probe_stats(counts: dict[str, int], scale: float, lengths: np.ndarray, *, rows: int, val_rows: int,
+                efficiency: float, exact: bool, unit: str = "samples") -> dict:
+    """The start-up statistics of a probe, counts scaled by `scale` to the whole training set of `rows` rows:
+    kept `unit`s (samples, or preference pairs), drops, lengths (`[kept]` tokens) and packing efficiency."""
+    return {
+        f"num_train_{unit}": int(round(counts["kept"] * scale)),
+        f"num_val_{unit}": val_rows,
+        "num_train_rows": rows,
+        "dropped_too_long": int(round(counts["dropped_too_long"] * scale)),
+        "dropped_no_target": int(round(counts["dropped_no_target"] * scale)),
+        "bad_rows_skipped": int(round(counts["bad_rows_skipped"] * scale)),
+        "packing_efficiency": round(efficiency, 4),
+        "mean_length": round(float(lengths.mean()), 1),
+        "max_length_seen": int(lengths.max()),
+        "tokens_per_epoch": int(round(lengths.sum() * scale)),
+        "exact": exact,
+    }
+
+
 class DataPipeline:
     """The training stream and validation batches of one run; see `build_data`."""
 
@@ -176,19 +195,8 @@ class DataPipeline:
                 slots += width * len(part)
             efficiency = float(lengths.sum() / max(slots, 1))
             rows_per_epoch = kept_rows
-        stats = {
-            "num_train_samples": int(round(counts["kept"] * scale)),
-            "num_val_samples": len(self.val_table) if self.val_table is not None else 0,
-            "num_train_rows": n,
-            "dropped_too_long": int(round(counts["dropped_too_long"] * scale)),
-            "dropped_no_target": int(round(counts["dropped_no_target"] * scale)),
-            "bad_rows_skipped": int(round(counts["bad_rows_skipped"] * scale)),
-            "packing_efficiency": round(efficiency, 4),
-            "mean_length": round(float(lengths.mean()), 1),
-            "max_length_seen": int(lengths.max()),
-            "tokens_per_epoch": int(round(lengths.sum() * scale)),
-            "exact": exact,
-        }
+        stats = probe_stats(counts, scale, lengths, rows=n, val_rows=len(self.val_table) if self.val_table is not None else 0,
+                            efficiency=efficiency, exact=exact)
         self.steps_per_epoch = max(1, int(rows_per_epoch // self.batch_size))
         stats["steps_per_epoch"] = self.steps_per_epoch
         log.info("data: %s", stats)

@@ -117,6 +117,19 @@ class _StreamDataset(grain.IterDataset):
         return _StreamIterator(*self._args)
 
 
+def estimated_rows(specs: list[DatasetSpec], first: list[tuple[dict, RowRef]]) -> float:
+    """Rows per epoch of a stream: N for each `path#N`, else its file sizes over the bytes per row of the probed
+    `first` rows (0 for hub streams)."""
+    row_bytes = np.mean([len(json.dumps(row)) for row, _ in first])
+    rows = 0.0
+    for spec in specs:
+        if spec.num_samples is not None:
+            rows += spec.num_samples
+        elif os.path.exists(spec.path):
+            rows += sum(os.path.getsize(f) for f in list_files(spec.path)) / row_bytes
+    return rows
+
+
 class StreamingPipeline(DataPipeline):
     """A DataPipeline whose training rows are streamed instead of loaded."""
 
@@ -141,13 +154,7 @@ class StreamingPipeline(DataPipeline):
             raise DataError(f"{self.args.dataset}: the dataset is empty (no rows)")
         samples = [s for s in (process(item) for item in first) if s is not None]
         lengths = np.asarray([len(s["input_ids"]) for s in samples] or [0])
-        row_bytes = np.mean([len(json.dumps(row)) for row, _ in first])
-        rows = 0.0  # per epoch: N for `path#N`, else the file sizes over the probed bytes per row (0 for hub streams)
-        for spec in self.specs:
-            if spec.num_samples is not None:
-                rows += spec.num_samples
-            elif os.path.exists(spec.path):
-                rows += sum(os.path.getsize(f) for f in list_files(spec.path)) / row_bytes
+        rows = estimated_rows(self.specs, first)
         keep = counters.as_dict()["kept"] / len(first)
         per_row = (lengths.mean() / (self.args.max_length * 0.95)) if self.args.packing else 1.0
         self.steps_per_epoch = int(rows * keep * per_row / self.process_count // self.batch_size)
@@ -159,7 +166,11 @@ class StreamingPipeline(DataPipeline):
 
 def build_streaming(args: DataArgs, tokenizer, **kw) -> StreamingPipeline:
     """The streaming variant of `build_data` (validation rows, from --val_dataset, are loaded normally)."""
+    return StreamingPipeline(args, tokenizer, streaming_val_table(args), **kw)
+
+
+def streaming_val_table(args: DataArgs):
+    """The validation rows of a streamed run: --val_dataset, loaded (a stream has no split to carve)."""
     if args.split_dataset_ratio > 0 and not args.val_dataset:
         raise DataError("--streaming cannot carve a validation split (--split_dataset_ratio); pass --val_dataset instead")
-    val = load_table(args.val_dataset, args.data_seed, BadRows(args.strict)) if args.val_dataset else None
-    return StreamingPipeline(args, tokenizer, val, **kw)
+    return load_table(args.val_dataset, args.data_seed, BadRows(args.strict)) if args.val_dataset else None

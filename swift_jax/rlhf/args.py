@@ -53,7 +53,8 @@ class RLHFArgs:
     reference_free: bool = False
     """DPO: no reference model (its log-probs are 0). Ours, outside ms-swift's names."""
     precompute_ref_log_probs: bool = False
-    """Compute the reference log-probs once in a first pass. Ours; not implemented yet (an error)."""
+    """DPO/KTO: compute the reference log-probs once, in a first pass over the training data, and train without a
+    reference forward (full fine-tuning then keeps no frozen copy). Ours, outside ms-swift's names."""
 
     def validate(self, tuner_type: str = "lora") -> "RLHFArgs":
         """Fill ms-swift's derived defaults (SimPO -> CPO, beta, loss_type) and check the combination."""
@@ -81,6 +82,7 @@ class RLHFArgs:
         if self.ref_model is not None and (self.rlhf_type in NO_REFERENCE or tuner_type != "full"):
             raise ValueError("--ref_model is only for full fine-tuning with dpo or kto (CPO/ORPO/SimPO/RM have no "
                              "reference; LoRA runs use the policy with its adapters off, or --ref_adapters)")
-        if self.precompute_ref_log_probs:
-            raise ValueError("--precompute_ref_log_probs is not implemented yet; the reference runs in each step")
+        if self.precompute_ref_log_probs and (self.rlhf_type in NO_REFERENCE or self.reference_free):
+            raise ValueError(f"--precompute_ref_log_probs: {self.rlhf_type}{' with --reference_free' if self.reference_free else ''} "
+                             "has no reference model to precompute (it is for dpo and kto)")
         return self

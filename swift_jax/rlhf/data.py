@@ -9,7 +9,8 @@ In a row, pair k occupies segments `2k + 1` (chosen) and `2k + 2` (rejected), wi
 in each, so attention never crosses them; unpacked rows hold one pair, packed rows up to `MAX_PAIRS_PER_ROW`
 (grain's best-fit packer, which never splits a pair). Each answer is cut to `max_length` as in ms-swift, so a
 row of `2 * max_length` tokens always fits a pair. `pair_value` carries the pair's RM margin or KTO label on its
-tokens. KTO's second sequence is the KL estimate's mismatched example: this row's prompt with the answer of the
+tokens, `pair_id` the pair's row in the training table (the key of `--precompute_ref_log_probs`'s values).
+KTO's second sequence is the KL estimate's mismatched example: this row's prompt with the answer of the
 previous row in its group of `batch_size` rows (ms-swift's KTOPreprocessor).
 
 The pipeline reuses `swift_jax.data`'s readers, splitting, grain stream and iterator (`PreferencePipeline` is a
@@ -28,7 +29,7 @@ import numpy as np
 
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, row_error
-from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, split_train_val
+from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, probe_stats, split_train_val
 from swift_jax.data.samples import Counters, truncate
 from swift_jax.data.sources import load_table
 from swift_jax.data.templates import IGNORE
@@ -45,8 +46,23 @@ def rlhf_data_args(args: DataArgs, rlhf_type: str) -> DataArgs:
     if args.loss_scale == "default" and rlhf_type not in ALL_ROUNDS:
         return dataclasses.replace(args, loss_scale="last_round")
     return args
-FEATURES = ("input_ids", "labels", "segment_ids", "positions", "pair_value")
-_PAIR_FEATURES = ("input_ids", "labels", "part", "pos", "pair_value")  # what the packer sees
+FEATURES = ("input_ids", "labels", "segment_ids", "positions", "pair_value", "pair_id")
+_PAIR_FEATURES = ("input_ids", "labels", "part", "pos", "pair_value", "pair_id")  # what the packer sees
+
+
+class IndexedTable:
+    """A row table whose items are `(row, ref, lender, index)`: `lender` is KTOTable's (else None), `index` the
+    item's position in the table (the pair's id)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, i: int):
+        item = tuple(self.table[int(i)])
+        return (*item, None, int(i)) if len(item) == 2 else (*item, int(i))
 
 
 class KTOTable:
@@ -106,6 +122,7 @@ class PairProcessor:
         return ids, labels
 
     def __call__(self, item) -> dict[str, np.ndarray] | None:
+        """`item`: (row, ref, KTO lender (row, ref) or None[, pair id])."""
         try:
             pref, second = self._preference(item)
             try:
@@ -131,6 +148,7 @@ class PairProcessor:
             "part": np.repeat(np.asarray([0, 1], np.int32), [len(ci), len(ri)]),
             "pos": np.concatenate([np.arange(len(ci)), np.arange(len(ri))]).astype(np.int32),
             "pair_value": np.full(len(ci) + len(ri), value, np.float32),
+            "pair_id": np.full(len(ci) + len(ri), item[3] if len(item) > 3 else 0, np.int32),
         }
 
 
@@ -142,11 +160,13 @@ def pad_pair(sample: dict[str, np.ndarray] | None, length: int, pad_id: int) -> 
         "segment_ids": np.zeros(length, np.int32),
         "positions": np.zeros(length, np.int32),
         "pair_value": np.zeros(length, np.float32),
+        "pair_id": np.zeros(length, np.int32),
     }
     if sample is not None:
         n = len(sample["input_ids"])
-        for key in ("input_ids", "labels", "pair_value"):
-            row[key][:n] = sample[key]
+        for key in ("input_ids", "labels", "pair_value", "pair_id"):
+            if key in sample:
+                row[key][:n] = sample[key]
         row["segment_ids"][:n] = 1 + sample["part"]
         row["positions"][:n] = sample["pos"]
     return row
@@ -161,6 +181,7 @@ def _from_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "segment_ids": np.where(pair > 0, 2 * pair - 1 + row["part"], 0).astype(np.int32),
         "positions": np.where(pair > 0, row["pos"], 0).astype(np.int32),
         "pair_value": row["pair_value"].astype(np.float32),
+        "pair_id": row["pair_id"].astype(np.int32),
     }
 
 
@@ -173,7 +194,7 @@ def pack_pairs(samples: grain.IterDataset, length: int, pad_id: int, num_bins: i
         num_packing_bins=num_bins,
         seed=seed,
         shuffle_bins=shuffle,
-        padding_struct={"input_ids": pad_id, "labels": IGNORE, "part": 0, "pos": 0, "pair_value": 0.0},
+        padding_struct={"input_ids": pad_id, "labels": IGNORE, "part": 0, "pos": 0, "pair_value": 0.0, "pair_id": 0},
         max_sequences_per_bin=MAX_PAIRS_PER_ROW,
     )
     return packed.map(_from_packed)
@@ -181,6 +202,8 @@ def pack_pairs(samples: grain.IterDataset, length: int, pad_id: int, num_bins: i
 
 class PreferencePipeline(DataPipeline):
     """A `DataPipeline` whose samples are preference pairs; `batch_size` counts rows (= pairs unpacked)."""
+
+    streaming = False
 
     def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, train, val, *, batch_size: int, eval_batch_size: int,
                  seed: int, shuffle: bool, process_index: int, process_count: int):
@@ -194,7 +217,8 @@ class PreferencePipeline(DataPipeline):
         if rlhf_type == "kto":
             train = KTOTable(train, batch_size * process_count)
             val = KTOTable(val, batch_size * process_count) if val is not None else None
-        self.train_table, self.val_table = train, val
+        self.train_table = IndexedTable(train)
+        self.val_table = IndexedTable(val) if val is not None else None
         self.tokenizer = tokenizer
         self.counters = Counters()
         self.process = PairProcessor(args, tokenizer, rlhf_type, self.counters)
@@ -212,6 +236,10 @@ class PreferencePipeline(DataPipeline):
         """Batches `[batch_size, 2 * max_length]` (one width for the whole run), prefetched in a background thread."""
         batched = self.rows(num_epochs).batch(self.batch_size, drop_remainder=True)
         return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
+
+    def set_val_batches(self, batches: list[dict[str, np.ndarray]]) -> None:
+        """Replace the validation batches (e.g. with precomputed reference values attached)."""
+        self._val_batches = batches
 
     def _build_val(self) -> list[dict[str, np.ndarray]]:
         if self.val_table is None:
@@ -249,18 +277,9 @@ class PreferencePipeline(DataPipeline):
             rows_per_epoch = counts["kept"] * scale / self.process_count
             efficiency = float(lengths.sum() / (len(lengths) * self.row_length))
         self.steps_per_epoch = max(1, int(rows_per_epoch // self.batch_size))
-        stats = {
-            "num_train_pairs": int(round(counts["kept"] * scale)),
-            "num_val_rows": len(self.val_table) if self.val_table is not None else 0,
-            "num_train_rows": n,
-            "dropped_too_long": int(round(counts["dropped_too_long"] * scale)),
-            "dropped_no_target": int(round(counts["dropped_no_target"] * scale)),
-            "bad_rows_skipped": int(round(counts["bad_rows_skipped"] * scale)),
-            "packing_efficiency": round(efficiency, 4),
-            "mean_pair_length": round(float(lengths.mean()), 1),
-            "steps_per_epoch": self.steps_per_epoch,
-            "exact": exact,
-        }
+        stats = probe_stats(counts, scale, lengths, rows=n, val_rows=len(self.val_table) if self.val_table is not None else 0,
+                            efficiency=efficiency, exact=exact, unit="pairs")
+        stats["steps_per_epoch"] = self.steps_per_epoch
         log.info("preference data: %s", stats)
         return stats
 
@@ -273,20 +292,23 @@ def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_si
     any `batches_per_step` of them stack. The RLHF loss_scale applies (`rlhf_data_args`)."""
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
-    if args.streaming:
-        raise DataError("--streaming is not supported for preference data yet; drop --streaming")
     if rlhf_type == "kto" and batch_size * process_count <= 1:
         raise DataError("KTO needs a batch of at least 2 rows: its KL example borrows another row's answer "
                         "(raise --per_device_train_batch_size)")
     args = rlhf_data_args(args, rlhf_type)
+    kw = dict(batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, seed=seed, shuffle=shuffle,
+              process_index=process_index, process_count=process_count)
+    if args.streaming:
+        from swift_jax.data.streaming import streaming_val_table
+        from swift_jax.rlhf.streaming import StreamingPreferencePipeline
+
+        return StreamingPreferencePipeline(args, tokenizer, rlhf_type, streaming_val_table(args), **kw)
     bad = BadRows(args.strict)
     train = load_table(args.dataset, args.data_seed, bad)
     if args.val_dataset:
         val = load_table(args.val_dataset, args.data_seed, bad)
     else:
         train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
-    pipe = PreferencePipeline(args, tokenizer, rlhf_type, train, val, batch_size=batch_size,
-                              eval_batch_size=eval_batch_size or batch_size, seed=seed, shuffle=shuffle,
-                              process_index=process_index, process_count=process_count)
+    pipe = PreferencePipeline(args, tokenizer, rlhf_type, train, val, **kw)
     pipe.stats["bad_rows_skipped"] += bad.count
     return pipe

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from swift_jax.rlhf.losses import PairLogps
-from swift_jax.trainer.loss import IGNORE_INDEX
+from swift_jax.trainer.loss import IGNORE_INDEX, scan_sequence_chunks, unchunk
 
 
 def token_logps(hidden: jax.Array, labels: jax.Array, project: Callable[[jax.Array], jax.Array], *,
@@ -22,31 +22,17 @@ def token_logps(hidden: jax.Array, labels: jax.Array, project: Callable[[jax.Arr
     """`(logps, mean_logits)` `[batch, seq - 1]`: log p(labels[t + 1]) at each position t (0 where the label is
     ignored) and the mean over the vocabulary of that position's logits (TRL's `logits/*` metrics).
 
-    hidden: [batch, seq, embed]; labels: [batch, seq] unshifted, -100 = not trained. Each chunk's logits are
-    recomputed in the backward pass (`jax.checkpoint`)."""
-    targets = labels[:, 1:]
-    hidden = hidden[:, :-1]
-    batch, length, embed = hidden.shape
-    chunk = min(chunk_size, length)
-    pad = (-length) % chunk
-    if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE_INDEX)
-    n_chunks = (length + pad) // chunk
-    hidden = hidden.reshape(batch, n_chunks, chunk, embed).swapaxes(0, 1)  # [chunks, batch, chunk, embed]
-    targets = targets.reshape(batch, n_chunks, chunk).swapaxes(0, 1)  # [chunks, batch, chunk]
+    hidden: [batch, seq, embed]; labels: [batch, seq] unshifted, -100 = not trained; computed in sequence chunks
+    (`trainer.loss.scan_sequence_chunks`)."""
 
-    @jax.checkpoint
     def chunk_logps(h, t):
         logits = project(h).astype(jnp.float32)  # [batch, chunk, vocab]
         mask = t != IGNORE_INDEX
         picked = jnp.take_along_axis(logits, jnp.where(mask, t, 0)[..., None], axis=-1)[..., 0]
-        logp = jnp.where(mask, picked - jax.nn.logsumexp(logits, axis=-1), 0.0)
-        return logp, jnp.where(mask, logits.mean(-1), 0.0)
+        return jnp.where(mask, picked - jax.nn.logsumexp(logits, axis=-1), 0.0), logits.mean(-1)
 
-    _, (logps, means) = jax.lax.scan(lambda c, xs: (c, chunk_logps(*xs)), None, (hidden, targets))
-    unchunk = lambda x: x.swapaxes(0, 1).reshape(batch, n_chunks * chunk)[:, :length]
-    return unchunk(logps), unchunk(means)
+    (logps, means), length = scan_sequence_chunks(chunk_logps, hidden, labels, chunk_size=chunk_size)
+    return unchunk(logps, length), unchunk(means, length)
 
 
 class PairStats(NamedTuple):
@@ -57,6 +43,12 @@ class PairStats(NamedTuple):
     rejected_logits: jax.Array
     valid: jax.Array  # bool: a real pair
     chosen_unweighted: jax.Array  # the chosen sums without LD-DPO's weighting
+    chosen_sequence_logits: jax.Array  # sum over every position of the chosen sequence (prompt and answer) of
+    rejected_sequence_logits: jax.Array  # the vocabulary-mean logit (TRL's CPO/ORPO `logits/*`)
+    chosen_length: jax.Array  # tokens of the chosen sequence, prompt included
+    rejected_length: jax.Array
+    chosen_last_logits: jax.Array  # the vocabulary-mean logit at the sequence's last position (TRL's ORPO
+    rejected_last_logits: jax.Array  # leaves it out of `logits/*`)
 
     @property
     def nll(self) -> jax.Array:
@@ -77,11 +69,19 @@ def _split_pairs(per_segment: jax.Array) -> tuple[jax.Array, jax.Array]:
     return pairs[..., 0].reshape(-1), pairs[..., 1].reshape(-1)
 
 
+def segment_pair_sums(values: jax.Array, segment_ids: jax.Array, pairs_per_row: int) -> tuple[jax.Array, jax.Array]:
+    """Sums of `values` `[batch, seq]` over each pair's chosen and rejected segments -> `[pairs]` each (a value
+    on one token of a segment is read back exactly: the other terms are zeros)."""
+    onehot = _segment_onehot(segment_ids, jnp.ones(segment_ids.shape, bool), 2 * pairs_per_row)
+    return _split_pairs(jnp.einsum("bs,bsk->bk", values.astype(jnp.float32), onehot))
+
+
 def pair_stats(logps: jax.Array, mean_logits: jax.Array, labels: jax.Array, segment_ids: jax.Array, *,
-               pairs_per_row: int, ld_alpha: float | None = None) -> PairStats:
+               pairs_per_row: int, ld_alpha: float | None = None, position_logits: jax.Array | None = None) -> PairStats:
     """Sum token log-probs `[batch, seq - 1]` (from `token_logps`) per answer and pair them up.
 
-    With `ld_alpha` (LD-DPO), tokens past the shorter answer's length count `ld_alpha` times."""
+    With `ld_alpha` (LD-DPO), tokens past the shorter answer's length count `ld_alpha` times. `position_logits`
+    `[batch, seq]`: the vocabulary-mean logit at every position (for the whole-sequence logit sums)."""
     mask = labels[:, 1:] != IGNORE_INDEX
     onehot = _segment_onehot(segment_ids[:, 1:], mask, 2 * pairs_per_row)  # [batch, seq - 1, segments]
     tokens = onehot.sum(1)  # [batch, segments]
@@ -96,7 +96,13 @@ def pair_stats(logps: jax.Array, mean_logits: jax.Array, labels: jax.Array, segm
     logit_sums = jnp.einsum("bs,bsk->bk", mean_logits, onehot)
     (chosen, rejected), (nc, nr) = _split_pairs(sums), _split_pairs(tokens)
     lc, lr = _split_pairs(logit_sums)
-    return PairStats(PairLogps(chosen, rejected, nc, nr), lc, lr, nc > 0, _split_pairs(plain)[0])
+    positions = jnp.zeros(segment_ids.shape, jnp.float32) if position_logits is None else position_logits
+    sc, sr = segment_pair_sums(positions, segment_ids, pairs_per_row)
+    length_c, length_r = segment_pair_sums(jnp.ones(segment_ids.shape), segment_ids, pairs_per_row)
+    last = segment_ids != jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))  # a segment's last position
+    last_c, last_r = segment_pair_sums(jnp.where(last, positions, 0.0), segment_ids, pairs_per_row)
+    return PairStats(PairLogps(chosen, rejected, nc, nr), lc, lr, nc > 0, _split_pairs(plain)[0], sc, sr, length_c, length_r,
+                     last_c, last_r)
 
 
 def model_pair_stats(model, batch: dict, *, pairs_per_row: int, chunk_size: int = 1024,
@@ -104,4 +110,6 @@ def model_pair_stats(model, batch: dict, *, pairs_per_row: int, chunk_size: int 
     """One forward of `model` over a pair batch -> PairStats."""
     hidden = model.hidden_states(batch["input_ids"], positions=batch["positions"], segment_ids=batch["segment_ids"])
     logps, means = token_logps(hidden, batch["labels"], model.logits, chunk_size=chunk_size)
-    return pair_stats(logps, means, batch["labels"], batch["segment_ids"], pairs_per_row=pairs_per_row, ld_alpha=ld_alpha)
+    last = model.logits(hidden[:, -1:]).astype(jnp.float32).mean(-1)  # [batch, 1]: the one position not shifted in
+    return pair_stats(logps, means, batch["labels"], batch["segment_ids"], pairs_per_row=pairs_per_row, ld_alpha=ld_alpha,
+                      position_logits=jnp.concatenate([means, last], axis=1))

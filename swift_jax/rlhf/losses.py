@@ -9,8 +9,9 @@ formulas follow ms-swift 4.6's `DPOTrainer.dpo_loss` (which overrides TRL 0.29's
   `loss_type`s they are the `loss_weights`-weighted sum of each type's rewards (ms-swift's MPO);
 - `ipo` divides every log-prob (policy and reference) by the answer's token count first;
 - `exo_pair` uses `label_smoothing = 1e-3` when it is 0;
-- `bco_pair` centres on the mean reward of the micro-batch (TRL keeps a running mean across steps;
-  at the first step the two agree).
+- `bco_pair` centres on a running mean of the micro-batches' mean rewards (TRL's `RunningMoments`, carried
+  across steps by the method: `DPOHyper.bco_delta`); without one, on the micro-batch's own mean (= the first
+  update of a fresh running mean).
 """
 
 from __future__ import annotations
@@ -40,6 +41,29 @@ class DPOHyper(NamedTuple):
     beta: float = 0.1
     label_smoothing: float = 0.0
     discopop_tau: float = 0.05
+    bco_delta: jax.Array | None = None  # bco_pair's centre: the running mean reward (None: this batch's mean)
+
+
+class RunningMean(NamedTuple):
+    """TRL's `RunningMoments` mean: the average of every update's value so far (scalars)."""
+
+    mean: jax.Array
+    count: jax.Array
+
+    @classmethod
+    def zeros(cls) -> "RunningMean":
+        return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+
+    def update(self, value: jax.Array, present: jax.Array) -> "RunningMean":
+        """Fold in `value` (one update, as TRL's per micro-batch) unless `present` is false."""
+        count = self.count + present.astype(jnp.float32)
+        mean = self.mean + jnp.where(present, (value - self.mean) / jnp.maximum(count, 1), 0.0)
+        return RunningMean(jax.lax.stop_gradient(mean), count)
+
+
+def bco_batch_reward(x: "Logratios", valid: jax.Array, beta: float) -> jax.Array:
+    """The mean of `beta * log-ratio` over the valid pairs' chosen and rejected answers (TRL's `rewards`)."""
+    return jax.lax.stop_gradient(_masked_mean(beta * x.chosen, valid) + _masked_mean(beta * x.rejected, valid)) / 2
 
 
 def _masked_mean(x: jax.Array, valid: jax.Array) -> jax.Array:
@@ -99,7 +123,7 @@ def _ipo(x, valid, h, nll):
 
 def _bco_pair(x, valid, h, nll):
     c, r = h.beta * x.chosen, h.beta * x.rejected
-    delta = jax.lax.stop_gradient(_masked_mean(c, valid) + _masked_mean(r, valid)) / 2  # mean of cat(c, r)
+    delta = bco_batch_reward(x, valid, h.beta) if h.bco_delta is None else h.bco_delta
     return -log_sigmoid(c - delta) - log_sigmoid(-(r - delta))
 
 

@@ -7,7 +7,9 @@ the policy over both answers of every pair (`logps.model_pair_stats`) and, for D
   reference costs no parameter memory, as PEFT's `disable_adapter()` in ms-swift;
 - full fine-tuning, `--ref_model` or `--ref_adapters`: a frozen model the trainer passes as `extra` (its state;
   the method keeps the graph), loaded by `extra_state`;
-- `--reference_free`: reference log-probs are 0.
+- `--reference_free`: reference log-probs are 0;
+- `--precompute_ref_log_probs`: either reference runs once, before training (`swift_jax.rlhf.precompute`), and
+  the step reads its values from the batch (`ref_logps`).
 
 Losses and metrics follow ms-swift 4.6 (see `swift_jax.rlhf.losses`); the step's loss is the mean over pairs
 (KTO: examples) of all micro-batches.
@@ -24,7 +26,8 @@ from flax import nnx
 
 from swift_jax.rlhf import losses as L
 from swift_jax.rlhf.args import RLHFArgs
-from swift_jax.rlhf.logps import PairStats, model_pair_stats
+from swift_jax.rlhf.logps import PairStats, model_pair_stats, segment_pair_sums
+from swift_jax.rlhf.precompute import REF_KEY
 from swift_jax.trainer.method import LossOutput, Method, mean_metric
 from swift_jax.tuners.lora import adapters_disabled
 from swift_jax.tuners.value_head import attach_value_head
@@ -37,12 +40,24 @@ def _token_mean(total: jax.Array, count: jax.Array):
     return total.astype(jnp.float32).sum(), count.astype(jnp.float32).sum()
 
 
-def pair_metrics(stats: PairStats, out: L.PreferenceOut, logps: L.PairLogps | None = None) -> dict:
-    """TRL's `rewards/*`, `logps/*` and `logits/*` metrics as (sum, count) over the valid pairs."""
+def pair_metrics(stats: PairStats, out: L.PreferenceOut, logps: L.PairLogps | None = None, *,
+                 sequence_logits: str | None = None) -> dict:
+    """TRL's `rewards/*`, `logps/*` and `logits/*` metrics as (sum, count) over the valid pairs. `logits/*` is
+    the vocabulary-mean logit averaged over answer tokens (DPO), or with `sequence_logits` over every position
+    of the sequences, prompt included: "all" (TRL's CPO, the mean of the whole logits tensor) or "but_last"
+    (TRL's ORPO, which drops each row's last position). TRL's also count the padding of its batch, which ours
+    has none of, so the two agree on batches without padding."""
     valid = stats.valid
     logps = stats.logps if logps is None else logps
     c, r = out.chosen_rewards, out.rejected_rewards
     tokens = lambda t: jnp.where(valid, t, 0)
+    if sequence_logits is not None:
+        drop = 1.0 if sequence_logits == "but_last" else 0.0
+        return {**pair_metrics(stats, out, logps),
+                "logits/chosen": _token_mean(stats.chosen_sequence_logits - drop * stats.chosen_last_logits,
+                                             tokens(stats.chosen_length - drop)),
+                "logits/rejected": _token_mean(stats.rejected_sequence_logits - drop * stats.rejected_last_logits,
+                                               tokens(stats.rejected_length - drop))}
     return {
         "rewards/chosen": mean_metric(c, valid),
         "rewards/rejected": mean_metric(r, valid),
@@ -74,6 +89,12 @@ class PreferenceMethod(Method):
         self.loss_chunk_size = loss_chunk_size
         self.pairs_per_row = 1  # set by build_data (packed rows hold several pairs)
         self._ref_graphdef = None
+        self.precomputed = self.has_reference and self.rlhf.precompute_ref_log_probs and not self.rlhf.reference_free
+        if self.precomputed:
+            self.batch_keys = PreferenceMethod.batch_keys + (REF_KEY,)
+        self.pipe = None
+        self.ref_table = None  # precompute.ReferenceTable of the training pairs
+        self._ref_forward = None  # streams: the reference forward run on each batch before its step
 
     # -- data ---------------------------------------------------------------------------------------------
     def build_data(self, args, tokenizer, **kwargs):
@@ -81,6 +102,7 @@ class PreferenceMethod(Method):
 
         pipe = build_preference_data(args, tokenizer, self.rlhf.rlhf_type, **kwargs)
         self.pairs_per_row = pipe.pairs_per_row
+        self.pipe = pipe
         return pipe
 
     # -- forwards -----------------------------------------------------------------------------------------
@@ -98,11 +120,14 @@ class PreferenceMethod(Method):
         return "adapters_off"
 
     def reference_stats(self, model, batch, extra, policy: PairStats) -> PairStats:
-        """The reference's PairStats (no gradient); `policy`'s token counts when reference-free."""
+        """The reference's PairStats (no gradient); `policy`'s token counts when reference-free or precomputed."""
         mode = self.reference_mode
-        if mode == "free":
-            zero = jnp.zeros_like(policy.logps.chosen)
-            return jax.tree.map(sg, policy._replace(logps=policy.logps._replace(chosen=zero, rejected=zero)))
+        if mode == "free" or self.precomputed:
+            if mode == "free":
+                chosen = rejected = jnp.zeros_like(policy.logps.chosen)
+            else:
+                chosen, rejected = segment_pair_sums(batch[REF_KEY], batch["segment_ids"], self.pairs_per_row)
+            return jax.tree.map(sg, policy._replace(logps=policy.logps._replace(chosen=chosen, rejected=rejected)))
         if mode == "frozen":
             ref_model = nnx.merge(self._ref_graphdef, extra)
             ref_model.eval()
@@ -111,9 +136,20 @@ class PreferenceMethod(Method):
             return jax.tree.map(sg, self.stats(model, batch))
 
     def extra_state(self, trainer) -> Any:
-        """The frozen reference model's state when it is a separate model (full FT, --ref_model, --ref_adapters)."""
-        if not self.has_reference or self.reference_mode != "frozen":
+        """The frozen reference model's state when it is a separate model (full FT, --ref_model, --ref_adapters);
+        with --precompute_ref_log_probs, none: the reference runs here, once (see `precompute_reference`)."""
+        if not self.has_reference or self.reference_mode == "free":
             return None
+        if self.precomputed:
+            self.precompute_reference(trainer)
+            return None
+        if self.reference_mode != "frozen":
+            return None
+        self._ref_graphdef, state = self._load_reference(trainer)
+        return state
+
+    def _load_reference(self, trainer) -> tuple[nnx.GraphDef, Any]:
+        """(graphdef, state) of the frozen reference: --ref_model or --model, with --ref_adapters merged."""
         from swift_jax.modeling import load_model
         from swift_jax.trainer.setup import resolve_path
         from swift_jax.tuners import load_adapter, merge_lora
@@ -122,12 +158,72 @@ class PreferenceMethod(Method):
         ref = load_model(path, dtype=self.dtype, mesh=getattr(trainer, "mesh", None))
         for path in self.rlhf.ref_adapters:
             merge_lora(load_adapter(ref, path))
-        self._ref_graphdef, state = nnx.split(ref)
-        return state
+        return nnx.split(ref)
+
+    def reference_forward(self, trainer):
+        """A host batch -> the reference's (chosen, rejected) log-prob sums, computed on the run's mesh: the
+        policy with its adapters off (read from the trainer's current state at each call), or a frozen copy."""
+        import numpy as np
+
+        from swift_jax.trainer.trainer import device_batch
+
+        keys = ("input_ids", "labels", "segment_ids", "positions")
+
+        def sums(model, batch):
+            model.eval()
+            stats = self.stats(model, batch)
+            return stats.logps.chosen, stats.logps.rejected
+
+        if self.reference_mode == "frozen":
+            graphdef, state = self._load_reference(trainer)
+            compiled = jax.jit(lambda s, b: sums(nnx.merge(graphdef, s), b))
+            inputs = lambda: (state,)
+        else:
+            def adapters_off(params, rng, frozen, batch):
+                with adapters_disabled():
+                    return sums(nnx.merge(trainer.graphdef, params, rng, frozen), batch)
+
+            compiled = jax.jit(adapters_off)
+            inputs = lambda: (trainer.state.params, trainer.state.rng, trainer.frozen)
+
+        def forward(host: dict):
+            chosen, rejected = compiled(*inputs(), device_batch(host, keys, trainer.mesh))
+            return np.asarray(chosen), np.asarray(rejected)
+
+        return forward
+
+    def precompute_reference(self, trainer) -> None:
+        """--precompute_ref_log_probs: the reference's values of every training pair (one pass over an epoch in
+        the training layout; a stream gets them batch by batch in `make_batches`) and of the validation batches."""
+        from swift_jax.data.errors import DataError
+        from swift_jax.rlhf.data import pad_pair
+        from swift_jax.rlhf.precompute import ReferenceTable, attach_computed, padded_batches
+
+        if jax.process_count() > 1:
+            raise DataError("--precompute_ref_log_probs runs on one process only for now; drop it on several hosts")
+        pipe = self.pipe
+        forward = self.reference_forward(trainer)
+        if pipe.streaming:
+            self._ref_forward = forward
+        else:
+            empty = pad_pair(None, pipe.row_length, pipe.pad_id)
+            batches = padded_batches(iter(pipe.rows(num_epochs=1)), pipe.batch_size, empty)
+            self.ref_table = ReferenceTable.compute(forward, batches, len(pipe.train_table), self.pairs_per_row)
+        pipe.set_val_batches([attach_computed(forward, b, self.pairs_per_row) for b in pipe.val_batches()])
+
+    def make_batches(self, trainer, host_batches: list[dict]) -> list[dict]:
+        """With --precompute_ref_log_probs: the batches with their reference values."""
+        from swift_jax.rlhf.precompute import attach_computed
+
+        if not self.precomputed:
+            return host_batches
+        if self.ref_table is not None:
+            return [self.ref_table.attach(b) for b in host_batches]
+        return [attach_computed(self._ref_forward, b, self.pairs_per_row) for b in host_batches]
 
     def describe(self) -> str:
         r = self.rlhf
-        ref = f", reference: {self.reference_mode}" if self.has_reference else ""
+        ref = f", reference: {self.reference_mode}{' (precomputed)' if self.precomputed else ''}" if self.has_reference else ""
         return f"{r.rlhf_type} (loss_type {r.loss_type or '-'}, beta {r.beta}{ref})"
 
 
@@ -136,18 +232,29 @@ class DPO(PreferenceMethod):
 
     has_reference = True
 
+    def init_carry(self) -> L.RunningMean | None:
+        """bco_pair's running mean of the micro-batches' mean rewards (TRL's RunningMoments)."""
+        return L.RunningMean.zeros() if "bco_pair" in self.rlhf.loss_type else None
+
     def loss(self, model, batch, extra) -> LossOutput:
+        return self.loss_with_carry(model, batch, extra, self.init_carry())[0]
+
+    def loss_with_carry(self, model, batch, extra, carry) -> tuple[LossOutput, Any]:
         r = self.rlhf
         policy = self.stats(model, batch, ld_alpha=r.ld_alpha)
         ref = self.reference_stats(model, batch, extra, policy)
+        hyper = L.DPOHyper(r.beta, r.label_smoothing, r.discopop_tau)
+        if carry is not None:  # bco_pair: update the running mean with this micro-batch first, as TRL
+            x = L.Logratios(policy.logps.chosen, policy.logps.rejected, ref.logps.chosen, ref.logps.rejected)
+            carry = carry.update(L.bco_batch_reward(x, policy.valid, r.beta), policy.valid.any())
+            hyper = hyper._replace(bco_delta=carry.mean)
         out = L.dpo_losses(policy.logps, ref.logps, policy.valid, loss_types=r.loss_type, loss_weights=r.loss_weights,
-                           hyper=L.DPOHyper(r.beta, r.label_smoothing, r.discopop_tau), nll=policy.nll,
-                           rpo_alpha=r.rpo_alpha)
+                           hyper=hyper, nll=policy.nll, rpo_alpha=r.rpo_alpha)
         metrics = pair_metrics(policy, out)
         if r.rpo_alpha is not None or "sft" in r.loss_type:
             metrics["nll_loss"] = nll_metric(policy)
         n = policy.valid.sum().astype(jnp.float32)
-        return LossOutput(out.losses.sum(), n, metrics)
+        return LossOutput(out.losses.sum(), n, metrics), carry
 
 
 class CPO(PreferenceMethod):
@@ -159,7 +266,8 @@ class CPO(PreferenceMethod):
         out = L.cpo_losses(policy.logps, policy.valid, loss_type=r.loss_type[0], beta=r.beta,
                            label_smoothing=r.label_smoothing, simpo_gamma=r.simpo_gamma)
         n = policy.valid.sum().astype(jnp.float32)
-        metrics = pair_metrics(policy, out, _averaged(policy) if r.loss_type[0] in ("ipo", "simpo") else None)
+        metrics = pair_metrics(policy, out, _averaged(policy) if r.loss_type[0] in ("ipo", "simpo") else None,
+                               sequence_logits="all")
         metrics["nll_loss"] = nll_metric(policy)
         return LossOutput(out.losses.sum() + r.cpo_alpha * policy.nll * n, n, metrics)
 
@@ -171,7 +279,7 @@ class ORPO(PreferenceMethod):
         policy = self.stats(model, batch)
         out, log_odds = L.orpo_losses(policy.logps, policy.valid, beta=self.rlhf.beta)
         n = policy.valid.sum().astype(jnp.float32)
-        metrics = pair_metrics(policy, out, _averaged(policy))
+        metrics = pair_metrics(policy, out, _averaged(policy), sequence_logits="but_last")
         metrics["nll_loss"] = nll_metric(policy)
         metrics["log_odds_chosen"] = mean_metric(log_odds, policy.valid)
         metrics["log_odds_ratio"] = mean_metric(jax.nn.log_sigmoid(log_odds), policy.valid)
@@ -213,14 +321,23 @@ class KTO(PreferenceMethod):
         }
         return LossOutput(losses.sum(), valid.sum().astype(jnp.float32), metrics)
 
+    def derived_metrics(self, metrics: dict) -> dict:
+        """As TRL's KTOTrainer logs them: `rewards/margins` = the chosen mean minus the rejected mean, and a
+        side's `rewards`/`logps`/`logits` only when the step had examples of it (else left out: NaN)."""
+        out = {}
+        for side in ("chosen", "rejected"):
+            for kind in ("rewards", "logps", "logits"):
+                total, count = metrics[f"{kind}/{side}"]
+                out[f"{kind}/{side}"] = jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+        out["rewards/margins"] = out["rewards/chosen"] - out["rewards/rejected"]
+        return out
+
 
 def _pair_values(batch: dict, pairs_per_row: int) -> jax.Array:
-    """The per-pair `pair_value` (RM margin, KTO label) `[pairs]`: the value on the pair's first segment."""
-    seg = batch["segment_ids"]
-    ids = jnp.arange(1, 2 * pairs_per_row + 1, 2, dtype=seg.dtype)  # chosen segments
-    on = seg[..., None] == ids  # [batch, seq, pairs_per_row]
-    total = jnp.einsum("bs,bsk->bk", batch["pair_value"].astype(jnp.float32), on.astype(jnp.float32))
-    return (total / jnp.maximum(on.sum(1), 1)).reshape(-1)
+    """The per-pair `pair_value` (RM margin, KTO label) `[pairs]`: its mean over the pair's chosen segment."""
+    total, _ = segment_pair_sums(batch["pair_value"], batch["segment_ids"], pairs_per_row)
+    length, _ = segment_pair_sums(jnp.ones(batch["segment_ids"].shape), batch["segment_ids"], pairs_per_row)
+    return total / jnp.maximum(length, 1)
 
 
 class RewardModel(PreferenceMethod):

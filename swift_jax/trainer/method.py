@@ -82,6 +82,22 @@ class Method:
         """Frozen arrays the loss reads besides the model (e.g. a reference model's parameters); None by default."""
         return None
 
+    def init_carry(self) -> Any:
+        """State the loss reads and updates from micro-batch to micro-batch, in training and evaluation, across
+        steps (see `loss_with_carry`); it is checkpointed with the train state, so resume is exact. E.g.
+        bco_pair's running mean of rewards (TRL's RunningMoments). None by default."""
+        return None
+
+    def loss_with_carry(self, model: "nnx.Module", batch: dict[str, jax.Array], extra: Any, carry: Any) -> tuple[LossOutput, Any]:
+        """`loss` and the updated carry (what the step calls); the default leaves the carry alone."""
+        return self.loss(model, batch, extra), carry
+
+    def derived_metrics(self, metrics: dict[str, Metric]) -> dict[str, jax.Array]:
+        """Logged values computed from the step's aggregated `(sum, count)` metrics, for those that are not a
+        mean of their own (KTO's `rewards/margins` = the chosen mean minus the rejected mean, as TRL); NaN
+        leaves a value out of that step's log record. None by default (an empty dict)."""
+        return {}
+
     def make_batches(self, trainer: "Trainer", host_batches: list[dict]) -> list[dict]:
         """A phase before each step that turns the data's batches into the step's (GRPO: prompts -> rollouts
         -> rewards -> advantages). The default passes them through."""

@@ -28,6 +28,7 @@ class TrainState:
     params: Any  # nnx.State of the trainable variables
     opt_state: Any
     rng: Any  # nnx.State of the RNG streams (dropout)
+    carry: Any = None  # the method's state across micro-batches and steps (`Method.init_carry`)
 
 
 def split_model(model: nnx.Module, trainable_filter) -> tuple[nnx.GraphDef, Any, Any, Any]:
@@ -54,11 +55,14 @@ def _zeros_like(tree):
     return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
 
 
-def summarize(total: LossOutput) -> dict[str, jax.Array]:
-    """`loss` and each metric as sum / count over everything accumulated in `total`."""
+def summarize(total: LossOutput, method: Method | None = None) -> dict[str, jax.Array]:
+    """`loss` and each metric as sum / count over everything accumulated in `total`, plus the method's
+    `derived_metrics` of them."""
     out = {"loss": total.loss_sum / jnp.maximum(total.count, 1)}
     for name, (value, count) in total.metrics.items():
         out[name] = value / jnp.maximum(count, 1)
+    if method is not None:
+        out.update(method.derived_metrics(total.metrics))
     return out
 
 
@@ -70,42 +74,43 @@ def make_train_step(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformat
     same way. `metrics` holds `loss`, the method's metrics, `grad_norm` and `count`.
     """
 
-    def micro_loss(params, rng, frozen, extra, batch):
+    def micro_loss(params, rng, frozen, extra, carry, batch):
         # Fresh RNG variables at this trace level: dropout advances their counters inside the trace.
         model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rng), frozen)
-        out = method.loss(model, batch, extra)
-        return out.loss_sum, (out, nnx.state(model, nnx.RngState))
+        out, carry = method.loss_with_carry(model, batch, extra, carry)
+        return out.loss_sum, (out, nnx.state(model, nnx.RngState), jax.lax.stop_gradient(carry))
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
     def train_step(state: TrainState, frozen, extra, batches):
         first = jax.tree.map(lambda x: x[0], batches)
-        out_shape = jax.eval_shape(lambda: micro_loss(state.params, state.rng, frozen, extra, first)[1][0])
+        out_shape = jax.eval_shape(lambda: micro_loss(state.params, state.rng, frozen, extra, state.carry, first)[1][0])
 
         def body(carry, batch):
-            grads, total, rng = carry
-            (_, (out, rng)), grads_i = grad_fn(state.params, rng, frozen, extra, batch)
-            return (jax.tree.map(jnp.add, grads, grads_i), _add(total, out), rng), None
+            grads, total, rng, method_carry = carry
+            (_, (out, rng, method_carry)), grads_i = grad_fn(state.params, rng, frozen, extra, method_carry, batch)
+            return (jax.tree.map(jnp.add, grads, grads_i), _add(total, out), rng, method_carry), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-        (grads, total, rng), _ = jax.lax.scan(body, (zeros, _zeros_like(out_shape), state.rng), batches)
+        start = (zeros, _zeros_like(out_shape), state.rng, state.carry)
+        (grads, total, rng, method_carry), _ = jax.lax.scan(body, start, batches)
         denom = jnp.maximum(total.count, 1).astype(jnp.float32)
         grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), grads, state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {**summarize(total), "grad_norm": optax.tree.norm(grads), "count": total.count}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng), metrics
+        metrics = {**summarize(total, method), "grad_norm": optax.tree.norm(grads), "count": total.count}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng, carry=method_carry), metrics
 
     return jax.jit(train_step, donate_argnums=(0,))
 
 
 def make_eval_step(graphdef: nnx.GraphDef, method: Method):
-    """A function `(params, rng, frozen, extra, batch) -> LossOutput` of one batch in eval mode (no dropout);
-    the caller sums the outputs over batches and reports `summarize(total)`."""
+    """A function `(params, rng, frozen, extra, carry, batch) -> (LossOutput, carry)` of one batch in eval mode
+    (no dropout); the caller sums the outputs over batches and reports `summarize(total, method)`."""
 
-    def eval_step(params, rng, frozen, extra, batch):
+    def eval_step(params, rng, frozen, extra, carry, batch):
         model = nnx.merge(graphdef, params, rng, frozen)
         model.eval()
-        return method.loss(model, batch, extra)
+        return method.loss_with_carry(model, batch, extra, carry)
 
     return jax.jit(eval_step)

@@ -126,7 +126,8 @@ class Trainer:
         )
         self.graphdef, params, rng, self.frozen = split_model(self.model, self.trainable)
         opt_state = init_optimizer_state(self.optimizer, params, self.mesh)
-        self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng)
+        self.state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng,
+                                carry=self.method.init_carry())
         self.iterator = self.pipe.train_iterator(num_epochs=None)
         self.optimizer_offset = 0  # steps taken before this optimizer state began
         if t.resume_from_checkpoint:
@@ -155,7 +156,8 @@ class Trainer:
         restored, data_state = ckpt.restore(path, self.state, with_data=not t.ignore_data_skip)
         if t.resume_only_model:
             step = jnp.zeros((), jnp.int32) if t.ignore_data_skip else restored.step
-            self.state = TrainState(step=step, params=restored.params, opt_state=self.state.opt_state, rng=self.state.rng)
+            self.state = TrainState(step=step, params=restored.params, opt_state=self.state.opt_state, rng=self.state.rng,
+                                    carry=self.state.carry)
             self.optimizer_offset = int(step)  # a fresh optimizer: its schedule starts over, as transformers'
         else:
             self.state = restored
@@ -207,7 +209,7 @@ class Trainer:
                 self.logger.advance()
                 if step % t.logging_steps == 0 or step == self.total_steps:
                     self._check_finite()
-                    record = {"step": step, **{k: float(v) for k, v in metrics.items() if k != "count"}}
+                    record = {"step": step, **_defined({k: v for k, v in metrics.items() if k != "count"})}
                     record["learning_rate"] = float(self.schedule(step - self.optimizer_offset - 1))
                     record["epoch"] = round(step / self.steps_per_epoch, 4)
                     record.update(window.flush(device_kind))
@@ -254,13 +256,14 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """The method's loss and metrics over the validation batches, as `eval_<name>`."""
-        total = None
+        total, carry = None, self.state.carry
         with use_impl(self.args.model_args.attn_impl):
             for batch in self.pipe.val_batches():
                 arrays = device_batch(batch, self.method.batch_keys, self.mesh)
-                out = self.eval_step(self.state.params, self.state.rng, self.frozen, self.extra, arrays)
+                out, carry = self.eval_step(self.state.params, self.state.rng, self.frozen, self.extra, carry, arrays)
                 total = out if total is None else jax.tree.map(jnp.add, total, out)
-        return {f"eval_{k}": float(v) for k, v in summarize(total).items()}
+        self.state = dataclasses.replace(self.state, carry=carry)  # as TRL, evaluation updates running statistics
+        return {f"eval_{k}": v for k, v in _defined(summarize(total, self.method)).items()}
 
     def current_model(self) -> nnx.Module:
         """The model with the current trained state (shares the arrays; do not donate them)."""
@@ -342,6 +345,12 @@ class Trainer:
             "global_step": step,
             "memory": round(peak_memory_gib(), 4),
         }
+
+
+def _defined(metrics: dict) -> dict[str, float]:
+    """Metric values as floats, without those undefined for this step (NaN: see `Method.derived_metrics`)."""
+    values = {k: float(v) for k, v in metrics.items()}
+    return {k: v for k, v in values.items() if k == "loss" or not math.isnan(v)}
 
 
 def _count(state) -> int:
