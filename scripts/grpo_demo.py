@@ -1,7 +1,7 @@
 """GRPO on the CPU: a partly trained SFT model of the quickstart task gets better on held-out words with an
 exact-match reward.
 
-    python scripts/grpo_demo.py [--sft_steps 110] [--grpo_steps 40] [--temperature 0.3] [--output_dir output/grpo_demo]
+    python scripts/grpo_demo.py [--sft_steps 100] [--grpo_steps 40] [--temperature 0.3] [--output_dir output/grpo_demo]
 
 1. SFT: `configs/quickstart.yaml` (a ~0.9M-parameter model from scratch; reverse / upper-case a spelled-out
    word) with a constant learning rate after its warmup, stopped after `--sft_steps` (the full recipe runs 400
@@ -11,11 +11,11 @@ exact-match reward.
    0. Then greedy exact match on the same held-out prompts (words never seen in training).
 
 Why a low rollout temperature: the partly trained model is right by small margins on each of the answer's
-five tokens, so at ms-swift's default 0.9 almost no sample is exactly right (sampled reward ~0.003 at step 110,
-and no exact hit at all on a prompt whose greedy answer is wrong): GRPO then only sharpens answers greedy
-decoding already gives. At 0.3 the samples are small perturbations of the greedy answer, a third of the
-groups hold both right and wrong answers, and the right answers to prompts that greedy decoding gets wrong
-are what the update reinforces. Prints one JSON line: both exact-match figures, the reward curve (mean
+tokens, so at ms-swift's default 0.9 almost no sample is exactly right (sampled reward 0.003 for a checkpoint
+at greedy exact match 0.27, and not one right sample for any of its 146 prompts whose greedy answer is wrong):
+GRPO then only sharpens answers greedy decoding already gives. At 0.3 the samples are small perturbations of
+the greedy answer, a third of the groups hold both right and wrong answers, and the right answers to prompts
+that greedy decoding gets wrong are what the update reinforces. Prints one JSON line: both exact-match figures, the reward curve (mean
 reward over each tenth of the run) and the rollout / update throughput.
 """
 
@@ -74,7 +74,7 @@ def run_grpo(checkpoint: str, a: argparse.Namespace, common: list[str]) -> dict:
         "--model", checkpoint, "--tuner_type", "full", "--dtype", "float32", "--dataset", data, "--max_length", "128",
         "--per_device_train_batch_size", str(a.prompts_per_step * G), "--gradient_accumulation_steps", "1",
         "--learning_rate", str(a.learning_rate), "--lr_scheduler_type", "constant", "--warmup_ratio", "0", "--weight_decay", "0",
-        "--max_steps", str(a.grpo_steps), "--save_steps", str(a.grpo_steps), "--logging_steps", "1",
+        "--max_steps", str(a.grpo_steps), "--save_steps", str(a.save_steps or a.grpo_steps), "--save_total_limit", "100", "--logging_steps", "1",
         "--output_dir", os.path.join(a.output_dir, "grpo"), *common,
     ], aliases=ALIASES).validate()
     grpo = GRPOArgs(num_generations=G, max_completion_length=16, temperature=a.temperature, reward_funcs=["exact_match"], beta=a.beta,
@@ -93,13 +93,14 @@ def reward_curve(run_dir: str, parts: int = 10) -> tuple[list[float], dict]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sft_steps", type=int, default=110)
+    p.add_argument("--sft_steps", type=int, default=100)
     p.add_argument("--grpo_steps", type=int, default=40)
     p.add_argument("--learning_rate", type=float, default=2e-4)
     p.add_argument("--temperature", type=float, default=0.3)
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--prompts_per_step", type=int, default=8, help=f"prompts per step (x {G} completions each)")
     p.add_argument("--eval_rows", type=int, default=200, help="held-out prompts scored before and after (the same rows)")
+    p.add_argument("--save_steps", type=int, default=0, help="GRPO checkpoints every this many steps (0: at the end)")
     p.add_argument("--sft_checkpoint", default=None, help="skip step 1 and start from this checkpoint")
     p.add_argument("--output_dir", default=os.path.join(ROOT, "output", "grpo_demo"))
     return p.parse_args(argv)
