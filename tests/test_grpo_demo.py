@@ -17,7 +17,7 @@ def test_grpo_raises_held_out_greedy_exact_match(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     before, after = result["held_out_exact_match_before"], result["held_out_exact_match_after"]
-    # 0.29 -> 0.39 when recorded (2026-12-03); greedy decoding, the same 100 held-out prompts
+    # 0.20 -> 0.35 when recorded (2026-12-03); greedy decoding, the same 100 held-out prompts
     assert after >= before + 0.05, result
     curve = result["reward_curve"]  # the sampled exact-match reward, one value per step here
     assert sum(curve[-3:]) > sum(curve[:3]), curve
