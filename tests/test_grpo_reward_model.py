@@ -1,12 +1,13 @@
 """`--reward_model`: a value-head checkpoint (what `--rlhf_type rm` trains) loads with its head and scores GRPO
-completions at the last token of prompt + completion, under the checkpoint's name."""
+completions at the last token of prompt + completion as transformers' *ForSequenceClassification does, under
+the checkpoint's name."""
 
 import shutil
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
+import transformers
 from transformers import AutoTokenizer
 
 import swift_jax
@@ -47,10 +48,10 @@ def test_reward_model_scores_the_last_token_of_prompt_and_completion(rm_path):
     messages = [[{"role": "user", "content": "question 1"}], [{"role": "user", "content": "a longer question 22"}]] * 2
     completions = ["yes", "no it is not", "", "yes yes"]
     got = rm(completions, messages=messages)
-    for m, c, value in zip(messages, completions, got):  # one unpadded row at a time
-        ids = jnp.asarray([rm.encode(m, c)])
-        hidden = rm.model.hidden_states(ids, positions=jnp.arange(ids.shape[1])[None], segment_ids=jnp.ones_like(ids))
-        assert value == pytest.approx(float(rm.model.score(hidden)[0, -1]), abs=1e-4)
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(rm_path, dtype=torch.float32).eval()
+    with torch.no_grad():  # transformers reads the score at the last token of each unpadded row
+        want = [float(hf(torch.tensor([rm.encode(m, c)])).logits[0, 0]) for m, c in zip(messages, completions)]
+    assert got == pytest.approx(want, abs=1e-4)
     assert len(set(np.round(got, 4))) == 4  # the completion changes the score
 
 
