@@ -2,6 +2,7 @@
 completions at the last token of prompt + completion as transformers' *ForSequenceClassification does, under
 the checkpoint's name."""
 
+import os
 import shutil
 
 import numpy as np
@@ -25,11 +26,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def _save(model, folder):
     swift_jax.save_pretrained(model, str(folder))
     for name in TOKENIZER_FILES:
-        src = f"{TOKENIZER}/{name}"
-        try:
-            shutil.copy(src, folder / name)
-        except FileNotFoundError:
-            pass
+        if os.path.exists(os.path.join(TOKENIZER, name)):
+            shutil.copy(os.path.join(TOKENIZER, name), folder / name)
     return str(folder)
 
 

@@ -14,7 +14,8 @@ from swift_jax.rlhf.grpo import GRPO
 from swift_jax.rlhf.grpo_args import GRPOArgs
 from swift_jax.rlhf.grpo_data import PromptBatches
 
-from test_grpo import CONFIG, ROWS, TOKENIZER, LowIds  # noqa: F401 (the reward registers per test below)
+from swift_jax.rewards import orms
+from test_grpo import CONFIG, ROWS, TOKENIZER, LowIds
 
 
 @pytest.fixture(scope="module")
@@ -22,10 +23,14 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(TOKENIZER)
 
 
-def _method(tokenizer, **overrides):
-    from swift_jax.rewards import orms
-
+@pytest.fixture(autouse=True)
+def low_ids_reward():
     orms["low_ids"] = LowIds
+    yield
+    del orms["low_ids"]
+
+
+def _method(tokenizer, **overrides):
     args = GRPOArgs(**{"num_generations": 4, "max_completion_length": 8, "temperature": 1.0, "reward_funcs": ["low_ids"], "beta": 0.04, **overrides})
     return GRPO(args, tokenizer=tokenizer, eos_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),), seed=0)
 
