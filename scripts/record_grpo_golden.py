@@ -6,8 +6,9 @@ Run with ms-swift's interpreter (CI never installs ms-swift):
 
 It calls ms-swift's own code: `swift.rl_core.advantage.compute_advantages` / `compute_reward_metrics`, the
 trainer's `GRPOTrainer._compute_loss_and_metrics` (on a stand-in `self` whose log-prob forward returns the
-fixed log-probs), and the built-in reward functions of `swift.rewards.orm` (accuracy needs math_verify and
-is left out).
+fixed log-probs), and the built-in reward functions of `swift.rewards.orm`. ms-swift's `accuracy` needs
+math_verify, which ms-swift's venv may lack; its cases are recorded when it imports, e.g. with
+`pip install --target /tmp/mvlib math-verify` and `PYTHONPATH=/tmp/mvlib`.
 """
 
 from __future__ import annotations
@@ -147,6 +148,34 @@ def reward_cases() -> dict:
     }
 
 
+ACCURACY_CASES = [  # (completion, solution)
+    ("so the result is \\boxed{\\frac{1}{2}}", "0.5"),
+    ("<answer>0.5</answer>", "$\\frac{1}{2}$"),
+    ("<think>2+2</think><answer>4</answer>", "4"),
+    ("The answer is \\boxed{1+x}", "$x+1$"),
+    ("<answer>x+1</answer>", "<answer>$1+x$</answer>"),
+    ("it is $0.5$", "$\\frac{1}{2}$"),
+    ("\\boxed{3}", "$4$"),
+    ("the answer is $\\sqrt{2}/2$", "$\\frac{\\sqrt{2}}{2}$"),
+    ("\\boxed{1,000}", "1000"),
+    ("\\boxed{5}", "no number here"),
+    ("\\boxed{\\{1,2\\}}", "$\\{2, 1\\}$"),
+    ("", "7"),
+]
+
+
+def accuracy_cases() -> dict | None:
+    """ms-swift's MathAccuracy on ACCURACY_CASES, or None without math_verify."""
+    try:
+        from swift.rewards.orm import MathAccuracy
+
+        accuracy = MathAccuracy()
+    except (AssertionError, ImportError):
+        return None
+    completions, solutions = zip(*ACCURACY_CASES)
+    return {"completions": list(completions), "solution": list(solutions), "rewards": accuracy(list(completions), list(solutions))}
+
+
 def main() -> None:
     x = inputs()
     golden = {
@@ -160,6 +189,12 @@ def main() -> None:
         ],
         "rewards": reward_cases(),
     }
+    math_accuracy = accuracy_cases()
+    if math_accuracy is None and os.path.exists(OUT):  # keep the recorded cases
+        with open(OUT) as f:
+            math_accuracy = json.load(f).get("math_accuracy")
+    if math_accuracy is not None:
+        golden["math_accuracy"] = math_accuracy
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     with open(OUT, "w") as f:
         json.dump(golden, f, indent=1)

@@ -138,14 +138,16 @@ def load_model(
     `mesh` shards parameters by their logical axes; default: the first device.
     `scan_layers` (default) stacks each run of identical layers into `[layers, ...]` arrays, filled from
     the per-layer HF tensors; False builds one module per layer.
-    Raises one error listing every missing, unexpected or mis-shaped tensor.
+    A checkpoint with `score.weight` (a reward model, saved as `*ForSequenceClassification`) loads with its
+    value head (`model.score`). Raises one error listing every missing, unexpected or mis-shaped tensor.
     """
     model_dir = resolve_model_dir(path_or_hub_id)
     cfg, arch = model_config(read_hf_config(model_dir), dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
-    abstract = nnx.eval_shape(lambda: arch.module(cfg, rngs=nnx.Rngs(0)))
+    reader = SafetensorsReader(model_dir)
+    with_head = HEAD_RULES["score.kernel"].hf in set(reader.names())  # a reward model (`--rlhf_type rm`)
+    abstract = nnx.eval_shape(lambda: _with_value_head(arch.module(cfg, rngs=nnx.Rngs(0)), with_head))
     graphdef, state = nnx.split(abstract)
     params = _flat_params(state)
-    reader = SafetensorsReader(model_dir)
 
     expected: dict[str, tuple[str, tuple[int, ...], Rule]] = {}  # HF name -> (our path, index, rule)
     sources: dict[str, list] = {}  # our path -> its hf_slices
@@ -188,6 +190,13 @@ def load_model(
         _assign(pure, path, jax.make_array_from_callback(tuple(var.shape), sharding, read_shard))
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
+
+
+def _with_value_head(model: nnx.Module, attach: bool) -> nnx.Module:
+    """The model with a reward model's `score` head when its checkpoint has one (`score.weight`)."""
+    from swift_jax.tuners.value_head import attach_value_head
+
+    return attach_value_head(model) if attach else model
 
 
 def _shard_reader(reader: SafetensorsReader, slices, shape: tuple[int, ...], dtype):

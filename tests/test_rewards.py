@@ -1,13 +1,15 @@
 """Built-in reward functions (ms-swift 4.6's formulas), the `orms` registry and `--external_plugins` loading."""
 
+import importlib.util
+import json
 import math
+import os
 import textwrap
 
 import numpy as np
 import pytest
 
 from swift_jax.rewards import ORM, build_reward_funcs, load_plugins, orms, score_completions
-from swift_jax.rewards.orm import answers_match
 from swift_jax.rlhf.grpo_args import GRPOArgs
 
 
@@ -15,20 +17,22 @@ def _funcs(*names, **args):
     return build_reward_funcs(names, GRPOArgs(**{"max_completion_length": 100, **args}))
 
 
-def test_accuracy_exact_and_numeric_match():
+def test_accuracy_is_ms_swifts_math_verify():
+    """ms-swift 4.6's MathAccuracy recorded on these cases (scripts/record_grpo_golden.py): equal rewards."""
+    golden = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "grpo_ms_swift.json")))["math_accuracy"]
     (acc,) = _funcs("accuracy")
-    completions = [
-        "<think>2+2</think><answer>4</answer>",
-        "so the result is \\boxed{\\frac{1}{2}}",
-        "it is $0.5$",
-        "1,000",
-        "5",
-        "<answer>x+1</answer>",
-    ]
-    solution = ["4", "0.5", "<answer>1/2</answer>", "1000", "4", "1+x"]
-    # symbolic equivalence (x+1 vs 1+x) needs math_verify, which ms-swift uses and we do not
-    assert acc(completions, solution=solution) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
-    assert not answers_match("4", "") and answers_match(" Paris. ", "paris")
+    assert acc(golden["completions"], solution=golden["solution"]) == golden["rewards"]
+    # symbolic equivalence, \boxed{} extraction, <answer> tags; an unparseable gold answer scores 0
+    got = acc(["\\boxed{\\frac{1}{2}}", "<answer>0.5</answer>", "so \\boxed{1+x}", "\\boxed{3}", "\\boxed{5}"],
+              solution=["0.5", "$\\frac{1}{2}$", "$x+1$", "$4$", "no number"])
+    assert got == [1.0, 1.0, 1.0, 0.0, 0.0]
+
+
+def test_accuracy_without_math_verify_names_the_extra(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else real(name, *a))
+    with pytest.raises(ImportError, match=r"swift-jax\[math\]"):
+        _funcs("accuracy")
 
 
 def test_format():
@@ -39,7 +43,7 @@ def test_format():
 def test_cosine_follows_the_length_schedule():
     (cos,) = _funcs("cosine", cosine_max_len=10)
     ids = [[1] * 0, [1] * 10, [1] * 5, [1] * 5]
-    got = cos(["4", "4", "4", "3"], solution=["4"] * 4, response_token_ids=ids)
+    got = cos(["\\boxed{4}", "so \\boxed{4}", "<answer>4</answer>", "\\boxed{3}"], solution=["4"] * 4, response_token_ids=ids)
     # correct: 1.0 at length 0, 0.5 at cosine_max_len; wrong: -0.5 at 0, 0.0 at max; midpoint halfway
     assert got == pytest.approx([1.0, 0.5, 0.75, -0.25])
 

@@ -7,9 +7,9 @@ the dataset's extra columns (e.g. `solution`) and `response_token_ids` as keywor
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
-from fractions import Fraction
 from typing import Any
 
 
@@ -24,82 +24,47 @@ class ORM:
 
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_DOLLARS = re.compile(r"\$+([^$]+?)\$+")
+MATH_HINT = "the accuracy reward needs math_verify (symbolic LaTeX equivalence, as ms-swift): pip install 'swift-jax[math]'"
 
 
-def _boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` (braces balanced), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 1, start + len("\\boxed{")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i:j]
-    return None
-
-
-def _number(text: str) -> Fraction | None:
-    """`text` as an exact number: integers, decimals, `a/b`, `\\frac{a}{b}`, thousands separators; or None."""
-    text = text.replace(",", "").replace("\\!", "").strip()
-    frac = re.fullmatch(r"-?\\[dt]?frac\{(-?[\d.]+)\}\{(-?[\d.]+)\}", text)
-    try:
-        if frac:
-            value = Fraction(frac.group(1)) / Fraction(frac.group(2))
-            return -value if text.startswith("-") else value
-        return Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def normalize_answer(text: str) -> str:
-    """An answer with the markup around it removed: `$`, `\\boxed{}`, `\\text{}`, spaces, a final period."""
-    inner = _boxed(text)
-    text = inner if inner is not None else text
-    text = re.sub(r"\\text\{(.*?)\}", r"\1", text)
-    text = text.replace("$", "").replace("\\left", "").replace("\\right", "")
-    return re.sub(r"\s+", "", text).rstrip(".").lower()
-
-
-def extract_answer(text: str) -> str:
-    """The answer a completion gives: inside `<answer>` tags, else the last `\\boxed{}`, else the last
-    `$...$`, else the whole text."""
+def _inside_answer_tag(text: str) -> tuple[str, bool]:
+    """The text inside `<answer>...</answer>` (stripped) and True, or the whole text and False."""
     tagged = _ANSWER_TAG.search(text)
-    if tagged:
-        return tagged.group(1).strip()
-    boxed = _boxed(text)
-    if boxed is not None:
-        return boxed
-    dollars = _DOLLARS.findall(text)
-    return dollars[-1] if dollars else text.strip()
-
-
-def answers_match(prediction: str, gold: str) -> bool:
-    """Equal after `normalize_answer`, or equal as exact numbers (`0.5` == `1/2` == `\\frac{1}{2}`)."""
-    p, g = normalize_answer(prediction), normalize_answer(gold)
-    if not g:
-        return False
-    if p == g:
-        return True
-    pn, gn = _number(p), _number(g)
-    return pn is not None and gn is not None and pn == gn
+    return (tagged.group(1).strip(), True) if tagged else (text, False)
 
 
 class MathAccuracy(ORM):
-    """1.0 when the completion's answer equals the `solution` column's, else 0.0 (`accuracy`).
+    """1.0 when the completion's answer is mathematically equal to the `solution` column's, else 0.0
+    (`accuracy`), decided by `math_verify` exactly as ms-swift 4.6's MathAccuracy: the gold answer (inside
+    `<answer>` tags if any) is parsed with math_verify's defaults; the completion's `<answer>` content the
+    same way, or else the first LaTeX answer in it (`\\boxed{}` first); `verify` checks symbolic equivalence
+    (`\\frac{1}{2}` = `0.5`, `x+1` = `1+x`). A gold answer math_verify cannot parse scores 0."""
 
-    ms-swift uses `math_verify` (symbolic LaTeX equivalence). This is a dependency-free subset: the answer
-    is taken from `<answer>` tags, `\\boxed{}` or `$...$` as there, then compared as normalised text or as
-    exact numbers; symbolic equivalence (`x+1` vs `1+x`) is not recognised. An empty solution scores 0.
-    """
+    def __init__(self, args: Any = None, **kwargs):
+        super().__init__(args)
+        if importlib.util.find_spec("math_verify") is None:
+            raise ImportError(MATH_HINT)
 
     def __call__(self, completions: list[str], solution: list[str], **kwargs) -> list[float]:
+        from latex2sympy2_extended import NormalizationConfig
+        from math_verify import LatexExtractionConfig, parse, verify
+
+        unanchored = [LatexExtractionConfig(
+            normalization_config=NormalizationConfig(nits=False, malformed_operators=False, basic_latex=True, boxed=True, units=True),
+            boxed_match_priority=0, try_extract_without_anchor=False,
+        )]
         rewards = []
         for content, sol in zip(completions, solution):
-            tagged = _ANSWER_TAG.search(sol)
-            gold = tagged.group(1).strip() if tagged else sol
-            rewards.append(float(answers_match(extract_answer(content), gold)))
+            gold = parse(_inside_answer_tag(sol)[0], extraction_mode="first_match")
+            if not gold:
+                rewards.append(0.0)  # ms-swift: an unparseable solution scores 0
+                continue
+            text, tagged = _inside_answer_tag(content)
+            answer = parse(text, extraction_mode="first_match") if tagged else parse(text, extraction_config=unanchored, extraction_mode="first_match")
+            try:
+                rewards.append(float(verify(gold, answer)))
+            except Exception:  # math_verify raises on some expressions; ms-swift scores them 0
+                rewards.append(0.0)
         return rewards
 
 

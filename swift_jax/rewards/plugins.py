@@ -30,8 +30,11 @@ def load_plugins(paths: str | Sequence[str]) -> dict[str, type]:
 
 
 def reward_name(func: Callable) -> str:
-    """The name a reward logs under (`rewards/{name}/mean`): a function's name or an ORM's class name (ms-swift)."""
-    return func.__name__ if inspect.isfunction(func) else type(func).__name__
+    """The name a reward logs under (`rewards/{name}/mean`): a function's name, a reward model's `name` (its
+    folder) or an ORM's class name (ms-swift)."""
+    if inspect.isfunction(func):
+        return func.__name__
+    return getattr(func, "name", None) or type(func).__name__
 
 
 def build_reward_funcs(names: Sequence[str | Callable], args: Any = None) -> list[Callable]:

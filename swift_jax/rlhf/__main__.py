@@ -71,7 +71,7 @@ def run_command(argv: Sequence[str] | None) -> dict[str, Any]:
         from swift_jax.rlhf.grpo import GRPO
 
         grpo_args = parse_config(GRPOArguments, argv, aliases=ALIASES).validate()
-        return train(grpo_args, GRPO(grpo_args.grpo, seed=grpo_args.training.seed))
+        return train(grpo_args, GRPO(grpo_args.grpo, seed=grpo_args.training.seed, max_length=grpo_args.data.max_length))
     args = parse_config(RLHFArguments, argv, aliases=ALIASES).validate()
     return train(args, method_of(args))
 

@@ -35,6 +35,7 @@ from .grpo_args import GRPOArgs
 from .grpo_loss import policy_loss
 from .grpo_logps import completion_logps
 from .memory import ProgramMemory, check_memory, program_memory
+from .reward_model import ModelReward
 from .rollout import Rollout, SamplingParams, compile_rollout, rollout
 
 ROLLOUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "old_logps", "advantages", "truncated")
@@ -71,14 +72,16 @@ class GRPO(Method):
         eos_ids: tuple[int, ...] = (),
         seed: int = 0,
         reward_funcs: list | None = None,
+        max_length: int | None = None,
     ):
         self.args = args
         self.loss_config = args.loss_config()
         if args.external_plugins:
             load_plugins(args.external_plugins)
         self.reward_funcs = build_reward_funcs(args.reward_funcs if reward_funcs is None else reward_funcs, args)
+        self.reward_funcs += [ModelReward(path, max_length=max_length) for path in args.reward_model]  # after the functions, as ms-swift
         if not self.reward_funcs:
-            raise ValueError("GRPO needs at least one reward: pass --reward_funcs (e.g. accuracy) or a plugin's name")
+            raise ValueError("GRPO needs at least one reward: pass --reward_funcs (e.g. accuracy), a plugin's name or --reward_model")
         self.reward_names = [reward_name(f) for f in self.reward_funcs]
         weights = args.reward_weights or [1.0] * len(self.reward_funcs)
         if len(weights) != len(self.reward_funcs):

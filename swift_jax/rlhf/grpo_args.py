@@ -44,7 +44,8 @@ class GRPOArgs(SamplingArgs):
     soft_cache_length: int | None = None
     # rewards
     reward_funcs: list[str] = dataclasses.field(default_factory=list)
-    reward_weights: list[float] | None = None
+    reward_weights: list[float] | None = None  # one per reward function, then one per reward model
+    reward_model: list[str] = dataclasses.field(default_factory=list)  # value-head checkpoints (--rlhf_type rm)
     external_plugins: list[str] = dataclasses.field(default_factory=list)
     cosine_min_len_value_wrong: float = -0.5
     cosine_max_len_value_wrong: float = 0.0
@@ -74,9 +75,13 @@ class GRPOArgs(SamplingArgs):
             raise ValueError(f"--temperature must be > 0 for GRPO rollouts (sampling), got {self.temperature}")
         if self.num_generations < 2:
             raise ValueError(f"--num_generations must be at least 2 (advantages compare completions of one prompt), got {self.num_generations}")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
+        if isinstance(self.reward_model, str):
+            self.reward_model = [self.reward_model]
+        rewards = len(self.reward_funcs) + len(self.reward_model)
+        if self.reward_weights is not None and len(self.reward_weights) != rewards:
             raise ValueError(
-                f"--reward_weights has {len(self.reward_weights)} values for {len(self.reward_funcs)} --reward_funcs {self.reward_funcs}"
+                f"--reward_weights has {len(self.reward_weights)} values for {rewards} rewards (--reward_funcs {self.reward_funcs}"
+                f" then --reward_model {self.reward_model})"
             )
         self.loss_config()  # validates loss_type / importance_sampling_level
 

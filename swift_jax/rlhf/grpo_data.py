@@ -58,13 +58,16 @@ def encode_prompts(rows: Sequence[dict], tokenizer, *, max_length: int | None = 
 
 def prompt_round(rows: Sequence[dict], encoded: Sequence[Sequence[int]], width: int, num_generations: int, max_length: int | None = None) -> Round:
     """The rows as one round: `prompt_ids`/`prompt_mask` `[rows x G, width]` plus each extra column (e.g.
-    `solution`) as an object array, every prompt repeated `num_generations` times in a row."""
+    `solution`) and the prompt's `messages` (for `--reward_model`) as object arrays, every prompt repeated
+    `num_generations` times in a row."""
     ids, mask = pad_prompts(encoded, width, max_length)
     out: Round = {"prompt_ids": np.repeat(ids, num_generations, 0), "prompt_mask": np.repeat(mask, num_generations, 0)}
-    extra = sorted({k for r in rows for k in r if k != "messages"})
-    for key in extra:
+    columns = {key: [r.get(key) for r in rows] for key in sorted({k for r in rows for k in r if k != "messages"})}
+    columns["messages"] = [prompt_messages(r, f"row {i}") for i, r in enumerate(rows)]
+    for key, values in columns.items():
         column = np.empty(len(rows), dtype=object)
-        column[:] = [r.get(key) for r in rows]
+        for i, v in enumerate(values):  # element-wise: a list value stays one object
+            column[i] = v
         out[key] = np.repeat(column, num_generations, 0)
     return out
 
