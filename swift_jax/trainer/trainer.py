@@ -53,6 +53,15 @@ def init_optimizer_state(optimizer, params, mesh):
     return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
 
+def check_sequence_split(max_length: int, shards: int) -> None:
+    """Rows of `max_length` must split evenly over `--sequence_parallel_size` devices."""
+    if max_length % shards:
+        raise ValueError(
+            f"--max_length {max_length} does not split over --sequence_parallel_size {shards}; "
+            f"use a multiple of {shards}, e.g. --max_length {max_length + (-max_length) % shards}"
+        )
+
+
 def device_batch(host: dict[str, np.ndarray], keys, mesh, *, leading: tuple = ()) -> dict[str, jax.Array]:
     """This process's rows of a batch -> global arrays whose row axis is sharded over the batch axes of `mesh`
     (data x fsdp) and whose second axis, when there is one, is the sequence; `leading` names unsharded axes
@@ -89,6 +98,7 @@ class Trainer:
         self.main = is_main_process()
         self.mesh = mesh_from_args(args.mesh)
         jax.set_mesh(self.mesh)  # activation sharding constraints read the mesh from here
+        check_sequence_split(args.data.max_length, self.mesh.shape["sequence"])
         self.batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         self.accum = args.accumulation_steps(self.batch_devices)
 
@@ -182,7 +192,8 @@ class Trainer:
         self.say(f"steps: {self.total_steps} (batch {t.per_device_train_batch_size} x {self.batch_devices} devices x "
                  f"{self.accum} accumulation, length {args.data.max_length})")
         self.say(memory_report(self.state.params, self.state.opt_state, self.model.config, batch_per_device=t.per_device_train_batch_size,
-                               seq_len=args.data.max_length, remat=t.gradient_checkpointing))
+                               seq_len=args.data.max_length, remat=t.gradient_checkpointing,
+                               sequence_parallel=self.mesh.shape["sequence"]))
         preemption = Preemption(t.preemption_save_timeout, self.say)
         lora_params = n_trainable if self.is_lora else 0
         device_kind = jax.devices()[0].device_kind
