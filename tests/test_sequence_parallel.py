@@ -51,9 +51,9 @@ def _loss_and_grads(path, mesh):
             return out.loss_sum / out.count
 
         batch = device_batch(_batch(), list(_batch()), mesh)
-        step = jax.jit(jax.value_and_grad(loss))
+        step = jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile()  # compiled once, HLO read from it
         value, grads = step(params, batch)
-        hlo = step.lower(params, batch).compile().as_text()
+        hlo = step.as_text()
     return float(value), jax.tree.map(np.asarray, nnx.to_pure_dict(grads)), hlo
 
 

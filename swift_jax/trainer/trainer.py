@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from swift_jax import flops
 from swift_jax.config import TrainArguments
 from swift_jax.kernels.attention import use_impl
-from swift_jax.parallel import initialize_distributed, is_main_process, logical_to_spec, memory_report, mesh_from_args
+from swift_jax.parallel import devices_for, initialize_distributed, is_main_process, logical_to_spec, memory_report, mesh_from_args
 from swift_jax.trainer import checkpoint as ckpt
 from swift_jax.trainer import run_folder
 from swift_jax.trainer.logs import RunLogger, peak_memory_gib, progress_fields
@@ -64,7 +64,7 @@ def check_sequence_split(max_length: int, shards: int) -> None:
 
 def device_batch(host: dict[str, np.ndarray], keys, mesh, *, leading: tuple = ()) -> dict[str, jax.Array]:
     """This process's rows of a batch -> global arrays whose row axis is sharded over the batch axes of `mesh`
-    (data x fsdp) and whose second axis, when there is one, is the sequence; `leading` names unsharded axes
+    (data x fsdp x expert) and whose second axis, when there is one, is the sequence; `leading` names unsharded axes
     before the rows (the accumulation axis)."""
     out = {}
     for key in keys:
@@ -99,7 +99,7 @@ class Trainer:
         self.mesh = mesh_from_args(args.mesh)
         jax.set_mesh(self.mesh)  # activation sharding constraints read the mesh from here
         check_sequence_split(args.data.max_length, self.mesh.shape["sequence"])
-        self.batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        self.batch_devices = devices_for("batch", self.mesh)  # data x fsdp x expert
         self.accum = args.accumulation_steps(self.batch_devices)
 
         from swift_jax.modeling import load_tokenizer
