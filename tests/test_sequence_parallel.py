@@ -13,7 +13,7 @@ from swift_jax.parallel import make_mesh
 from swift_jax.parallel.memory import activation_bytes_estimate
 from swift_jax.trainer.method import LanguageModeling
 from swift_jax.trainer.step import split_model
-from swift_jax.trainer.trainer import device_batch
+from swift_jax.trainer.trainer import check_sequence_split, device_batch
 from tiny_models import build_hf_model, save_hf_model
 
 SEQ = 32
@@ -72,6 +72,12 @@ def test_sequence_length_must_split():
     q = jnp.zeros((2, 30, 4, 16))
     with jax.set_mesh(mesh), pytest.raises(ValueError, match="sequence length 30 does not split over --sequence_parallel_size 4"):
         attention(q, q, q, segment_ids=jnp.ones((2, 30), jnp.int32))
+
+
+def test_trainer_rejects_rows_that_do_not_split():
+    check_sequence_split(2048, 8)
+    with pytest.raises(ValueError, match="--sequence_parallel_size 16 does not split rows of --max_length 1000"):
+        check_sequence_split(1000, 16)
 
 
 def test_memory_estimate_accounts_for_sequence_shards(gemma2):

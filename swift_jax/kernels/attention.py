@@ -124,8 +124,9 @@ def attention(
     `impl` names a backend ("xla", "xla_blocked", "pallas_gpu", "pallas_tpu", "cudnn") or "auto", which picks by
     platform and arguments (AUTO_ORDER). Pallas backends run in interpret mode off their platform,
     so any impl works everywhere; a call a backend cannot run goes to "xla".
-    Under a mesh with a `sequence` axis (`--sequence_parallel_size`), self-attention runs sequence-parallel
-    (`swift_jax.parallel.sequence`): local queries against the all-gathered keys and values.
+    Under a mesh with a `sequence` axis (`--sequence_parallel_size`), causal self-attention (the decoder's)
+    runs sequence-parallel (`swift_jax.parallel.sequence`): local queries against the all-gathered keys and
+    values; bidirectional calls (vision encoders, whose tokens are not sequence-sharded) run as they are.
     """
     options = dict(
         segment_ids=segment_ids,
@@ -136,7 +137,7 @@ def attention(
         scale=scale,
         q_offset=q_offset,
     )
-    if q_offset is None and q_segment_ids is None and sequence_shards() > 1:
+    if causal and q_offset is None and q_segment_ids is None and sequence_shards() > 1:
         options = {key: value for key, value in options.items() if key not in ("q_segment_ids", "q_offset")}
         return sequence_parallel_attention(functools.partial(attention, impl=impl), q, k, v, **options)
     name = resolve_impl(impl, q, k, **options)

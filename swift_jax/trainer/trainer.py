@@ -54,11 +54,15 @@ def init_optimizer_state(optimizer, params, mesh):
 
 
 def check_sequence_split(max_length: int, shards: int) -> None:
-    """Rows of `max_length` must split evenly over `--sequence_parallel_size` devices."""
-    if max_length % shards:
+    """Rows (packed: `max_length`; padded: multiples of the pad bucket, at most `max_length`) must split evenly
+    over `--sequence_parallel_size` devices."""
+    from swift_jax.data.batching import PAD_MULTIPLE
+
+    if max_length % shards or PAD_MULTIPLE % shards:
         raise ValueError(
-            f"--max_length {max_length} does not split over --sequence_parallel_size {shards}; "
-            f"use a multiple of {shards}, e.g. --max_length {max_length + (-max_length) % shards}"
+            f"--sequence_parallel_size {shards} does not split rows of --max_length {max_length} (padded rows are "
+            f"multiples of {PAD_MULTIPLE}); use a size that divides both, e.g. "
+            f"--max_length {max_length + (-max_length) % shards} with a power of two"
         )
 
 
