@@ -15,7 +15,6 @@ parameters, not `Linear` layers, so LoRA `all-linear` leaves them (and the route
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Sequence
 
 import jax
@@ -241,7 +240,8 @@ class SparseMoE(nnx.Module):
         if self.impl == "ragged" and expert_shards(self.moe.num_experts, flat.shape[0]) > 1:
             with jax.named_scope("experts"):  # expert parallelism: all-to-all to the experts' devices
                 stacked = [v[...].astype(self.dtype) for v in (w.gate_proj, w.up_proj, w.down_proj)]
-                y = dispatch_all_to_all(functools.partial(grouped_ffn, act=self.act), flat, experts, weights, stacked)
+                ffn = lambda rows, sizes, *local: grouped_ffn(rows, sizes, *local, act=self.act)  # noqa: E731
+                y = dispatch_all_to_all(ffn, flat, experts, weights, stacked)
             return self._finish(x, y, probs, experts, mask)
         with jax.named_scope("experts"):
             y = EXPERT_IMPLS[self.impl](
