@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .config import ModelConfig
+from .expert_parallel import dispatch_all_to_all, expert_shards
 from .layers import MLP, Buffer, activation
 
 # Per-layer load-balancing statistics: (selections per expert [E], summed probabilities [E], rows []),
@@ -118,6 +119,16 @@ def experts_dense(
 
 
 EXPERT_IMPLS = {"ragged": experts_ragged, "dense": experts_dense}
+
+
+def grouped_ffn(
+    rows: jax.Array, sizes: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array, *, act: Callable
+) -> jax.Array:
+    """The experts' gated MLPs on `rows` `[R, embed]` sorted by expert (`sizes` `[E]` rows each; rows past
+    `sum(sizes)` come out zero): three grouped matmuls with gate/up `[E, embed, mlp]`, down `[E, mlp, embed]`.
+    The expert-parallel dispatch runs it on each device's own experts."""
+    h = act(jax.lax.ragged_dot(rows, gate, sizes)) * jax.lax.ragged_dot(rows, up, sizes)  # [R, mlp]
+    return jax.lax.ragged_dot(h, down, sizes)  # [R, embed]
 
 
 def router_stats(probs: jax.Array, experts: jax.Array, mask: jax.Array) -> RouterStats:
@@ -226,6 +237,12 @@ class SparseMoE(nnx.Module):
         with jax.named_scope("router"):
             probs, weights, experts = self._route(flat)
         w = self.experts
+        if self.impl == "ragged" and expert_shards(self.moe.num_experts, flat.shape[0]) > 1:
+            with jax.named_scope("experts"):  # expert parallelism: all-to-all to the experts' devices
+                stacked = [v[...].astype(self.dtype) for v in (w.gate_proj, w.up_proj, w.down_proj)]
+                ffn = lambda rows, sizes, *local: grouped_ffn(rows, sizes, *local, act=self.act)  # noqa: E731
+                y = dispatch_all_to_all(ffn, flat, experts, weights, stacked)
+            return self._finish(x, y, probs, experts, mask)
         with jax.named_scope("experts"):
             y = EXPERT_IMPLS[self.impl](
                 flat,
@@ -236,7 +253,11 @@ class SparseMoE(nnx.Module):
                 w.down_proj[...].astype(self.dtype),
                 self.act,
             )
-        y = y.reshape(batch, seq, embed)
+        return self._finish(x, y, probs, experts, mask)
+
+    def _finish(self, x, y, probs, experts, mask) -> tuple[jax.Array, RouterStats]:
+        """The routed experts' output `y` `[T, embed]` as `[b, s, embed]`, plus the shared experts, and the stats."""
+        y = y.reshape(x.shape)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y, router_stats(probs, experts, mask.reshape(-1))

@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from swift_jax.modeling import init_model
+from swift_jax.trainer.method import LanguageModeling
 from swift_jax.trainer.step import TrainState, make_train_step, split_model
 
 
@@ -51,12 +52,12 @@ def compile_step(args, scan_layers: bool):
     batches = dict(input_ids=ids, labels=ids, segment_ids=np.ones_like(ids), positions=positions)
     batches = jax.tree.map(jnp.asarray, batches)
     start = time.perf_counter()
-    compiled = make_train_step(graphdef, optimizer).lower(state, frozen, batches).compile()
+    compiled = make_train_step(graphdef, optimizer, LanguageModeling()).lower(state, frozen, None, batches).compile()
     compile_s = time.perf_counter() - start
     holder = [state]
 
     def run() -> float:
-        holder[0], metrics = compiled(holder[0], frozen, batches)
+        holder[0], metrics = compiled(holder[0], frozen, None, batches)
         return float(metrics["loss"])
 
     return run, compile_s

@@ -22,6 +22,7 @@ from flax import nnx
 
 from swift_jax.models.remat import REMAT_POLICIES
 from swift_jax.modeling import init_model
+from swift_jax.trainer.method import LanguageModeling
 from swift_jax.trainer.step import TrainState, make_train_step, split_model
 
 SETTINGS = (False, True, *REMAT_POLICIES)
@@ -47,7 +48,7 @@ def compiled_memory(args, remat) -> dict:
     ids = np.zeros((1, args.batch, args.seq), np.int32)
     positions = np.broadcast_to(np.arange(args.seq, dtype=np.int32), ids.shape)
     batches = jax.tree.map(jnp.asarray, dict(input_ids=ids, labels=ids, segment_ids=np.ones_like(ids), positions=positions))
-    memory = make_train_step(graphdef, optimizer).lower(state, frozen, batches).compile().memory_analysis()
+    memory = make_train_step(graphdef, optimizer, LanguageModeling()).lower(state, frozen, None, batches).compile().memory_analysis()
     return dict(temp=memory.temp_size_in_bytes, arguments=memory.argument_size_in_bytes, outputs=memory.output_size_in_bytes)
 
 

@@ -85,6 +85,23 @@ def test_auto_and_explicit_backend_choice():
         attention(q, k, k, segment_ids=seg, impl="flash")
 
 
+def test_auto_order_per_platform():
+    """`auto` by platform (passed explicitly, so CPU tests the GPU/TPU choices): cuDNN for bf16 without a soft
+    cap, else the Pallas kernel on GPU; splash on TPU; the blocked reference on CPU; decoding the reference."""
+    seg = jnp.ones((1, 256), jnp.int32)
+    q32, k32 = jnp.zeros((1, 256, 4, 64)), jnp.zeros((1, 256, 2, 64))
+    q16, k16 = q32.astype(jnp.bfloat16), k32.astype(jnp.bfloat16)
+    pick = lambda q, k, platform, **o: resolve_impl("auto", q, k, platform=platform, segment_ids=seg, **o)  # noqa: E731
+    assert pick(q16, k16, "gpu") == "cudnn"
+    assert pick(q32, k32, "gpu") == "pallas_gpu"  # cuDNN: bf16/fp16 only
+    assert pick(q16, k16, "gpu", logits_soft_cap=30.0) == "pallas_gpu"  # cuDNN: no soft cap
+    assert pick(q16[:, :1], k16, "gpu", q_offset=5) == "xla"  # decoding against a cache
+    assert resolve_impl("auto", q16, k16, platform="gpu", exclude=("cudnn",), segment_ids=seg) == "pallas_gpu"  # packed rows
+    assert pick(q16, k16, "tpu") == "pallas_tpu"
+    assert pick(q16, k16, "cpu") == "xla_blocked"
+    assert pick(q16, k16, "cpu", causal=False) == "xla"
+
+
 def test_cudnn_lengths_path_is_taken_only_for_unpacked_rows():
     """The cuDNN backend's translation (segment ids -> lengths), run with jax's XLA implementation.
 

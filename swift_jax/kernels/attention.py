@@ -11,10 +11,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import importlib
 from typing import Callable, Iterator
 
 import jax
+
+from swift_jax.parallel.sequence import sequence_parallel_attention, sequence_shards
 
 
 def _always_supported(*args, **kwargs) -> None:
@@ -50,14 +53,16 @@ BACKENDS: dict[str, Backend] = {
 }
 
 # What impl="auto" tries, in order, per platform; the first backend that supports the call wins.
-# TPU: JAX's own splash attention. GPU: the XLA reference until `pallas_gpu` has been compiled and
-# timed on a real GPU (scripts/bench_attention.py); so far it is verified in interpret mode and by
-# lowering to Triton IR only, so it is opt-in (`impl="pallas_gpu"` / `--attn_impl pallas_gpu`).
-# cuDNN cannot take packed rows; name it explicitly for unpacked bf16 batches. CPU: the reference
-# one query block at a time (half the causal work; 1.6x faster fwd+bwd on packed rows of 512).
+# TPU: JAX's own splash attention. GPU: cuDNN's fused kernel (jax.nn.dot_product_attention) for bf16/fp16
+# without soft caps; it cannot take packed rows, so a batch whose rows hold several segments takes, at run
+# time, the next backend that supports the call (`packed_fallback`); then the Pallas (Triton) kernel,
+# which skips dead tiles of packed rows and takes every self-attention call (numerics verified in
+# interpret mode and its Triton lowering checked on CPU; `--attn_impl xla_blocked` opts out); decoding
+# takes the reference. CPU: the blocked reference (half the causal work; 1.6x faster fwd+bwd on packed rows of
+# 512), else the reference. Decoding (q_offset) and sequence-parallel local queries run the reference.
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cpu": ("xla_blocked", "xla"),
-    "gpu": ("xla",),
+    "gpu": ("cudnn", "pallas_gpu", "xla"),
     "tpu": ("pallas_tpu", "xla"),
 }
 
@@ -79,13 +84,20 @@ def use_impl(impl: str) -> Iterator[None]:
         _DEFAULT_IMPL.reset(token)
 
 
-def resolve_impl(impl: str, q: jax.Array, k: jax.Array, **options) -> str:
-    """The backend name that `attention` will run for these arguments (see AUTO_ORDER)."""
+def resolve_impl(
+    impl: str, q: jax.Array, k: jax.Array, *, platform: str | None = None, exclude: tuple[str, ...] = (), **options
+) -> str:
+    """The backend name that `attention` will run for these arguments (see AUTO_ORDER).
+
+    `platform` ("cpu", "gpu", "tpu") defaults to JAX's default backend; `exclude` drops backends from
+    the auto order (the cuDNN backend's fallback for packed rows excludes itself).
+    """
     if impl == "auto":
         impl = _DEFAULT_IMPL.get()
     if impl != "auto" and impl not in BACKENDS:
         raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}")
-    candidates = AUTO_ORDER.get(jax.default_backend(), ("xla",)) if impl == "auto" else (impl,)
+    order = AUTO_ORDER.get(platform or jax.default_backend(), ("xla",))
+    candidates = tuple(n for n in order if n not in exclude) if impl == "auto" else (impl,)
     for name in candidates:
         if BACKENDS[name].unsupported_reason(q, k, **options) is None:
             return name
@@ -112,6 +124,9 @@ def attention(
     `impl` names a backend ("xla", "xla_blocked", "pallas_gpu", "pallas_tpu", "cudnn") or "auto", which picks by
     platform and arguments (AUTO_ORDER). Pallas backends run in interpret mode off their platform,
     so any impl works everywhere; a call a backend cannot run goes to "xla".
+    Under a mesh with a `sequence` axis (`--sequence_parallel_size`), causal self-attention (the decoder's)
+    runs sequence-parallel (`swift_jax.parallel.sequence`): local queries against the all-gathered keys and
+    values; bidirectional calls (vision encoders, whose tokens are not sequence-sharded) run as they are.
     """
     options = dict(
         segment_ids=segment_ids,
@@ -122,5 +137,14 @@ def attention(
         scale=scale,
         q_offset=q_offset,
     )
+    if causal and q_offset is None and q_segment_ids is None and sequence_shards() > 1:
+        options = {key: value for key, value in options.items() if key not in ("q_segment_ids", "q_offset")}
+        return sequence_parallel_attention(functools.partial(attention, impl=impl), q, k, v, **options)
     name = resolve_impl(impl, q, k, **options)
+    return BACKENDS[name].fn(q, k, v, **options)
+
+
+def packed_fallback(q: jax.Array, k: jax.Array, v: jax.Array, **options) -> jax.Array:
+    """Attention by the backend auto picks on this platform after cuDNN: what runs a batch of packed rows."""
+    name = resolve_impl("auto", q, k, exclude=("cudnn",), **options)
     return BACKENDS[name].fn(q, k, v, **options)

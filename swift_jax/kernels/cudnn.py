@@ -3,8 +3,8 @@
 cuDNN's public entry takes per-row lengths, not segment ids. Feeding it packed rows would let
 samples attend to each other and silently corrupt the loss (MaxText shipped exactly that). So this
 backend checks at run time that every row is one segment followed by padding, and otherwise runs
-the XLA reference for that batch (`lax.cond`, so the check costs one pass over the ids). The
-fallback branch is compiled too, so its `[batch, heads, seq, seq]` logits count in peak memory.
+the backend `auto` picks after cuDNN (`attention.packed_fallback`: the Pallas kernel on GPU) for that
+batch (`lax.cond`, so the check costs one pass over the ids). The fallback branch is compiled too.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-
-from .xla import xla_attention
 
 
 def unsupported_reason(q: jax.Array, k: jax.Array, *, q_offset=None, q_segment_ids=None, logits_soft_cap=None, **_) -> str | None:
@@ -83,7 +81,7 @@ def cudnn_attention(
     scale: float | None = None,
     q_offset: jax.Array | int | None = None,
 ) -> jax.Array:
-    """cuDNN fused attention for unpacked rows; packed batches take the XLA reference instead."""
+    """cuDNN fused attention for unpacked rows; packed batches take the next backend of the auto order."""
     reason = unsupported_reason(
         q, k, q_offset=q_offset, q_segment_ids=q_segment_ids, logits_soft_cap=logits_soft_cap
     )
@@ -92,6 +90,8 @@ def cudnn_attention(
     kw = dict(causal=causal, sliding_window=sliding_window, scale=scale)
 
     def fallback(q, k, v):
-        return xla_attention(q, k, v, segment_ids=segment_ids, **kw)
+        from .attention import packed_fallback  # the dispatcher imports this module lazily
+
+        return packed_fallback(q, k, v, segment_ids=segment_ids, logits_soft_cap=None, **kw)
 
     return lengths_attention(q, k, v, segment_ids=segment_ids, implementation="cudnn", fallback=fallback, **kw)

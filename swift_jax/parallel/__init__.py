@@ -6,7 +6,7 @@ _EXPORTS = {
     "DistributedArgs": ".distributed", "initialize_distributed": ".distributed", "is_main_process": ".distributed",
     "host_array": ".distributed", "memory_report": ".memory", "per_device_bytes": ".memory", "MESH_AXES": ".mesh",
     "MeshArgs": ".mesh", "make_mesh": ".mesh", "mesh_from_args": ".mesh", "DEFAULT_RULES": ".rules", "constrain": ".rules",
-    "current_rules": ".rules", "logical_rules": ".rules", "logical_to_spec": ".rules", "param_sharding": ".rules",
+    "current_rules": ".rules", "devices_for": ".rules", "logical_rules": ".rules", "logical_to_spec": ".rules", "param_sharding": ".rules",
 }
 __all__ = sorted(_EXPORTS)
 

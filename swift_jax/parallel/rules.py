@@ -10,7 +10,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 # Each logical name maps to a mesh axis (or a tuple of them, or None = replicated). Mesh axes that the
 # mesh does not have, or that have size 1, are dropped, so one table serves every mesh shape.
 DEFAULT_RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),
+    "batch": ("data", "fsdp", "expert"),  # expert parallelism also splits the tokens (models/expert_parallel.py)
     "seq": "sequence",
     "vocab": "tensor",
     "embed": "fsdp",
@@ -42,6 +42,16 @@ def logical_to_spec(
         used.update(keep)
         spec.append(None if not keep else keep[0] if len(keep) == 1 else keep)
     return PartitionSpec(*spec)
+
+
+def devices_for(logical: str, mesh: Mesh) -> int:
+    """How many devices split a dimension named `logical` on `mesh` (e.g. the rows of a batch)."""
+    entry = logical_to_spec((logical,), mesh)[0]
+    names = () if entry is None else (entry,) if isinstance(entry, str) else entry
+    size = 1
+    for name in names:
+        size *= mesh.shape[name]
+    return size
 
 
 def param_sharding(

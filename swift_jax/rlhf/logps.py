@@ -26,13 +26,14 @@ def token_logps(hidden: jax.Array, labels: jax.Array, project: Callable[[jax.Arr
     (`trainer.loss.scan_sequence_chunks`)."""
 
     def chunk_logps(h, t):
-        logits = project(h).astype(jnp.float32)  # [batch, chunk, vocab]
+        logits = project(h).astype(jnp.float32)  # [batch, shards, chunk, vocab]
         mask = t != IGNORE_INDEX
         picked = jnp.take_along_axis(logits, jnp.where(mask, t, 0)[..., None], axis=-1)[..., 0]
         return jnp.where(mask, picked - jax.nn.logsumexp(logits, axis=-1), 0.0), logits.mean(-1)
 
-    (logps, means), length = scan_sequence_chunks(chunk_logps, hidden, labels, chunk_size=chunk_size)
-    return unchunk(logps, length), unchunk(means, length)
+    logps, means = scan_sequence_chunks(chunk_logps, hidden, labels, chunk_size=chunk_size)
+    seq = labels.shape[1]
+    return unchunk(logps, seq)[:, :-1], unchunk(means, seq)[:, :-1]  # the last position predicts nothing
 
 
 class PairStats(NamedTuple):

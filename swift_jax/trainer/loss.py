@@ -7,38 +7,61 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from swift_jax.parallel.sequence import sequence_shards
+
 IGNORE_INDEX = -100
 
 
-def scan_sequence_chunks(fn: Callable, hidden: jax.Array, labels: jax.Array, *per_token: jax.Array, chunk_size: int):
-    """Run `fn(hidden_chunk [batch, chunk, embed], targets_chunk [batch, chunk], *per_token_chunks)` over
-    sequence chunks of the next-token problem (position t predicts labels[t + 1]) under `lax.scan`, each chunk
-    recomputed in the backward pass (`jax.checkpoint`), so a `[batch, chunk, vocab]` logits block is the most
-    that exists at once. Returns fn's outputs stacked `[chunks, ...]` and the unpadded length `seq - 1`.
+def shift_left(x: jax.Array, fill) -> jax.Array:
+    """`x[:, 1:]` followed by one column of `fill`: `[batch, seq] -> [batch, seq]`."""
+    return jnp.concatenate([x[:, 1:], jnp.full((x.shape[0], 1), fill, x.dtype)], axis=1)
 
-    hidden: [batch, seq, embed]; labels: [batch, seq] unshifted (-100 = no target); `per_token`: [batch, seq]
-    arrays aligned with labels (shifted the same way, padded with 0)."""
-    targets = labels[:, 1:]  # [batch, seq - 1]
-    hidden = hidden[:, :-1]
-    extras = [x[:, 1:] for x in per_token]
-    batch, length, embed = hidden.shape
-    chunk = min(chunk_size, length)
-    pad = (-length) % chunk
+
+def local_chunks(x: jax.Array, chunk_size: int) -> jax.Array:
+    """`[batch, seq, ...] -> [chunks, batch, shards, chunk, ...]`: each sequence shard's positions cut into chunks.
+
+    `shards` is the number of devices sharing the sequence (1 without sequence parallelism), so a chunk
+    never spans two devices and the loss's scan runs over chunks that every device holds locally. The
+    tail of each shard is padded to a whole chunk (zeros; IGNORE_INDEX for integer labels).
+    """
+    batch, seq = x.shape[:2]
+    shards = sequence_shards()
+    local = seq // shards
+    chunk = min(chunk_size, local)
+    pad = (-local) % chunk
+    x = x.reshape(batch, shards, local, *x.shape[2:])  # [batch, shards, local, ...]
     if pad:
-        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
-        targets = jnp.pad(targets, ((0, 0), (0, pad)), constant_values=IGNORE_INDEX)
-        extras = [jnp.pad(x, ((0, 0), (0, pad))) for x in extras]
-    n_chunks = (length + pad) // chunk
-    to_chunks = lambda x: x.reshape(batch, n_chunks, chunk, *x.shape[2:]).swapaxes(0, 1)  # [chunks, batch, chunk, ...]
+        fill = IGNORE_INDEX if jnp.issubdtype(x.dtype, jnp.integer) else 0
+        x = jnp.pad(x, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 3), constant_values=fill)
+    x = x.reshape(batch, shards, (local + pad) // chunk, chunk, *x.shape[3:])
+    return jnp.moveaxis(x, 2, 0)  # [chunks, batch, shards, chunk, ...]
+
+
+def scan_sequence_chunks(fn: Callable, hidden: jax.Array, labels: jax.Array, *per_token: jax.Array, chunk_size: int):
+    """Run `fn(hidden_chunk [batch, shards, chunk, embed], targets_chunk [batch, shards, chunk], *per_token_chunks)`
+    over sequence chunks of the next-token problem (position t predicts labels[t + 1]; the last position
+    predicts nothing) under `lax.scan`, each chunk recomputed in the backward pass (`jax.checkpoint`), so a
+    `[batch, chunk, vocab]` logits block is the most that exists at once. Returns fn's outputs stacked
+    `[chunks, ...]` (`unchunk` maps per-token outputs back to `[batch, seq]`).
+
+    The labels are shifted, not the hidden states, so `hidden` keeps its length and, under sequence
+    parallelism, its sharding: chunks are cut from each sequence shard's own positions (`local_chunks`) and
+    every device scores its own part of the row. hidden: [batch, seq, embed]; labels: [batch, seq] unshifted
+    (-100 = no target); `per_token`: [batch, seq] arrays aligned with labels (shifted the same way, 0-filled).
+    """
+    targets = shift_left(labels, IGNORE_INDEX)  # [batch, seq]
+    extras = [shift_left(x, 0) for x in per_token]
+    chunks = tuple(local_chunks(x, chunk_size) for x in (hidden, targets, *extras))
     checkpointed = jax.checkpoint(fn)
-    _, out = jax.lax.scan(lambda c, xs: (c, checkpointed(*xs)), None, tuple(map(to_chunks, (hidden, targets, *extras))))
-    return out, length
+    _, out = jax.lax.scan(lambda carry, xs: (carry, checkpointed(*xs)), None, chunks)
+    return out
 
 
-def unchunk(x: jax.Array, length: int) -> jax.Array:
-    """`[chunks, batch, chunk]` outputs of `scan_sequence_chunks` -> `[batch, length]`."""
-    chunks, batch, chunk = x.shape
-    return x.swapaxes(0, 1).reshape(batch, chunks * chunk)[:, :length]
+def unchunk(x: jax.Array, seq: int) -> jax.Array:
+    """`[chunks, batch, shards, chunk]` per-token outputs of `scan_sequence_chunks` -> `[batch, seq]`."""
+    chunks, batch, shards, chunk = x.shape
+    x = jnp.moveaxis(x, 0, 2).reshape(batch, shards, chunks * chunk)[:, :, : seq // shards]
+    return x.reshape(batch, seq)
 
 
 def chunked_cross_entropy(
@@ -52,16 +75,18 @@ def chunked_cross_entropy(
     """Summed next-token loss over target tokens: `(loss_sum, num_targets, num_correct)`.
 
     hidden: [batch, seq, embed] final hidden states; labels: [batch, seq] HF-style (unshifted, -100 = no
-    loss); position t predicts labels[t + 1]. `project` maps `[batch, chunk, embed]` to logits. Each chunk's
+    loss); position t predicts labels[t + 1]. `project` maps `[..., embed]` to logits. Each chunk's
     logits are recomputed in the backward pass (`scan_sequence_chunks`), so peak memory holds one chunk.
     `weights` ([batch, seq], aligned with labels: ms-swift's loss_scale) multiply each target token's loss;
     the count stays the number of targets, so the mean is sum(weight x token loss) / targets, as in ms-swift.
-    Sums, not means: callers divide by the target count of the whole (accumulated) batch.
+    Sums, not means: callers divide by the target count of the whole (accumulated) batch. The chunks are
+    cut from each sequence shard's own positions (`local_chunks`), so with `--sequence_parallel_size` every
+    device scores its own part of the row.
     """
     weights = jnp.ones(labels.shape, jnp.float32) if weights is None else weights.astype(jnp.float32)
 
     def chunk_stats(h, t, w):
-        logits = project(h).astype(jnp.float32)  # [batch, chunk, vocab]
+        logits = project(h).astype(jnp.float32)  # [batch, shards, chunk, vocab]
         mask = t != IGNORE_INDEX
         safe = jnp.where(mask, t, 0)
         logz = jax.nn.logsumexp(logits, axis=-1)
@@ -70,5 +95,5 @@ def chunked_cross_entropy(
         correct = jnp.where(mask, jnp.argmax(logits, axis=-1) == safe, False).sum()
         return loss, mask.sum(), correct
 
-    (loss, count, correct), _ = scan_sequence_chunks(chunk_stats, hidden, labels, weights, chunk_size=chunk_size)
+    loss, count, correct = scan_sequence_chunks(chunk_stats, hidden, labels, weights, chunk_size=chunk_size)
     return loss.sum(), count.sum(), correct.sum()

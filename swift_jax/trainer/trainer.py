@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from swift_jax import flops
 from swift_jax.config import TrainArguments
 from swift_jax.kernels.attention import use_impl
-from swift_jax.parallel import initialize_distributed, is_main_process, logical_to_spec, memory_report, mesh_from_args
+from swift_jax.parallel import devices_for, initialize_distributed, is_main_process, logical_to_spec, memory_report, mesh_from_args
 from swift_jax.trainer import checkpoint as ckpt
 from swift_jax.trainer import run_folder
 from swift_jax.trainer.logs import RunLogger, peak_memory_gib, progress_fields
@@ -53,9 +53,22 @@ def init_optimizer_state(optimizer, params, mesh):
     return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
 
+def check_sequence_split(max_length: int, shards: int) -> None:
+    """Rows (packed: `max_length`; padded: multiples of the pad bucket, at most `max_length`) must split evenly
+    over `--sequence_parallel_size` devices."""
+    from swift_jax.data.batching import PAD_MULTIPLE
+
+    if max_length % shards or PAD_MULTIPLE % shards:
+        raise ValueError(
+            f"--sequence_parallel_size {shards} does not split rows of --max_length {max_length} (padded rows are "
+            f"multiples of {PAD_MULTIPLE}); use a size that divides both, e.g. "
+            f"--max_length {max_length + (-max_length) % shards} with a power of two"
+        )
+
+
 def device_batch(host: dict[str, np.ndarray], keys, mesh, *, leading: tuple = ()) -> dict[str, jax.Array]:
     """This process's rows of a batch -> global arrays whose row axis is sharded over the batch axes of `mesh`
-    (data x fsdp) and whose second axis, when there is one, is the sequence; `leading` names unsharded axes
+    (data x fsdp x expert) and whose second axis, when there is one, is the sequence; `leading` names unsharded axes
     before the rows (the accumulation axis)."""
     out = {}
     for key in keys:
@@ -89,7 +102,8 @@ class Trainer:
         self.main = is_main_process()
         self.mesh = mesh_from_args(args.mesh)
         jax.set_mesh(self.mesh)  # activation sharding constraints read the mesh from here
-        self.batch_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        check_sequence_split(args.data.max_length, self.mesh.shape["sequence"])
+        self.batch_devices = devices_for("batch", self.mesh)  # data x fsdp x expert
         self.accum = args.accumulation_steps(self.batch_devices)
 
         from swift_jax.modeling import load_tokenizer
@@ -184,7 +198,8 @@ class Trainer:
         self.say(f"steps: {self.total_steps} (batch {t.per_device_train_batch_size} x {self.batch_devices} devices x "
                  f"{self.accum} accumulation, length {args.data.max_length})")
         self.say(memory_report(self.state.params, self.state.opt_state, self.model.config, batch_per_device=t.per_device_train_batch_size,
-                               seq_len=args.data.max_length, remat=t.gradient_checkpointing))
+                               seq_len=args.data.max_length, remat=t.gradient_checkpointing,
+                               sequence_parallel=self.mesh.shape["sequence"]))
         preemption = Preemption(t.preemption_save_timeout, self.say)
         lora_params = n_trainable if self.is_lora else 0
         device_kind = jax.devices()[0].device_kind

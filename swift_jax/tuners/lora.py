@@ -45,14 +45,29 @@ def adapters_disabled():
         _ADAPTERS_ENABLED.reset(token)
 
 
+def low_rank_product(x: jax.Array, a: jax.Array, b: jax.Array, scale: float, *, platform: str | None = None) -> jax.Array:
+    """`scale * (x @ a) @ b` for x `[..., in]`, a `[in, rank]`, b `[rank, out]`.
+
+    Its backward is the one `LOW_RANK_PRODUCTS` names for `platform` (default: JAX's default backend):
+    a hand-written one on XLA:CPU (`low_rank_product_cpu`), plain autodiff elsewhere.
+    """
+    return LOW_RANK_PRODUCTS.get(platform or jax.default_backend(), low_rank_product_autodiff)(x, a, b, scale)
+
+
+def low_rank_product_autodiff(x: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+    """`scale * (x @ a) @ b` differentiated by JAX (GPU, TPU: their compilers lay the backward out well)."""
+    return ((x @ a) @ b) * scale
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def low_rank_product(x: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
-    """`scale * (x @ a) @ b` for x `[..., in]`, a `[in, rank]`, b `[rank, out]`, with a hand-written backward.
+def low_rank_product_cpu(x: jax.Array, a: jax.Array, b: jax.Array, scale: float) -> jax.Array:
+    """`scale * (x @ a) @ b` with a hand-written backward, for XLA:CPU.
 
     The backward is the textbook one (dx = g b^T a^T, da = x^T (g b^T), db = (x a)^T g, g scaled once);
     it is spelled out because XLA:CPU, given autodiff's version, wrote the output cotangent transposed
     through a fused elementwise loop (the SiLU backward of the MLP): about 30% of a LoRA step on the CPU
-    (scripts/bench_train.py). Here every contraction reads g in its own `[..., out]` layout.
+    (scripts/bench_train.py). Here every contraction reads g in its own `[..., out]` layout. The
+    optimisation barrier it needs would only constrain the GPU and TPU compilers, so only CPU uses it.
     """
     return ((x @ a) @ b) * scale
 
@@ -75,7 +90,10 @@ def _low_rank_backward(scale, residuals, g):
     return g_xa @ a.T, grad_a, grad_b
 
 
-low_rank_product.defvjp(_low_rank_forward, _low_rank_backward)
+low_rank_product_cpu.defvjp(_low_rank_forward, _low_rank_backward)
+
+# platform -> the low-rank product whose backward suits it; platforms not listed use autodiff
+LOW_RANK_PRODUCTS = {"cpu": low_rank_product_cpu}
 
 
 class LoRA(nnx.Module):
