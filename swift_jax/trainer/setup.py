@@ -114,6 +114,12 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
         loraize(model, target_modules=t.target_modules, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
                 rngs=rngs, use_rslora=t.use_rslora, use_dora=t.use_dora, init_weights=t.init_weights,
                 lora_dtype=to_jnp_dtype(t.lora_dtype) if t.lora_dtype else None, target_regex=t.target_regex)
+        if t.target_parameters:  # per-expert LoRA on the MoE experts (PEFT's target_parameters)
+            from swift_jax.tuners.experts import loraize_experts
+
+            loraize_experts(model, t.target_parameters, rank=t.lora_rank, alpha=t.lora_alpha, rngs=rngs,
+                            use_rslora=t.use_rslora, init_weights=t.init_weights,
+                            lora_dtype=to_jnp_dtype(t.lora_dtype) if t.lora_dtype else None)
     else:
         from swift_jax.tuners.adapters import load_adapter
 
