@@ -14,6 +14,7 @@ from swift_jax.hf.compressed_tensors import unpack_int32
 from swift_jax.quant import QuantSpec
 from swift_jax.quant.export import save_quantized
 from swift_jax.quant.calibration import calibration_rows
+from safetensors import safe_open
 from safetensors.numpy import load_file
 from infer_fixtures import build_chat_model
 from tiny_models import build_hf_model, hf_logits, save_hf_model
@@ -121,15 +122,28 @@ def test_adapter_is_merged_before_quantizing(base, tmp_path):
     assert np.abs(expected - original).max() > 0.01  # the adapter's update is really in the export
 
 
-@pytest.mark.parametrize("method", ["rtn", "gptq", "fp8"])
-def test_moe_quantized_export_is_refused_before_any_work(tmp_path, method):
-    """The folder holds only config.json: loading weights or reading calibration data would fail differently."""
-    hf = build_hf_model("qwen3_moe", num_experts=4, moe_intermediate_size=32)
-    model_dir = tmp_path / "moe"
-    model_dir.mkdir()
-    hf.config.save_pretrained(model_dir)
-    calib = ["--dataset", str(tmp_path / "missing.jsonl")] if method == "gptq" else []
-    with pytest.raises(ValueError, match="qwen3_moe: quantized export of Mixture-of-Experts models is not supported"):
-        export_main(["--model", str(model_dir), "--quant_method", method, "--quant_bits", "8" if method == "fp8" else "4",
-                     "--output_dir", str(tmp_path / "out"), *calib])
-    assert not (tmp_path / "out").exists()
+MOE = {"qwen3_moe": dict(num_experts=4, moe_intermediate_size=32, num_experts_per_tok=2),
+       "mixtral": dict(num_local_experts=4, intermediate_size=32, num_experts_per_tok=2)}
+
+
+@pytest.mark.parametrize("model_type,spec,max_error", [
+    ("qwen3_moe", QuantSpec("gptq", 4, 32), 0.6),
+    ("mixtral", QuantSpec("rtn", 4, 32), 0.6),
+    ("mixtral", QuantSpec("fp8", 8), 0.2),
+], ids=["qwen3_moe-gptq4", "mixtral-rtn4", "mixtral-fp8"])
+def test_moe_export_quantizes_every_expert_and_loads_in_transformers(tmp_path, model_type, spec, max_error):
+    """Each expert is quantized as HF's per-expert tensors; transformers dequantizes and fuses them into its
+    `gate_up_proj` / `down_proj` and computes our quantized model's logits (float32 < 1e-4)."""
+    hf = build_hf_model(model_type, **MOE[model_type])
+    ours = swift_jax.load_model(save_hf_model(hf, tmp_path / "base"))
+    calibration = np.random.RandomState(1).randint(0, 128, (16, 32)) if spec.method == "gptq" else None
+    quantized = save_quantized(ours, str(tmp_path / "out"), spec, calibration=calibration)
+    assert len(quantized) == 2 * (4 + 3 * 4)  # attention linears + gate/up/down of 4 experts, both layers
+    with safe_open(tmp_path / "out" / "model.safetensors", "np") as f:  # names only (numpy has no float8)
+        names = set(f.keys())
+    expert = "model.layers.1.mlp.experts.3.down_proj" if model_type == "qwen3_moe" else "model.layers.1.block_sparse_moe.experts.3.w2"
+    assert f"{expert}.{'weight' if spec.is_float else 'weight_packed'}" in names and f"{expert}.weight_scale" in names
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    expected = np.asarray(ours(jnp.asarray(IDS)))
+    assert np.abs(hf_logits(reloaded, IDS) - expected).max() < TOL
+    assert 0 < np.abs(expected - hf_logits(hf, IDS)).max() < max_error
