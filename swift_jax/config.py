@@ -97,7 +97,10 @@ class TunerArgs:
 
         self.init_weights = check_init_weights(self.init_weights)
         if self.use_dora and self.init_weights not in ("true", "false", "gaussian"):
-            raise ValueError(f"--use_dora with --init_weights {self.init_weights}: PEFT cannot convert such an adapter to plain LoRA")
+            raise ValueError(f"--use_dora with --init_weights {self.init_weights}: PEFT cannot convert such an adapter to plain LoRA "
+                             "on the original base (checkpoints hold that conversion: [A; A0], [B, -B0]), because DoRA's "
+                             "output is not linear in its factors (the magnitude rescales the normalised W_res + s B A); "
+                             "use DoRA with --init_weights true/gaussian, or PiSSA/OLoRA without DoRA")
         if self.target_parameters and (self.lora_dropout or self.use_dora or self.init_weights not in ("true", "false", "gaussian")):
             raise ValueError("--target_parameters: PEFT's ParamWrapper adapts expert parameters without dropout, DoRA or "
                              f"PiSSA/OLoRA; pass --lora_dropout 0 (got lora_dropout={self.lora_dropout}, "
