@@ -151,3 +151,34 @@ def test_target_parameters_errors_name_the_flag(qwen3_moe):
     base = qwen3_moe
     with pytest.raises(ValueError, match=r"--target_parameters \['mlp.experts.up_proj'\] match no parameter"):
         loraize_experts(swift_jax.load_model(base), ["mlp.experts.up_proj"], rank=2, alpha=4, rngs=nnx.Rngs(0))
+
+
+def test_qlora_training_run_with_target_parameters_trains_the_experts(tmp_path):
+    """`--tuner_type qlora --target_parameters ...` on a tiny qwen3_moe: the experts are stored quantized, their
+    adapters train, and the checkpoint is a PEFT adapter with target_parameters."""
+    import json
+    import os
+    import shutil
+
+    from safetensors import safe_open
+
+    from test_trainer import QUICK, args_of
+    from swift_jax.trainer.trainer import Trainer
+
+    model_dir = tmp_path / "moe"
+    shutil.copytree(QUICK, model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config.update(model_type="qwen3_moe", architectures=["Qwen3MoeForCausalLM"], num_hidden_layers=2, layer_types=["full_attention"] * 2,
+                  num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True, head_dim=32)
+    (model_dir / "config.json").write_text(json.dumps(config))
+    flags = ["--model", str(model_dir), "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--save_steps", "2",
+             "--tuner_type", "qlora", "--target_modules", "q_proj", "--target_parameters", *BOTH]
+    with jax.set_mesh(jax.sharding.Mesh(np.array(jax.devices()[:1]), ("unused",))):
+        result = Trainer(args_of(*flags)).train()
+    folder = os.path.join(result["run_dir"], "checkpoint-2")
+    saved = json.loads(open(os.path.join(folder, "adapter_config.json")).read())
+    assert sorted(saved["target_parameters"]) == sorted(BOTH) and saved["target_modules"] == ["q_proj"]
+    with safe_open(os.path.join(folder, "adapter_model.safetensors"), "np") as f:
+        b = f.get_tensor("base_model.model.model.layers.1.mlp.experts.lora_B.weight")  # down_proj [embed, r x E]
+    assert b.shape == (128, 4 * 4) and np.abs(b).max() > 0  # trained away from its zero start
+    assert np.isfinite(result["loss"])
