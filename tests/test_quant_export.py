@@ -123,25 +123,30 @@ def test_adapter_is_merged_before_quantizing(base, tmp_path):
 
 
 MOE = {"qwen3_moe": dict(num_experts=4, moe_intermediate_size=32, num_experts_per_tok=2),
-       "mixtral": dict(num_local_experts=4, intermediate_size=32, num_experts_per_tok=2)}
+       "mixtral": dict(num_local_experts=4, intermediate_size=32, num_experts_per_tok=2),
+       "deepseek_v3": dict(num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_group=2,
+                           topk_group=1, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
+                           first_k_dense_replace=1)}
 
 
 @pytest.mark.parametrize("model_type,spec,max_error", [
     ("qwen3_moe", QuantSpec("gptq", 4, 32), 0.6),
-    ("mixtral", QuantSpec("rtn", 4, 32), 0.6),
+    ("deepseek_v3", QuantSpec("rtn", 8, 16), 0.2),
     ("mixtral", QuantSpec("fp8", 8), 0.2),
-], ids=["qwen3_moe-gptq4", "mixtral-rtn4", "mixtral-fp8"])
+], ids=["qwen3_moe-gptq4", "deepseek_v3-rtn8", "mixtral-fp8"])
 def test_moe_export_quantizes_every_expert_and_loads_in_transformers(tmp_path, model_type, spec, max_error):
     """Each expert is quantized as HF's per-expert tensors; transformers dequantizes and fuses them into its
-    `gate_up_proj` / `down_proj` and computes our quantized model's logits (float32 < 1e-4)."""
+    `gate_up_proj` / `down_proj` and computes our quantized model's logits (float32 < 1e-4). deepseek_v3's
+    router correction bias (a buffer, not a parameter) is written too."""
     hf = build_hf_model(model_type, **MOE[model_type])
     ours = swift_jax.load_model(save_hf_model(hf, tmp_path / "base"))
     calibration = np.random.RandomState(1).randint(0, 128, (16, 32)) if spec.method == "gptq" else None
     quantized = save_quantized(ours, str(tmp_path / "out"), spec, calibration=calibration)
-    assert len(quantized) == 2 * (4 + 3 * 4)  # attention linears + gate/up/down of 4 experts, both layers
+    sparse_layers = 1 if model_type == "deepseek_v3" else 2  # deepseek_v3: layer 0 is dense
+    assert sum("[" in key for key in quantized) == sparse_layers * 3 * 4  # gate/up/down of each of 4 experts
     with safe_open(tmp_path / "out" / "model.safetensors", "np") as f:  # names only (numpy has no float8)
         names = set(f.keys())
-    expert = "model.layers.1.mlp.experts.3.down_proj" if model_type == "qwen3_moe" else "model.layers.1.block_sparse_moe.experts.3.w2"
+    expert = "model.layers.1.block_sparse_moe.experts.3.w2" if model_type == "mixtral" else "model.layers.1.mlp.experts.3.down_proj"
     assert f"{expert}.{'weight' if spec.is_float else 'weight_packed'}" in names and f"{expert}.weight_scale" in names
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     expected = np.asarray(ours(jnp.asarray(IDS)))

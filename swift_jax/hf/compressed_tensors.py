@@ -25,6 +25,7 @@ from flax import nnx
 
 from swift_jax.hf.safetensors_io import write_sharded_safetensors
 from swift_jax.models.config import to_jnp_dtype
+from swift_jax.models.layers import Buffer
 from swift_jax.models.registry import architecture
 from swift_jax.models.weight_map import to_hf
 from swift_jax.quant.base import NOT_QUANTIZED, QuantizedWeight, QuantSpec
@@ -138,7 +139,8 @@ def save_compressed(
     cfg = model.config
     arch = architecture(cfg.model_type)
     out_dtype = np.dtype(to_jnp_dtype(dtype or cfg.param_dtype))
-    params = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    variables = nnx.state(model, nnx.Any(nnx.Param, Buffer))  # buffers: deepseek_v3's router correction bias
+    params = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(variables)}
     entries: list[tuple[str, int]] = []
     producers: dict[str, object] = {}
     float8_names: set[str] = set()

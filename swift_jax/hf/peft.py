@@ -177,7 +177,7 @@ def read_peft_config(adapter_dir: str) -> dict[str, Any]:
         unsupported["lora_bias"] = config["lora_bias"]
     if config.get("peft_type", "LORA") != "LORA" or unsupported:
         kind = config.get("peft_type")
-        raise ValueError(f"{path}: only LoRA / DoRA / rsLoRA adapters (and target_parameters LoRA) are supported (got peft_type={kind}, {unsupported})")
+        raise ValueError(f"{path}: only LoRA / DoRA / rsLoRA adapters are supported, on linear layers or expert target_parameters (got peft_type={kind}, {unsupported})")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ValueError(f"{path}: per-layer rank_pattern/alpha_pattern are not supported")
     return config
