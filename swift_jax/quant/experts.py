@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from swift_jax.models.moe import Experts, SparseMoE
+from swift_jax.tuners.experts import iter_experts
 
 from .base import QuantizedWeight, QuantSpec
 from .gptq import HIGHEST, gptq_quantize_kernel
@@ -41,16 +42,9 @@ def split_key(key: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(2))) if m else None
 
 
-def iter_expert_blocks(model: nnx.Module):
-    """(dotted path, `Experts`) of every MoE expert block."""
-    for path, module in nnx.iter_graph(model):
-        if isinstance(module, Experts):
-            yield ".".join(map(str, path)), module
-
-
 def check_experts(model: nnx.Module, spec: QuantSpec) -> None:
     """Refuse adapted experts and sizes the group size does not divide, before any work."""
-    for path, experts in iter_expert_blocks(model):
+    for path, experts in iter_experts(model):
         if experts.lora is not None:
             raise ValueError(f"{path} carries LoRA adapters; merge them (--merge_lora true) before quantizing")
         for name in EXPERT_WEIGHTS:
@@ -68,7 +62,7 @@ def _store(experts: Experts, name: str, qws: list[QuantizedWeight]) -> None:
 def quantize_experts(model: nnx.Module, spec: QuantSpec, round_scale) -> dict[str, QuantizedWeight]:
     """RTN / fp8 of every expert of every MoE block (in place: weights become their dequantized values)."""
     results = {}
-    for path, experts in iter_expert_blocks(model):
+    for path, experts in iter_experts(model):
         for name in EXPERT_WEIGHTS:
             kernel = getattr(experts, name)[...]  # [E, in, out]
             qws = [round_scale(quantize_kernel(kernel[e], spec)) for e in range(kernel.shape[0])]

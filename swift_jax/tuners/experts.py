@@ -103,21 +103,17 @@ def resolve_parameters(model: nnx.Module, targets: Sequence[str]) -> list[tuple[
     """For each `Experts` block a target names: (path, module, {HF parameter: hit per stacked layer}).
 
     A target naming no expert parameter raises an error listing the names the model has."""
-    chosen, used = [], set()
+    chosen, keys = [], []
     for path, experts in iter_experts(model):
         modules = hf_expert_modules(model, path)
-        hits = {}
-        for param in EXPERT_PARAMETERS:
-            row = [matches(f"{m}.{param}", targets) for m in modules]
-            used |= {t for t in targets for m in modules if matches(f"{m}.{param}", [t])}
-            if any(row):
-                hits[param] = row
+        keys += [f"{m}.{param}" for m in modules for param in EXPERT_PARAMETERS]
+        hits = {param: [matches(f"{m}.{param}", targets) for m in modules] for param in EXPERT_PARAMETERS}
+        hits = {param: row for param, row in hits.items() if any(row)}
         if hits:
             chosen.append((path, experts, hits))
-    missing = [t for t in targets if t not in used]
+    missing = [t for t in targets if not any(matches(key, [t]) for key in keys)]
     if missing:
-        names = sorted({f"{m}.{p}" for path, _ in iter_experts(model) for m in hf_expert_modules(model, path)[:1] for p in EXPERT_PARAMETERS})
-        hint = f"the model's expert parameters look like {names}" if names else "the model has no MoE experts"
+        hint = f"the model's expert parameters look like {keys[:2]}" if keys else "the model has no MoE experts"
         raise ValueError(f"--target_parameters {missing} match no parameter; {hint} (PEFT matches a dotted suffix)")
     return chosen
 
@@ -180,10 +176,10 @@ def expert_lora_blocks(model: nnx.Module) -> list[tuple[str, Experts]]:
 def merge_expert_lora(model: nnx.Module) -> nnx.Module:
     """Fold every expert adapter into its stacked weights (`W[e] += scale * A_e @ B_e`) and remove it (in place)."""
     for _, experts in expert_lora_blocks(model):
-        for key_update in experts.lora.adapters().values():
-            for (name, _), update in zip(key_update.parts, key_update.updates(jnp.float32).values()):
+        for adapter in experts.lora.adapters().values():
+            for (name, _), update in zip(adapter.parts, adapter.updates(jnp.float32).values()):
                 var = getattr(experts, name)
-                kernel = var[...]
+                kernel = var[...]  # [(layers,) E, in, out]
                 delta = update.scale * jnp.einsum("...ir,...ro->...io", update.a, update.b)
                 var[...] = (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
         experts.lora = None
