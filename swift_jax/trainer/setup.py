@@ -102,7 +102,7 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
     from swift_jax.tuners.init import uses_kernel
 
     # QLoRA quantizes the base first; PiSSA/OLoRA (QPiSSA) first split the float kernel, then quantize the residual.
-    quantize_first = t.tuner_type == "qlora" and not (uses_kernel(t.init_weights) and not t.adapters)
+    quantize_first = t.tuner_type == "qlora" and not uses_kernel(t.init_weights)
     if quantize_first:
         from swift_jax.tuners.qlora import quantize_base
 
