@@ -3,6 +3,7 @@ compressed-tensors on CPU, with logits equal to our own quantized forward (float
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -152,3 +153,31 @@ def test_moe_export_quantizes_every_expert_and_loads_in_transformers(tmp_path, m
     expected = np.asarray(ours(jnp.asarray(IDS)))
     assert np.abs(hf_logits(reloaded, IDS) - expected).max() < TOL
     assert 0 < np.abs(expected - hf_logits(hf, IDS)).max() < max_error
+
+def test_gptq_expert_hessians_come_from_the_tokens_routed_to_each_expert(tmp_path):
+    """The calibration tap's per-expert Hessians equal `X_e^T X_e` (gate/up) and `H_e^T H_e` (down) over exactly
+    the tokens the router sends to expert e, and GPTQ with them beats RTN on that objective."""
+    from swift_jax.quant.experts import MoEInputTap, expert_key
+    from swift_jax.quant.rtn import quantize_kernel
+
+    hf = build_hf_model("qwen3_moe", **MOE["qwen3_moe"])
+    moe = swift_jax.load_model(save_hf_model(hf, tmp_path), scan_layers=False).model.layers[0].mlp
+    x = jnp.asarray(np.random.RandomState(2).randn(2, 16, 64), jnp.float32)
+    gate, up, down = (np.array(getattr(moe.experts, n)[...]) for n in ("gate_proj", "up_proj", "down_proj"))
+    tap = MoEInputTap(moe)
+    tap(x, jnp.ones((2, 16), bool))
+    flat = np.asarray(x).reshape(32, 64)
+    chosen = np.asarray(moe._route(jnp.asarray(flat))[2])  # [T, k]
+    for e in range(4):
+        rows = flat[(chosen == e).any(axis=1)]
+        mid = np.asarray(jax.nn.silu(rows @ gate[e])) * (rows @ up[e])
+        np.testing.assert_allclose(np.asarray(tap.h_in[...][e]), rows.T @ rows, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(tap.h_mid[...][e]), mid.T @ mid, rtol=1e-4, atol=1e-4)
+    hessians = {"gate_proj": np.array(tap.h_in[...]), "down_proj": np.array(tap.h_mid[...])}
+    spec = QuantSpec("gptq", 4, 32)
+    results = tap.quantize("model.layers.0.mlp", spec, lambda qw: qw)
+    for name, kernels in (("gate_proj", gate), ("down_proj", down)):
+        for e in range(4):
+            loss = lambda q: np.trace((kernels[e] - q).T @ hessians[name][e] @ (kernels[e] - q))
+            gptq = loss(results[expert_key("model.layers.0.mlp.experts", name, e)].dequantize())
+            assert gptq < loss(quantize_kernel(kernels[e], spec).dequantize()), (name, e)
