@@ -10,12 +10,15 @@ weights); deepseek_v3 also adds a dense `shared_experts` MLP on every token. The
 
 Expert weights are stacked `[expert, in, out]` and carry the logical axis `expert`, which
 `swift_jax.parallel` maps to the `expert` mesh axis (`--expert_parallel_size`). They are plain
-parameters, not `Linear` layers, so LoRA `all-linear` leaves them (and the router) frozen.
+parameters, not `Linear` layers, so LoRA `all-linear` leaves them (and the router) frozen;
+`--target_parameters` (swift_jax/tuners/experts.py) attaches per-expert LoRA (`Experts.lora`), which the
+grouped matmuls apply as `LowRank` updates per expert group, and QLoRA may store them quantized
+(`Experts.weight` dequantizes).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +77,33 @@ def route_grouped(
     return scores, weights * scaling, experts.astype(jnp.int32)
 
 
+class LowRank(NamedTuple):
+    """A per-expert low-rank update `scale * a[e] @ b[e]` of a stacked expert weight (LoRA on experts):
+    a `[E, in, rank]`, b `[E, rank, out]`."""
+
+    a: jax.Array
+    b: jax.Array
+    scale: float
+
+    def dense(self) -> jax.Array:
+        """The update as a dense `[E, in, out]` stack (reference path and merging)."""
+        return self.scale * jnp.einsum("eir,ero->eio", self.a, self.b)
+
+
+Updates = Mapping[str, LowRank]  # "gate" / "up" / "down" -> the update of that weight
+
+
+def grouped_matmul(xs: jax.Array, w: jax.Array, sizes: jax.Array, update: LowRank | None = None) -> jax.Array:
+    """`xs` `[rows, in]` (rows sorted by expert, `sizes` `[E]` per expert) times each row's expert weight
+    `w` `[E, in, out]`; with `update`, plus `scale * (xs @ a[e]) @ b[e]` as two rank-sized grouped matmuls,
+    so LoRA costs `rows x rank` extra work and never forms `w + a b`."""
+    y = jax.lax.ragged_dot(xs, w, sizes)  # [rows, out]
+    if update is not None:
+        low = jax.lax.ragged_dot(xs, update.a, sizes)  # [rows, rank]
+        y = y + jax.lax.ragged_dot(low, update.b, sizes) * jnp.asarray(update.scale, y.dtype)
+    return y
+
+
 def experts_ragged(
     x: jax.Array,
     experts: jax.Array,
@@ -82,12 +112,14 @@ def experts_ragged(
     up: jax.Array,
     down: jax.Array,
     act: Callable[[jax.Array], jax.Array],
+    updates: Updates | None = None,
 ) -> jax.Array:
     """Mixture output `[T, embed]` for tokens `x` `[T, embed]` routed to `experts` `[T, k]`.
 
     The `T * k` token copies are sorted by expert, so each expert's rows are contiguous, and three
     grouped matmuls (`ragged_dot` with per-expert group sizes) apply gate `[E, embed, mlp]`, up
-    `[E, embed, mlp]` and down `[E, mlp, embed]`; the results are unsorted and mixed with `weights`.
+    `[E, embed, mlp]` and down `[E, mlp, embed]` (each plus its LoRA `updates`, if any); the results
+    are unsorted and mixed with `weights`.
     """
     tokens, k = experts.shape
     num_experts = gate.shape[0]
@@ -95,8 +127,7 @@ def experts_ragged(
     order = jnp.argsort(flat, stable=True)  # copies sorted by expert
     xs = jnp.take(x, order // k, axis=0)  # [T * k, embed]
     sizes = jnp.bincount(flat, length=num_experts).astype(jnp.int32)  # [E]
-    h = act(jax.lax.ragged_dot(xs, gate, sizes)) * jax.lax.ragged_dot(xs, up, sizes)  # [T * k, mlp]
-    out = jax.lax.ragged_dot(h, down, sizes)  # [T * k, embed], sorted order
+    out = grouped_ffn(xs, sizes, gate, up, down, act=act, updates=updates)  # [T * k, embed], sorted order
     out = jnp.take(out, jnp.argsort(order), axis=0).reshape(tokens, k, -1)  # [T, k, embed]
     return jnp.einsum("tkd,tk->td", out, weights.astype(out.dtype))
 
@@ -109,8 +140,13 @@ def experts_dense(
     up: jax.Array,
     down: jax.Array,
     act: Callable[[jax.Array], jax.Array],
+    updates: Updates | None = None,
 ) -> jax.Array:
-    """Reference for `experts_ragged`: every expert on every token, mixed by a `[T, E]` combine matrix."""
+    """Reference for `experts_ragged`: every expert on every token, mixed by a `[T, E]` combine matrix
+    (LoRA `updates` folded into dense weights)."""
+    updates = updates or {}
+    gate, up, down = (w + updates[n].dense().astype(w.dtype) if n in updates else w
+                      for n, w in (("gate", gate), ("up", up), ("down", down)))
     num_experts = gate.shape[0]
     combine = jnp.sum(jax.nn.one_hot(experts, num_experts, dtype=x.dtype) * weights[..., None].astype(x.dtype), axis=1)
     h = act(jnp.einsum("td,edm->etm", x, gate)) * jnp.einsum("td,edm->etm", x, up)  # [E, T, mlp]
@@ -122,13 +158,23 @@ EXPERT_IMPLS = {"ragged": experts_ragged, "dense": experts_dense}
 
 
 def grouped_ffn(
-    rows: jax.Array, sizes: jax.Array, gate: jax.Array, up: jax.Array, down: jax.Array, *, act: Callable
+    rows: jax.Array,
+    sizes: jax.Array,
+    gate: jax.Array,
+    up: jax.Array,
+    down: jax.Array,
+    *,
+    act: Callable,
+    updates: Updates | None = None,
 ) -> jax.Array:
     """The experts' gated MLPs on `rows` `[R, embed]` sorted by expert (`sizes` `[E]` rows each; rows past
-    `sum(sizes)` come out zero): three grouped matmuls with gate/up `[E, embed, mlp]`, down `[E, mlp, embed]`.
-    The expert-parallel dispatch runs it on each device's own experts."""
-    h = act(jax.lax.ragged_dot(rows, gate, sizes)) * jax.lax.ragged_dot(rows, up, sizes)  # [R, mlp]
-    return jax.lax.ragged_dot(h, down, sizes)  # [R, embed]
+    `sum(sizes)` come out zero): three grouped matmuls with gate/up `[E, embed, mlp]`, down `[E, mlp, embed]`,
+    each plus its LoRA update from `updates` (`grouped_matmul`). `experts_ragged` runs it on every expert,
+    the expert-parallel dispatch on each device's own experts."""
+    updates = updates or {}
+    mm = lambda t, w, name: grouped_matmul(t, w, sizes, updates.get(name))  # noqa: E731
+    h = act(mm(rows, gate, "gate")) * mm(rows, up, "up")  # [R, mlp]
+    return mm(h, down, "down")  # [R, embed]
 
 
 def router_stats(probs: jax.Array, experts: jax.Array, mask: jax.Array) -> RouterStats:
@@ -179,7 +225,10 @@ class Router(nnx.Module):
 
 
 class Experts(nnx.Module):
-    """Stacked expert weights: gate/up `[expert, embed, mlp]`, down `[expert, mlp, embed]`."""
+    """Stacked expert weights: gate/up `[expert, embed, mlp]`, down `[expert, mlp, embed]`.
+
+    `lora` is None or an adapter (swift_jax.tuners.experts) whose `updates(dtype)` gives the `LowRank`
+    updates of the grouped matmuls."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         e, d, m = cfg.moe.num_experts, cfg.hidden_size, cfg.moe.intermediate_size
@@ -188,6 +237,20 @@ class Experts(nnx.Module):
         self.gate_proj = nnx.Param(init(rngs.params(), (e, d, m), p), logical_axes=("expert", "embed", "mlp"))
         self.up_proj = nnx.Param(init(rngs.params(), (e, d, m), p), logical_axes=("expert", "embed", "mlp"))
         self.down_proj = nnx.Param(init(rngs.params(), (e, m, d), p), logical_axes=("expert", "mlp", "embed"))
+        self.lora = nnx.data(None)
+
+    def weight(self, name: str, dtype) -> jax.Array:
+        """The stacked weight `name` in `dtype`, dequantized when QLoRA stores it quantized (a qwix QArray)."""
+        value = getattr(self, name).get_value()
+        if not isinstance(value, jax.Array):
+            import qwix  # imported only when used
+
+            value = qwix.dequantize(value)
+        return value.astype(dtype)
+
+    def updates(self, dtype) -> Updates:
+        """The LoRA updates of gate / up / down (empty without an adapter)."""
+        return {} if self.lora is None else self.lora.updates(dtype)
 
 
 class SparseMoE(nnx.Module):
@@ -239,21 +302,40 @@ class SparseMoE(nnx.Module):
         w = self.experts
         if self.impl == "ragged" and expert_shards(self.moe.num_experts, flat.shape[0]) > 1:
             with jax.named_scope("experts"):  # expert parallelism: all-to-all to the experts' devices
-                stacked = [v[...].astype(self.dtype) for v in (w.gate_proj, w.up_proj, w.down_proj)]
-                ffn = lambda rows, sizes, *local: grouped_ffn(rows, sizes, *local, act=self.act)  # noqa: E731
-                y = dispatch_all_to_all(ffn, flat, experts, weights, stacked)
+                y = dispatch_all_to_all(self._local_ffn(w), flat, experts, weights, self._expert_arrays(w))
             return self._finish(x, y, probs, experts, mask)
         with jax.named_scope("experts"):
             y = EXPERT_IMPLS[self.impl](
                 flat,
                 experts,
                 weights,
-                w.gate_proj[...].astype(self.dtype),
-                w.up_proj[...].astype(self.dtype),
-                w.down_proj[...].astype(self.dtype),
+                w.weight("gate_proj", self.dtype),
+                w.weight("up_proj", self.dtype),
+                w.weight("down_proj", self.dtype),
                 self.act,
+                w.updates(self.dtype),
             )
         return self._finish(x, y, probs, experts, mask)
+
+    def _expert_arrays(self, w: Experts) -> list[jax.Array]:
+        """The stacked `[E, ...]` arrays the expert-parallel dispatch shards over `expert`: gate, up, down
+        (dequantized under QLoRA), then each LoRA update's a and b."""
+        updates = w.updates(self.dtype)
+        stacked = [w.weight(f"{name}_proj", self.dtype) for name in ("gate", "up", "down")]
+        return stacked + [t for name in ("gate", "up", "down") if name in updates for t in updates[name][:2]]
+
+    def _local_ffn(self, w: Experts) -> Callable[..., jax.Array]:
+        """`grouped_ffn` over one device's experts, rebuilding the LoRA updates from the local a/b shards
+        that follow gate/up/down in `_expert_arrays`."""
+        updates = w.updates(self.dtype)
+        adapted = [name for name in ("gate", "up", "down") if name in updates]
+
+        def ffn(rows, sizes, gate, up, down, *low_rank):
+            local = {name: LowRank(low_rank[2 * i], low_rank[2 * i + 1], updates[name].scale)
+                     for i, name in enumerate(adapted)}
+            return grouped_ffn(rows, sizes, gate, up, down, act=self.act, updates=local)
+
+        return ffn
 
     def _finish(self, x, y, probs, experts, mask) -> tuple[jax.Array, RouterStats]:
         """The routed experts' output `y` `[T, embed]` as `[b, s, embed]`, plus the shared experts, and the stats."""

@@ -45,6 +45,9 @@ class TunerArgs(AdapterArgs):
     """qlora: bits of the frozen quantized base (4 or 8)."""
     target_regex: str | None = None
     """Regex over HF module names (`model.layers.3.self_attn.q_proj`), matched in full; replaces target_modules."""
+    target_parameters: list[str] | None = None
+    """MoE expert parameters to adapt with per-expert LoRA, beside target_modules (PEFT's target_parameters,
+    matched as a dotted suffix): mlp.experts.gate_up_proj mlp.experts.down_proj. Needs --lora_dropout 0."""
     modules_to_save: list[str] = dataclasses.field(default_factory=list)
     """Modules trained in full beside the adapters and saved in the adapter (e.g. embed_tokens lm_head)."""
     lora_bias: str = "none"
@@ -75,7 +78,7 @@ class TunerArgs(AdapterArgs):
 
     def validate(self) -> None:
         """Refuse flags that the chosen tuner would ignore (naming the flag), and bad values."""
-        lora_only = ("target_regex", "modules_to_save", "lorap_lr_ratio", "use_rslora", "use_dora", "lora_dtype")
+        lora_only = ("target_regex", "target_parameters", "modules_to_save", "lorap_lr_ratio", "use_rslora", "use_dora", "lora_dtype")
         full_only = ("freeze_parameters", "freeze_parameters_regex", "freeze_parameters_ratio", "trainable_parameters",
                      "trainable_parameters_regex")
         given = lambda flag: getattr(self, flag) not in (None, False, 0.0, [], "none")
@@ -94,7 +97,14 @@ class TunerArgs(AdapterArgs):
 
         self.init_weights = check_init_weights(self.init_weights)
         if self.use_dora and self.init_weights not in ("true", "false", "gaussian"):
-            raise ValueError(f"--use_dora with --init_weights {self.init_weights}: PEFT cannot convert such an adapter to plain LoRA")
+            raise ValueError(f"--use_dora with --init_weights {self.init_weights}: PEFT cannot convert such an adapter to plain LoRA "
+                             "on the original base (checkpoints hold that conversion: [A; A0], [B, -B0]), because DoRA's "
+                             "output is not linear in its factors (the magnitude rescales the normalised W_res + s B A); "
+                             "use DoRA with --init_weights true/gaussian, or PiSSA/OLoRA without DoRA")
+        if self.target_parameters and (self.lora_dropout or self.use_dora or self.init_weights not in ("true", "false", "gaussian")):
+            raise ValueError("--target_parameters: PEFT's ParamWrapper adapts expert parameters without dropout, DoRA or "
+                             f"PiSSA/OLoRA; pass --lora_dropout 0 (got lora_dropout={self.lora_dropout}, "
+                             f"use_dora={self.use_dora}, init_weights={self.init_weights})")
         if self.adapters and self.init_weights != "true":
             raise ValueError(f"--init_weights {self.init_weights} initialises new adapters; --adapters loads trained ones")
 

@@ -76,14 +76,11 @@ def export(args: ExportArgs) -> str:
     base = args.model or base_model_of(args.adapters[0])
     spec = None
     if args.quant_method:  # bad settings and unsupported models fail before anything is loaded
-        from swift_jax.hf.compressed_tensors import check_quantizable
-        from swift_jax.modeling import model_config, read_hf_config, resolve_model_dir
         from swift_jax.quant import QuantSpec
 
         spec = QuantSpec(args.quant_method, args.quant_bits, args.group_size)
         if spec.method == "gptq" and not args.dataset:
             raise ValueError("--quant_method gptq needs calibration data: pass --dataset FILE.jsonl")
-        check_quantizable(model_config(read_hf_config(resolve_model_dir(base)))[0])
     model = swift_jax.load_model(base, dtype=args.dtype)
     for path in args.adapters:
         load_adapter(model, path)

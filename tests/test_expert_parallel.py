@@ -82,3 +82,30 @@ def test_expert_parallel_equals_one_device_and_partitions(moe):
     assert "all-to-all" in hlo
     assert EXPERTS * EMBED in _dot_operand_widths(ref_hlo)
     assert 2 * EMBED in _dot_operand_widths(hlo) and EXPERTS * EMBED not in _dot_operand_widths(hlo)
+
+
+def _expert_lora_logits(path, mesh):
+    """Logits of the model with LoRA on every expert weight (fixed, non-zero adapters) on `mesh`."""
+    import jax.numpy as jnp
+    from swift_jax.tuners.experts import loraize_experts
+
+    with jax.set_mesh(mesh):
+        model = swift_jax.load_model(path, mesh=mesh)
+        loraize_experts(model, ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], rank=2, alpha=4,
+                        rngs=nnx.Rngs(0))
+        key = jax.random.key(3)
+        for _, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
+            key, sub = jax.random.split(key)
+            var[...] = var[...] + 0.05 * jax.random.normal(sub, var.shape, var.dtype)
+        graphdef, state = nnx.split(model)
+        ids = jnp.asarray(_batch()["input_ids"])
+        return np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, ids))
+
+
+def test_expert_parallel_applies_expert_lora(moe):
+    """The all-to-all dispatch runs each device's experts with their LoRA updates (`--target_parameters`)."""
+    ref = _expert_lora_logits(moe, make_mesh(fsdp_size=1, devices=jax.devices()[:1]))
+    got = _expert_lora_logits(moe, make_mesh(expert_parallel_size=4, fsdp_size=2))
+    plain = np.asarray(swift_jax.load_model(moe)(jax.numpy.asarray(_batch()["input_ids"])))
+    assert np.max(np.abs(ref - plain)) > 1e-3  # the adapters change the output ...
+    assert np.max(np.abs(got - ref)) < 1e-4  # ... and expert parallelism applies them

@@ -3,6 +3,7 @@ compressed-tensors on CPU, with logits equal to our own quantized forward (float
 
 import json
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from swift_jax.quant import QuantSpec
 from swift_jax.quant.export import save_quantized
 from swift_jax.data.frontend import chat_encoder
 from swift_jax.quant.calibration import calibration_rows
+from safetensors import safe_open
 from safetensors.numpy import load_file
 from infer_fixtures import build_chat_model
 from tiny_models import build_hf_model, hf_logits, save_hf_model
@@ -122,15 +124,61 @@ def test_adapter_is_merged_before_quantizing(base, tmp_path):
     assert np.abs(expected - original).max() > 0.01  # the adapter's update is really in the export
 
 
-@pytest.mark.parametrize("method", ["rtn", "gptq", "fp8"])
-def test_moe_quantized_export_is_refused_before_any_work(tmp_path, method):
-    """The folder holds only config.json: loading weights or reading calibration data would fail differently."""
-    hf = build_hf_model("qwen3_moe", num_experts=4, moe_intermediate_size=32)
-    model_dir = tmp_path / "moe"
-    model_dir.mkdir()
-    hf.config.save_pretrained(model_dir)
-    calib = ["--dataset", str(tmp_path / "missing.jsonl")] if method == "gptq" else []
-    with pytest.raises(ValueError, match="qwen3_moe: quantized export of Mixture-of-Experts models is not supported"):
-        export_main(["--model", str(model_dir), "--quant_method", method, "--quant_bits", "8" if method == "fp8" else "4",
-                     "--output_dir", str(tmp_path / "out"), *calib])
-    assert not (tmp_path / "out").exists()
+MOE = {"qwen3_moe": dict(num_experts=4, moe_intermediate_size=32, num_experts_per_tok=2),
+       "mixtral": dict(num_local_experts=4, intermediate_size=32, num_experts_per_tok=2),
+       "deepseek_v3": dict(num_key_value_heads=4, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_group=2,
+                           topk_group=1, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
+                           first_k_dense_replace=1)}
+
+
+@pytest.mark.parametrize("model_type,spec,max_error", [
+    ("qwen3_moe", QuantSpec("gptq", 4, 32), 0.6),
+    ("deepseek_v3", QuantSpec("rtn", 8, 16), 0.2),
+    ("mixtral", QuantSpec("fp8", 8), 0.2),
+], ids=["qwen3_moe-gptq4", "deepseek_v3-rtn8", "mixtral-fp8"])
+def test_moe_export_quantizes_every_expert_and_loads_in_transformers(tmp_path, model_type, spec, max_error):
+    """Each expert is quantized as HF's per-expert tensors; transformers dequantizes and fuses them into its
+    `gate_up_proj` / `down_proj` and computes our quantized model's logits (float32 < 1e-4). deepseek_v3's
+    router correction bias (a buffer, not a parameter) is written too."""
+    hf = build_hf_model(model_type, **MOE[model_type])
+    ours = swift_jax.load_model(save_hf_model(hf, tmp_path / "base"))
+    calibration = np.random.RandomState(1).randint(0, 128, (16, 32)) if spec.method == "gptq" else None
+    quantized = save_quantized(ours, str(tmp_path / "out"), spec, calibration=calibration)
+    sparse_layers = 1 if model_type == "deepseek_v3" else 2  # deepseek_v3: layer 0 is dense
+    assert sum("[" in key for key in quantized) == sparse_layers * 3 * 4  # gate/up/down of each of 4 experts
+    with safe_open(tmp_path / "out" / "model.safetensors", "np") as f:  # names only (numpy has no float8)
+        names = set(f.keys())
+    expert = "model.layers.1.block_sparse_moe.experts.3.w2" if model_type == "mixtral" else "model.layers.1.mlp.experts.3.down_proj"
+    assert f"{expert}.{'weight' if spec.is_float else 'weight_packed'}" in names and f"{expert}.weight_scale" in names
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    expected = np.asarray(ours(jnp.asarray(IDS)))
+    assert np.abs(hf_logits(reloaded, IDS) - expected).max() < TOL
+    assert 0 < np.abs(expected - hf_logits(hf, IDS)).max() < max_error
+
+def test_gptq_expert_hessians_come_from_the_tokens_routed_to_each_expert(tmp_path):
+    """The calibration tap's per-expert Hessians equal `X_e^T X_e` (gate/up) and `H_e^T H_e` (down) over exactly
+    the tokens the router sends to expert e, and GPTQ with them beats RTN on that objective."""
+    from swift_jax.quant.experts import MoEInputTap, expert_key
+    from swift_jax.quant.rtn import quantize_kernel
+
+    hf = build_hf_model("qwen3_moe", **MOE["qwen3_moe"])
+    moe = swift_jax.load_model(save_hf_model(hf, tmp_path), scan_layers=False).model.layers[0].mlp
+    x = jnp.asarray(np.random.RandomState(2).randn(2, 16, 64), jnp.float32)
+    gate, up, down = (np.array(getattr(moe.experts, n)[...]) for n in ("gate_proj", "up_proj", "down_proj"))
+    tap = MoEInputTap(moe)
+    tap(x, jnp.ones((2, 16), bool))
+    flat = np.asarray(x).reshape(32, 64)
+    chosen = np.asarray(moe._route(jnp.asarray(flat))[2])  # [T, k]
+    for e in range(4):
+        rows = flat[(chosen == e).any(axis=1)]
+        mid = np.asarray(jax.nn.silu(rows @ gate[e])) * (rows @ up[e])
+        np.testing.assert_allclose(np.asarray(tap.h_in[...][e]), rows.T @ rows, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.asarray(tap.h_mid[...][e]), mid.T @ mid, rtol=1e-4, atol=1e-4)
+    hessians = {"gate_proj": np.array(tap.h_in[...]), "down_proj": np.array(tap.h_mid[...])}
+    spec = QuantSpec("gptq", 4, 32)
+    results = tap.quantize("model.layers.0.mlp", spec, lambda qw: qw)
+    for name, kernels in (("gate_proj", gate), ("down_proj", down)):
+        for e in range(4):
+            loss = lambda q: np.trace((kernels[e] - q).T @ hessians[name][e] @ (kernels[e] - q))
+            gptq = loss(results[expert_key("model.layers.0.mlp.experts", name, e)].dequantize())
+            assert gptq < loss(quantize_kernel(kernels[e], spec).dequantize()), (name, e)

@@ -6,6 +6,8 @@ Layout, as compressed-tensors 0.20 reads it (`compressors/pack_quantized`, `naiv
   per word), `X.weight_scale` `[out, in / group_size]` (model dtype), `X.weight_shape` int64 `[2]`;
   symmetric, so no zero point. `strategy` is `group`, or `channel` for `--group_size -1`.
 - fp8 (`format: float-quantized`): `X.weight` float8_e4m3fn `[out, in]`, `X.weight_scale` `[out, 1]`.
+- MoE experts are written as HF's per-expert modules (`...mlp.experts.{j}.gate_proj.weight_packed`, ...),
+  each quantized like a Linear; transformers dequantizes them and fuses them into its stacked experts.
 Every other tensor is written as `save_pretrained` writes it, and `config.json` gets a
 `quantization_config` whose `ignore` lists the layers left in full precision (`lm_head`).
 """
@@ -23,6 +25,7 @@ from flax import nnx
 
 from swift_jax.hf.safetensors_io import write_sharded_safetensors
 from swift_jax.models.config import to_jnp_dtype
+from swift_jax.models.layers import Buffer
 from swift_jax.models.registry import architecture
 from swift_jax.models.weight_map import to_hf
 from swift_jax.quant.base import NOT_QUANTIZED, QuantizedWeight, QuantSpec
@@ -117,16 +120,6 @@ def _retag_float8(path: str, names: set[str]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def check_quantizable(config) -> None:
-    """Refuse, before any loading or calibration, a model whose weights the compressed-tensors export cannot
-    write: Mixture-of-Experts models (their experts are stacked tensors, not linear layers)."""
-    if getattr(config, "moe", None) is not None:
-        raise ValueError(
-            f"{config.model_type}: quantized export of Mixture-of-Experts models is not supported yet; export it "
-            "unquantized (--merge_lora true, or swift_jax.save_pretrained)"
-        )
-
-
 def save_compressed(
     model: nnx.Module,
     quantized: dict[str, QuantizedWeight],
@@ -141,11 +134,13 @@ def save_compressed(
     `dtype` is the dtype of unquantized tensors and scales (default: the model's parameter dtype).
     Returns the safetensors file names.
     """
+    from swift_jax.quant.experts import split_key
+
     cfg = model.config
-    check_quantizable(cfg)
     arch = architecture(cfg.model_type)
     out_dtype = np.dtype(to_jnp_dtype(dtype or cfg.param_dtype))
-    params = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    variables = nnx.state(model, nnx.Any(nnx.Param, Buffer))  # buffers: deepseek_v3's router correction bias
+    params = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(variables)}
     entries: list[tuple[str, int]] = []
     producers: dict[str, object] = {}
     float8_names: set[str] = set()
@@ -154,6 +149,16 @@ def save_compressed(
         if hit is None:
             raise ValueError(f"parameter {path} has no Hugging Face name; merge LoRA adapters before exporting")
         name, rule = hit
+        if rule.stack:  # stacked experts: HF's per-expert tensors, each quantized as a Linear's
+            for j, expert_name in enumerate(rule.stacked_names(name, var.shape[0])):
+                qw = quantized.get(f"{path}[{j}]")
+                tensors = {expert_name: (var, rule, j)} if qw is None else _quantized_tensors(expert_name.removesuffix(".weight"), qw, spec, out_dtype)
+                for tname, source in tensors.items():
+                    entries.append((tname, source.nbytes if isinstance(source, np.ndarray) else int(np.prod(var.shape[1:])) * out_dtype.itemsize))
+                    producers[tname] = source
+                if qw is not None and spec.is_float:
+                    float8_names.add(expert_name)
+            continue
         module = path.removesuffix(".kernel")
         if path.endswith(".kernel") and module in quantized:
             tensors = _quantized_tensors(name.removesuffix(".weight"), quantized[module], spec, out_dtype)
@@ -165,7 +170,7 @@ def save_compressed(
             continue
         entries.append((name, int(np.prod(var.shape)) * out_dtype.itemsize))
         producers[name] = (var, rule)
-    missing = sorted(set(quantized) - {p.removesuffix(".kernel") for p in params})
+    missing = sorted({(split_key(k) or (k, 0))[0] for k in quantized} - {p.removesuffix(".kernel") for p in params})
     if missing:
         raise ValueError(f"quantized layers {missing} are not in the model")
 
@@ -173,8 +178,9 @@ def save_compressed(
         source = producers.pop(name)
         if isinstance(source, np.ndarray):
             return source
-        var, rule = source
-        return to_hf(np.asarray(jax.device_get(var[...])), rule.transform).astype(out_dtype)
+        var, rule, *slot = source  # slot: one expert of a stacked weight
+        value = np.asarray(jax.device_get(var[...][slot[0]] if slot else var[...]))
+        return to_hf(value, rule.transform).astype(out_dtype)
 
     os.makedirs(output_dir, exist_ok=True)
     files = write_sharded_safetensors(output_dir, entries, fetch, max_shard_size=max_shard_size)

@@ -73,12 +73,15 @@ def save_peft_adapter(
     the stacked layers it left out (all-zero A and B) are not written. A reward model's value head (`score`)
     is written as `modules_to_save` of a `SEQ_CLS` adapter.
     """
+    from .peft_experts import adapter_shapes, expert_tensors  # LoRA on MoE experts (--target_parameters)
+
     layers = lora_layers(model)
-    if not layers:
+    expert_ranks, expert_scales = adapter_shapes(model)
+    if not layers and not expert_ranks:
         raise ValueError("the model has no LoRA adapters to save (train with --tuner_type lora)")
-    ranks = {m.lora.lora_a.shape[-1] for _, m in layers}
-    scales = {(m.lora.scale, m.lora.use_rslora) for _, m in layers}
-    kinds = {(hasattr(m.lora, "magnitude"), hasattr(m.lora, "initial_a")) for _, m in layers}
+    ranks = {m.lora.lora_a.shape[-1] for _, m in layers} | expert_ranks
+    scales = {(m.lora.scale, m.lora.use_rslora) for _, m in layers} | expert_scales
+    kinds = {(hasattr(m.lora, "magnitude"), hasattr(m.lora, "initial_a")) for _, m in layers} or {(False, False)}
     if len(ranks) != 1 or len(scales) != 1 or len(kinds) != 1:
         raise ValueError(f"PEFT's config holds one rank, alpha and kind; the adapters have ranks {ranks}, scales {scales}")
     rank, (scale, rslora), (dora, converted) = ranks.pop(), scales.pop(), kinds.pop()
@@ -102,6 +105,8 @@ def save_peft_adapter(
             tensors[f"{PREFIX}{module}.lora_B.weight"] = np.ascontiguousarray(pick(b_all).T).astype(out_dtype)
             if dora:
                 tensors[f"{PREFIX}{module}.lora_magnitude_vector"] = np.ascontiguousarray(pick(m_all)).astype(out_dtype)
+    expert_arrays, target_parameters = expert_tensors(model, np.dtype(to_jnp_dtype(dtype)) if dtype else None)
+    tensors.update(expert_arrays)
     adapted = {module for p, _ in layers for module in hf_module_paths(model, p)}
     for name, array in _saved_base_tensors(model, modules_to_save, lora_bias):
         module, _, leaf = name.rpartition(".")
@@ -135,6 +140,8 @@ def save_peft_adapter(
         "modules_to_save": (list(modules_to_save) + (["score"] if head is not None else [])) or None,
         "layers_to_transform": None,
     }
+    if target_parameters:
+        config["target_parameters"] = target_parameters
     if modules_to_save and model.config.tie_word_embeddings:  # our tied LM head reads the trained embedding
         config["ensure_weight_tying"] = True
     with open(os.path.join(output_dir, CONFIG_FILE), "w") as f:
@@ -168,11 +175,9 @@ def read_peft_config(adapter_dir: str) -> dict[str, Any]:
         unsupported["bias"] = config["bias"]
     if config.get("lora_bias"):
         unsupported["lora_bias"] = config["lora_bias"]
-    if config.get("target_parameters"):
-        unsupported["target_parameters"] = config["target_parameters"]
     if config.get("peft_type", "LORA") != "LORA" or unsupported:
         kind = config.get("peft_type")
-        raise ValueError(f"{path}: only LoRA / DoRA / rsLoRA adapters are supported (got peft_type={kind}, {unsupported})")
+        raise ValueError(f"{path}: only LoRA / DoRA / rsLoRA adapters are supported, on linear layers or expert target_parameters (got peft_type={kind}, {unsupported})")
     if config.get("rank_pattern") or config.get("alpha_pattern"):
         raise ValueError(f"{path}: per-layer rank_pattern/alpha_pattern are not supported")
     return config
@@ -219,31 +224,41 @@ def load_peft_adapter(
     if not os.path.exists(path):
         found = sorted(os.listdir(adapter_dir))
         raise FileNotFoundError(f"{adapter_dir}: no {WEIGHTS_FILE} (files: {found}); only safetensors adapters are supported")
+    from .peft_experts import is_expert_tensor, load_expert_tensors
+
     # The adapted layers are the ones the file holds tensors for: PEFT's target_modules may be a regex.
     ours = {module: p for p, _ in iter_linears(model) for module in hf_module_paths(model, p)}
     with safe_open(path, framework="numpy") as f:
         names = list(f.keys())
+    expert_names = [n for n in names if is_expert_tensor(n)]  # target_parameters (MoE experts)
+    names = [n for n in names if not is_expert_tensor(n)]
     targets = sorted({ours[m] for m in (_module_of(n) for n in names) if m in ours})
-    if not targets:
+    if not targets and not expert_names:
         raise ValueError(f"{path}: no tensor names a linear layer of this {model.config.model_type} model (first: {names[:2]})")
     rank = int(config["r"])
-    loraize(
-        model,
-        target_modules=targets,
-        rank=rank,
-        alpha=float(config["lora_alpha"]),
-        dropout=float(config.get("lora_dropout", 0.0) if dropout is None else dropout),
-        rngs=rngs or nnx.Rngs(0),
-        use_rslora=bool(config.get("use_rslora")),  # rank-stabilised LoRA scales by alpha / sqrt(r)
-        use_dora=bool(config.get("use_dora")),
-    )
+    rngs = rngs or nnx.Rngs(0)
+    if targets:
+        loraize(
+            model,
+            target_modules=targets,
+            rank=rank,
+            alpha=float(config["lora_alpha"]),
+            dropout=float(config.get("lora_dropout", 0.0) if dropout is None else dropout),
+            rngs=rngs,
+            use_rslora=bool(config.get("use_rslora")),  # rank-stabilised LoRA scales by alpha / sqrt(r)
+            use_dora=bool(config.get("use_dora")),
+        )
+    problems = []
+    if expert_names:
+        with safe_open(path, framework="numpy") as f:
+            problems += load_expert_tensors(model, config, expert_names, f.get_tensor, rngs=rngs)
     by_module = {
         module: (m, slot) for p, m in iter_linears(model) if m.lora is not None for module, slot in _slots(model, p)
     }
     base = _base_tensor_targets(model)
-    problems, seen = [], set()
+    seen = set()
     with safe_open(path, framework="numpy") as f:
-        for name in f.keys():
+        for name in names:
             if name == HEAD_TENSOR:  # a reward model's value head (PEFT's modules_to_save of a SEQ_CLS adapter)
                 _load_value_head(model, f.get_tensor(name), problems)
                 continue

@@ -22,7 +22,10 @@ from flax import nnx
 from swift_jax.models.decoder import set_scan_layers
 from swift_jax.models.layers import Linear
 
+from swift_jax.models.moe import SparseMoE
+
 from .base import QuantizedWeight, QuantSpec, quantizable_linears, set_dequantized
+from .experts import MoEInputTap, check_experts, quantize_experts
 from .gptq import accumulate_hessian, gptq_quantize_kernel
 from .rtn import quantize_kernel
 
@@ -59,7 +62,8 @@ def _check_unadapted(linears: list[tuple[str, Linear]]) -> None:
 
 @nnx.jit
 def _run_layer(layer, x, cos, sin, segment_ids):
-    return layer(x, cos, sin, segment_ids)
+    out = layer(x, cos, sin, segment_ids)
+    return out[0] if isinstance(out, tuple) else out  # an MoE layer also returns its router statistics
 
 
 def _gptq_layerwise(model: nnx.Module, spec: QuantSpec, calibration: np.ndarray, batch_size: int, scale_dtype) -> dict[str, QuantizedWeight]:
@@ -77,8 +81,14 @@ def _gptq_layerwise(model: nnx.Module, spec: QuantSpec, calibration: np.ndarray,
         linears = [(f"{prefix}.{index}.{path}", m) for path, m in quantizable_linears(layer)]
         for _, linear in linears:
             linear.lora = HessianTap(linear.in_features, linear.out_features)
+        moe = layer.mlp if isinstance(layer.mlp, SparseMoE) else None
+        if moe is not None:  # the experts' per-expert Hessians
+            layer.mlp = MoEInputTap(moe)
         for x in chunks:
             _run_layer(layer, x, cos, sin, segment_ids)
+        if moe is not None:
+            results.update(layer.mlp.quantize(f"{prefix}.{index}.mlp", spec, lambda qw: _round_scale(qw, scale_dtype)))
+            layer.mlp = moe
         for path, linear in linears:
             hessian = linear.lora.mean_hessian()
             linear.lora = None
@@ -98,11 +108,13 @@ def quantize_model(
     batch_size: int = 8,
     scale_dtype: str | None = None,
 ) -> dict[str, QuantizedWeight]:
-    """Quantize every linear layer but the LM head (in place: kernels become their dequantized values).
+    """Quantize every linear layer but the LM head, and every MoE expert (quant/experts.py), in place:
+    kernels become their dequantized values.
 
     `calibration` `[n, seq]` token ids are required by GPTQ (RTN and fp8 ignore them); `scale_dtype`
     is the dtype the scales are stored in (default: the model's parameter dtype). Returns
-    `{module path: QuantizedWeight}` (paths like `model.layers.0.self_attn.q_proj`).
+    `{module path: QuantizedWeight}` (paths like `model.layers.0.self_attn.q_proj`; experts
+    `model.layers.0.mlp.experts.gate_proj[3]`).
     A model with scanned layers is switched to the unrolled layout first (`set_scan_layers`, in place):
     quantization and GPTQ's layer-by-layer calibration work on one layer at a time.
     """
@@ -111,6 +123,7 @@ def quantize_model(
     _check_unadapted(linears)
     for path, linear in linears:
         spec.groups(linear.in_features, path)  # fail before any work if a layer does not divide
+    check_experts(model, spec)
     scale_dtype = jnp.dtype(scale_dtype or model.config.params_dtype)
     if spec.method == "gptq":
         if calibration is None or len(calibration) == 0:
@@ -119,7 +132,7 @@ def quantize_model(
         if outside:
             raise NotImplementedError(f"GPTQ walks the decoder layers only; layers {outside} lie outside them")
         return _gptq_layerwise(model, spec, np.asarray(calibration), batch_size, scale_dtype)
-    results = {}
+    results = quantize_experts(model, spec, lambda qw: _round_scale(qw, scale_dtype))
     for path, linear in linears:
         qw = _round_scale(quantize_kernel(linear.kernel[...], spec), scale_dtype)
         set_dequantized(linear, qw)

@@ -99,10 +99,11 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
         if t.adapters:
             raise ValueError("--adapters needs --tuner_type lora (full fine-tuning trains the base weights)")
         return _full_plan(model, t)
-    if t.tuner_type == "qlora":
-        if t.init_weights not in ("true", "false", "gaussian"):
-            raise ValueError(f"--init_weights {t.init_weights} rewrites the base weights; with qlora initialise the float "
-                             "model (--tuner_type lora), merge, then quantize the residual")
+    from swift_jax.tuners.init import uses_kernel
+
+    # QLoRA quantizes the base first; PiSSA/OLoRA (QPiSSA) first split the float kernel, then quantize the residual.
+    quantize_first = t.tuner_type == "qlora" and not uses_kernel(t.init_weights)
+    if quantize_first:
         from swift_jax.tuners.qlora import quantize_base
 
         quantize_base(model, bits=t.quant_bits)
@@ -114,6 +115,12 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
         loraize(model, target_modules=t.target_modules, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
                 rngs=rngs, use_rslora=t.use_rslora, use_dora=t.use_dora, init_weights=t.init_weights,
                 lora_dtype=to_jnp_dtype(t.lora_dtype) if t.lora_dtype else None, target_regex=t.target_regex)
+        if t.target_parameters:  # per-expert LoRA on the MoE experts (PEFT's target_parameters)
+            from swift_jax.tuners.experts import loraize_experts
+
+            loraize_experts(model, t.target_parameters, rank=t.lora_rank, alpha=t.lora_alpha, rngs=rngs,
+                            use_rslora=t.use_rslora, init_weights=t.init_weights,
+                            lora_dtype=to_jnp_dtype(t.lora_dtype) if t.lora_dtype else None)
     else:
         from swift_jax.tuners.adapters import load_adapter
 
@@ -125,6 +132,10 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
         for p in paths:
             load_adapter(model, p, rngs=rngs)
         _adopt_saved_modules(t, paths)
+    if t.tuner_type == "qlora" and not quantize_first:  # PEFT's pissa_init on a 4-bit layer does the same
+        from swift_jax.tuners.qlora import quantize_base
+
+        quantize_base(model, bits=t.quant_bits)
     if not (t.modules_to_save or t.lora_bias != "none"):
         return TunerPlan(nnx.LoRAParam, is_lora=True)
     from swift_jax.tuners.select import module_selection

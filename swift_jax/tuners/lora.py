@@ -289,12 +289,15 @@ def lora_layers(model: nnx.Module) -> list[tuple[str, Linear]]:
 
 
 def merge_lora(model: nnx.Module) -> nnx.Module:
-    """Fold every adapter into its base kernel (`W += scale * A @ B`; DoRA rescales) and remove it (in place)."""
+    """Fold every adapter into its base kernel (`W += scale * A @ B`; DoRA rescales) and remove it (in place);
+    MoE expert adapters too (tuners/experts.py)."""
+    from .experts import merge_expert_lora  # lazy: experts builds on this module
+
     for _, linear in lora_layers(model):
         kernel = linear.kernel[...]
         linear.kernel[...] = linear.lora.merged(kernel.astype(jnp.float32)).astype(kernel.dtype)
         linear.lora = None
-    return model
+    return merge_expert_lora(model)
 
 
 def count_params(model: nnx.Module, *filters) -> int:

@@ -1,8 +1,10 @@
-"""QLoRA's frozen base: Linear kernels stored quantized with qwix (nf4 / int4 / int8, tiled scales).
+"""QLoRA's frozen base: Linear kernels and MoE expert weights stored quantized with qwix (nf4 / int8,
+tiled scales).
 
 The quantized kernel replaces the float one inside the same `nnx.Param` (a `qwix.QArray`: packed values
-plus per-tile scales); `Linear` dequantizes it on the fly in the compute dtype, and LoRA adapters on top
-train in full precision. The LM head and embeddings stay unquantized, as in the QLoRA paper.
+plus per-tile scales); `Linear` and `Experts.weight` dequantize it on the fly in the compute dtype, and
+LoRA adapters on top (`--target_parameters` for the experts) train in full precision. The LM head,
+embeddings and MoE routers stay unquantized, as in the QLoRA paper.
 """
 
 from __future__ import annotations
@@ -11,29 +13,33 @@ import jax.numpy as jnp
 import qwix
 from flax import nnx
 
-from swift_jax.models.scan import stack_size
-
 from .lora import EXCLUDED_FROM_ALL_LINEAR, iter_linears
 
 QTYPES = {4: "nf4", 8: jnp.int8}
 
 
 def quantize_base(model: nnx.Module, *, bits: int = 4, tile_size: int = 64) -> nnx.Module:
-    """Quantize every Linear kernel but the LM head in place; scales per `tile_size` input rows per column
-    (and per layer for the stacked kernels of scanned layers, `[layers, in, out]`)."""
+    """Quantize every Linear kernel but the LM head, and the MoE expert weights, in place; scales per
+    `tile_size` input rows per output column (and per layer / expert for stacked kernels `[..., in, out]`)."""
+    from .experts import iter_experts  # lazy: experts imports the models' MoE block
+
     if bits not in QTYPES:
         raise ValueError(f"--quant_bits {bits}: QLoRA supports {sorted(QTYPES)}")
-    for path, linear in iter_linears(model):
-        if path.split(".")[-1] in EXCLUDED_FROM_ALL_LINEAR:
-            continue
-        kernel = linear.kernel.get_value()  # [in, out] or [layers, in, out]
-        lead = 0 if stack_size(linear.kernel) is None else 1
-        rows = kernel.shape[lead]
-        tile = tile_size if rows % tile_size == 0 else rows
-        channels = (lead + 1,) if lead == 0 else (0, lead + 1)
-        quantized = qwix.quantize(kernel, QTYPES[bits], tiled_axes={lead: tile}, channelwise_axes=channels)
-        linear.kernel.set_value(quantized)
+    kernels = [linear.kernel for path, linear in iter_linears(model) if path.split(".")[-1] not in EXCLUDED_FROM_ALL_LINEAR]
+    kernels += [getattr(e, name) for _, e in iter_experts(model) for name in ("gate_proj", "up_proj", "down_proj")]
+    for var in kernels:
+        var.set_value(quantize_kernel(var.get_value(), QTYPES[bits], tile_size))
     return model
+
+
+def quantize_kernel(kernel, qtype, tile_size: int):
+    """A float kernel `[..., in, out]` quantized with one scale per `tile_size` input rows (all rows when
+    they do not divide) per output column and per leading index (layer, expert)."""
+    lead = kernel.ndim - 2
+    rows = kernel.shape[lead]
+    tile = tile_size if rows % tile_size == 0 else rows
+    channels = (*range(lead), lead + 1)
+    return qwix.quantize(kernel, qtype, tiled_axes={lead: tile}, channelwise_axes=channels)
 
 
 def is_quantized(linear) -> bool:
