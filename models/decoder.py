@@ -90,9 +90,12 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None):
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None, bidirectional_ids=None
+    ):
         """`[batch, seq, embed] -> [batch, seq, embed]`; with `cache=(keys, values, kv_segment_ids, index)`
-        (one layer's slice of a `KVCache`) it returns `(out, (keys, values))` with this call's keys written."""
+        (one layer's slice of a `KVCache`) it returns `(out, (keys, values))` with this call's keys written.
+        `bidirectional_ids` `[batch, seq]`: blocks of tokens that see each other whole (see `attention`)."""
         cfg = self.cfg
         batch, seq, _ = x.shape
         h, kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -109,7 +112,8 @@ class Attention(nnx.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             return self._cached(q, k, v, segment_ids, cache)
-        out = attention(q, k, v, segment_ids=segment_ids, causal=True, **self._mask_options())
+        blocks = {} if bidirectional_ids is None else {"bidirectional_ids": bidirectional_ids}
+        out = attention(q, k, v, segment_ids=segment_ids, causal=True, **self._mask_options(), **blocks)
         return self.o_proj(out.reshape(batch, seq, cfg.num_attention_heads * cfg.head_dim))
 
     def _mask_options(self) -> dict:
@@ -161,17 +165,22 @@ class DecoderLayer(nnx.Module):
     def _attn_residual(self, h: jax.Array) -> jax.Array:
         return self.post_attention_layernorm(h) if self.post_norms else h
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None):
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None, bidirectional_ids=None
+    ):
         """`[batch, seq, embed] -> [batch, seq, embed]` (and this layer's `(keys, values)` with a cache)."""
         if cache is not None:  # decoding: also return this layer's updated (keys, values)
             h, kv = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, cache)
             return self._feed_forward(x + self._attn_residual(h), segment_ids)[0], kv
-        x = x + self._attn_residual(self.self_attn(self.input_layernorm(x), cos, sin, segment_ids))
+        blocks = {} if bidirectional_ids is None else {"bidirectional_ids": bidirectional_ids}
+        x = x + self._attn_residual(self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, **blocks))
         x, stats = self._feed_forward(x, segment_ids)
         return x if stats is None else (x, stats)
 
 
-def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, remat):
+def _remat_layer(
+    layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, remat, blocks=None
+):
     """Run a layer under `jax.checkpoint` with the policy of `remat` (see `remat.py`).
 
     The layer is split into a pure function of its state, so the weights pass through the checkpoint
@@ -179,11 +188,11 @@ def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Arr
     """
     graphdef, state = nnx.split(layer)
 
-    def run(state, x, cos, sin, segment_ids):
+    def run(state, x, cos, sin, segment_ids, blocks):
         module = nnx.merge(graphdef, state)
-        return module(x, cos, sin, segment_ids), nnx.state(module, nnx.RngState)
+        return module(x, cos, sin, segment_ids, bidirectional_ids=blocks), nnx.state(module, nnx.RngState)
 
-    out, rng_state = checkpointed(run, remat)(state, x, cos, sin, segment_ids)
+    out, rng_state = checkpointed(run, remat)(state, x, cos, sin, segment_ids, blocks)
     nnx.update(layer, rng_state)
     return out
 
@@ -256,11 +265,13 @@ class DecoderModel(nnx.Module):
         *,
         with_router_stats: bool = False,
         embeds: jax.Array | None = None,
+        bidirectional_ids: jax.Array | None = None,
     ):
         """Final-norm hidden states `[batch, seq, embed]` (and the advanced cache when given one);
         `with_router_stats` also returns the MoE layers' `RouterStats` list. `embeds` `[batch, seq, embed]`
         replaces the token embeddings (a vision-language model's, with image features scattered in);
-        `positions` are `[batch, seq]`, or `[3, batch, seq]` for M-RoPE."""
+        `positions` are `[batch, seq]`, or `[3, batch, seq]` for M-RoPE. `bidirectional_ids` `[batch, seq]`
+        (0 = causal token) lift the causal mask within each block of equal id (Gemma 3's images)."""
         rotary = self.rotary(positions)
         x = self.embed(input_ids) if embeds is None else embeds
         x = constrain(x, ACTIVATION_AXES)  # [batch, seq, embed]
@@ -269,14 +280,14 @@ class DecoderModel(nnx.Module):
         stats = []
         if self.cfg.scan_layers:
             for stack in self.stacks:
-                x, stack_stats = stack(x, rotary, segment_ids, self.remat)
+                x, stack_stats = stack(x, rotary, segment_ids, self.remat, bidirectional_ids)
                 stats.extend(stack_stats)
             return (self.norm(x), stats) if with_router_stats else self.norm(x)
         for layer, (cos, sin) in zip(self.layers, rotary):
             if self.remat:
-                x = _remat_layer(layer, x, cos, sin, segment_ids, self.remat)
+                x = _remat_layer(layer, x, cos, sin, segment_ids, self.remat, bidirectional_ids)
             else:
-                x = layer(x, cos, sin, segment_ids)
+                x = layer(x, cos, sin, segment_ids, bidirectional_ids=bidirectional_ids)
             if isinstance(x, tuple):  # an MoE layer: (x, RouterStats)
                 x, layer_stats = x
                 stats.append(layer_stats)

@@ -138,9 +138,10 @@ class LayerStack(nnx.Module):
             [stack_modules([make_layer(segment.layer_index(k, s)) for s in range(segment.repeats)]) for k in range(self.period)]
         )
 
-    def __call__(self, x: jax.Array, rotary, segment_ids: jax.Array, remat: bool | str = False):
+    def __call__(self, x: jax.Array, rotary, segment_ids: jax.Array, remat: bool | str = False, bidirectional_ids=None):
         """`x` `[batch, seq, embed]` through every layer of the segment; `rotary` holds each model
-        layer's `(cos, sin)`. Returns `(x, stats)`: the MoE layers' router statistics summed over copies."""
+        layer's `(cos, sin)`; `bidirectional_ids` as `DecoderModel`'s. Returns `(x, stats)`: the MoE layers'
+        router statistics summed over copies."""
         tables = rotary[self.start : self.start + self.period]  # the same for every copy
         graphdef, rng_state, params = nnx.split(self.layers, nnx.RngState, ...)
 
@@ -148,7 +149,7 @@ class LayerStack(nnx.Module):
             layers = nnx.merge(graphdef, *xs)
             stats = []
             for layer, (cos, sin) in zip(layers, tables):
-                x = layer(x, cos, sin, segment_ids)
+                x = layer(x, cos, sin, segment_ids, bidirectional_ids=bidirectional_ids)
                 if isinstance(x, tuple):  # an MoE layer: (x, RouterStats)
                     x, layer_stats = x
                     stats.append(layer_stats)

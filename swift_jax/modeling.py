@@ -145,7 +145,7 @@ def load_model(
     abstract = nnx.eval_shape(lambda: arch.module(cfg, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     params = _flat_params(state)
-    reader = SafetensorsReader(model_dir)
+    reader = SafetensorsReader(model_dir, arch.hf_aliases)
 
     expected: dict[str, tuple[str, tuple[int, ...], Rule]] = {}  # HF name -> (our path, index, rule)
     sources: dict[str, list] = {}  # our path -> its hf_slices

@@ -85,6 +85,8 @@ def resolve_impl(impl: str, q: jax.Array, k: jax.Array, **options) -> str:
         impl = _DEFAULT_IMPL.get()
     if impl != "auto" and impl not in BACKENDS:
         raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}")
+    if options.get("bidirectional_ids") is not None:  # only the reference implements bidirectional blocks
+        return "xla"
     candidates = AUTO_ORDER.get(jax.default_backend(), ("xla",)) if impl == "auto" else (impl,)
     for name in candidates:
         if BACKENDS[name].unsupported_reason(q, k, **options) is None:
@@ -104,11 +106,14 @@ def attention(
     logits_soft_cap: float | None = None,
     scale: float | None = None,
     q_offset: jax.Array | int | None = None,
+    bidirectional_ids: jax.Array | None = None,
     impl: str = "auto",
 ) -> jax.Array:
     """Multi-head attention over packed rows; see `xla_attention` for the exact semantics.
 
     `q_offset` places the queries inside a longer key sequence (decoding against a KV cache).
+    `bidirectional_ids` `[batch, kv_len]` lifts the causal mask inside blocks of equal positive id (Gemma 3's
+    image tokens see their whole image); only the XLA reference runs such calls.
     `impl` names a backend ("xla", "xla_blocked", "pallas_gpu", "pallas_tpu", "cudnn") or "auto", which picks by
     platform and arguments (AUTO_ORDER). Pallas backends run in interpret mode off their platform,
     so any impl works everywhere; a call a backend cannot run goes to "xla".
@@ -122,5 +127,7 @@ def attention(
         scale=scale,
         q_offset=q_offset,
     )
+    if bidirectional_ids is not None:
+        options["bidirectional_ids"] = bidirectional_ids
     name = resolve_impl(impl, q, k, **options)
     return BACKENDS[name].fn(q, k, v, **options)
