@@ -22,7 +22,7 @@ from swift_jax.kernels import attention
 from ..config import Gemma3VisionConfig, ModelConfig
 from ..decoder import CausalLM, KVCache
 from ..layers import Linear, RMSNorm, activation
-from .common import LayerNorm, scatter_features
+from .common import LayerNorm, run_layer, scatter_features
 
 
 def gemma3_vision_config(hf: dict[str, Any]) -> Gemma3VisionConfig:
@@ -128,7 +128,7 @@ class SiglipVisionModel(nnx.Module):
         """`[images, C, H, W] -> [images, patches, hidden]` (the last hidden state)."""
         x = self.embeddings(pixels)
         for layer in self.layers:
-            x = nnx.remat(lambda m, h: m(h))(layer, x) if self.remat else layer(x)
+            x = run_layer(layer, self.remat, x)
         return self.post_layernorm(x)
 
 

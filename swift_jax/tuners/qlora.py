@@ -18,13 +18,14 @@ from .lora import EXCLUDED_FROM_ALL_LINEAR, iter_linears
 QTYPES = {4: "nf4", 8: jnp.int8}
 
 
-def quantize_base(model: nnx.Module, *, bits: int = 4, tile_size: int = 64) -> nnx.Module:
-    """Quantize every Linear kernel but the LM head in place; scales per `tile_size` input rows per column
-    (and per layer for the stacked kernels of scanned layers, `[layers, in, out]`)."""
+def quantize_base(model: nnx.Module, *, bits: int = 4, tile_size: int = 64, skip=lambda path: False) -> nnx.Module:
+    """Quantize every Linear kernel but the LM head (and those at paths `skip` names: a VL model's vision
+    tower and aligner, tuners/multimodal.py) in place; scales per `tile_size` input rows per column (and per
+    layer for the stacked kernels of scanned layers, `[layers, in, out]`)."""
     if bits not in QTYPES:
         raise ValueError(f"--quant_bits {bits}: QLoRA supports {sorted(QTYPES)}")
     for path, linear in iter_linears(model):
-        if path.split(".")[-1] in EXCLUDED_FROM_ALL_LINEAR:
+        if path.split(".")[-1] in EXCLUDED_FROM_ALL_LINEAR or skip(path):
             continue
         kernel = linear.kernel.get_value()  # [in, out] or [layers, in, out]
         lead = 0 if stack_size(linear.kernel) is None else 1
