@@ -78,8 +78,9 @@ def vision_language(tmp: str) -> None:
     pixels = preprocess_images(gemma3_processor(), random_images([(20, 30), (16, 16), (40, 12)]))["pixel_values"]
     for tied in (True, False):
         name = "gemma3-" + ("tied" if tied else "untied")
-        build_hf_gemma3(tie_word_embeddings=tied).save_pretrained(os.path.join(tmp, name))
-        hf, ours = build_hf_gemma3(tie_word_embeddings=tied), swift_jax.load_model(os.path.join(tmp, name))
+        hf = build_hf_gemma3(tie_word_embeddings=tied)
+        hf.save_pretrained(os.path.join(tmp, name))
+        ours = swift_jax.load_model(os.path.join(tmp, name))
         d = [gemma3_vl.padded_diff(hf, ours, pixels), gemma3_vl.packed_diff(hf, ours, pixels)]
         print(f"{name:36s} {'-':>10s} {d[0]:10.2e} {d[1]:10.2e} {'-':>10s}")
 
