@@ -276,7 +276,7 @@ class DecoderModel(nnx.Module):
         x = self.embed(input_ids) if embeds is None else embeds
         x = constrain(x, ACTIVATION_AXES)  # [batch, seq, embed]
         if cache is not None:
-            return self._cached(x, rotary, segment_ids, cache)
+            return self._cached(x, rotary, segment_ids, cache, bidirectional_ids)
         stats = []
         if self.cfg.scan_layers:
             for stack in self.stacks:
@@ -294,16 +294,23 @@ class DecoderModel(nnx.Module):
             x = constrain(x, ACTIVATION_AXES)
         return (self.norm(x), stats) if with_router_stats else self.norm(x)
 
-    def _cached(self, x, rotary, segment_ids, cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """The layer stack against a KV cache: `(hidden [b, s, embed], cache advanced by s tokens)`."""
+    def _cached(self, x, rotary, segment_ids, cache: KVCache, blocks=None) -> tuple[jax.Array, KVCache]:
+        """The layer stack against a KV cache: `(hidden [b, s, embed], cache advanced by s tokens)`. `blocks`
+        (`bidirectional_ids` of this call's tokens) reach the attention as ids of the cache slots, 0 elsewhere:
+        a prefill holding whole images gives their tokens transformers' bidirectional mask."""
         kv_segment_ids = jax.lax.dynamic_update_slice_in_dim(
             cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1
         )
+        extra = ()
+        if blocks is not None:  # [b, max_len]
+            extra = (jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(cache.segment_ids), blocks, cache.index, axis=1),)
         if self.cfg.scan_layers:
             keys, values, at = [], [], 0
             for stack in self.stacks:
                 span = slice(at, at + stack.period)
-                x, k, v = stack.cached(x, rotary, segment_ids, cache.keys[span], cache.values[span], kv_segment_ids, cache.index)
+                x, k, v = stack.cached(
+                    x, rotary, segment_ids, cache.keys[span], cache.values[span], kv_segment_ids, cache.index, *extra
+                )
                 keys.extend(k)
                 values.extend(v)
                 at += stack.period
@@ -311,7 +318,8 @@ class DecoderModel(nnx.Module):
             return self.norm(x), new_cache
         keys, values = [], []
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, rotary)):
-            x, (k, v) = layer(x, cos, sin, segment_ids, (cache.keys[i], cache.values[i], kv_segment_ids, cache.index))
+            layer_cache = (cache.keys[i], cache.values[i], kv_segment_ids, cache.index, *extra)
+            x, (k, v) = layer(x, cos, sin, segment_ids, layer_cache)
             x = constrain(x, ACTIVATION_AXES)
             keys.append(k)
             values.append(v)

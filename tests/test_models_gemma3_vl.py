@@ -85,6 +85,7 @@ def test_logits_parity(pair, pixels, case):
     assert case(hf, ours, pixels) < TOL
 
 
+@pytest.mark.parametrize("pair", [True], ids=["tied"], indirect=True)
 def test_image_tokens_attend_bidirectionally(pair, pixels):
     """With a causal mask over the image tokens the logits differ (the bidirectional mask is exercised)."""
     hf, ours = pair
@@ -96,6 +97,28 @@ def test_image_tokens_attend_bidirectionally(pair, pixels):
     positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
     got = _ours(ours, ids, mask, positions, pixels)
     assert np.abs(causal.logits.numpy()[1, :7] - got[1, :7]).max() > 1e-3
+
+
+@nnx.jit
+def _cached_and_plain(model, row, pixels):
+    """Logits of a prefill of all but the last token with a KV cache, then the last token decoded; and of
+    the whole row without a cache."""
+    from swift_jax.models.decoder import KVCache
+
+    cache = KVCache.create(model.config, 1, 24)
+    hidden, cache = model.hidden_states(row[:, :-1], cache=cache, pixel_values=pixels)
+    step, _ = model.hidden_states(row[:, -1:], positions=jnp.full((1, 1), row.shape[1] - 1), cache=cache)
+    cached = jnp.concatenate([model.logits(hidden), model.logits(step)], axis=1)
+    return cached, model(row, pixel_values=pixels)
+
+
+@pytest.mark.parametrize("pair", [True], ids=["tied"], indirect=True)  # one compilation is enough
+def test_kv_cache_prefill_and_decode(pair, pixels):
+    """A prefill holding the images through the KV cache, then one decoded token: the uncached logits
+    (the bidirectional image blocks reach the cached attention too)."""
+    _, ours = pair
+    cached, plain = _cached_and_plain(ours, jnp.asarray([ROWS[0]]), jnp.asarray(pixels[:2]))
+    assert np.abs(np.asarray(cached) - np.asarray(plain)).max() < 1e-5
 
 
 def test_processor_and_token_counts(pair, pixels):

@@ -187,7 +187,7 @@ class Gemma3ForConditionalGeneration(CausalLM):
         pixel_values: jax.Array | None = None,
     ):
         """`CausalLM.hidden_states` with the images' features in place of the image tokens, which attend
-        to their whole image (without a cache: prefill with images goes through the uncached path)."""
+        to their whole image (with a cache too: a prefill that holds whole images)."""
         batch, seq = input_ids.shape
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch, seq))
@@ -199,7 +199,7 @@ class Gemma3ForConditionalGeneration(CausalLM):
             embeds = scatter_features(embeds, is_image, self.image_features(pixel_values))
             blocks = image_blocks(is_image)
         if cache is not None:
-            return self.model(input_ids, positions, segment_ids, cache, embeds=embeds)
+            return self.model(input_ids, positions, segment_ids, cache, embeds=embeds, bidirectional_ids=blocks)
         hidden = self.model(input_ids, positions, segment_ids, embeds=embeds, bidirectional_ids=blocks)
         return (hidden, jnp.zeros((), jnp.float32)) if return_aux_loss else hidden
 
