@@ -303,7 +303,8 @@ class DecoderModel(nnx.Module):
         )
         extra = ()
         if blocks is not None:  # [b, max_len]
-            extra = (jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(cache.segment_ids), blocks, cache.index, axis=1),)
+            slots = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(cache.segment_ids), blocks, cache.index, axis=1)
+            extra = (slots,)
         if self.cfg.scan_layers:
             keys, values, at = [], [], 0
             for stack in self.stacks:

@@ -99,5 +99,6 @@ def test_peft_adapter_and_merged_export(kind, tmp_path):
 
     merge_lora(model)
     swift_jax.save_pretrained(model, str(tmp_path / "merged"))
-    merged = transformers.AutoModelForImageTextToText.from_pretrained(str(tmp_path / "merged"), attn_implementation="eager")
+    load = transformers.AutoModelForImageTextToText.from_pretrained
+    merged = load(str(tmp_path / "merged"), attn_implementation="eager")
     assert np.abs(hf_logits(merged.eval()) - ours).max() < TOL

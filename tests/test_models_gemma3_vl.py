@@ -49,12 +49,17 @@ def _hf(model, ids, pixel_values, mask=None):
     kw = {} if mask is None else {"attention_mask": torch.as_tensor(mask)}
     types = torch.as_tensor((ids == GEMMA3_IMAGE).astype(np.int64))  # what Gemma3Processor returns
     with torch.no_grad():
-        out = model(input_ids=torch.as_tensor(ids), pixel_values=torch.as_tensor(pixel_values), token_type_ids=types, **kw)
+        out = model(
+            input_ids=torch.as_tensor(ids), pixel_values=torch.as_tensor(pixel_values), token_type_ids=types, **kw
+        )
     return out.logits.numpy()
 
 
 # Row 0: two images back to back with text around; row 1: one image.
-ROWS = [[2, 7] + [GEMMA3_IMAGE] * TOKENS + [9] + [GEMMA3_IMAGE] * TOKENS + [5, 6, 8], [2, 3] + [GEMMA3_IMAGE] * TOKENS + [7]]
+ROWS = [
+    [2, 7] + [GEMMA3_IMAGE] * TOKENS + [9] + [GEMMA3_IMAGE] * TOKENS + [5, 6, 8],
+    [2, 3] + [GEMMA3_IMAGE] * TOKENS + [7],
+]
 SPLIT = [0, 2, 3]  # images of each row
 
 
@@ -93,7 +98,9 @@ def test_image_tokens_attend_bidirectionally(pair, pixels):
     import torch
 
     with torch.no_grad():
-        causal = hf(input_ids=torch.as_tensor(ids), pixel_values=torch.as_tensor(pixels), attention_mask=torch.as_tensor(mask))
+        causal = hf(
+            input_ids=torch.as_tensor(ids), pixel_values=torch.as_tensor(pixels), attention_mask=torch.as_tensor(mask)
+        )
     positions = np.broadcast_to(np.arange(ids.shape[1]), ids.shape)
     got = _ours(ours, ids, mask, positions, pixels)
     assert np.abs(causal.logits.numpy()[1, :7] - got[1, :7]).max() > 1e-3
@@ -134,7 +141,8 @@ def test_save_then_transformers_load(pair, pixels, tmp_path):
 
     with safe_open(str(tmp_path / "model.safetensors"), "np") as f:  # the hub's names
         assert "vision_tower.vision_model.post_layernorm.weight" in f.keys()
-    reloaded = transformers.AutoModelForImageTextToText.from_pretrained(str(tmp_path), attn_implementation="eager").eval()
+    reloaded = transformers.AutoModelForImageTextToText.from_pretrained(str(tmp_path), attn_implementation="eager")
+    reloaded.eval()
     assert type(reloaded) is type(hf)
     assert padded_diff(reloaded, ours, pixels) < TOL
     assert swift_jax.load_model(str(tmp_path)).config.vision == ours.config.vision

@@ -154,8 +154,8 @@ def _saved_base_tensors(model: nnx.Module, modules_to_save: Sequence[str], lora_
     variables = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     out = []
     for r in saved_parameters(model, modules_to_save, lora_bias):
-        value = variables[r.path][...]
-        out.append((module_name(model.config.model_type, r.name), np.ascontiguousarray(to_hf(host_array(value[r.index] if r.index else value), r.rule.transform))))
+        value = host_array(variables[r.path][...][r.index] if r.index else variables[r.path][...])
+        out.append((module_name(model.config.model_type, r.name), np.ascontiguousarray(to_hf(value, r.rule.transform))))
     return out
 
 

@@ -37,7 +37,8 @@ def check_controls(model: nnx.Module, tuner) -> None:
                  vit_lr=tuner.vit_lr is not None, aligner_lr=tuner.aligner_lr is not None)
     wrong = [flag for flag, set_ in given.items() if set_]
     if wrong:
-        raise ValueError(f"--{wrong[0]} applies to vision-language models; {model.config.model_type} has no vision tower")
+        kind = model.config.model_type
+        raise ValueError(f"--{wrong[0]} applies to vision-language models; {kind} has no vision tower")
 
 
 def _frozen(tuner) -> dict[str, bool]:
