@@ -87,6 +87,18 @@ def test_full_aligner_inside_frozen_vision_tower_trains(checkpoints):
     assert any(p.startswith("model.") for p in trainable) and "lm_head.kernel" in trainable
 
 
+def test_full_freeze_parameters_read_transformers_names(checkpoints):
+    """`--freeze_parameters` prefixes are transformers' parameter names, as ms-swift's: `model.visual.*`."""
+    path = checkpoints["qwen2_vl"][1]
+    model = swift_jax.load_model(path)
+    plan = apply_tuner(model, _args(path, freeze_vit=False, freeze_parameters=["model.visual.blocks.0."]))
+    trainable = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, plan.trainable))}
+    assert any(p.startswith("visual.blocks.1.") for p in trainable)
+    assert not any(p.startswith(("visual.blocks.0.", "visual.merger.")) for p in trainable)
+    with pytest.raises(ValueError, match=r"match no parameter; names look like model\.visual\."):
+        apply_tuner(swift_jax.load_model(path), _args(path, freeze_parameters=["visual.blocks.0."]))
+
+
 def _train(model, plan, pixels, ids, steps=3, lr=1e-3, factors=None):
     """A few AdamW steps on a cross-entropy over an image row, fed the pixels directly; the model updated."""
     graphdef, params, rng, frozen = split_model(model, plan.trainable)

@@ -46,14 +46,17 @@ def _frozen(tuner) -> dict[str, bool]:
 
 
 def full_freeze_rules(model: nnx.Module, tuner) -> tuple[list[str], list[str]]:
-    """`(freeze_parameters, trainable_parameters)` checkpoint-name prefixes that full fine-tuning adds
-    (ms-swift's `_init_multimodal_full`: frozen parts are frozen, an unfrozen aligner is made trainable);
-    prefixes the model lacks (`lm_head.` of tied embeddings) are left out."""
+    """`(freeze_parameters, trainable_parameters)` prefixes of transformers' parameter names that full
+    fine-tuning adds (ms-swift's `_init_multimodal_full`: frozen parts are frozen, an unfrozen aligner is
+    made trainable); prefixes the model lacks (`lm_head.` of tied embeddings) are left out."""
     from .select import hf_parameters
 
-    names = [row.name for row in hf_parameters(model)]
-    parts, frozen = VISION_PARTS[model.config.model_type], _frozen(tuner)
-    present = lambda prefixes: [p for p in prefixes if any(n.startswith(p) for n in names)]  # noqa: E731
+    kind = model.config.model_type
+    names = [module_name(kind, row.name) for row in hf_parameters(model)]
+    parts, frozen = VISION_PARTS[kind], _frozen(tuner)
+    present = lambda prefixes: [  # noqa: E731
+        module_name(kind, p) for p in prefixes if any(n.startswith(module_name(kind, p)) for n in names)
+    ]
     freeze = present([p for part in PARTS if frozen[part] for p in getattr(parts, part)])
     return freeze, ([] if tuner.freeze_aligner else present(parts.aligner))
 
