@@ -102,3 +102,16 @@ def test_peft_adapter_and_merged_export(kind, tmp_path):
     load = transformers.AutoModelForImageTextToText.from_pretrained
     merged = load(str(tmp_path / "merged"), attn_implementation="eager")
     assert np.abs(hf_logits(merged.eval()) - ours).max() < TOL
+
+
+def test_processor_files_travel_with_exports(tmp_path):
+    """A merged VL export carries the base folder's image / video processor configs (AutoProcessor reads them)."""
+    from swift_jax.hf.hub import copy_tokenizer_files
+
+    names = ("preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json", "chat_template.json")
+    (tmp_path / "base").mkdir()
+    (tmp_path / "out").mkdir()
+    for name in names:
+        (tmp_path / "base" / name).write_text("{}")
+    copy_tokenizer_files(str(tmp_path / "base"), str(tmp_path / "out"))
+    assert all((tmp_path / "out" / name).exists() for name in names)
