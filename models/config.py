@@ -192,6 +192,33 @@ class InternVisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Gemma3VisionConfig:
+    """Gemma 3's SigLIP encoder and multimodal projector (see `models/vision/gemma3.py`); field names follow
+    transformers' `SiglipVisionConfig` / `Gemma3Config`."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: int  # square images, resized by the processor
+    patch_size: int
+    image_token_id: int
+    mm_tokens_per_image: int  # the patch grid is average-pooled to sqrt(this) per side
+    num_channels: int = 3
+    hidden_act: str = "gelu_pytorch_tanh"
+    layer_norm_eps: float = 1e-6
+
+    @property
+    def patches_per_side(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def pool(self) -> int:
+        """Side of the average-pooling window over the patch grid."""
+        return self.patches_per_side // int(self.mm_tokens_per_image**0.5)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Everything the decoder needs to know; hashable so it can live as static module state."""
 
@@ -235,8 +262,8 @@ class ModelConfig:
     # Multi-head latent attention (deepseek_v3) instead of grouped-query attention; `head_dim` is then
     # the rotary dim (qk_rope_head_dim, as in HF's config) and num_key_value_heads = num_attention_heads.
     mla: MlaConfig | None = None
-    # Image (and video) tower of a vision-language model: Qwen2-VL family or InternVL.
-    vision: Qwen2VLVisionConfig | InternVisionConfig | None = None
+    # Image (and video) tower of a vision-language model: Qwen2-VL family, InternVL or Gemma 3.
+    vision: Qwen2VLVisionConfig | InternVisionConfig | Gemma3VisionConfig | None = None
     # Runs of identical layers stored stacked (`[layers, ...]`) and run under one `jax.lax.scan`
     # (models/scan.py): one compiled layer body instead of one per layer. False: one module per layer.
     scan_layers: bool = True

@@ -90,9 +90,12 @@ class Attention(nnx.Module):
         else:
             self.q_norm = self.k_norm = None
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None):
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None, bidirectional_ids=None
+    ):
         """`[batch, seq, embed] -> [batch, seq, embed]`; with `cache=(keys, values, kv_segment_ids, index)`
-        (one layer's slice of a `KVCache`) it returns `(out, (keys, values))` with this call's keys written."""
+        (one layer's slice of a `KVCache`) it returns `(out, (keys, values))` with this call's keys written.
+        `bidirectional_ids` `[batch, seq]`: blocks of tokens that see each other whole (see `attention`)."""
         cfg = self.cfg
         batch, seq, _ = x.shape
         h, kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -109,7 +112,8 @@ class Attention(nnx.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             return self._cached(q, k, v, segment_ids, cache)
-        out = attention(q, k, v, segment_ids=segment_ids, causal=True, **self._mask_options())
+        blocks = {} if bidirectional_ids is None else {"bidirectional_ids": bidirectional_ids}
+        out = attention(q, k, v, segment_ids=segment_ids, causal=True, **self._mask_options(), **blocks)
         return self.o_proj(out.reshape(batch, seq, cfg.num_attention_heads * cfg.head_dim))
 
     def _mask_options(self) -> dict:
@@ -161,17 +165,22 @@ class DecoderLayer(nnx.Module):
     def _attn_residual(self, h: jax.Array) -> jax.Array:
         return self.post_attention_layernorm(h) if self.post_norms else h
 
-    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None):
+    def __call__(
+        self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, cache=None, bidirectional_ids=None
+    ):
         """`[batch, seq, embed] -> [batch, seq, embed]` (and this layer's `(keys, values)` with a cache)."""
         if cache is not None:  # decoding: also return this layer's updated (keys, values)
             h, kv = self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, cache)
             return self._feed_forward(x + self._attn_residual(h), segment_ids)[0], kv
-        x = x + self._attn_residual(self.self_attn(self.input_layernorm(x), cos, sin, segment_ids))
+        blocks = {} if bidirectional_ids is None else {"bidirectional_ids": bidirectional_ids}
+        x = x + self._attn_residual(self.self_attn(self.input_layernorm(x), cos, sin, segment_ids, **blocks))
         x, stats = self._feed_forward(x, segment_ids)
         return x if stats is None else (x, stats)
 
 
-def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, remat):
+def _remat_layer(
+    layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array, remat, blocks=None
+):
     """Run a layer under `jax.checkpoint` with the policy of `remat` (see `remat.py`).
 
     The layer is split into a pure function of its state, so the weights pass through the checkpoint
@@ -179,11 +188,11 @@ def _remat_layer(layer: DecoderLayer, x: jax.Array, cos: jax.Array, sin: jax.Arr
     """
     graphdef, state = nnx.split(layer)
 
-    def run(state, x, cos, sin, segment_ids):
+    def run(state, x, cos, sin, segment_ids, blocks):
         module = nnx.merge(graphdef, state)
-        return module(x, cos, sin, segment_ids), nnx.state(module, nnx.RngState)
+        return module(x, cos, sin, segment_ids, bidirectional_ids=blocks), nnx.state(module, nnx.RngState)
 
-    out, rng_state = checkpointed(run, remat)(state, x, cos, sin, segment_ids)
+    out, rng_state = checkpointed(run, remat)(state, x, cos, sin, segment_ids, blocks)
     nnx.update(layer, rng_state)
     return out
 
@@ -256,43 +265,53 @@ class DecoderModel(nnx.Module):
         *,
         with_router_stats: bool = False,
         embeds: jax.Array | None = None,
+        bidirectional_ids: jax.Array | None = None,
     ):
         """Final-norm hidden states `[batch, seq, embed]` (and the advanced cache when given one);
         `with_router_stats` also returns the MoE layers' `RouterStats` list. `embeds` `[batch, seq, embed]`
         replaces the token embeddings (a vision-language model's, with image features scattered in);
-        `positions` are `[batch, seq]`, or `[3, batch, seq]` for M-RoPE."""
+        `positions` are `[batch, seq]`, or `[3, batch, seq]` for M-RoPE. `bidirectional_ids` `[batch, seq]`
+        (0 = causal token) lift the causal mask within each block of equal id (Gemma 3's images)."""
         rotary = self.rotary(positions)
         x = self.embed(input_ids) if embeds is None else embeds
         x = constrain(x, ACTIVATION_AXES)  # [batch, seq, embed]
         if cache is not None:
-            return self._cached(x, rotary, segment_ids, cache)
+            return self._cached(x, rotary, segment_ids, cache, bidirectional_ids)
         stats = []
         if self.cfg.scan_layers:
             for stack in self.stacks:
-                x, stack_stats = stack(x, rotary, segment_ids, self.remat)
+                x, stack_stats = stack(x, rotary, segment_ids, self.remat, bidirectional_ids)
                 stats.extend(stack_stats)
             return (self.norm(x), stats) if with_router_stats else self.norm(x)
         for layer, (cos, sin) in zip(self.layers, rotary):
             if self.remat:
-                x = _remat_layer(layer, x, cos, sin, segment_ids, self.remat)
+                x = _remat_layer(layer, x, cos, sin, segment_ids, self.remat, bidirectional_ids)
             else:
-                x = layer(x, cos, sin, segment_ids)
+                x = layer(x, cos, sin, segment_ids, bidirectional_ids=bidirectional_ids)
             if isinstance(x, tuple):  # an MoE layer: (x, RouterStats)
                 x, layer_stats = x
                 stats.append(layer_stats)
             x = constrain(x, ACTIVATION_AXES)
         return (self.norm(x), stats) if with_router_stats else self.norm(x)
 
-    def _cached(self, x, rotary, segment_ids, cache: KVCache) -> tuple[jax.Array, KVCache]:
-        """The layer stack against a KV cache: `(hidden [b, s, embed], cache advanced by s tokens)`."""
+    def _cached(self, x, rotary, segment_ids, cache: KVCache, blocks=None) -> tuple[jax.Array, KVCache]:
+        """The layer stack against a KV cache: `(hidden [b, s, embed], cache advanced by s tokens)`. `blocks`
+        (`bidirectional_ids` of this call's tokens) reach the attention as ids of the cache slots, 0 elsewhere:
+        a prefill holding whole images gives their tokens transformers' bidirectional mask."""
         kv_segment_ids = jax.lax.dynamic_update_slice_in_dim(
             cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1
         )
+        extra = ()
+        if blocks is not None:  # [b, max_len]
+            slots = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(cache.segment_ids), blocks, cache.index, axis=1)
+            extra = (slots,)
         if self.cfg.scan_layers:
             keys, values, at = [], [], 0
             for stack in self.stacks:
                 span = slice(at, at + stack.period)
-                x, k, v = stack.cached(x, rotary, segment_ids, cache.keys[span], cache.values[span], kv_segment_ids, cache.index)
+                x, k, v = stack.cached(
+                    x, rotary, segment_ids, cache.keys[span], cache.values[span], kv_segment_ids, cache.index, *extra
+                )
                 keys.extend(k)
                 values.extend(v)
                 at += stack.period
@@ -300,7 +319,8 @@ class DecoderModel(nnx.Module):
             return self.norm(x), new_cache
         keys, values = [], []
         for i, (layer, (cos, sin)) in enumerate(zip(self.layers, rotary)):
-            x, (k, v) = layer(x, cos, sin, segment_ids, (cache.keys[i], cache.values[i], kv_segment_ids, cache.index))
+            layer_cache = (cache.keys[i], cache.values[i], kv_segment_ids, cache.index, *extra)
+            x, (k, v) = layer(x, cos, sin, segment_ids, layer_cache)
             x = constrain(x, ACTIVATION_AXES)
             keys.append(k)
             values.append(v)

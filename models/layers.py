@@ -121,10 +121,13 @@ class MLP(nnx.Module):
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, cache, **options):
     """Causal attention of `q` `[b, s, h, d]` against one layer's KV cache after writing `k`, `v`
-    `[b, s, kv, d]` at its index; `cache = (keys, values, kv_segment_ids, index)`, keys/values
-    `[b, max_len, kv, d]`. Returns `(out [b, s, h, d], (keys, values))`. `options` are the mask options
-    of `attention` (sliding_window, logits_soft_cap, scale)."""
-    keys, values, kv_segment_ids, index = cache
+    `[b, s, kv, d]` at its index; `cache = (keys, values, kv_segment_ids, index[, bidirectional_ids])`,
+    keys/values `[b, max_len, kv, d]`, bidirectional_ids `[b, max_len]` (see `attention`). Returns
+    `(out [b, s, h, d], (keys, values))`. `options` are the mask options of `attention` (sliding_window,
+    logits_soft_cap, scale)."""
+    keys, values, kv_segment_ids, index, *blocks = cache
+    if blocks:
+        options = {**options, "bidirectional_ids": blocks[0]}
     keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
     values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
     out = attention(

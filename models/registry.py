@@ -15,6 +15,7 @@ from flax import nnx
 
 from .config import InternVisionConfig, MlaConfig, ModelConfig, MoeConfig, Qwen2VLVisionConfig, RopeConfig
 from .decoder import CausalLM
+from .vision.gemma3 import Gemma3ForConditionalGeneration, gemma3_vision_config
 from .vision.internvl import InternVLForConditionalGeneration
 from .vision.qwen2_vl import Qwen2VLForConditionalGeneration
 from .weight_map import Rule, WeightMap
@@ -71,10 +72,6 @@ LLAMA_FAMILY_WEIGHTS = decoder_weights()
 # Gemma 2/3: norms before and after both sublayers.
 GEMMA_NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
 GEMMA_WEIGHTS = decoder_weights(layer_norms=GEMMA_NORMS)
-# Gemma 3 image-text checkpoints (`gemma3`): the text model under `language_model.`, as the hub's and
-# transformers' save_pretrained write it; the vision tower and projector are skipped (GEMMA3_VISION).
-GEMMA3_MULTIMODAL_WEIGHTS = decoder_weights(layer_norms=GEMMA_NORMS, prefix="language_model.")
-GEMMA3_VISION = (r"vision_tower\..*", r"multi_modal_projector\..*")
 # Phi-3: fused projections keep their HF (and PEFT target) names; the split happens after the matmul.
 PHI3_WEIGHTS = decoder_weights(attn_projs=("qkv_proj", "o_proj"), mlp_projs=("gate_up_proj", "down_proj"))
 
@@ -223,8 +220,8 @@ def gemma_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str |
 def gemma3_multimodal_config(
     hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None
 ) -> ModelConfig:
-    """The text model of a `gemma3` image-text config (its `text_config`), as a `gemma3_text` config:
-    it is saved back (and its LoRA adapters named) as a text-only Gemma 3 (Gemma3ForCausalLM)."""
+    """A `gemma3` image-text config: its `text_config` read as `gemma3_text`, plus the SigLIP tower and
+    projector (`Gemma3VisionConfig`); saved back as the image-text checkpoint."""
     hf = _hf_dict(hf_config)
     text = dict(hf["text_config"])
     text["model_type"] = "gemma3_text"
@@ -235,7 +232,10 @@ def gemma3_multimodal_config(
     # transformers' Gemma3ForConditionalGeneration never applies final_logit_softcapping (its text-only
     # model does): dropped, so we and the saved gemma3_text model compute what the checkpoint did.
     text["final_logit_softcapping"] = None
-    return gemma_config(text, dtype=dtype, param_dtype=param_dtype)
+    cfg = gemma_config(text, dtype=dtype, param_dtype=param_dtype)
+    return cfg.replace(
+        model_type="gemma3", vision=gemma3_vision_config(hf), hf_config_json=json.dumps(hf, sort_keys=True, default=str)
+    )
 
 
 def phi3_config(hf_config: Any, *, dtype: str | None = None, param_dtype: str | None = None) -> ModelConfig:
@@ -475,9 +475,31 @@ def qwen2_vl_config(hf_config: Any, *, dtype: str | None = None, param_dtype: st
     )
 
 
+_WEIGHT_BIAS, _PROJ = ("weight", "bias"), "projection_layer"
+_SIGLIP_ATTN = ("q_proj", "k_proj", "v_proj", "out_proj")
+# The hub's SigLIP names (transformers 5 writes them without `vision_model.`: GEMMA3_ALIASES) and ours.
+_SIGLIP, _TOWER = "vision_tower.vision_model.", "vision_tower."
+# Gemma 3 image-text checkpoints (`gemma3`): the text model under `language_model.`, SigLIP under
+# `vision_tower.vision_model.`, the projector under `multi_modal_projector.` (its matrix is `[in, out]`).
+GEMMA3_MULTIMODAL_WEIGHTS = WeightMap(
+    [
+        *decoder_weights(layer_norms=GEMMA_NORMS, prefix="language_model.").rules,
+        Rule(_SIGLIP + "embeddings.patch_embedding.{p}", _TOWER + "embeddings.patch_{p}", values={"p": _WEIGHT_BIAS}),
+        Rule(_SIGLIP + "embeddings.position_embedding.weight", _TOWER + "embeddings.position_embedding"),
+        *linear_rules(_SIGLIP + "encoder.layers.{i}.self_attn.", _TOWER + "layers.{i}.self_attn.", _SIGLIP_ATTN),
+        *linear_rules(_SIGLIP + "encoder.layers.{i}.mlp.", _TOWER + "layers.{i}.mlp.", ("fc1", "fc2")),
+        *norm_rules(_SIGLIP + "encoder.layers.{i}.", _TOWER + "layers.{i}.", ("layer_norm1", "layer_norm2")),
+        *norm_rules(_SIGLIP, _TOWER, ("post_layernorm",)),
+        Rule("multi_modal_projector.mm_input_projection_weight", "multi_modal_projector.mm_input_projection_weight"),
+        *norm_rules("multi_modal_projector.", "multi_modal_projector.", ("mm_soft_emb_norm",)),
+    ]
+)
+# Checkpoints by transformers 5 (`vision_tower.` without `vision_model.`) and SigLIP's unused pooling head.
+GEMMA3_ALIASES = ((r"^vision_tower\.(?!vision_model\.)", "vision_tower.vision_model."),)
+GEMMA3_IGNORED = (r"vision_tower\.(vision_model\.)?head\..*",)
+
 _INTERN = "vision_tower.encoder.layer.{i}."
 _EMBED = "vision_tower.embeddings."
-_WEIGHT_BIAS, _PROJ = ("weight", "bias"), "projection_layer"
 # InternVL as transformers saves it: the language model under `language_model.` (`.model.*`, `.lm_head`),
 # the InternViT under `vision_tower.`, the projector under `multi_modal_projector.`.
 INTERNVL_WEIGHTS = WeightMap(
@@ -553,6 +575,8 @@ class Architecture:
     weights: WeightMap
     # Regexes of checkpoint tensors that loading skips (parts of a larger model we do not build).
     ignored_hf: tuple[str, ...] = ()
+    # (regex, replacement) renames of other checkpoint spellings into the table's names, applied on loading.
+    hf_aliases: tuple[tuple[str, str], ...] = ()
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -562,7 +586,13 @@ ARCHITECTURES: dict[str, Architecture] = {
     },
     "gemma2": Architecture(gemma_config, CausalLM, GEMMA_WEIGHTS),
     "gemma3_text": Architecture(gemma_config, CausalLM, GEMMA_WEIGHTS),
-    "gemma3": Architecture(gemma3_multimodal_config, CausalLM, GEMMA3_MULTIMODAL_WEIGHTS, GEMMA3_VISION),
+    "gemma3": Architecture(
+        gemma3_multimodal_config,
+        Gemma3ForConditionalGeneration,
+        GEMMA3_MULTIMODAL_WEIGHTS,
+        GEMMA3_IGNORED,
+        GEMMA3_ALIASES,
+    ),
     "phi3": Architecture(phi3_config, CausalLM, PHI3_WEIGHTS),
     "qwen3_moe": Architecture(moe_config, CausalLM, QWEN3_MOE_WEIGHTS),
     "mixtral": Architecture(moe_config, CausalLM, MIXTRAL_WEIGHTS),

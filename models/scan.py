@@ -138,9 +138,10 @@ class LayerStack(nnx.Module):
             [stack_modules([make_layer(segment.layer_index(k, s)) for s in range(segment.repeats)]) for k in range(self.period)]
         )
 
-    def __call__(self, x: jax.Array, rotary, segment_ids: jax.Array, remat: bool | str = False):
+    def __call__(self, x: jax.Array, rotary, segment_ids: jax.Array, remat: bool | str = False, bidirectional_ids=None):
         """`x` `[batch, seq, embed]` through every layer of the segment; `rotary` holds each model
-        layer's `(cos, sin)`. Returns `(x, stats)`: the MoE layers' router statistics summed over copies."""
+        layer's `(cos, sin)`; `bidirectional_ids` as `DecoderModel`'s. Returns `(x, stats)`: the MoE layers'
+        router statistics summed over copies."""
         tables = rotary[self.start : self.start + self.period]  # the same for every copy
         graphdef, rng_state, params = nnx.split(self.layers, nnx.RngState, ...)
 
@@ -148,7 +149,7 @@ class LayerStack(nnx.Module):
             layers = nnx.merge(graphdef, *xs)
             stats = []
             for layer, (cos, sin) in zip(layers, tables):
-                x = layer(x, cos, sin, segment_ids)
+                x = layer(x, cos, sin, segment_ids, bidirectional_ids=bidirectional_ids)
                 if isinstance(x, tuple):  # an MoE layer: (x, RouterStats)
                     x, layer_stats = x
                     stats.append(layer_stats)
@@ -160,9 +161,10 @@ class LayerStack(nnx.Module):
         nnx.update(self.layers, rng_state)  # dropout streams advance as in the unrolled loop
         return x, [jax.tree.map(lambda s: jnp.sum(s, axis=0), layer_stats) for layer_stats in stats]
 
-    def cached(self, x: jax.Array, rotary, segment_ids: jax.Array, keys, values, kv_segment_ids, index):
+    def cached(self, x: jax.Array, rotary, segment_ids: jax.Array, keys, values, kv_segment_ids, index, *blocks):
         """The segment against its KV cache: `keys`/`values` hold per pattern position the stacked caches
-        `[repeats, batch, max_len, kv_heads, head_dim]`; returns `(x, keys, values)` with this call's written."""
+        `[repeats, batch, max_len, kv_heads, head_dim]`; returns `(x, keys, values)` with this call's written.
+        `blocks`: optionally the cache slots' `bidirectional_ids` `[batch, max_len]`."""
         tables = rotary[self.start : self.start + self.period]
         graphdef, rng_state, params = nnx.split(self.layers, nnx.RngState, ...)
 
@@ -172,7 +174,7 @@ class LayerStack(nnx.Module):
             layers = nnx.merge(graphdef, rng_state, params)
             keys, values = list(keys), list(values)
             for k, (layer, (cos, sin)) in enumerate(zip(layers, tables)):
-                cache = (keys[k][slot], values[k][slot], kv_segment_ids, index)
+                cache = (keys[k][slot], values[k][slot], kv_segment_ids, index, *blocks)
                 x, (layer_keys, layer_values) = layer(x, cos, sin, segment_ids, cache)
                 x = constrain(x, ACTIVATION_AXES)
                 keys[k] = jax.lax.dynamic_update_index_in_dim(keys[k], layer_keys, slot, 0)

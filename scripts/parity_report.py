@@ -4,7 +4,8 @@
 
 Uses the same tiny random checkpoints and cases as tests/test_models.py, tests/test_models_gemma_phi.py and
 tests/test_models_moe.py, tests/test_models_deepseek.py (needs the `test` extra: torch), on rows of 12 tokens;
-then the vision-language cases of tests/test_models_qwen2_vl.py and tests/test_models_internvl.py (image rows).
+then the vision-language cases of tests/test_models_qwen2_vl.py, tests/test_models_internvl.py and
+tests/test_models_gemma3_vl.py (image rows).
 """
 
 import os
@@ -23,9 +24,19 @@ from test_models_deepseek import CASES as DEEPSEEK_CASES  # noqa: E402
 from test_models_gemma_phi import CASES as GEMMA_PHI_CASES, TOKENS  # noqa: E402
 from test_models_moe import CASES as MOE_CASES  # noqa: E402
 from tiny_models import build_hf_model, hf_logits, save_hf_model  # noqa: E402
+import test_models_gemma3_vl as gemma3_vl  # noqa: E402
 import test_models_internvl as internvl  # noqa: E402
 import test_models_qwen2_vl as qwen2_vl  # noqa: E402
-from tiny_vlm import build_hf_internvl, build_hf_vlm, image_processor, random_images, tile_processor  # noqa: E402
+from swift_jax.data.images import preprocess_images  # noqa: E402
+from tiny_vlm import (  # noqa: E402
+    build_hf_gemma3,
+    build_hf_internvl,
+    build_hf_vlm,
+    gemma3_processor,
+    image_processor,
+    random_images,
+    tile_processor,
+)
 
 
 def worst_differences(hf, ours) -> dict[str, float]:
@@ -64,6 +75,14 @@ def vision_language(tmp: str) -> None:
         ours = swift_jax.load_model(os.path.join(tmp, name))
         d = [internvl.padded_diff(hf, ours, tiles), internvl.packed_diff(hf, ours, tiles)]
         print(f"{'internvl-' + name:36s} {'-':>10s} {d[0]:10.2e} {d[1]:10.2e} {'-':>10s}")
+    pixels = preprocess_images(gemma3_processor(), random_images([(20, 30), (16, 16), (40, 12)]))["pixel_values"]
+    for tied in (True, False):
+        name = "gemma3-" + ("tied" if tied else "untied")
+        hf = build_hf_gemma3(tie_word_embeddings=tied)
+        hf.save_pretrained(os.path.join(tmp, name))
+        ours = swift_jax.load_model(os.path.join(tmp, name))
+        d = [gemma3_vl.padded_diff(hf, ours, pixels), gemma3_vl.packed_diff(hf, ours, pixels)]
+        print(f"{name:36s} {'-':>10s} {d[0]:10.2e} {d[1]:10.2e} {'-':>10s}")
 
 
 def main() -> None:

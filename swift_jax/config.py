@@ -74,6 +74,18 @@ class TunerArgs(AdapterArgs):
     """full: parameters whose HF name the regex searches train even when a freeze rule matches them."""
     neftune_noise_alpha: float | None = None
     """NEFTune: uniform noise of magnitude alpha / sqrt(seq x hidden) on the input embeddings while training."""
+    freeze_llm: bool = False
+    """Vision-language models: freeze the language model (full), or keep LoRA all-linear off it."""
+    freeze_vit: bool = True
+    """Vision-language models: freeze the vision tower (full), or keep LoRA all-linear off it."""
+    freeze_aligner: bool = True
+    """Vision-language models: freeze the aligner/projector (full), or keep LoRA all-linear off it."""
+    vit_lr: float | None = None
+    """Vision-language models: learning rate of the vision tower (default: learning_rate)."""
+    aligner_lr: float | None = None
+    """Vision-language models: learning rate of the aligner (default: learning_rate)."""
+    vit_gradient_checkpointing: bool | None = None
+    """Vision-language models: recompute vision-tower layers in the backward pass (default: gradient_checkpointing)."""
 
 
     def validate(self) -> None:

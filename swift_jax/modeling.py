@@ -143,7 +143,7 @@ def load_model(
     """
     model_dir = resolve_model_dir(path_or_hub_id)
     cfg, arch = model_config(read_hf_config(model_dir), dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
-    reader = SafetensorsReader(model_dir)
+    reader = SafetensorsReader(model_dir, arch.hf_aliases)
     with_head = HEAD_RULES["score.kernel"].hf in set(reader.names())  # a reward model (`--rlhf_type rm`)
     abstract = nnx.eval_shape(lambda: _with_value_head(arch.module(cfg, rngs=nnx.Rngs(0)), with_head))
     graphdef, state = nnx.split(abstract)

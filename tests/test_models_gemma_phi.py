@@ -195,20 +195,22 @@ def test_peft_adapter_on_peft_target_names_matches_peft(model_type, tmp_path):
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-def test_gemma3_image_text_checkpoint_loads_its_language_model(tied, tmp_path):
-    """A `gemma3` (Gemma3ForConditionalGeneration) checkpoint: the text model under `language_model.`
-    loads, the vision tower is skipped, text-only logits match, and it saves back as `gemma3_text`."""
+def test_gemma3_image_text_checkpoint_text_rows(tied, tmp_path):
+    """A `gemma3` (Gemma3ForConditionalGeneration) checkpoint loads with its vision tower (SigLIP's unused
+    pooling head skipped); text-only rows give transformers' logits, and it saves back as the image-text
+    model (image rows: tests/test_models_gemma3_vl.py)."""
     overrides = dict(OVERRIDES["gemma3-local-global-rope-bases"][1], tie_word_embeddings=tied)
     hf = build_hf_model("gemma3", **TOKENS, **overrides)
     assert type(hf).__name__ == "Gemma3ForConditionalGeneration"
     ours = swift_jax.load_model(save_hf_model(hf, tmp_path / "mm"))
-    assert ours.config.model_type == "gemma3_text" and ours.config.tie_word_embeddings == tied
+    assert ours.config.model_type == "gemma3" and ours.config.tie_word_embeddings == tied
     ids = np.random.RandomState(0).randint(0, 120, (2, 12)).astype(np.int32)  # no image tokens
     ref = hf_logits(hf, ids)
     assert np.abs(ref - np.asarray(ours(jnp.asarray(ids)))).max() < 1e-4
-    swift_jax.save_pretrained(ours, tmp_path / "text")
+    swift_jax.save_pretrained(ours, tmp_path / "again")
     import transformers
 
-    text = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "text", attn_implementation="eager").eval()
-    assert type(text).__name__ == "Gemma3ForCausalLM"
-    assert np.abs(ref - hf_logits(text, ids)).max() < 1e-4
+    again = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "again", attn_implementation="eager")
+    again.eval()
+    assert type(again).__name__ == "Gemma3ForConditionalGeneration"
+    assert np.abs(ref - hf_logits(again, ids)).max() < 1e-4

@@ -137,3 +137,59 @@ def build_hf_internvl(seed: int = 0, text_type: str = "qwen2", tie_word_embeddin
 def tile_processor() -> transformers.GotOcr2ImageProcessorPil:
     """transformers' PIL InternVL image processor (dynamic tiling) at the tiny model's 16x16 tiles."""
     return transformers.GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=True, max_patches=4)
+
+
+GEMMA3_IMAGE = 125  # image token of the tiny Gemma 3 (vocab 128); 4 tokens per 16x16 image
+GEMMA3_TEXT = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    query_pre_attn_scalar=16,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+    sliding_window=3,  # shorter than an image's 4 tokens: the window cuts into the bidirectional block
+    layer_types=["sliding_attention", "full_attention"],
+)
+GEMMA3_SIGLIP = dict(
+    model_type="siglip_vision_model",
+    hidden_size=32,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=16,
+    patch_size=4,
+    vision_use_head=False,  # as the released checkpoints
+)
+
+
+def build_hf_gemma3(seed: int = 0, tie_word_embeddings: bool = True) -> transformers.PreTrainedModel:
+    """A float32 random `Gemma3ForConditionalGeneration` (16x16 images of 4x4 patches pooled 2x2: 4 tokens
+    an image) with non-trivial norms, biases and projector."""
+    torch.manual_seed(seed)
+    config = transformers.Gemma3Config(
+        text_config=GEMMA3_TEXT,
+        vision_config=GEMMA3_SIGLIP,
+        mm_tokens_per_image=4,
+        image_token_index=GEMMA3_IMAGE,
+        boi_token_index=126,
+        eoi_token_index=127,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    model = transformers.Gemma3ForConditionalGeneration(config)
+    model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_((0.0 if "language_model" in name or "mm_soft" in name else 1.0) + 0.5 * torch.randn_like(p))
+            elif name.endswith("bias") or "position_embedding" in name or "mm_input_projection" in name:
+                p.copy_(0.1 * torch.randn_like(p))
+    return model.eval()
+
+
+def gemma3_processor() -> transformers.Gemma3ImageProcessorPil:
+    """transformers' PIL Gemma 3 image processor at the tiny model's 16x16 images."""
+    return transformers.Gemma3ImageProcessorPil(size={"height": 16, "width": 16})

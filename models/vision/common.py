@@ -1,5 +1,6 @@
 """Pieces every vision-language model shares: a LayerNorm with bias (vision towers use it, decoders do
-not) and the scatter of vision features into the token embeddings at their pad tokens."""
+not), a layer call with optional rematerialisation, and the scatter of vision features into the token
+embeddings at their pad tokens."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ class LayerNorm(nnx.Module):
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
         return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def run_layer(layer: nnx.Module, remat: bool, *args) -> jax.Array:
+    """`layer(*args)`, recomputed in the backward pass when `remat` (`--vit_gradient_checkpointing`)."""
+    return nnx.remat(lambda module, *a: module(*a))(layer, *args) if remat else layer(*args)
 
 
 def scatter_features(

@@ -19,7 +19,7 @@ from swift_jax.kernels import attention
 from ..config import InternVisionConfig, ModelConfig
 from ..decoder import CausalLM, KVCache
 from ..layers import Linear, RMSNorm, activation
-from .common import LayerNorm, scatter_features
+from .common import LayerNorm, run_layer, scatter_features
 
 
 def _norm(cfg: InternVisionConfig, param_dtype) -> nnx.Module:
@@ -130,9 +130,9 @@ class InternEncoder(nnx.Module):
     def __init__(self, cfg: InternVisionConfig, param_dtype, **kw):
         self.layer = nnx.List([InternLayer(cfg, param_dtype, **kw) for _ in range(cfg.num_hidden_layers)])
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, remat: bool = False) -> jax.Array:
         for layer in self.layer:
-            x = layer(x)
+            x = run_layer(layer, remat, x)
         return x
 
 
@@ -148,10 +148,11 @@ class InternVisionModel(nnx.Module):
             if cfg.use_mean_pooling
             else LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps, param_dtype=param_dtype)
         )
+        self.remat = False  # --vit_gradient_checkpointing: recompute each layer in the backward pass
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         """`[tiles, C, H, W] -> [tiles, 1 + patches, hidden]` (last hidden state, CLS first)."""
-        x = self.encoder(self.embeddings(pixels))
+        x = self.encoder(self.embeddings(pixels), self.remat)
         return x if self.layernorm is None else self.layernorm(x)
 
 

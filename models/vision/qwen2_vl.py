@@ -29,7 +29,7 @@ from ..config import ModelConfig, Qwen2VLVisionConfig
 from ..decoder import CausalLM, KVCache
 from ..layers import Linear, RMSNorm, activation, apply_rotary
 from . import grid
-from .common import LayerNorm, scatter_features
+from .common import LayerNorm, run_layer, scatter_features
 
 
 @jax.tree_util.register_dataclass
@@ -200,6 +200,7 @@ class VisionTransformer(nnx.Module):
         self.patch_embed = PatchEmbed(cfg, param_dtype=param_dtype, **kw)
         self.blocks = nnx.List([VisionBlock(cfg, param_dtype, **kw) for _ in range(cfg.depth)])
         self.merger = PatchMerger(cfg, param_dtype, **kw)
+        self.remat = False  # --vit_gradient_checkpointing: recompute each block in the backward pass
 
     def __call__(self, inputs: VisionInputs) -> jax.Array:
         """Merged features `[patches / merge_unit, out_hidden]`, one row per image/video pad token."""
@@ -208,7 +209,7 @@ class VisionTransformer(nnx.Module):
         x = self.patch_embed(inputs.pixel_values)[None]  # [1, patches, hidden]
         for i, block in enumerate(self.blocks):
             windowed = self.cfg.window_size and i not in self.cfg.fullatt_block_indexes
-            x = block(x, cos, sin, windows if windowed else frames)
+            x = run_layer(block, self.remat, x, cos, sin, windows if windowed else frames)
         return self.merger(x[0])[inputs.unit_restore]
 
 

@@ -39,14 +39,22 @@ def _internvl_defaults(vision: dict[str, Any]) -> dict[str, Any]:
     return {"size": {"height": height, "width": width}, "crop_to_patches": True, "max_patches": 12}
 
 
+def _gemma3_defaults(vision: dict[str, Any]) -> dict[str, Any]:
+    """transformers' Gemma 3 processing: one square image of the encoder's image_size (no pan and scan)."""
+    size = vision.get("image_size", 896)
+    return {"size": {"height": size, "width": size}}
+
+
 _QWEN2_VL = "transformers.models.qwen2_vl.image_processing_pil_qwen2_vl.Qwen2VLImageProcessorPil"
 _GOT_OCR2 = "transformers.models.got_ocr2.image_processing_pil_got_ocr2.GotOcr2ImageProcessorPil"
+_GEMMA3 = "transformers.models.gemma3.image_processing_pil_gemma3.Gemma3ImageProcessorPil"
 # model_type -> (transformers' PIL image processor, its arguments from `vision_config` for folders without
 # preprocessor_config.json, whether max_pixels / min_pixels apply)
 IMAGE_PROCESSORS: dict[str, tuple[str, Any, bool]] = {
     "qwen2_vl": (_QWEN2_VL, _qwen2_vl_defaults, True),
     "qwen2_5_vl": (_QWEN2_VL, _qwen2_vl_defaults, True),
     "internvl": (_GOT_OCR2, _internvl_defaults, False),  # dynamic tiling (transformers' GotOcr2 processor)
+    "gemma3": (_GEMMA3, _gemma3_defaults, False),
 }
 
 
@@ -115,17 +123,20 @@ def image_processor(model_dir: str, *, max_pixels: int | None = None, min_pixels
 
 def preprocess_images(processor, images: list[Image.Image]) -> dict[str, np.ndarray]:
     """The processor's numpy outputs for PIL images: `pixel_values` (float32; Qwen2-VL `[patches,
-    patch_dim]`, InternVL `[tiles, C, H, W]`) and the per-image layout (`image_grid_thw` `[images, 3]`
-    or InternVL's `num_patches` `[images]`, tiles per image)."""
+    patch_dim]`, InternVL `[tiles, C, H, W]`, Gemma 3 `[images, C, H, W]`) and the per-image layout
+    (`image_grid_thw` `[images, 3]` or InternVL's `num_patches` `[images]`, tiles per image)."""
     out = processor(images=images, return_tensors="np")
     return {k: np.asarray(v, np.float32 if k == "pixel_values" else np.int64) for k, v in out.items()}
 
 
 def vision_token_counts(vision_config: Any, processed: dict[str, np.ndarray]) -> list[int]:
     """How many pad tokens each image of `preprocess_images` output becomes in the language model:
-    Qwen2-VL `t*h*w / spatial_merge_size^2`, InternVL `tiles * tokens_per_tile`."""
+    Qwen2-VL `t*h*w / spatial_merge_size^2`, InternVL `tiles * tokens_per_tile`, Gemma 3
+    `mm_tokens_per_image`."""
     if "image_grid_thw" in processed:
         return [int(n) for n in np.prod(processed["image_grid_thw"], axis=-1) // vision_config.merge_unit]
+    if "num_patches" not in processed:  # one square image each (Gemma 3)
+        return [vision_config.mm_tokens_per_image] * len(processed["pixel_values"])
     return [int(n) * vision_config.tokens_per_tile for n in processed["num_patches"]]
 
 

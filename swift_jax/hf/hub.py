@@ -33,7 +33,7 @@ def resolve_model_dir(path_or_hub_id: str | os.PathLike) -> str:
         ) from err
 
 
-# Tokenizer and generation files copied beside exported or checkpointed weights.
+# Tokenizer, processor (vision-language models) and generation files copied beside exported or checkpointed weights.
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -43,11 +43,15 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+    "video_preprocessor_config.json",
+    "chat_template.json",
 )
 
 
 def copy_tokenizer_files(src: str, dst: str) -> None:
-    """Copy the tokenizer and generation config files a model folder has (hub ids: downloaded first)."""
+    """Copy the tokenizer, processor and generation config files a model folder has (hub ids: downloaded first)."""
     src = resolve_model_dir(src)
     for name in TOKENIZER_FILES:
         if os.path.exists(os.path.join(src, name)):

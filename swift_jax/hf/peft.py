@@ -23,6 +23,7 @@ from swift_jax.models.config import to_jnp_dtype
 from swift_jax.models.registry import architecture
 from swift_jax.modeling import HEAD_RULES
 from swift_jax.models.scan import layer_paths
+from swift_jax.models.vision.parts import module_name
 from swift_jax.parallel.distributed import host_array, is_main_process
 from swift_jax.tuners.lora import iter_linears, lora_layers, loraize
 
@@ -33,14 +34,16 @@ PREFIX = "base_model.model."
 
 def hf_module_paths(model: nnx.Module, path: str) -> list[str]:
     """The HF module paths of one of our Linear layers (e.g. `model.layers.0.self_attn.q_proj`): one, or,
-    for a Linear of scanned layers (`model.stacks....`), one per stacked layer in slot order."""
+    for a Linear of scanned layers (`model.stacks....`), one per stacked layer in slot order. These are
+    transformers' module names (PEFT's), which for vision-language models differ from the checkpoint's
+    (`model.language_model.layers.0...` for `model.layers.0...`, models/vision/parts.py)."""
     weights = architecture(model.config.model_type).weights
     modules = []
     for layer_path in layer_paths(model.config, path) or [path]:
         hit = weights.ours_to_hf(layer_path + ".kernel")
         if hit is None:
             raise ValueError(f"layer {layer_path} has no Hugging Face name in the {model.config.model_type} weight map")
-        modules.append(hit[0].removesuffix(".weight"))
+        modules.append(module_name(model.config.model_type, hit[0].removesuffix(".weight")))
     return modules
 
 
@@ -158,8 +161,8 @@ def _saved_base_tensors(model: nnx.Module, modules_to_save: Sequence[str], lora_
     variables = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     out = []
     for r in saved_parameters(model, modules_to_save, lora_bias):
-        value = variables[r.path][...]
-        out.append((r.name, np.ascontiguousarray(to_hf(host_array(value[r.index] if r.index else value), r.rule.transform))))
+        value = host_array(variables[r.path][...][r.index] if r.index else variables[r.path][...])
+        out.append((module_name(model.config.model_type, r.name), np.ascontiguousarray(to_hf(value, r.rule.transform))))
     return out
 
 
@@ -309,7 +312,7 @@ def _base_tensor_targets(model: nnx.Module) -> dict[str, tuple]:
     from swift_jax.tuners.select import hf_parameters
 
     variables = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    return {r.name: (variables[r.path], r) for r in hf_parameters(model)}
+    return {module_name(model.config.model_type, r.name): (variables[r.path], r) for r in hf_parameters(model)}
 
 
 def _set_base_tensor(target: tuple, name: str, value: np.ndarray) -> list[str]:

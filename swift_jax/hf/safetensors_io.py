@@ -20,9 +20,12 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 class SafetensorsReader:
-    """Maps tensor names to the (possibly sharded) safetensors files of a model folder."""
+    """Maps tensor names to the (possibly sharded) safetensors files of a model folder.
 
-    def __init__(self, model_dir: str):
+    `aliases` `(regex, replacement)` rename stored names to the ones callers use (another writer's spelling
+    of the same tensor, e.g. transformers 5's `vision_tower.` for the hub's `vision_tower.vision_model.`)."""
+
+    def __init__(self, model_dir: str, aliases: tuple[tuple[str, str], ...] = ()):
         self.model_dir = model_dir
         index_path = os.path.join(model_dir, INDEX_FILE)
         single_path = os.path.join(model_dir, SINGLE_FILE)
@@ -39,6 +42,10 @@ class SafetensorsReader:
                 f"{model_dir}: no {SINGLE_FILE} or {INDEX_FILE} found (files: {found}); "
                 "only safetensors checkpoints are supported"
             )
+        self.stored = {name: name for name in self.files}  # our name -> the name in the file
+        for pattern, replacement in aliases:
+            self.stored = {re.sub(pattern, replacement, ours, count=1): kept for ours, kept in self.stored.items()}
+        self.files = {ours: self.files[kept] for ours, kept in self.stored.items()}
 
     def names(self) -> list[str]:
         return sorted(self.files)
@@ -46,15 +53,15 @@ class SafetensorsReader:
     def shape_dtype(self, name: str) -> tuple[tuple[int, ...], str]:
         """Shape and safetensors dtype string (e.g. 'BF16') without reading the data."""
         with safe_open(self.files[name], framework="numpy") as f:
-            sl = f.get_slice(name)
+            sl = f.get_slice(self.stored[name])
             return tuple(sl.get_shape()), sl.get_dtype()
 
     def read(self, name: str, index: tuple[slice, ...] | None = None) -> np.ndarray:
         """The tensor `name`, or only `index` of it (read from disk, not sliced after loading)."""
         with safe_open(self.files[name], framework="numpy") as f:
             if index is None:
-                return f.get_tensor(name)
-            return f.get_slice(name)[index]
+                return f.get_tensor(self.stored[name])
+            return f.get_slice(self.stored[name])[index]
 
 
 def parse_size(size: int | str) -> int:

@@ -96,6 +96,8 @@ def resolve_impl(
         impl = _DEFAULT_IMPL.get()
     if impl != "auto" and impl not in BACKENDS:
         raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}")
+    if options.get("bidirectional_ids") is not None:  # only the reference implements bidirectional blocks
+        return "xla"
     order = AUTO_ORDER.get(platform or jax.default_backend(), ("xla",))
     candidates = tuple(n for n in order if n not in exclude) if impl == "auto" else (impl,)
     for name in candidates:
@@ -116,11 +118,14 @@ def attention(
     logits_soft_cap: float | None = None,
     scale: float | None = None,
     q_offset: jax.Array | int | None = None,
+    bidirectional_ids: jax.Array | None = None,
     impl: str = "auto",
 ) -> jax.Array:
     """Multi-head attention over packed rows; see `xla_attention` for the exact semantics.
 
     `q_offset` places the queries inside a longer key sequence (decoding against a KV cache).
+    `bidirectional_ids` `[batch, kv_len]` lifts the causal mask inside blocks of equal positive id (Gemma 3's
+    image tokens see their whole image); only the XLA reference runs such calls.
     `impl` names a backend ("xla", "xla_blocked", "pallas_gpu", "pallas_tpu", "cudnn") or "auto", which picks by
     platform and arguments (AUTO_ORDER). Pallas backends run in interpret mode off their platform,
     so any impl works everywhere; a call a backend cannot run goes to "xla".
@@ -137,6 +142,8 @@ def attention(
         scale=scale,
         q_offset=q_offset,
     )
+    if bidirectional_ids is not None:
+        options["bidirectional_ids"] = bidirectional_ids
     if causal and q_offset is None and q_segment_ids is None and sequence_shards() > 1:
         options = {key: value for key, value in options.items() if key not in ("q_segment_ids", "q_offset")}
         return sequence_parallel_attention(functools.partial(attention, impl=impl), q, k, v, **options)

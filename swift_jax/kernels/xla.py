@@ -15,13 +15,16 @@ def attention_mask(
     causal: bool,
     sliding_window: int | None,
     q_offset: jax.Array | int | None = None,
+    bidirectional_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Boolean `[batch, q_len, kv_len]`: True where query i may attend to key j.
 
     Query i sits at key index `q_offset + i`; `q_offset` (an int or a `[batch]` array) defaults to
     `kv_len - q_len` (queries aligned with the last keys), so the same mask serves prefill and decoding
     against a preallocated cache (pass each row's write position). Segment 0 is padding and attends
-    nowhere; different segments of a packed row never see each other.
+    nowhere; different segments of a packed row never see each other. `bidirectional_ids` `[batch, kv_len]`
+    (0 = none) lets a query see every key of its own block past the causal limit, but not past the window
+    (transformers' `blockwise_overlay`: AND(window, OR(causal, same block))).
     """
     q_len, kv_len = q_segment_ids.shape[1], kv_segment_ids.shape[1]
     mask = (q_segment_ids[:, :, None] == kv_segment_ids[:, None, :]) & (q_segment_ids[:, :, None] != 0)
@@ -29,7 +32,12 @@ def attention_mask(
     q_idx = jnp.arange(q_len)[None, :, None] + jnp.reshape(jnp.asarray(offset), (-1, 1, 1))  # [b|1, s, 1]
     kv_idx = jnp.arange(kv_len)[None, None, :]  # [1, 1, t]
     if causal:
-        mask &= kv_idx <= q_idx
+        visible = kv_idx <= q_idx
+        if bidirectional_ids is not None:  # a query's ids are the keys' at its own index
+            at = jnp.broadcast_to(q_idx[..., 0], (mask.shape[0], q_len))  # [b, s]: each query's key index
+            q_ids = jnp.take_along_axis(bidirectional_ids, at, axis=1)
+            visible |= (q_ids[:, :, None] == bidirectional_ids[:, None, :]) & (q_ids[:, :, None] > 0)
+        mask &= visible
     if sliding_window is not None:
         mask &= kv_idx > q_idx - sliding_window
     return mask
@@ -47,6 +55,7 @@ def xla_attention(
     logits_soft_cap: float | None = None,
     scale: float | None = None,
     q_offset: jax.Array | int | None = None,
+    bidirectional_ids: jax.Array | None = None,
 ) -> jax.Array:
     """Softmax attention with GQA, packed segments, causal and sliding-window masks.
 
@@ -71,7 +80,12 @@ def xla_attention(
     if logits_soft_cap is not None:
         logits = logits_soft_cap * jnp.tanh(logits / logits_soft_cap)
     mask = attention_mask(
-        q_segment_ids, segment_ids, causal=causal, sliding_window=sliding_window, q_offset=q_offset
+        q_segment_ids,
+        segment_ids,
+        causal=causal,
+        sliding_window=sliding_window,
+        q_offset=q_offset,
+        bidirectional_ids=bidirectional_ids,
     )
     mask = mask[:, None, None]  # [b, 1, 1, s, t]
     logits = jnp.where(mask, logits, _MASKED)

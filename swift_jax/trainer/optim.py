@@ -85,13 +85,15 @@ def make_optimizer(
     max_grad_norm: float | None,
     lorap_lr_ratio: float | None = None,
     masks: dict[str, Any] | None = None,
+    lr_factors: Callable[[str], Any] | None = None,
 ) -> optax.GradientTransformation:
     """Global-norm clipping followed by AdamW (decoupled weight decay on weights, not biases or norms).
 
     `lorap_lr_ratio` (LoRA+): LoRA+'s B group takes `ratio x` the learning rate, i.e. its whole AdamW update
     (step and decoupled decay both scale with the rate) is multiplied by the ratio. `masks` (dotted name ->
     0/1 array over stacked axes, tuners/select.py) zero the gradients of frozen slices before clipping and
-    their updates after AdamW (weight decay included), so those slices stay bit-identical.
+    their updates after AdamW (weight decay included), so those slices stay bit-identical. `lr_factors`
+    (dotted name -> multiple or None) scales whole AdamW updates like a per-group learning rate (`--vit_lr`).
     """
     parts = []
     mask = (lambda name: masks.get(name)) if masks else None
@@ -102,6 +104,8 @@ def make_optimizer(
     parts.append(optax.adamw(schedule, b1=adam_beta1, b2=adam_beta2, eps=adam_epsilon, weight_decay=weight_decay, mask=decay_mask))
     if lorap_lr_ratio:
         parts.append(scale_by_path(lambda name: lorap_lr_ratio if is_lora_plus_b(name) else None))
+    if lr_factors:
+        parts.append(scale_by_path(lr_factors))
     if mask:
         parts.append(scale_by_path(mask))
     return optax.chain(*parts)

@@ -89,8 +89,11 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
     """Attach adapters as the tuner asks (new ones, or `--adapters` to continue), or choose the parameters
     full fine-tuning trains; NEFTune noise on the embeddings. Adapter dropout uses `--seed` whichever way
     the adapters came."""
+    from swift_jax.tuners import multimodal
+
     t = args.tuner
     seed = args.training.seed
+    multimodal.check_controls(model, t)
     if t.neftune_noise_alpha:
         from swift_jax.tuners.neftune import add_neftune
 
@@ -106,11 +109,14 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
     if quantize_first:
         from swift_jax.tuners.qlora import quantize_base
 
-        quantize_base(model, bits=t.quant_bits)
+        quantize_base(model, bits=t.quant_bits, skip=multimodal.quantization_skip(model))
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     if not t.adapters:
         from swift_jax.models.config import to_jnp_dtype
-        from swift_jax.tuners import loraize
+        from swift_jax.tuners import ALL_LINEAR, loraize
+
+        if multimodal.is_multimodal(model) and ALL_LINEAR in t.target_modules and not t.target_regex:
+            t.target_regex = multimodal.lora_target_regex(model, t)  # saved in args.json and the adapter config
 
         loraize(model, target_modules=t.target_modules, rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
                 rngs=rngs, use_rslora=t.use_rslora, use_dora=t.use_dora, init_weights=t.init_weights,
@@ -135,7 +141,7 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
     if t.tuner_type == "qlora" and not quantize_first:  # PEFT's pissa_init on a 4-bit layer does the same
         from swift_jax.tuners.qlora import quantize_base
 
-        quantize_base(model, bits=t.quant_bits)
+        quantize_base(model, bits=t.quant_bits, skip=multimodal.quantization_skip(model))
     if not (t.modules_to_save or t.lora_bias != "none"):
         return TunerPlan(nnx.LoRAParam, is_lora=True)
     from swift_jax.tuners.select import module_selection
@@ -157,8 +163,14 @@ def _adopt_saved_modules(t, paths: list[str]) -> None:
 
 
 def _full_plan(model: nnx.Module, t) -> TunerPlan:
-    rules = dict(freeze_parameters=t.freeze_parameters, freeze_parameters_regex=t.freeze_parameters_regex,
-                 freeze_parameters_ratio=t.freeze_parameters_ratio, trainable_parameters=t.trainable_parameters,
+    from swift_jax.tuners import multimodal
+
+    freeze, trainable = list(t.freeze_parameters), list(t.trainable_parameters)
+    if multimodal.is_multimodal(model):  # --freeze_llm / --freeze_vit / --freeze_aligner
+        more_freeze, more_trainable = multimodal.full_freeze_rules(model, t)
+        freeze, trainable = freeze + more_freeze, trainable + more_trainable
+    rules = dict(freeze_parameters=freeze, freeze_parameters_regex=t.freeze_parameters_regex,
+                 freeze_parameters_ratio=t.freeze_parameters_ratio, trainable_parameters=trainable,
                  trainable_parameters_regex=t.trainable_parameters_regex)
     if not any(rules.values()):
         return TunerPlan(nnx.Param)

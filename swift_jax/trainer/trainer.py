@@ -30,6 +30,7 @@ from swift_jax.trainer import run_folder
 from swift_jax.trainer.logs import RunLogger, peak_memory_gib, progress_fields
 from swift_jax.trainer.method import LanguageModeling, Method
 from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
+from swift_jax.tuners.multimodal import lr_factors, set_vision_remat
 from swift_jax.trainer.preemption import Preemption
 from swift_jax.trainer.setup import apply_tuner, build_model, enable_compilation_cache, resolve_path
 from swift_jax.trainer.step import TrainState, make_eval_step, make_train_step, router_aux_coef, split_model, summarize
@@ -111,6 +112,8 @@ class Trainer:
         self.tokenizer = load_tokenizer(resolve_path(args.model_args.model))
         self.model = build_model(args, self.mesh)
         self.model.model.remat = t.gradient_checkpointing
+        vit_remat = args.tuner.vit_gradient_checkpointing
+        set_vision_remat(self.model, t.gradient_checkpointing if vit_remat is None else vit_remat)
         self.plan = apply_tuner(self.model, args)
         self.trainable = self.plan.trainable
         self.method = self.method or default_method(args, self.model)
@@ -136,7 +139,7 @@ class Trainer:
         self.optimizer = make_optimizer(
             self.schedule, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2,
             adam_epsilon=t.adam_epsilon, max_grad_norm=t.max_grad_norm, lorap_lr_ratio=args.tuner.lorap_lr_ratio,
-            masks=self.plan.masks,
+            masks=self.plan.masks, lr_factors=lr_factors(self.model, t.learning_rate, args.tuner),
         )
         self.graphdef, params, rng, self.frozen = split_model(self.model, self.trainable)
         opt_state = init_optimizer_state(self.optimizer, params, self.mesh)

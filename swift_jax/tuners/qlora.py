@@ -18,14 +18,16 @@ from .lora import EXCLUDED_FROM_ALL_LINEAR, iter_linears
 QTYPES = {4: "nf4", 8: jnp.int8}
 
 
-def quantize_base(model: nnx.Module, *, bits: int = 4, tile_size: int = 64) -> nnx.Module:
-    """Quantize every Linear kernel but the LM head, and the MoE expert weights, in place; scales per
-    `tile_size` input rows per output column (and per layer / expert for stacked kernels `[..., in, out]`)."""
+def quantize_base(model: nnx.Module, *, bits: int = 4, tile_size: int = 64, skip=lambda path: False) -> nnx.Module:
+    """Quantize every Linear kernel but the LM head (and those at paths `skip` names: a VL model's vision
+    tower and aligner, tuners/multimodal.py), and the MoE expert weights, in place; scales per `tile_size`
+    input rows per output column (and per layer / expert for stacked kernels `[..., in, out]`)."""
     from .experts import iter_experts  # lazy: experts imports the models' MoE block
 
     if bits not in QTYPES:
         raise ValueError(f"--quant_bits {bits}: QLoRA supports {sorted(QTYPES)}")
-    kernels = [linear.kernel for path, linear in iter_linears(model) if path.split(".")[-1] not in EXCLUDED_FROM_ALL_LINEAR]
+    kernels = [linear.kernel for path, linear in iter_linears(model)
+               if path.split(".")[-1] not in EXCLUDED_FROM_ALL_LINEAR and not skip(path)]
     kernels += [getattr(e, name) for _, e in iter_experts(model) for name in ("gate_proj", "up_proj", "down_proj")]
     for var in kernels:
         var.set_value(quantize_kernel(var.get_value(), QTYPES[bits], tile_size))

@@ -90,11 +90,15 @@ def full_selection(model: nnx.Module, *, freeze_parameters=(), freeze_parameters
                    trainable_parameters=(), trainable_parameters_regex=None) -> TrainSelection:
     """ms-swift's full-tuning rules: all trainable; freeze the first `ratio` of the parameter count (in
     named_parameters order), the `freeze_parameters` prefixes and the regex matches; then make trainable the
-    `trainable_parameters` prefixes and regex matches (these win)."""
+    `trainable_parameters` prefixes and regex matches (these win). Prefixes and regexes read transformers'
+    parameter names (a vision-language model's `model.language_model.*`, models/vision/parts.py)."""
     if not 0 <= freeze_parameters_ratio <= 1:
         raise ValueError(f"--freeze_parameters_ratio must be in [0, 1], got {freeze_parameters_ratio}")
+    from swift_jax.models.vision.parts import module_name
+
     rows = hf_parameters(model)
     trainable = {name: True for name, *_ in rows}
+    shown = {name: module_name(model.config.model_type, name) for name in trainable}  # transformers' names
     if freeze_parameters_ratio > 0:
         sizes = np.cumsum([int(np.prod(r.shape[len(r.index) :])) for r in rows])
         count = bisect.bisect_right(sizes.tolist(), int(sizes[-1] * freeze_parameters_ratio))
@@ -103,14 +107,14 @@ def full_selection(model: nnx.Module, *, freeze_parameters=(), freeze_parameters
     frozen = _hf_matcher(freeze_parameters, freeze_parameters_regex, "freeze_parameters")
     active = _hf_matcher(trainable_parameters, trainable_parameters_regex, "trainable_parameters")
     for name in trainable:
-        if frozen(name):
+        if frozen(shown[name]):
             trainable[name] = False
-        if active(name):
+        if active(shown[name]):
             trainable[name] = True
     for flag, prefixes in (("freeze_parameters", freeze_parameters), ("trainable_parameters", trainable_parameters)):
-        unknown = [p for p in prefixes if not any(n.startswith(p) for n in trainable)]
+        unknown = [p for p in prefixes if not any(n.startswith(p) for n in shown.values())]
         if unknown:
-            raise ValueError(f"--{flag} {unknown} match no parameter; names look like {rows[1][0]}")
+            raise ValueError(f"--{flag} {unknown} match no parameter; names look like {shown[rows[1][0]]}")
     return _selection(rows, trainable)
 
 
