@@ -1,0 +1,136 @@
+"""Qwen2-VL vision inputs laid out per batch row, for training batches (padded or packed).
+
+A training batch is `[rows, ...]` arrays sharded over the batch axes, so each row carries its own patches:
+
+    pixel_values  [rows, P, patch_dim]   the row's patches (its samples' images and videos, in order of
+                                         appearance, each in window order), zero-padded to P
+    patch_pos     [rows, P, 2]           row, column of each patch in its frame (2-D rotary)
+    frame_ids     [rows, P]              attention segment of whole-frame blocks, unique in the row (0 = pad)
+    window_ids    [rows, P]              attention segment of windowed blocks (Qwen2.5-VL)
+    unit_restore  [rows, P / unit]       merged features back in order of appearance
+    mrope         [rows, seq, 3]         M-RoPE positions, restarting in each packed segment
+
+`sample_layout` computes one sample's arrays on the host (numpy); grain's packer then concatenates samples,
+and `row_embeds` runs the vision tower row by row (vmapped: attention never spans rows) and scatters the
+k-th image/video pad token of a row to the row's k-th merged feature.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..config import Qwen2VLVisionConfig
+from . import grid
+from .qwen2_vl import vision_rotary
+
+VISION_KEYS = ("pixel_values", "patch_pos", "frame_ids", "window_ids", "unit_restore")
+"""Per-row vision arrays of a training batch (besides `mrope`)."""
+
+
+def appearance_order(input_ids: np.ndarray, cfg: Qwen2VLVisionConfig) -> list[tuple[int, int]]:
+    """`(kind, index)` of each image (kind 1) / video (kind 2) in the order their pad runs appear."""
+    types = grid.token_types(np.asarray(input_ids), cfg)
+    starts = np.flatnonzero((types > 0) & (np.concatenate([[0], types[:-1]]) != types))
+    seen = {grid.IMAGE: 0, grid.VIDEO: 0}
+    order = []
+    for s in starts:
+        kind = int(types[s])
+        order.append((kind, seen[kind]))
+        seen[kind] += 1
+    return order
+
+
+def sample_layout(
+    cfg: Qwen2VLVisionConfig,
+    input_ids: np.ndarray,
+    pixel_values=None,
+    image_grid_thw=None,
+    pixel_values_videos=None,
+    video_grid_thw=None,
+    second_per_grid_ts=None,
+) -> dict[str, np.ndarray]:
+    """One sample's vision arrays (see the module docstring; ids start at 1, restore indices at 0) and its
+    M-RoPE positions `mrope` `[seq, 3]`. Runs of adjacent pads of one kind must be one image / video each
+    (the template puts vision start/end tokens around them)."""
+    grids = {grid.IMAGE: grid._grids(image_grid_thw), grid.VIDEO: grid._grids(video_grid_thw)}
+    pixels = {
+        grid.IMAGE: np.zeros((0, cfg.patch_dim), np.float32) if pixel_values is None else np.asarray(pixel_values),
+        grid.VIDEO: np.zeros((0, cfg.patch_dim), np.float32) if pixel_values_videos is None else np.asarray(pixel_values_videos),
+    }
+    pieces = {k: np.split(pixels[k], np.cumsum(np.prod(grids[k], axis=-1))[:-1]) if len(grids[k]) else [] for k in grids}
+    order = appearance_order(input_ids, cfg)
+    if len(order) != len(grids[grid.IMAGE]) + len(grids[grid.VIDEO]):
+        raise ValueError(f"{len(order)} runs of vision pad tokens for {len(grids[1])} images and {len(grids[2])} videos")
+    ordered_grids = np.stack([grids[k][i] for k, i in order]) if order else np.zeros((0, 3), np.int64)
+    layout = grid.patch_layout(ordered_grids, cfg)
+    units = grid.window_order(layout["window_ids"], cfg.merge_unit)  # [units]
+    patch_order = (units[:, None] * cfg.merge_unit + np.arange(cfg.merge_unit)).reshape(-1)  # [patches]
+    flat = np.concatenate([pieces[k][i] for k, i in order]) if order else pixels[grid.IMAGE]
+    mrope = grid.mrope_positions(
+        np.asarray(input_ids)[None], cfg, image_grid_thw, video_grid_thw, second_per_grid_ts=second_per_grid_ts
+    )[:, 0].T  # [seq, 3]
+    return {
+        "pixel_values": flat.astype(np.float32)[patch_order],
+        "patch_pos": layout["positions"][patch_order],
+        "frame_ids": layout["frame_ids"][patch_order],
+        "window_ids": layout["window_ids"][patch_order],
+        "unit_restore": np.argsort(units).astype(np.int32),
+        "mrope": np.ascontiguousarray(mrope, np.int32),
+    }
+
+
+def pad_layout(layout: dict[str, np.ndarray], num_patches: int, merge_unit: int) -> dict[str, np.ndarray]:
+    """A sample's vision arrays zero-padded to `num_patches` patches (padding restores to itself)."""
+    out = {}
+    for key in ("pixel_values", "patch_pos", "frame_ids", "window_ids"):
+        value = layout[key]
+        out[key] = np.zeros((num_patches, *value.shape[1:]), value.dtype)
+        out[key][: len(value)] = value
+    units = num_patches // merge_unit
+    out["unit_restore"] = np.arange(units, dtype=np.int32)
+    out["unit_restore"][: len(layout["unit_restore"])] = layout["unit_restore"]
+    return out
+
+
+def packed_ids(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Vision arrays of a packed row (grain's packer output, `*_segment_ids` / `*_positions` per feature) made
+    row-global: frame / window ids unique per segment, restore indices offset to each segment's first unit."""
+    seg = row["frame_ids_segment_ids"].astype(np.int32)  # [P]
+    out = {k: row[k] for k in ("pixel_values", "patch_pos")}
+    for key in ("frame_ids", "window_ids"):
+        local = row[key].astype(np.int32)
+        out[key] = np.where(local > 0, (seg << 16) + local, 0).astype(np.int32)
+    units = len(row["unit_restore"])
+    start = np.arange(units) - row["unit_restore_positions"]
+    real = row["unit_restore_segment_ids"] > 0
+    out["unit_restore"] = np.where(real, row["unit_restore"] + start, np.arange(units)).astype(np.int32)
+    return out
+
+
+def row_features(visual, batch: dict[str, jax.Array]) -> jax.Array:
+    """Merged features `[rows, units, embed]` of each row's patches, in order of appearance: the vision
+    tower with rows as the batch axis (attention stays inside a row's frames / windows)."""
+    cfg = visual.cfg
+    rows, patches, _ = batch["pixel_values"].shape
+    cos, sin = vision_rotary(batch["patch_pos"].reshape(rows * patches, 2), cfg)  # [1, rows * patches, head_dim]
+    cos, sin = cos.reshape(rows, patches, -1), sin.reshape(rows, patches, -1)
+    x = visual.patch_embed(batch["pixel_values"].reshape(rows * patches, -1)).reshape(rows, patches, -1)
+    for i, block in enumerate(visual.blocks):
+        windowed = cfg.window_size and i not in cfg.fullatt_block_indexes
+        x = block(x, cos, sin, batch["window_ids"] if windowed else batch["frame_ids"])
+    merged = visual.merger(x.reshape(rows * patches, -1)).reshape(rows, patches // cfg.merge_unit, -1)
+    return jnp.take_along_axis(merged, batch["unit_restore"][..., None], axis=1)
+
+
+def row_embeds(model, input_ids: jax.Array, batch: dict[str, jax.Array]) -> jax.Array:
+    """Token embeddings `[rows, seq, embed]` of a Qwen2-VL model with each row's merged vision features in
+    place of its image / video pad tokens (the row's k-th pad token takes its k-th feature)."""
+    cfg = model.config.vision
+    embeds = model.model.embed(input_ids)  # [rows, seq, embed]
+    feats = row_features(model.visual, batch)  # [rows, units, embed]
+    is_pad = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)  # [rows, seq]
+    rank = jnp.where(is_pad, jnp.cumsum(is_pad, axis=-1) - 1, 0)  # [rows, seq]
+    picked = jnp.take_along_axis(feats, rank[..., None], axis=1, mode="clip").astype(embeds.dtype)
+    return jnp.where(is_pad[..., None], picked, embeds)
