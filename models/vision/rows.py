@@ -94,6 +94,22 @@ def pad_layout(layout: dict[str, np.ndarray], num_patches: int, merge_unit: int)
     return out
 
 
+def left_padded_rows(layouts: list[dict], batch: int, length: int, merge_unit: int) -> dict[str, np.ndarray]:
+    """Generation prompts' vision arrays: each prompt's `sample_layout` as one row, its M-RoPE `positions`
+    `[batch, length, 3]` left-padded like the prompt tokens, its patches padded to one power-of-two bucket;
+    filler rows beyond the prompts are empty."""
+    most = max(len(layout["frame_ids"]) for layout in layouts)
+    patches = max(64, merge_unit, 1 << max(0, most - 1).bit_length())
+    empty = {k: v[:0] for k, v in layouts[0].items()}
+    rows = []
+    for layout in list(layouts) + [empty] * (batch - len(layouts)):
+        row = pad_layout(layout, patches, merge_unit)
+        row["positions"] = np.zeros((length, 3), np.int32)
+        row["positions"][length - len(layout["mrope"]) :] = layout["mrope"]
+        rows.append(row)
+    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
 def packed_ids(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Vision arrays of a packed row (grain's packer output, `*_segment_ids` / `*_positions` per feature) made
     row-global: frame / window ids unique per segment, restore indices offset to each segment's first unit."""

@@ -110,3 +110,36 @@ def render_tags(messages: list[dict], template: str, media: dict[str, list], whe
 def has_media(row: dict) -> bool:
     """Whether a row carries images or videos."""
     return any(row.get(key) not in (None, [], "") for key in FIELDS.values())
+
+
+PART_KINDS = {"image_url": "image", "image": "image", "video_url": "video", "video": "video"}
+"""OpenAI (and ms-swift) content-part types -> media kind."""
+
+
+def content_parts(messages: list[dict], where: str = "request") -> tuple[list[dict], dict[str, list]]:
+    """OpenAI messages whose `content` may be a list of parts (`text`, `image_url` {url}, `video_url`, ms-swift's
+    `image` / `video`) -> string contents with a `<image>` / `<video>` tag where each part was, and the media."""
+    media: dict[str, list] = {"image": [], "video": []}
+    flat = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            flat.append(message)
+            continue
+        text = []
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                text.append(part.get("text", ""))
+            elif kind in PART_KINDS:
+                value = part.get(kind)
+                value = value.get("url") if isinstance(value, dict) else value
+                if not value:
+                    raise DataError(f"{where}: messages[{i}].content[{j}] ({kind}) has no url")
+                media[PART_KINDS[kind]].append(value)
+                text.append(TAG[PART_KINDS[kind]])
+            else:
+                raise DataError(f"{where}: messages[{i}].content[{j}] has type {kind!r}; expected text, "
+                                f"{', '.join(PART_KINDS)}")
+        flat.append({**message, "content": "".join(text)})
+    return flat, media

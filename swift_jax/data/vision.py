@@ -125,6 +125,31 @@ class VisionData:
         return ids.astype(np.int32), pixels
 
 
+@dataclasses.dataclass
+class VisionPrompt:
+    """A generation prompt of a vision-language model: its token ids (vision pads expanded) and its vision
+    layout (`models.vision.rows.sample_layout`), what `Generator.generate_ids` takes in place of plain ids."""
+
+    ids: list[int]
+    layout: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def prompt_inputs(vision: VisionData | None, encoder, messages: list[dict], tools=None, media=None,
+                  where: str = "request"):
+    """The generation prompt of `messages` (and a row's `media`, `media.row_media`): plain token ids for a
+    text model (media is then an error), a `VisionPrompt` for a vision-language one."""
+    media = media or {"image": [], "video": []}
+    if vision is None:
+        if media["image"] or media["video"]:
+            raise DataError(f"{where}: images / videos given, but the model is text-only")
+        return encoder.prompt_ids(messages, tools)
+    ids, pixels = vision.prompt(encoder, messages, media, tools, where)
+    return VisionPrompt(ids.tolist(), vision.layout({"input_ids": ids, **pixels}))
+
+
 def vision_data_for(model_dir: str, model_config, data_args=None) -> VisionData | None:
     """The `VisionData` of a vision-language checkpoint (None for a text model, or one loaded without its
     vision tower), with the run's --template and --max_pixels."""
@@ -133,6 +158,20 @@ def vision_data_for(model_dir: str, model_config, data_args=None) -> VisionData 
         return None
     return VisionData.from_pretrained(model_dir, vision, template=getattr(data_args, "template", None),
                                       max_pixels=getattr(data_args, "max_pixels", None))
+
+
+def vision_for_inference(args, model_config):
+    """`(VisionData or None, args)` for infer / deploy / eval: the checkpoint folder is `args.model` (else the
+    adapters' base model); a vision model's `args.template` defaults to ms-swift's template of the model type."""
+    if getattr(model_config, "vision", None) is None:
+        return None, args
+    from swift_jax.tuners import base_model_of
+
+    folder = args.model or base_model_of(args.adapters[0])
+    vision = vision_data_for(folder, model_config, args)
+    if getattr(args, "template", None) is None:
+        args = dataclasses.replace(args, template=vision.template)
+    return vision, args
 
 
 def expand_pads(input_ids: np.ndarray, counts: dict[int, list[int]], *aligned: np.ndarray, where: str = "row"):
