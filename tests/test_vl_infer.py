@@ -108,3 +108,16 @@ def test_openai_server_takes_image_url_parts(vlm):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_eval_generation_task_with_image_rows(vlm, tmp_path):
+    from swift_jax import eval as swift_eval
+
+    folder, _, _, _ = vlm
+    color_image((200, 0, 0)).save(tmp_path / "red.png")
+    rows = [{"query": "What colour?", "images": ["red.png"], "answer": "red"},
+            {"messages": [{"role": "user", "content": "<image>Colour?"}], "images": ["red.png"], "answer": "red"}]
+    task = tmp_path / "colours.jsonl"
+    task.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    results = swift_eval.main(["--model", folder, "--eval_dataset", str(task), "--max_new_tokens", "3"])
+    assert results["colours.jsonl"]["kind"] == "generation" and results["colours.jsonl"]["n"] == 2
