@@ -1,7 +1,8 @@
 """Multimodal training throughput, packed against padded, in one run (the seed's "multimodal packing: 100%
 faster" claim for Qwen2-VL / Qwen2.5-VL).
 
-    python scripts/bench_vl_packing.py                    # CPU: tiny random Qwen2-VL
+    python scripts/bench_vl_packing.py                    # CPU: tiny random Qwen2-VL (attention-bound)
+    python scripts/bench_vl_packing.py --preset cpu-wide  # CPU: wider language model (MLP-bound, like real ones)
     python scripts/bench_vl_packing.py --preset gpu-2b    # one GPU: Qwen2-VL-2B-sized random model, bf16
 
 Both variants train the same random Qwen2-VL (full fine-tuning, AdamW) on the same synthetic image rows,
@@ -30,6 +31,10 @@ PRESETS = {
                           num_key_value_heads=2),
                 vision=dict(depth=2, embed_dim=64, hidden_size=128, num_heads=2, mlp_ratio=2, patch_size=4),
                 image_px=(24, 72), text_mean=48, max_length=512, rows=4, samples=96, dtype="float32"),
+    "cpu-wide": dict(text=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=8,
+                               num_key_value_heads=2),
+                     vision=dict(depth=1, embed_dim=64, hidden_size=512, num_heads=2, mlp_ratio=2, patch_size=4),
+                     image_px=(24, 72), text_mean=48, max_length=512, rows=4, samples=64, dtype="float32"),
     "ci": dict(text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1),
                vision=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=4),

@@ -114,7 +114,7 @@ def _train(tmp_path, folder, *extra):
 
 @pytest.mark.parametrize("extra", [
     ("--tuner_type", "lora", "--lora_rank", "8", "--learning_rate", "1e-2", "--packing", "true"),
-    ("--tuner_type", "full", "--learning_rate", "3e-3"),
+    ("--tuner_type", "full", "--learning_rate", "3e-3", "--split_dataset_ratio", "0.2", "--eval_steps", "2"),
 ], ids=["lora-packed", "full-padded"])
 def test_sft_on_the_bundled_image_rows_lowers_the_loss(tmp_path_factory, extra):
     tmp = tmp_path_factory.mktemp("train")

@@ -110,9 +110,10 @@ class LanguageModeling(Method):
         if self.vision is not None and args.template is None:  # ms-swift's template of the model type
             args = dataclasses.replace(args, template=self.vision.template)
         pipe = build_data(args, tokenizer, vision=self.vision, **kwargs)
-        self.batch_keys = pipe.features if self.vision is not None else Method.batch_keys
-        if pipe.weighted:  # ms-swift's non-binary loss_scale: batches carry per-token weights
-            self.batch_keys = tuple(dict.fromkeys(self.batch_keys + ("loss_scale",)))
+        if self.vision is not None:  # patches and their layout per row (data.vision_batching)
+            self.batch_keys = pipe.features
+        elif pipe.weighted:  # ms-swift's non-binary loss_scale: batches carry per-token weights
+            self.batch_keys = Method.batch_keys + ("loss_scale",)
         return pipe
 
     def loss(self, model, batch, extra) -> LossOutput:
