@@ -25,6 +25,7 @@ from swift_jax.data.errors import DataError
 from swift_jax.data.template_meta import MODEL_TYPE_TEMPLATES
 
 IGNORE = -100
+QWEN2_VL_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
 @dataclasses.dataclass
@@ -51,7 +52,7 @@ class VisionData:
                             f"use one of {sorted(media_tags.TAG_TEXT)}")
         processor = image_io.image_processor(model_dir, max_pixels=max_pixels)
         video = None
-        if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        if model_type in QWEN2_VL_TYPES:
             from swift_jax.data.videos import VideoSettings
 
             video = VideoSettings.from_pretrained(model_dir, processor)
@@ -59,7 +60,7 @@ class VisionData:
 
     @property
     def is_qwen2_vl(self) -> bool:
-        return self.model_type in ("qwen2_vl", "qwen2_5_vl")
+        return self.model_type in QWEN2_VL_TYPES
 
     # -- messages ----------------------------------------------------------------------------------------
     def messages(self, messages: list[dict], media: dict[str, list], where: str) -> list[dict]:
@@ -151,10 +152,11 @@ def prompt_inputs(vision: VisionData | None, encoder, messages: list[dict], tool
 
 
 def vision_data_for(model_dir: str, model_config, data_args=None) -> VisionData | None:
-    """The `VisionData` of a vision-language checkpoint (None for a text model, or one loaded without its
-    vision tower), with the run's --template and --max_pixels."""
+    """The `VisionData` of a Qwen2-VL-family checkpoint (whose images train, infer and serve here), with the
+    run's --template and --max_pixels; None for other models (text models; InternVL and Gemma 3 keep their
+    text-only path until their batches carry pixels)."""
     vision = getattr(model_config, "vision", None)
-    if vision is None:
+    if vision is None or getattr(vision, "kind", None) not in QWEN2_VL_TYPES:
         return None
     return VisionData.from_pretrained(model_dir, vision, template=getattr(data_args, "template", None),
                                       max_pixels=getattr(data_args, "max_pixels", None))
@@ -163,7 +165,7 @@ def vision_data_for(model_dir: str, model_config, data_args=None) -> VisionData 
 def vision_for_inference(args, model_config):
     """`(VisionData or None, args)` for infer / deploy / eval: the checkpoint folder is `args.model` (else the
     adapters' base model); a vision model's `args.template` defaults to ms-swift's template of the model type."""
-    if getattr(model_config, "vision", None) is None:
+    if getattr(getattr(model_config, "vision", None), "kind", None) not in QWEN2_VL_TYPES:
         return None, args
     from swift_jax.tuners import base_model_of
 
