@@ -78,7 +78,7 @@ def test_padded_and_packed_batches_give_transformers_logits(folder):
     refs = [_hf_logits(hf, encoded) for encoded, _ in samples]
     unit, lengths = ours.config.vision.merge_unit, [len(e["input_ids"]) for e, _ in samples]
 
-    padded = [vision_batching.pad_row(s, 128, 256, 0, unit) for _, s in samples]
+    padded = vision_batching.frame_slots([vision_batching.pad_row(s, 128, 256, 0, unit) for _, s in samples], unit)
     batch = {k: jnp.asarray(np.stack([r[k] for r in padded])) for k in padded[0]}
     logits = np.asarray(_logits(ours, batch))
     padded_diff = max(float(np.abs(logits[i, :n] - refs[i]).max()) for i, n in enumerate(lengths))
@@ -87,6 +87,7 @@ def test_padded_and_packed_batches_give_transformers_logits(folder):
     (packed,) = list(vision_batching.packed_batches(ds, 1, 256, 0, unit, num_bins=1, seed=0, shuffle=False))
     assert sorted(np.unique(packed["segment_ids"][0]).tolist()) == [0, 1, 2, 3]  # all three samples in one row
     assert len(np.unique(packed["frame_ids"][0][packed["frame_ids"][0] > 0])) == 4  # 1 + 2 images + 1 video frame pair
+    assert packed["frame_ids"].shape[1] == 4  # one slot per frame
     logits = np.asarray(_logits(ours, {k: jnp.asarray(v) for k, v in packed.items()}))[0]
     seg = packed["segment_ids"][0]
     packed_diff = 0.0

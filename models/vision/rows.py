@@ -2,17 +2,19 @@
 
 A training batch is `[rows, ...]` arrays sharded over the batch axes, so each row carries its own patches:
 
-    pixel_values  [rows, P, patch_dim]   the row's patches (its samples' images and videos, in order of
-                                         appearance, each in window order), zero-padded to P
-    patch_pos     [rows, P, 2]           row, column of each patch in its frame (2-D rotary)
-    frame_ids     [rows, P]              attention segment of whole-frame blocks, unique in the row (0 = pad)
-    window_ids    [rows, P]              attention segment of windowed blocks (Qwen2.5-VL)
-    unit_restore  [rows, P / unit]       merged features back in order of appearance
+    pixel_values  [rows, S, Q, patch_dim]  the row's patches, one frame per slot (of its samples' images and
+                                           videos, in order of appearance, in window order), zero-padded
+    patch_pos     [rows, S, Q, 2]        row, column of each patch in its frame (2-D rotary)
+    frame_ids     [rows, S, Q]           attention segment of whole-frame blocks, unique in the row (0 = pad)
+    window_ids    [rows, S, Q]           attention segment of windowed blocks (Qwen2.5-VL)
+    unit_restore  [rows, S * Q / unit]   merged features back in order of appearance
     mrope         [rows, seq, 3]         M-RoPE positions, restarting in each packed segment
 
-`sample_layout` computes one sample's arrays on the host (numpy); grain's packer then concatenates samples,
-and `row_embeds` runs the vision tower row by row (vmapped: attention never spans rows) and scatters the
-k-th image/video pad token of a row to the row's k-th merged feature.
+`sample_layout` computes one sample's arrays on the host (numpy, flat `[patches]`); grain's packer
+concatenates samples; `frame_slots` moves each frame to a slot of its own (static Q and S per step), so the
+vision tower's attention costs the sum of the frames' squares, not the square of a packed row's patches; and
+`row_embeds` runs the tower over the slots and scatters the k-th image/video pad token of a row to the row's
+k-th merged feature.
 """
 
 from __future__ import annotations
@@ -94,19 +96,52 @@ def pad_layout(layout: dict[str, np.ndarray], num_patches: int, merge_unit: int)
     return out
 
 
+def frame_slots(rows: list[dict[str, np.ndarray]], merge_unit: int, minimum: int = 16) -> list[dict[str, np.ndarray]]:
+    """Rows whose patch arrays are flat `[P]` (real patches first, frames contiguous) with each frame moved to a
+    slot of its own: `[S, Q]` arrays (Q: a power of two >= the largest frame of the rows, S: the most frames a
+    row holds, a power of two), `unit_restore` re-pointed at the slots. The vision tower then attends per slot,
+    so a packed row of many images costs sum(Q^2), not (sum of patches)^2."""
+    runs = []
+    for row in rows:
+        frames = row["frame_ids"][row["frame_ids"] > 0]
+        starts = np.flatnonzero(np.r_[True, frames[1:] != frames[:-1]]) if len(frames) else np.zeros(0, int)
+        runs.append(list(zip(starts.tolist(), np.r_[starts[1:], len(frames)].astype(int).tolist())))
+    longest = max((e - s for r in runs for s, e in r), default=0)
+    q = max(minimum, merge_unit, 1 << max(0, longest - 1).bit_length())
+    slots = 1 << max(0, max(len(r) for r in runs) - 1).bit_length()
+    out = []
+    for row, row_runs in zip(rows, runs):
+        new = dict(row)
+        for key in ("pixel_values", "patch_pos", "frame_ids", "window_ids"):
+            value = row[key]
+            new[key] = np.zeros((slots, q, *value.shape[1:]), value.dtype)
+            for j, (s, e) in enumerate(row_runs):
+                new[key][j, : e - s] = value[s:e]
+        units_per_slot = q // merge_unit
+        new_unit = np.zeros(len(row["unit_restore"]), np.int64)
+        for j, (s, e) in enumerate(row_runs):
+            new_unit[s // merge_unit : e // merge_unit] = j * units_per_slot + np.arange((e - s) // merge_unit)
+        real = (row_runs[-1][1] if row_runs else 0) // merge_unit
+        restore = np.arange(slots * units_per_slot, dtype=np.int32)
+        restore[:real] = new_unit[row["unit_restore"][:real]]
+        new["unit_restore"] = restore
+        out.append(new)
+    return out
+
+
 def left_padded_rows(layouts: list[dict], batch: int, length: int, merge_unit: int) -> dict[str, np.ndarray]:
     """Generation prompts' vision arrays: each prompt's `sample_layout` as one row, its M-RoPE `positions`
     `[batch, length, 3]` left-padded like the prompt tokens, its patches padded to one power-of-two bucket;
     filler rows beyond the prompts are empty."""
     most = max(len(layout["frame_ids"]) for layout in layouts)
-    patches = max(64, merge_unit, 1 << max(0, most - 1).bit_length())
     empty = {k: v[:0] for k, v in layouts[0].items()}
     rows = []
     for layout in list(layouts) + [empty] * (batch - len(layouts)):
-        row = pad_layout(layout, patches, merge_unit)
+        row = pad_layout(layout, max(most, merge_unit), merge_unit)
         row["positions"] = np.zeros((length, 3), np.int32)
         row["positions"][length - len(layout["mrope"]) :] = layout["mrope"]
         rows.append(row)
+    rows = frame_slots(rows, merge_unit)
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -127,16 +162,19 @@ def packed_ids(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def row_features(visual, batch: dict[str, jax.Array]) -> jax.Array:
     """Merged features `[rows, units, embed]` of each row's patches, in order of appearance: the vision
-    tower with rows as the batch axis (attention stays inside a row's frames / windows)."""
+    tower over frame slots (`frame_slots`: `[rows, slots, Q]` arrays; attention stays inside a slot's frame
+    or window)."""
     cfg = visual.cfg
-    rows, patches, _ = batch["pixel_values"].shape
-    cos, sin = vision_rotary(batch["patch_pos"].reshape(rows * patches, 2), cfg)  # [1, rows * patches, head_dim]
-    cos, sin = cos.reshape(rows, patches, -1), sin.reshape(rows, patches, -1)
-    x = visual.patch_embed(batch["pixel_values"].reshape(rows * patches, -1)).reshape(rows, patches, -1)
+    rows, slots, q, _ = batch["pixel_values"].shape
+    n = rows * slots
+    cos, sin = vision_rotary(batch["patch_pos"].reshape(n * q, 2), cfg)  # [1, rows * slots * Q, head_dim]
+    cos, sin = cos.reshape(n, q, -1), sin.reshape(n, q, -1)
+    x = visual.patch_embed(batch["pixel_values"].reshape(n * q, -1)).reshape(n, q, -1)  # [rows * slots, Q, hidden]
+    frames, windows = batch["frame_ids"].reshape(n, q), batch["window_ids"].reshape(n, q)
     for i, block in enumerate(visual.blocks):
         windowed = cfg.window_size and i not in cfg.fullatt_block_indexes
-        x = block(x, cos, sin, batch["window_ids"] if windowed else batch["frame_ids"])
-    merged = visual.merger(x.reshape(rows * patches, -1)).reshape(rows, patches // cfg.merge_unit, -1)
+        x = block(x, cos, sin, windows if windowed else frames)
+    merged = visual.merger(x.reshape(n * q, -1)).reshape(rows, slots * q // cfg.merge_unit, -1)
     return jnp.take_along_axis(merged, batch["unit_restore"][..., None], axis=1)
 
 

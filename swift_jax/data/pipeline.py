@@ -162,7 +162,8 @@ class DataPipeline:
             if self.vision is not None:
                 unit = self.vision.config.merge_unit
                 patches = vision_batching.patch_bucket(max(len(s["frame_ids"]) for s in part), unit)
-                batches.append(batching.stack_rows([vision_batching.pad_row(s, width, patches, self.pad_id, unit) for s in part]))
+                rows = [vision_batching.pad_row(s, width, patches, self.pad_id, unit) for s in part]
+                batches.append(batching.stack_rows(vision_batching.frame_slots(rows, unit)))
                 continue
             batches.append(batching.stack_rows([batching.pad_sample(s, width, self.pad_id) for s in part]))
         return batches

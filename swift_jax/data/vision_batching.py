@@ -5,9 +5,10 @@ A row holds the text arrays of `batching` (`input_ids`, `labels`, `segment_ids`,
 (`models.vision.rows`: `pixel_values`, `patch_pos`, `frame_ids`, `window_ids`, `unit_restore`).
 
 Shapes stay static per bucket: the sequence is bucketed as text batches are (`batching.bucket_length`), and
-the patches are padded to `patch_bucket` of the most any row of the step's batches holds (a power of two),
-so a run compiles once per (length, patch) bucket. Packing is grain's best-fit packer over both token and
-patch features: a sample joins a row only when its tokens and its patches both fit.
+the patches go one frame per slot (`models.vision.rows.frame_slots`: slots of a power of two patches, as many
+slots as the most frames a row of the step holds, a power of two), so a run compiles once per (length, slot
+shape) bucket and the vision tower never attends across a packed row's images. Packing is grain's best-fit
+packer over both token and patch features: a sample joins a row only when its tokens and its patches fit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from swift_jax.data import batching
 from swift_jax.data.templates import IGNORE
-from swift_jax.models.vision.rows import pad_layout, packed_ids
+from swift_jax.models.vision.rows import frame_slots, pad_layout, packed_ids
 
 PATCH_KEYS = ("pixel_values", "patch_pos", "frame_ids", "window_ids")
 VISION_KEYS = PATCH_KEYS + ("unit_restore",)
@@ -57,20 +58,6 @@ def empty_sample(patch_dim: int, weighted: bool) -> dict[str, np.ndarray]:
     return sample
 
 
-def trim_patches(rows: list[dict[str, np.ndarray]], merge_unit: int) -> list[dict[str, np.ndarray]]:
-    """Rows with their patch arrays cut to one `patch_bucket` of the most real patches any of them holds."""
-    need = max(int((r["frame_ids"] > 0).sum()) for r in rows)
-    size = min(len(rows[0]["frame_ids"]), patch_bucket(need, merge_unit))
-    out = []
-    for r in rows:
-        r = dict(r)
-        for k in PATCH_KEYS:
-            r[k] = r[k][:size]
-        r["unit_restore"] = r["unit_restore"][: size // merge_unit]
-        out.append(r)
-    return out
-
-
 class _PadGroup(grain_exp.FlatMapTransform):
     """A step's samples -> `batches_per_step` batches padded to one length and one patch bucket."""
 
@@ -81,7 +68,7 @@ class _PadGroup(grain_exp.FlatMapTransform):
     def flat_map(self, samples):
         width = batching.bucket_length(max(len(s["input_ids"]) for s in samples), self.max_length, self.multiple)
         patches = patch_bucket(max(len(s["frame_ids"]) for s in samples), self.unit)
-        rows = [pad_row(s, width, patches, self.pad_id, self.unit) for s in samples]
+        rows = frame_slots([pad_row(s, width, patches, self.pad_id, self.unit) for s in samples], self.unit)
         return [batching.stack_rows(rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
 
 
@@ -106,14 +93,14 @@ def _packed_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-class _TrimGroup(grain_exp.FlatMapTransform):
-    """A step's packed rows -> `batches_per_step` batches sharing one patch bucket."""
+class _SlotGroup(grain_exp.FlatMapTransform):
+    """A step's packed rows -> `batches_per_step` batches sharing one frame-slot shape."""
 
     def __init__(self, batch_size: int, batches_per_step: int, merge_unit: int):
         self.batch_size, self.max_fan_out, self.unit = batch_size, batches_per_step, merge_unit
 
     def flat_map(self, rows):
-        rows = trim_patches(rows, self.unit)
+        rows = frame_slots(rows, self.unit)
         return [batching.stack_rows(rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
 
 
@@ -134,4 +121,4 @@ def packed_batches(samples: grain.IterDataset, batch_size: int, max_length: int,
         samples, length_struct=lengths, num_packing_bins=num_bins, seed=seed, shuffle_bins=shuffle, padding_struct=padding,
     ).map(_packed_row)
     groups = packed.batch(batch_size * batches_per_step, drop_remainder=True, batch_fn=list)
-    return grain_exp.FlatMapIterDataset(groups, _TrimGroup(batch_size, batches_per_step, merge_unit))
+    return grain_exp.FlatMapIterDataset(groups, _SlotGroup(batch_size, batches_per_step, merge_unit))
