@@ -12,6 +12,7 @@ puts there (`TAG_TEXT`: Qwen2-VL `<|vision_start|><|image_pad|><|vision_end|>`, 
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from typing import Any
@@ -45,8 +46,6 @@ def _item(value: Any, where: str, base: str | None) -> Any:
     if isinstance(value, dict):
         value = value.get("path") or value.get("bytes") or value.get("url")
     if isinstance(value, (bytes, bytearray)):
-        import base64
-
         value = base64.b64encode(value).decode()
     if isinstance(value, str) and base and not os.path.isabs(value) and os.path.exists(os.path.join(base, value)):
         return os.path.join(base, value)
