@@ -28,6 +28,8 @@ from swift_jax.data.errors import DataError
 from swift_jax.data.frontend import prompt_of
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
+from swift_jax.data.media import content_parts
+from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.infer import InferArgs, load_for_inference
 
 
@@ -65,11 +67,22 @@ def _config(body: dict[str, Any], args: DeployArgs, gen: Generator, encoder) -> 
     return request.generation_config(gen, encoder)
 
 
-def _prompt(body: dict[str, Any], encoder) -> list[int]:
-    """Prompt ids of a request's `messages` (and `tools`), normalised and rendered as training renders rows."""
+def _prompt(body: dict[str, Any], encoder, vision=None):
+    """Prompt ids of a request's `messages` (and `tools`), normalised and rendered as training renders rows;
+    with a vision-language model (`vision`), `image_url` / `video_url` parts (local paths, data URLs)."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty list of {'role', 'content'} objects")
+    if vision is not None:
+        try:
+            messages, media = content_parts(messages)
+            request = {"messages": messages, "tools": body.get("tools"), "chat_template_kwargs": body.get("chat_template_kwargs")}
+            prompt = prompt_of(request, where="request", media=True)
+            if prompt.reference is not None:
+                prompt.messages.append({"role": "assistant", "content": prompt.reference})
+            return prompt_inputs(vision, encoder, prompt.messages, prompt.tools, media, "request", prompt.chat_template_kwargs)
+        except DataError as err:
+            raise RequestError(str(err)) from None
     flat = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
@@ -94,8 +107,8 @@ def _prompt(body: dict[str, Any], encoder) -> list[int]:
 class ChatServer:
     """Holds the generator and turns OpenAI chat requests into generation calls."""
 
-    def __init__(self, gen: Generator, args: DeployArgs):
-        self.gen, self.args = gen, args
+    def __init__(self, gen: Generator, args: DeployArgs, vision=None):
+        self.gen, self.args, self.vision = gen, args, vision
         self.encoder = args.chat_encoder(gen.tokenizer)
         self.name = args.served_model_name or args.model or (args.adapters[0] if args.adapters else "swift_jax")
         self.lock = threading.Lock()
@@ -105,7 +118,7 @@ class ChatServer:
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """A `chat.completion` object for a non-streaming request."""
-        prompt, config = _prompt(body, self.encoder), _config(body, self.args, self.gen, self.encoder)
+        prompt, config = _prompt(body, self.encoder, self.vision), _config(body, self.args, self.gen, self.encoder)
         with self.lock:
             out = self.gen.generate_ids([prompt], config)[0]
         return {
@@ -122,7 +135,7 @@ class ChatServer:
 
     def stream(self, body: dict[str, Any]):
         """`chat.completion.chunk` objects for a streaming request (validated before the first one)."""
-        prompt, config = _prompt(body, self.encoder), _config(body, self.args, self.gen, self.encoder)
+        prompt, config = _prompt(body, self.encoder, self.vision), _config(body, self.args, self.gen, self.encoder)
         head = self._head("chat.completion.chunk")
 
         def chunks():
@@ -197,7 +210,8 @@ def make_server(chat: ChatServer, host: str, port: int) -> ThreadingHTTPServer:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_config(DeployArgs, argv, aliases=ALIASES)
     model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
-    chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args)
+    vision, args = vision_for_inference(args, model.config)
+    chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args, vision)
     server = make_server(chat, args.host, args.port)
     print(f"[INFO] serving {chat.name} at http://{args.host}:{server.server_address[1]}/v1", flush=True)
     server.serve_forever()

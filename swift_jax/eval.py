@@ -39,6 +39,8 @@ from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, Template
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
 from swift_jax.data.frontend import prompt_of, read_rows
+from swift_jax.data.media import row_media
+from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.data.templates import IGNORE
 from swift_jax.generation import Generator, bucket
 from swift_jax.infer import load_for_inference
@@ -251,8 +253,9 @@ def eval_loss(scorer: Scorer, tokenizer, rows, name: str, encoder, args: EvalArg
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "token_acc": sum(s[2] for s in scores) / max(count, 1)}
 
 
-def eval_generation(gen: Generator, rows, name: str, args: EvalArgs, encoder) -> tuple[dict[str, float], list[str]]:
-    """Greedy responses to each row and their exact-match / contains rates against `answer`."""
+def eval_generation(gen: Generator, rows, name: str, args: EvalArgs, encoder, vision=None) -> tuple[dict[str, float], list[str]]:
+    """Greedy responses to each row and their exact-match / contains rates against `answer`; `vision`
+    (`data.vision.VisionData`): the model reads the rows' images / videos."""
     prompts = []
     for i, row in enumerate(rows):
         w = f"{name} row {i}"
@@ -260,8 +263,9 @@ def eval_generation(gen: Generator, rows, name: str, args: EvalArgs, encoder) ->
         chat = {k: v for k, v in row.items() if k != "answer"}  # `answer` is the reference, not a response alias
         if "question" in chat and "query" not in chat:
             chat["query"] = chat.pop("question")
-        prompt = prompt_of(chat, where=w, columns=args.columns)
-        prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools, prompt.chat_template_kwargs))
+        prompt = prompt_of(chat, where=w, columns=args.columns, media=vision is not None)
+        media = row_media(chat, w, base=os.path.dirname(os.path.abspath(name))) if vision else None
+        prompts.append(prompt_inputs(vision, encoder, prompt.messages, prompt.tools, media, w, prompt.chat_template_kwargs))
     config = args.generation_config(gen, encoder)
     responses = [o.text for o in gen.generate_ids(prompts, config)]
     return generation_metrics(responses, [str(r["answer"]) for r in rows]), responses
@@ -271,6 +275,7 @@ def evaluate(model: nnx.Module, tokenizer, args: EvalArgs) -> dict[str, dict[str
     """Metrics of every task file in `args.eval_dataset`: `{task name: {"kind", "n", metric: value}}`."""
     scorer = Scorer(model, max_batch_size=args.max_batch_size, max_length=args.max_length)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
+    vision, args = vision_for_inference(args, model.config)
     encoder = args.trained_encoder(tokenizer, *args.adapters, args.model)
     results = {}
     for path in args.eval_dataset:
@@ -282,7 +287,7 @@ def evaluate(model: nnx.Module, tokenizer, args: EvalArgs) -> dict[str, dict[str
         if kind == "multiple_choice":
             metrics = eval_multiple_choice(scorer, tokenizer, rows, path, args.mc_template)
         elif kind == "generation":
-            metrics, _ = eval_generation(gen, rows, path, args, encoder)
+            metrics, _ = eval_generation(gen, rows, path, args, encoder, vision)
         else:
             metrics = eval_loss(scorer, tokenizer, rows, path, encoder, args)
         results[name] = {"kind": kind, "n": len(rows), **metrics}

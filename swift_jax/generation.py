@@ -116,13 +116,23 @@ def _mark_seen(seen: jax.Array, tokens: jax.Array, valid: jax.Array) -> jax.Arra
     return seen.at[rows, tokens].max(valid)
 
 
-def _prefill(graphdef, params, ids, mask, sampling: _Sampling, *, max_new_tokens: int, do_sample: bool) -> _State:
-    """Run the left-padded prompts `ids`/`mask` `[batch, prompt_len]` through the model, sample token 0."""
+def _prefill(graphdef, params, ids, mask, sampling: _Sampling, vision=None, *, max_new_tokens: int, do_sample: bool) -> _State:
+    """Run the left-padded prompts `ids`/`mask` `[batch, prompt_len]` through the model, sample token 0.
+    `vision` (Qwen2-VL family): per-row patches and M-RoPE `positions` `[batch, prompt_len, 3]`
+    (`models.vision.rows`); decoding then continues from each row's largest position + 1."""
     model = nnx.merge(graphdef, params)
     batch, prompt_len = ids.shape
     cache = KVCache.create(model.config, batch, prompt_len + max_new_tokens)
-    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)  # [b, prompt_len]
-    hidden, cache = model.hidden_states(ids, positions=positions, segment_ids=mask, cache=cache)
+    if vision is None:
+        positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)  # [b, prompt_len]
+        hidden, cache = model.hidden_states(ids, positions=positions, segment_ids=mask, cache=cache)
+        next_position = mask.sum(-1).astype(jnp.int32)
+    else:
+        from swift_jax.models.vision.rows import row_embeds
+
+        embeds = row_embeds(model, ids, vision)
+        hidden, cache = model.model(ids, jnp.moveaxis(vision["positions"], -1, 0), mask, cache, embeds=embeds)
+        next_position = (vision["positions"].max(axis=(1, 2)) + 1).astype(jnp.int32)
     logits = model.logits(hidden[:, -1]).astype(jnp.float32)  # [b, vocab]; left padding: last slot is real
     seen = _mark_seen(jnp.zeros(logits.shape, bool), ids, mask > 0)
     empty = mask.sum(-1) == 0  # batch-bucket filler rows
@@ -132,7 +142,7 @@ def _prefill(graphdef, params, ids, mask, sampling: _Sampling, *, max_new_tokens
         cache=cache,
         tokens=tokens,
         last=token,
-        position=mask.sum(-1).astype(jnp.int32),
+        position=next_position,
         done=empty | jnp.isin(token, sampling.eos),
         seen=_mark_seen(seen, token[:, None], ~empty[:, None]),
         step=jnp.ones((), jnp.int32),
@@ -204,6 +214,8 @@ class Generator:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.default_eos = _eos_ids(tokenizer, model)
+        self.merge_unit = getattr(getattr(model.config, "vision", None), "merge_unit", None)
+        """Qwen2-VL family: patches per vision token (prompts may carry images, `data.vision.VisionPrompt`)."""
 
     def generate_ids(
         self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig()
@@ -252,6 +264,8 @@ class Generator:
         watch = stream or bool(config.stop)  # the host reads the text between decode chunks
         if watch:
             self._need_tokenizer("stop strings and streaming")
+        layouts = [getattr(p, "layout", None) for p in prompts]
+        prompts = [getattr(p, "ids", p) for p in prompts]
         batch, prompt_len = bucket(len(prompts), 1), bucket(max(len(p) for p in prompts))
         ids = np.zeros((batch, prompt_len), np.int32)
         mask = np.zeros((batch, prompt_len), np.int32)
@@ -269,7 +283,15 @@ class Generator:
             pad=jnp.int32(eos[0] if eos else 0),
         )
         n, sample = config.max_new_tokens, config.do_sample
-        state = _prefill_jit(self.graphdef, self.params, ids, mask, sampling, max_new_tokens=n, do_sample=sample)
+        vision = None
+        if any(layout is not None for layout in layouts):
+            from swift_jax.models.vision.rows import left_padded_rows
+
+            if self.merge_unit is None or any(layout is None for layout in layouts):
+                raise ValueError("prompts with images need a vision-language model, and every prompt of the batch "
+                                 "its vision layout (data.vision.prompt_inputs)")
+            vision = left_padded_rows(layouts, batch, prompt_len, self.merge_unit)
+        state = _prefill_jit(self.graphdef, self.params, ids, mask, sampling, vision, max_new_tokens=n, do_sample=sample)
         chunk = 1 if stream else 16 if config.stop else n
         stopped = np.zeros(batch, bool)
         length = np.full(batch, n)  # tokens kept per row: a stop string ends a row where it is seen

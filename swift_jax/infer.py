@@ -23,6 +23,8 @@ from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, Template
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
 from swift_jax.data.frontend import encode_chat, prompt_of, read_rows, row_messages
+from swift_jax.data.media import row_media
+from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.generation import Generator
 
 __all__ = ["InferArgs", "encode_chat", "infer_dataset", "chat_loop", "load_for_inference", "read_rows", "row_messages"]
@@ -85,16 +87,20 @@ def _apply_adapters(model, adapters: Sequence[str]):
 # ---------------------------------------------------------------------------------------------------
 
 
-def infer_dataset(gen: Generator, args: InferArgs) -> str:
-    """Answer every row of `args.val_dataset`; write the rows with `response` added; return the path."""
+def infer_dataset(gen: Generator, args: InferArgs, vision=None) -> str:
+    """Answer every row of `args.val_dataset`; write the rows with `response` added; return the path.
+    `vision` (`data.vision.VisionData`): the model reads the rows' images / videos."""
     result_path = args.result_path or os.path.join(os.path.dirname(os.path.abspath(args.val_dataset[0])), "infer_result.jsonl")
     encoder = args.chat_encoder(gen.tokenizer)
     rows, prompts = [], []
     for path in args.val_dataset:
         for i, row in enumerate(read_rows(path, args.val_dataset_sample)):
-            prompt = prompt_of(row, where=f"{path} row {i}", columns=args.columns)
+            where = f"{path} row {i}"
+            prompt = prompt_of(row, where=where, columns=args.columns, media=vision is not None)
             rows.append(row)
-            prompts.append(encoder.prompt_ids(prompt.messages, prompt.tools, prompt.chat_template_kwargs))
+            media = row_media(row, where, base=os.path.dirname(os.path.abspath(path))) if vision else None
+            prompts.append(prompt_inputs(vision, encoder, prompt.messages, prompt.tools, media, where,
+                                         prompt.chat_template_kwargs))
     outputs = gen.generate_ids(prompts, args.generation_config(gen, encoder))
     os.makedirs(os.path.dirname(os.path.abspath(result_path)), exist_ok=True)
     with open(result_path, "w") as f:
@@ -137,9 +143,10 @@ def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdou
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_config(InferArgs, argv, aliases=ALIASES)
     model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    vision, args = vision_for_inference(args, model.config)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
     if args.val_dataset:
-        infer_dataset(gen, args)
+        infer_dataset(gen, args, vision)
     else:
         chat_loop(gen, args)
 

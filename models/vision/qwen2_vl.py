@@ -112,15 +112,16 @@ class VisionAttention(nnx.Module):
         self.proj = Linear(cfg.hidden_size, cfg.hidden_size, axes=("heads", "embed"), use_bias=True, **kw)
 
     def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, segment_ids: jax.Array) -> jax.Array:
-        """`[1, patches, hidden] -> [1, patches, hidden]`; `segment_ids` `[1, patches]`."""
-        _, n, _ = x.shape
+        """`[rows, patches, hidden] -> [rows, patches, hidden]`; `segment_ids` `[rows, patches]` (one row: the
+        whole batch's patches; several: training rows, `rows.row_features`)."""
+        b, n, _ = x.shape
         h, d = self.cfg.num_heads, self.cfg.head_dim
-        q, k, v = jnp.split(self.qkv(x).reshape(1, n, 3 * h, d), 3, axis=2)  # [1, patches, heads, head_dim]
+        q, k, v = jnp.split(self.qkv(x).reshape(b, n, 3 * h, d), 3, axis=2)  # [rows, patches, heads, head_dim]
         # transformers rotates in float32 whatever the compute dtype
         q = apply_rotary(q.astype(jnp.float32), cos, sin).astype(v.dtype)
         k = apply_rotary(k.astype(jnp.float32), cos, sin).astype(v.dtype)
         out = attention(q, k, v, segment_ids=segment_ids, causal=False)
-        return self.proj(out.reshape(1, n, h * d))
+        return self.proj(out.reshape(b, n, h * d))
 
 
 class VisionMLP(nnx.Module):

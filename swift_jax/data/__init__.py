@@ -7,7 +7,9 @@
 Modules: sources (reading), formats (row formats -> messages), template_meta / swift_template /
 agent_templates / loss_scale (ms-swift's --template, --agent_template, --loss_scale), templates (ChatEncoder:
 ms-swift template or the tokenizer's Jinja), samples / batching / pipeline (grain), frontend (what infer, eval
-and deploy share with training), inspect (`python -m swift_jax.data.inspect`, `--dump`).
+and deploy share with training), inspect (`python -m swift_jax.data.inspect`, `--dump`); multimodal rows: media
+(`images` / `videos`, `<image>` tags), images / videos (processing), vision (encoding, `VisionData`),
+vision_batching (per-row patches, padded or packed).
 """
 
 import importlib

@@ -56,6 +56,9 @@ class DataArgs(TemplateArgs):
     response as plain text plus eos, every token trained; the system prompt is dropped."""
     loss_on_prompt: bool = False
     """Also train on system/user/tool tokens (the same as --loss_scale all)."""
+    max_pixels: int | None = None
+    """Vision-language models: the most pixels an image is resized to (ms-swift's --max_pixels; default
+    $MAX_PIXELS, else the checkpoint's image processor's own)."""
     model_name: list[str] | None = None
     """Self-cognition: fills {{NAME}} in swift/self-cognition rows; zh and en names (one value serves both)."""
     model_author: list[str] | None = None

@@ -239,13 +239,15 @@ def template_kwargs(value: Any) -> dict:
     return value
 
 
-def normalize(row: Any, columns: dict[str, str] | None = None) -> dict:
-    """One dataset row -> {"messages", "tools"} or {"text"}; raises DataError saying what was expected."""
+def normalize(row: Any, columns: dict[str, str] | None = None, *, media: bool = False) -> dict:
+    """One dataset row -> {"messages", "tools"} or {"text"}; raises DataError saying what was expected.
+    `media`: the model reads images / videos (read from the row by `data.media.row_media`)."""
     if not isinstance(row, dict):
         raise DataError(f"a row must be a JSON object, got {type(row).__name__}; {FORMATS_HINT}")
     if columns:
         row = {columns.get(k, k): v for k, v in row.items()}
-    check_media(row)
+    if not media:
+        check_media(row)
     for _, test, convert in FORMATS:
         if test(row):
             sample = convert(row)

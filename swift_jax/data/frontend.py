@@ -54,11 +54,11 @@ def read_rows(path: str, limit: int | None = None) -> list[dict]:
     return rows[:limit] if limit is not None else rows
 
 
-def prompt_of(row: dict, *, where: str, columns: dict[str, str] | None = None) -> Prompt:
+def prompt_of(row: dict, *, where: str, columns: dict[str, str] | None = None, media: bool = False) -> Prompt:
     """The prompt of a row in any training format: a final assistant message (or the row's response/output)
-    is the reference answer and is left out of the prompt."""
+    is the reference answer and is left out of the prompt. `media`: the model reads the row's images."""
     try:
-        sample = normalize(row, columns)
+        sample = normalize(row, columns, media=media)
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
     if "text" in sample:

@@ -19,7 +19,7 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
-from swift_jax.data import batching
+from swift_jax.data import batching, vision_batching
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
 from swift_jax.data.samples import Counters, SampleProcessor
@@ -66,8 +66,10 @@ class DataPipeline:
 
     def __init__(self, args: DataArgs, tokenizer, train: RowTable, val: RowTable | None, *, batch_size: int, seed: int,
                  shuffle: bool, process_index: int, process_count: int, batches_per_step: int = 1,
-                 eval_batch_size: int | None = None):
+                 eval_batch_size: int | None = None, vision=None):
         self.args = args
+        self.vision = vision
+        """`data.vision.VisionData` of a vision-language model: rows carry patches (`data.vision_batching`)."""
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.batches_per_step = max(1, batches_per_step)
@@ -77,10 +79,10 @@ class DataPipeline:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.train_table, self.val_table = train, val
         self.counters = Counters()
-        self.process = SampleProcessor(args, tokenizer, self.counters)
+        self.process = SampleProcessor(args, tokenizer, self.counters, vision)
         self.weighted = self.process.weighted
         """Batches carry a float32 `loss_scale` [rows, seq] (the loss_scale strategy weighs tokens)."""
-        self.features = batching.features(self.weighted)
+        self.features = (vision_batching.features if vision else batching.features)(self.weighted)
         self._val_batches: list[dict[str, np.ndarray]] | None = None
         self.stats = self._probe(tokenizer)
 
@@ -106,6 +108,8 @@ class DataPipeline:
         else padded to the batch's length bucket (a multiple of 128, at most max_length; the
         `batches_per_step` batches of one step share it)."""
         args = self.args
+        if self.vision is not None:
+            return grain_exp.ThreadPrefetchIterDataset(self._vision_batches(num_epochs), prefetch_buffer_size=4)
         if args.packing:
             bins = max(args.packing_num_bins, self.batch_size)
             rows = batching.pack(self.samples(num_epochs), args.max_length, self.pad_id, bins, self.seed, self.shuffle, self.weighted)
@@ -115,6 +119,18 @@ class DataPipeline:
             batched = batching.padded_batches(self.samples(num_epochs), self.batch_size, args.max_length, self.pad_id,
                                               self.batches_per_step, multiple)
         return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
+
+    def _vision_batches(self, num_epochs: int | None, samples=None) -> grain.IterDataset:
+        """Multimodal training batches (`data.vision_batching`)."""
+        args, unit = self.args, self.vision.config.merge_unit
+        samples = self.samples(num_epochs) if samples is None else samples
+        if args.packing:
+            return vision_batching.packed_batches(
+                samples, self.batch_size, args.max_length, self.pad_id, unit, max(args.packing_num_bins, self.batch_size),
+                self.seed, self.shuffle, self.weighted, self.batches_per_step)
+        multiple = batching.PAD_MULTIPLE if self.bucketed else args.max_length
+        return vision_batching.padded_batches(samples, self.batch_size, args.max_length, self.pad_id, unit,
+                                              self.batches_per_step, multiple)
 
     def train_iterator(self, num_epochs: int | None = None) -> grain.DatasetIterator:
         """A checkpointable iterator over training batches: `get_state()` / `set_state(state)` resume the
@@ -147,10 +163,12 @@ class DataPipeline:
         order = np.random.default_rng(self.seed).permutation(n) if args.val_dataset_shuffle else np.arange(n)
         per_process = math.ceil(n / self.process_count)
         mine = order[self.process_index :: self.process_count]
-        process = SampleProcessor(args, self.process.encoder.tokenizer, Counters())
+        process = SampleProcessor(args, self.process.encoder.tokenizer, Counters(), self.vision)
         empty = {"input_ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.int32)}
         if self.weighted:
             empty["loss_scale"] = np.zeros(0, np.float32)
+        if self.vision is not None:
+            empty = vision_batching.empty_sample(self.vision.config.patch_dim, self.weighted)
         size = self.eval_batch_size
         samples = [process(self.val_table[int(i)]) or empty for i in mine]
         samples += [empty] * (per_process - len(samples))
@@ -160,6 +178,12 @@ class DataPipeline:
             part = samples[b : b + size]
             longest = max(len(s["input_ids"]) for s in part)
             width = batching.bucket_length(longest, args.max_length) if self.bucketed else args.max_length
+            if self.vision is not None:
+                unit = self.vision.config.merge_unit
+                patches = vision_batching.patch_bucket(max(len(s["frame_ids"]) for s in part), unit)
+                rows = [vision_batching.pad_row(s, width, patches, self.pad_id, unit) for s in part]
+                batches.append(batching.stack_rows(vision_batching.frame_slots(rows, unit)))
+                continue
             batches.append(batching.stack_rows([batching.pad_sample(s, width, self.pad_id) for s in part]))
         return batches
 
@@ -170,7 +194,7 @@ class DataPipeline:
         exact = n <= PROBE_ROWS
         picks = np.arange(n) if exact else np.sort(np.random.default_rng(self.seed).choice(n, PROBE_ROWS, replace=False))
         counters = Counters()
-        process = SampleProcessor(self.args, tokenizer, counters)
+        process = SampleProcessor(self.args, tokenizer, counters, self.vision)
         samples = [s for s in (process(self.train_table[int(i)]) for i in picks) if s is not None]
         if not samples:
             raise DataError(
@@ -183,7 +207,13 @@ class DataPipeline:
         kept_rows = counts["kept"] * scale / self.process_count
         if self.args.packing:
             probe_ds = grain.MapDataset.source(samples).to_iter_dataset()
-            packed = list(batching.pack(probe_ds, self.args.max_length, self.pad_id, max(self.args.packing_num_bins, self.batch_size), self.seed, False, self.weighted))
+            bins = max(self.args.packing_num_bins, self.batch_size)
+            if self.vision is not None:
+                packed = [{"segment_ids": r} for b in vision_batching.packed_batches(
+                    probe_ds, 1, self.args.max_length, self.pad_id, self.vision.config.merge_unit, bins, self.seed, False,
+                    self.weighted) for r in b["segment_ids"]]
+            else:
+                packed = list(batching.pack(probe_ds, self.args.max_length, self.pad_id, bins, self.seed, False, self.weighted))
             efficiency = batching.packing_efficiency(packed)
             rows_per_epoch = len(packed) * scale / self.process_count
         else:  # slots as the batches will have them: each batch padded to its bucket (in the probe's order)
@@ -204,7 +234,7 @@ class DataPipeline:
 
     def length_histogram(self, bins: int = 10) -> list[tuple[int, int, int]]:
         """(lowest, highest, count) of probed sample lengths, for `swift_jax.data.inspect`."""
-        process = SampleProcessor(self.args, self.process.encoder.tokenizer, Counters())
+        process = SampleProcessor(self.args, self.process.encoder.tokenizer, Counters(), self.vision)
         n = min(len(self.train_table), PROBE_ROWS)
         lengths = [len(s["input_ids"]) for s in (process(self.train_table[i]) for i in range(n)) if s is not None]
         edges = np.unique(np.linspace(min(lengths), max(lengths) + 1, bins + 1).astype(int))  # whole tokens
@@ -228,19 +258,22 @@ def _close_at_exit(iterator) -> None:
 
 def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, shuffle: bool = True,
                process_index: int = 0, process_count: int = 1, batches_per_step: int = 1,
-               eval_batch_size: int | None = None) -> DataPipeline:
+               eval_batch_size: int | None = None, vision=None) -> DataPipeline:
     """Load, split and prepare the datasets of `args` for training with `tokenizer`.
 
     `batch_size` is this process's batch (rows per host batch; `eval_batch_size` for validation batches, default
     the same); `batches_per_step` how many consecutive batches one optimizer step accumulates (they get one
     padded width, so they stack); `seed` drives the training order and the packer (`args.data_seed` drives #N
     sampling and the validation split, as in ms-swift). Bad rows raise a DataError naming file and line unless
-    `args.strict` is false."""
+    `args.strict` is false. `vision` (a `data.vision.VisionData`) makes the rows' images and videos part of the
+    samples (a vision-language model)."""
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
     if args.max_length <= 1:
         raise DataError(f"--max_length must be at least 2, got {args.max_length}")
     if args.streaming:
+        if vision is not None:
+            raise DataError("--streaming does not read images yet; drop --streaming for a vision-language model")
         from swift_jax.data.streaming import build_streaming
 
         return build_streaming(args, tokenizer, batch_size=batch_size, seed=seed, shuffle=shuffle,
@@ -254,6 +287,6 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
         train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
     pipe = DataPipeline(args, tokenizer, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
                         process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
-                        eval_batch_size=eval_batch_size)
+                        eval_batch_size=eval_batch_size, vision=vision)
     pipe.stats["bad_rows_skipped"] += bad.count  # unreadable lines skipped while loading
     return pipe

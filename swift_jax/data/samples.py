@@ -8,6 +8,7 @@ nothing to train on, or a bad row under `--strict false`); drops are counted by 
 from __future__ import annotations
 
 import collections
+import os
 import logging
 import threading
 
@@ -16,6 +17,7 @@ import numpy as np
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, row_error
 from swift_jax.data.formats import normalize, unused_fields
+from swift_jax.data.media import row_media
 from swift_jax.data.templates import IGNORE
 
 log = logging.getLogger("swift_jax.data")
@@ -79,7 +81,7 @@ def plain_text(sample: dict) -> dict:
 class SampleProcessor:
     """Maps (row, RowRef) -> {"input_ids": [n], "labels": [n]} int32, or None when the row is dropped."""
 
-    def __init__(self, args: DataArgs, tokenizer, counters: Counters | None = None):
+    def __init__(self, args: DataArgs, tokenizer, counters: Counters | None = None, vision=None):
         if args.truncation_strategy not in ("delete", "left", "right"):
             raise DataError(f"--truncation_strategy {args.truncation_strategy!r}: expected delete, left or right")
         self.args = args
@@ -88,16 +90,21 @@ class SampleProcessor:
         """Samples carry a float32 `loss_scale` (per-token weight, aligned with labels)."""
         self.counters = counters or Counters()
         self.bad = BadRows(args.strict)
+        self.vision = vision
+        """A `data.vision.VisionData` when the model reads images / videos: samples carry its arrays."""
 
     def encode_row(self, row: dict, ref) -> dict[str, np.ndarray] | None:
         """The sample of one row; raises DataError naming `ref` when the row is malformed (strict)."""
         try:
-            sample = normalize(row, self.args.columns)
+            sample = normalize(row, self.args.columns, media=self.vision is not None)
             if not self.args.use_chat_template:
                 sample = plain_text(sample)
+            if self.vision is not None:
+                return self._vision_sample(row, sample, ref)
             encoded = self.encoder.encode(sample)
         except DataError as e:
-            self.bad.handle(row_error(ref, str(e)))
+            message = str(e)
+            self.bad.handle(DataError(message) if message.startswith(str(ref)) else row_error(ref, message))
             self.counters.add("bad_rows_skipped")
             return None
         _note_unused(row, ref)
@@ -117,6 +124,27 @@ class SampleProcessor:
             sample["loss_scale"] = np.asarray(scale, np.float32).copy()
             sample["loss_scale"][0] = 0.0
         return sample
+
+    def _vision_sample(self, row: dict, sample: dict, ref) -> dict[str, np.ndarray] | None:
+        """A multimodal sample: tokens with the vision pads expanded plus the per-sample vision layout
+        (`data.vision.VisionData.layout`). Too long is dropped whatever --truncation_strategy: a cut would
+        split an image's tokens from its pixels."""
+        if "text" in sample:
+            raise DataError("a 'text' row cannot carry images; expected a chat row (messages, query, ...)")
+        media = row_media(row, str(ref), base=os.path.dirname(getattr(ref, "file", "") or ""))
+        encoded = self.vision.encode(self.encoder, sample, media, str(ref))
+        if len(encoded["input_ids"]) > self.args.max_length:
+            self.counters.add("dropped_too_long")
+            return None
+        encoded["labels"][0] = IGNORE
+        if not (encoded["labels"] != IGNORE).any():
+            self.counters.add("dropped_no_target")
+            return None
+        self.counters.add("kept")
+        out = {k: encoded[k] for k in ("input_ids", "labels", "loss_scale") if k in encoded}
+        if "loss_scale" in out:
+            out["loss_scale"][0] = 0.0
+        return {**out, **self.vision.layout(encoded)}
 
     def __call__(self, item) -> dict[str, np.ndarray] | None:
         row, ref = item

@@ -49,6 +49,7 @@ MISTRAL_2501_SYSTEM = (
     '"What are some good restaurants around me?" => "Where are you?" or "When is the next flight to Tokyo" => "'
     'Where do you travel from?")'
 )
+INTERNVL2_5_SYSTEM = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 
 
 @dataclasses.dataclass
@@ -152,6 +153,12 @@ _TABLE = [
     chatml("qwen3", qwen=True, default_system=None, is_thinking=True, non_thinking_prefix="<think>\n\n</think>\n\n"),
     chatml("qwen3_thinking", qwen=True, default_system=None, is_thinking=True, thinking_prefix="<think>\n"),
     chatml("qwen3_nothinking", qwen=True, default_system=None),
+    # Vision-language (ms-swift's MLLM templates; `<image>` / `<video>` tags: data/media.py)
+    chatml("qwen2_vl", qwen=True),
+    chatml("qwen2_5_vl", qwen=True),
+    chatml("internvl2_5", default_system=INTERNVL2_5_SYSTEM),
+    chatml("internvl3_5"),
+    chatml("internvl_hf"),
     # Llama, Mistral, Mixtral
     dict(name="llama", prefix=["<s>[INST] "], prompt=["{{QUERY}} [/INST]"], chat_sep=["</s><s>[INST] "],
                  suffix=["</s>"], default_system=LLAMA_DEFAULT_SYSTEM,
@@ -195,6 +202,9 @@ MODEL_TYPE_TEMPLATES: dict[str, str] = {
     "gemma3_text": "gemma3_text",
     "phi3": "phi3",
     "deepseek_v3": "deepseek_v2_5",
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "internvl": "internvl_hf",
 }
 """HF model_type -> the template ms-swift registers for that architecture's chat checkpoints (the flagship
 group; ms-swift picks per checkpoint, e.g. Llama-2 -> `llama`, DeepSeek-R1 -> `deepseek_r1`, Qwen3-*-2507

@@ -112,22 +112,35 @@ class LanguageModeling(Method):
     """Next-token cross-entropy on the labelled tokens: SFT (templated chats, answers trained) and pre-training
     (`swift pt`: every token trained). `router_aux_loss_coef` adds the MoE load-balancing loss."""
 
-    def __init__(self, name: str = "sft", *, loss_chunk_size: int = 1024, router_aux_loss_coef: float = 0.0):
+    def __init__(self, name: str = "sft", *, loss_chunk_size: int = 1024, router_aux_loss_coef: float = 0.0,
+                 vision=None):
         self.name = name
         self.loss_chunk_size = loss_chunk_size
         self.router_aux_loss_coef = router_aux_loss_coef
+        self.vision = vision
+        """`data.vision.VisionData` of a Qwen2-VL-family model: batches carry patches and M-RoPE positions."""
 
     def build_data(self, args, tokenizer, **kwargs):
         from swift_jax.data import build_data
 
-        pipe = build_data(args, tokenizer, **kwargs)
-        if pipe.weighted:  # ms-swift's non-binary loss_scale: batches carry per-token weights
+        if self.vision is not None and args.template is None:  # ms-swift's template of the model type
+            args = dataclasses.replace(args, template=self.vision.template)
+        pipe = build_data(args, tokenizer, vision=self.vision, **kwargs)
+        if self.vision is not None:  # patches and their layout per row (data.vision_batching)
+            self.batch_keys = pipe.features
+        elif pipe.weighted:  # ms-swift's non-binary loss_scale: batches carry per-token weights
             self.batch_keys = Method.batch_keys + ("loss_scale",)
         return pipe
 
     def loss(self, model, batch, extra) -> LossOutput:
         inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
-        if self.router_aux_loss_coef:
+        if self.vision is not None:  # positions [rows, seq, 3] -> M-RoPE's [3, rows, seq]; patches per row
+            from swift_jax.models.vision.rows import row_embeds
+
+            positions = jnp.moveaxis(batch["positions"], -1, 0)
+            embeds = row_embeds(model, batch["input_ids"], batch)
+            hidden = model.model(batch["input_ids"], positions, batch["segment_ids"], embeds=embeds)
+        elif self.router_aux_loss_coef:
             hidden, aux = model.hidden_states(batch["input_ids"], **inputs, return_aux_loss=True)
         else:
             hidden = model.hidden_states(batch["input_ids"], **inputs)

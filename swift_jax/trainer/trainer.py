@@ -42,7 +42,11 @@ def default_method(args: TrainArguments, model) -> Method:
     """Supervised fine-tuning (or pre-training when the chat template is off)."""
     t = args.training
     name = "sft" if args.data.use_chat_template else "pt"
-    return LanguageModeling(name, loss_chunk_size=t.loss_chunk_size, router_aux_loss_coef=router_aux_coef(model.config, t.router_aux_loss_coef))
+    from swift_jax.data.vision import vision_data_for
+
+    vision = vision_data_for(resolve_path(args.model_args.model), model.config, args.data)
+    return LanguageModeling(name, loss_chunk_size=t.loss_chunk_size, router_aux_loss_coef=router_aux_coef(model.config, t.router_aux_loss_coef),
+                            vision=vision)
 
 
 def init_optimizer_state(optimizer, params, mesh):
