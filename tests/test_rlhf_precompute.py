@@ -21,12 +21,12 @@ TINY = os.path.join(HERE, "golden", "rlhf_tiny")
 RUNS = json.load(open(os.path.join(HERE, "golden", "rlhf_runs.json")))
 STEPS = 4
 KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected")
-# ms-swift-only flags of the recording, and ours for one batch of 2 rows on the 8 test devices (the dense model
-# has no experts, so the expert axis only replicates)
+# ms-swift-only flags of the recording, and ours for one batch of 2 rows on the 8 test devices (tensor and
+# sequence axes split the model and the rows, not the batch)
 DROP = {"--model_type", "--template", "--check_model", "--torch_dtype", "--dataloader_num_workers", "--eval_strategy",
         "--use_hf", "--lora_dropout", "--save_steps"}
 OURS = ["--dtype", "float32", "--lora_dropout", "0", "--template", "chatml", "--fsdp_size", "1",
-        "--expert_parallel_size", "8", "--save_steps", "2", "--report_to", "none"]
+        "--tensor_parallel_size", "2", "--sequence_parallel_size", "4", "--save_steps", "2", "--report_to", "none"]
 
 
 def recorded_flags() -> list[str]:
