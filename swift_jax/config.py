@@ -23,9 +23,11 @@ class TrainModelArgs(ModelArgs):
 
     init_from_scratch: bool = False
     """Randomly initialise the model from its config.json instead of loading weights (pre-training demos)."""
-    scan_layers: bool = True
+    scan_layers: bool | None = None
     """Run runs of identical decoder layers under one `jax.lax.scan` over stacked `[layers, ...]` parameters
-    (compiles one layer body whatever the depth; models/scan.py); false: one module per layer."""
+    (compiles one layer body whatever the depth; models/scan.py); false: one module per layer. Default: scanned,
+    except on CPU with --gradient_checkpointing false, where the unrolled layout's step is faster (measured:
+    docs/benchmarks.md)."""
     attn_impl: str = "auto"
     """Attention backend: auto | xla | pallas_gpu | pallas_tpu | cudnn (see the README)."""
 

@@ -153,3 +153,22 @@ def test_layout_switch_and_peft_files_carry_stacked_adapters(tmp_path):
     assert np.abs(np.asarray(model(jnp.asarray(IDS))) - before).max() < 1e-5
     set_scan_layers(model, True)
     assert np.abs(np.asarray(model(jnp.asarray(IDS))) - before).max() < 1e-5
+
+
+@pytest.mark.parametrize("flags, scanned", [
+    ([], True),  # the default: scanned, with gradient checkpointing
+    (["--gradient_checkpointing", "false"], False),  # CPU without remat: unrolled steps faster (docs/benchmarks.md)
+    (["--gradient_checkpointing", "false", "--scan_layers", "true"], True),  # an explicit flag wins
+    (["--scan_layers", "false"], False),
+])
+def test_scan_layers_default_follows_the_measured_step_time(tmp_path, flags, scanned):
+    from swift_jax.cli import parse_config
+    from swift_jax.config import ALIASES, TrainArguments
+    from swift_jax.parallel import make_mesh
+    from swift_jax.trainer.setup import build_model, resolve_scan_layers
+
+    path = save_hf_model(build_hf_model("llama", **dict(SMALL, num_hidden_layers=2)), tmp_path / "m")
+    args = parse_config(TrainArguments, ["--model", str(path), "--tuner_type", "full", *flags], aliases=ALIASES)
+    model = build_model(args, make_mesh(fsdp_size=1, devices=jax.devices()[:1]))
+    assert model.config.scan_layers is scanned
+    assert resolve_scan_layers(None, False, platform="gpu") is True  # only CPU's loop cost moves the default

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any
 
+import jax
 from flax import nnx
 
 from swift_jax.config import TrainArguments
@@ -40,6 +41,16 @@ def enable_compilation_cache(cache_dir: str | None, output_dir: str) -> str | No
     return path
 
 
+def resolve_scan_layers(scan_layers: bool | None, gradient_checkpointing, platform: str | None = None) -> bool:
+    """`--scan_layers`, or its default: scanned layers (one compiled layer body), except on CPU without
+    gradient checkpointing, where XLA:CPU cannot overlap neighbouring layers' backward work inside the
+    scan's loop and the unrolled layout steps 1.1-1.3x faster (`scripts/bench_scan.py`, docs/benchmarks.md)."""
+    if scan_layers is not None:
+        return scan_layers
+    no_remat = gradient_checkpointing in (False, "false")
+    return not (no_remat and (platform or jax.default_backend()) == "cpu")
+
+
 def build_model(args: TrainArguments, mesh) -> nnx.Module:
     """The base model on the mesh: loaded from safetensors, or initialised from config.json."""
     from swift_jax.modeling import init_model, load_model, read_hf_config, resolve_model_dir
@@ -49,10 +60,11 @@ def build_model(args: TrainArguments, mesh) -> nnx.Module:
     # Full fine-tuning keeps float32 master weights whatever the compute dtype.
     param_dtype = "float32" if full and m.dtype not in (None, "float32", "fp32") else None
     path = resolve_path(m.model)
+    scan = resolve_scan_layers(m.scan_layers, args.training.gradient_checkpointing)
     if m.init_from_scratch:
         return init_model(read_hf_config(resolve_model_dir(path)), dtype=m.dtype, seed=args.training.seed, mesh=mesh,
-                          param_dtype=param_dtype, scan_layers=m.scan_layers)
-    return load_model(path, dtype=m.dtype, mesh=mesh, param_dtype=param_dtype, scan_layers=m.scan_layers)
+                          param_dtype=param_dtype, scan_layers=scan)
+    return load_model(path, dtype=m.dtype, mesh=mesh, param_dtype=param_dtype, scan_layers=scan)
 
 
 ADAPTER_FIELDS = {"lora_rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout"}
