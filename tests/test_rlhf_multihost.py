@@ -1,8 +1,8 @@
 """--precompute_ref_log_probs on several processes: two `python -m swift_jax.rlhf` processes on loopback (2 CPU
 devices each, gloo, FSDP over all 4) train DPO LoRA on the tiny golden model. Each process runs the reference over
 its own share of the rows (9 rows: shares of 5 and 4 pairs, 3 and 2 batches of 2, so one process feeds an empty
-batch while the other finishes), the tables are gathered, and the run logs what a run with a reference forward in
-each step logs: here the same job in this process (4 rows a step over FSDP 4 x tensor 2; the two processes' rows
+batch while the other finishes), the tables are gathered (step 3 starts the second epoch, where process 0 trains
+on pair 1 of process 1's share), and the run logs what a run with a reference forward in each step logs: here the same job in this process (4 rows a step over FSDP 4 x tensor 2; the two processes' rows
 of a step are the same 4 pairs, so every logged mean is the same).
 """
 
@@ -16,7 +16,7 @@ from swift_jax.rlhf.__main__ import run_command
 from test_multihost import train_two_processes
 from test_rlhf_precompute import KEYS, ROOT, RUNS, TINY, recorded_flags
 
-STEPS = 2
+STEPS = 3
 FLAGS = ["--rlhf_type", "dpo", "--model", os.path.join(TINY, "base"), "--adapters", os.path.join(TINY, "adapter"),
          *recorded_flags(), "--dtype", "float32", "--template", "chatml", "--per_device_train_batch_size", "1",
          "--fsdp_size", "4", "--max_steps", str(STEPS), "--save_steps", "100000"]
