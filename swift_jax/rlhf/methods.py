@@ -161,15 +161,14 @@ class PreferenceMethod(Method):
         return nnx.split(ref)
 
     def reference_forward(self, trainer):
-        """A host batch -> the reference's (chosen, rejected) log-prob sums, computed on the run's mesh: the
-        policy with its adapters off (read from the trainer's current state at each call), or a frozen copy."""
+        """A host batch -> the reference's (chosen, rejected) log-prob sums of its pair slots, computed on the run's
+        mesh: the policy with its adapters off (read from the trainer's current state at each call), or a frozen
+        copy. On several processes each passes its own rows and gets its own rows' values back."""
         import numpy as np
-
-        from swift_jax.trainer.trainer import device_batch
-
         from jax.experimental import multihost_utils
 
         from swift_jax.parallel import logical_to_spec
+        from swift_jax.trainer.trainer import device_batch
 
         keys = ("input_ids", "labels", "segment_ids", "positions")
         rows = logical_to_spec(("batch",), trainer.mesh)
