@@ -31,20 +31,21 @@ def _env(devices: int, **extra) -> dict:
     return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **extra}
 
 
-def start_two_processes(*flags) -> list[subprocess.Popen]:
-    """One training job as two processes (ranks 0 and 1) meeting on a free loopback port."""
+def start_two_processes(*flags, module: str = "swift_jax.train", base: list[str] = FLAGS) -> list[subprocess.Popen]:
+    """One `python -m module *base *flags` job as two processes (ranks 0 and 1) meeting on a free loopback port."""
     port = str(_free_port())
     return [
-        subprocess.Popen([sys.executable, "-m", "swift_jax.train", *FLAGS, *flags], cwd=ROOT, stdout=subprocess.PIPE,
+        subprocess.Popen([sys.executable, "-m", module, *base, *flags], cwd=ROOT, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True,
                          env=_env(2, MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", RANK=str(rank)))
         for rank in range(2)
     ]
 
 
-def train_two_processes(*flags) -> list[str]:
-    """Run one training job as two processes; returns their outputs (both must exit 0)."""
-    procs = start_two_processes(*flags)
+def train_two_processes(*flags, **launch) -> list[str]:
+    """Run one training job as two processes (`launch`: see start_two_processes); returns their outputs (both
+    must exit 0)."""
+    procs = start_two_processes(*flags, **launch)
     outputs = []
     for proc in procs:
         try:

@@ -161,13 +161,18 @@ class PreferenceMethod(Method):
         return nnx.split(ref)
 
     def reference_forward(self, trainer):
-        """A host batch -> the reference's (chosen, rejected) log-prob sums, computed on the run's mesh: the
-        policy with its adapters off (read from the trainer's current state at each call), or a frozen copy."""
+        """A host batch -> the reference's (chosen, rejected) log-prob sums of its pair slots, computed on the run's
+        mesh: the policy with its adapters off (read from the trainer's current state at each call), or a frozen
+        copy. On several processes each passes its own rows and gets its own rows' values back."""
         import numpy as np
+        from jax.experimental import multihost_utils
 
+        from swift_jax.parallel import logical_to_spec
         from swift_jax.trainer.trainer import device_batch
 
         keys = ("input_ids", "labels", "segment_ids", "positions")
+        rows = logical_to_spec(("batch",), trainer.mesh)
+        out = jax.sharding.NamedSharding(trainer.mesh, rows)
 
         def sums(model, batch):
             model.eval()
@@ -176,31 +181,30 @@ class PreferenceMethod(Method):
 
         if self.reference_mode == "frozen":
             graphdef, state = self._load_reference(trainer)
-            compiled = jax.jit(lambda s, b: sums(nnx.merge(graphdef, s), b))
+            compiled = jax.jit(lambda s, b: sums(nnx.merge(graphdef, s), b), out_shardings=(out, out))
             inputs = lambda: (state,)
         else:
             def adapters_off(params, rng, frozen, batch):
                 with adapters_disabled():
                     return sums(nnx.merge(trainer.graphdef, params, rng, frozen), batch)
 
-            compiled = jax.jit(adapters_off)
+            compiled = jax.jit(adapters_off, out_shardings=(out, out))
             inputs = lambda: (trainer.state.params, trainer.state.rng, trainer.frozen)
 
         def forward(host: dict):
             chosen, rejected = compiled(*inputs(), device_batch(host, keys, trainer.mesh))
-            return np.asarray(chosen), np.asarray(rejected)
+            # this process's pair slots, `[its rows * pairs_per_row]`, as device_batch placed its rows
+            local = multihost_utils.global_array_to_host_local_array((chosen, rejected), trainer.mesh, (rows, rows))
+            return tuple(np.asarray(x) for x in local)
 
         return forward
 
     def precompute_reference(self, trainer) -> None:
         """--precompute_ref_log_probs: the reference's values of every training pair (one pass over an epoch in
         the training layout; a stream gets them batch by batch in `make_batches`) and of the validation batches."""
-        from swift_jax.data.errors import DataError
         from swift_jax.rlhf.data import pad_pair
-        from swift_jax.rlhf.precompute import ReferenceTable, attach_computed, padded_batches
+        from swift_jax.rlhf.precompute import ReferenceTable, attach_computed, in_step, padded_batches
 
-        if jax.process_count() > 1:
-            raise DataError("--precompute_ref_log_probs runs on one process only for now; drop it on several hosts")
         pipe = self.pipe
         forward = self.reference_forward(trainer)
         if pipe.streaming:
@@ -208,6 +212,7 @@ class PreferenceMethod(Method):
         else:
             empty = pad_pair(None, pipe.row_length, pipe.pad_id)
             batches = padded_batches(iter(pipe.rows(num_epochs=1)), pipe.batch_size, empty)
+            batches = in_step(batches, next(padded_batches([empty], pipe.batch_size, empty)))  # all in step
             self.ref_table = ReferenceTable.compute(forward, batches, len(pipe.train_table), self.pairs_per_row)
         pipe.set_val_batches([attach_computed(forward, b, self.pairs_per_row) for b in pipe.val_batches()])
 

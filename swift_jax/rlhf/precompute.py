@@ -7,13 +7,19 @@ batch as `ref_logps` (`[rows, seq]`: a segment's value on its first token, 0 els
 reference forward and full fine-tuning keeps no frozen copy. The values depend only on the frozen reference,
 so a resumed run recomputes the same ones. A stream (`--streaming`) has no first pass: each batch gets its
 values just before its step.
+
+On several processes each one runs the reference over its own share of the rows (the forward is one program on
+the global mesh, so all run it in step: a process whose share is done feeds empty batches until every share is),
+then the tables are gathered, so every process holds every pair's values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 REF_KEY = "ref_logps"
 Forward = Callable[[dict], tuple[np.ndarray, np.ndarray]]
@@ -62,7 +68,7 @@ class ReferenceTable:
             chosen, rejected = forward(batch)
             ids, present = pair_slots(batch, pairs_per_row)
             values[ids[present]] = np.stack([chosen, rejected], -1)[present]
-        return cls(values, pairs_per_row)
+        return cls(gathered(values), pairs_per_row)
 
     def attach(self, batch: dict) -> dict:
         """`batch` with its `ref_logps`."""
@@ -73,6 +79,27 @@ class ReferenceTable:
             raise RuntimeError(f"--precompute_ref_log_probs: no reference values for pairs {ids[missing][:5].tolist()} "
                                "(the first pass did not see them); please report this")
         return {**batch, REF_KEY: place(batch, picked[:, 0], picked[:, 1], self.pairs_per_row)}
+
+
+def in_step(batches: Iterable[dict], empty: dict) -> Iterable[dict]:
+    """`batches`, as many on every process: once this process's are done it yields `empty` (a batch with no pair)
+    until every process's are (one small all-gather per batch on several processes)."""
+    if jax.process_count() == 1:
+        yield from batches
+        return
+    batches = iter(batches)
+    while True:
+        batch = next(batches, None)
+        if not multihost_utils.process_allgather(np.int32(batch is not None)).any():
+            return
+        yield empty if batch is None else batch
+
+
+def gathered(values: np.ndarray) -> np.ndarray:
+    """`[pairs, 2]` tables of every process (NaN where a process did not compute a pair) merged into one."""
+    if jax.process_count() == 1:
+        return values
+    return np.fmax.reduce(multihost_utils.process_allgather(values), axis=0)  # fmax: a number wins over NaN
 
 
 def attach_computed(forward: Forward, batch: dict, pairs_per_row: int) -> dict:
