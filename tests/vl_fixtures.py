@@ -57,3 +57,27 @@ def color_image(color, size=(32, 32)) -> Image.Image:
     rs = np.random.RandomState(sum(color))
     pixels = np.clip(np.asarray(color)[None, None] + rs.randint(-20, 20, (*size, 3)), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
+
+
+INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>"]
+
+
+def build_internvl_folder(path: str, seed: int = 0) -> str:
+    """A complete tiny InternVL checkpoint folder at `path`: the bundled tokenizer plus InternVL's image
+    tokens, a random float32 `InternVLForConditionalGeneration` (tiny_vlm's 16x16 tiles, 4 tokens a tile) and
+    its PIL dynamic-tiling processor (up to 4 tiles plus a thumbnail)."""
+    from tiny_vlm import INTERN_TEXT, INTERN_VISION, tile_processor
+
+    tok = transformers.AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER_DIR)
+    tok.add_special_tokens({"additional_special_tokens": INTERNVL_TOKENS})
+    torch.manual_seed(seed)
+    config = transformers.InternVLConfig(
+        text_config={"model_type": "qwen2", **INTERN_TEXT, "vocab_size": len(tok), "max_position_embeddings": 512},
+        vision_config=dict(INTERN_VISION),
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        tie_word_embeddings=False,
+    )
+    transformers.InternVLForConditionalGeneration(config).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    tile_processor().save_pretrained(path)
+    return path

@@ -26,6 +26,7 @@ from swift_jax.data.template_meta import MODEL_TYPE_TEMPLATES
 
 IGNORE = -100
 QWEN2_VL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+TILE_TYPES = ("internvl",)  # whole tiles per row (`models.vision.tiles`)
 
 
 @dataclasses.dataclass
@@ -61,6 +62,19 @@ class VisionData:
     @property
     def is_qwen2_vl(self) -> bool:
         return self.model_type in QWEN2_VL_TYPES
+
+    @property
+    def batching(self):
+        """`(module, argument)` that batches this model's samples: `vision_batching` with the merge unit
+        (Qwen2-VL family, patches), else `tile_batching` with the tile shape `(C, H, W)`."""
+        if self.is_qwen2_vl:
+            from swift_jax.data import vision_batching
+
+            return vision_batching, self.config.merge_unit
+        from swift_jax.data import tile_batching
+        from swift_jax.models.vision.tiles import tile_shape
+
+        return tile_batching, tile_shape(self.config)
 
     # -- messages ----------------------------------------------------------------------------------------
     def messages(self, messages: list[dict], media: dict[str, list], where: str) -> list[dict]:
@@ -109,10 +123,14 @@ class VisionData:
         return out
 
     def layout(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The per-sample arrays a training batch row takes (`models.vision.rows`): patches in layout order
-        and M-RoPE positions `mrope` `[seq, 3]`."""
+        """The per-sample arrays a training batch row takes: Qwen2-VL family (`models.vision.rows`) patches in
+        layout order and M-RoPE positions `mrope` `[seq, 3]`; InternVL / Gemma 3 (`models.vision.tiles`) the
+        tiles `pixel_values` `[tiles, C, H, W]`."""
         if not self.is_qwen2_vl:
-            raise DataError(f"training on images is implemented for qwen2_vl / qwen2_5_vl, not {self.model_type!r}")
+            from swift_jax.models.vision.tiles import tile_shape
+
+            empty = np.zeros((0, *tile_shape(self.config)), np.float32)
+            return {"pixel_values": np.asarray(encoded.get("pixel_values", empty), np.float32)}
         from swift_jax.models.vision.rows import sample_layout
 
         keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
@@ -154,11 +172,10 @@ def prompt_inputs(vision: VisionData | None, encoder, messages: list[dict], tool
 
 
 def vision_data_for(model_dir: str, model_config, data_args=None) -> VisionData | None:
-    """The `VisionData` of a Qwen2-VL-family checkpoint (whose images train, infer and serve here), with the
-    run's --template and --max_pixels; None for other models (text models; InternVL and Gemma 3 keep their
-    text-only path until their batches carry pixels)."""
+    """The `VisionData` of a vision-language checkpoint (Qwen2-VL family, InternVL, Gemma 3 with its vision
+    tower), with the run's --template and --max_pixels; None for text models."""
     vision = getattr(model_config, "vision", None)
-    if vision is None or getattr(vision, "kind", None) not in QWEN2_VL_TYPES:
+    if vision is None or model_config.model_type not in QWEN2_VL_TYPES + TILE_TYPES:
         return None
     return VisionData.from_pretrained(model_dir, vision, template=getattr(data_args, "template", None),
                                       max_pixels=getattr(data_args, "max_pixels", None))
@@ -167,7 +184,7 @@ def vision_data_for(model_dir: str, model_config, data_args=None) -> VisionData 
 def vision_for_inference(args, model_config):
     """`(VisionData or None, args)` for infer / deploy / eval: the checkpoint folder is `args.model` (else the
     adapters' base model); a vision model's `args.template` defaults to ms-swift's template of the model type."""
-    if getattr(getattr(model_config, "vision", None), "kind", None) not in QWEN2_VL_TYPES:
+    if getattr(model_config, "vision", None) is None or model_config.model_type not in QWEN2_VL_TYPES + TILE_TYPES:
         return None, args
     from swift_jax.tuners import base_model_of
 
