@@ -147,3 +147,15 @@ def test_sft_on_the_bundled_image_rows_runs(tmp_path, folder):
     with open(tmp_path / "out" / run / "logging.jsonl") as f:
         losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
     assert len(losses) == 2 and all(np.isfinite(losses)), losses
+
+
+def test_infer_answers_image_rows(tmp_path, folder):
+    from swift_jax import infer
+
+    row = {"messages": [{"role": "user", "content": "<image>What colour?"}], "images": [os.path.join(folder, "1.png")]}
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(row) + "\n" + json.dumps({**row, "images": [os.path.join(folder, "0.png")]}) + "\n")
+    result = tmp_path / "result.jsonl"
+    infer.main(["--model", folder, "--val_dataset", str(data), "--max_new_tokens", "3", "--result_path", str(result)])
+    rows = [json.loads(line) for line in open(result)]
+    assert len(rows) == 2 and all(r["images"] and isinstance(r["response"], str) for r in rows)
