@@ -1,7 +1,8 @@
 """Gemma 3 image rows end to end (tiny random checkpoint folder): encoded rows (ms-swift's `gemma3_vision`:
 each `<start_of_image>` spliced to the full image sequence, its soft tokens expanded and never trained) in
 padded and packed training batches give transformers' logits for each sample (float32 < 1e-4; image tokens
-attend to their whole image), and greedy generation with an image equals `transformers.generate`."""
+attend to their whole image), greedy generation with an image equals `transformers.generate`, and the OpenAI
+server answers `image_url` parts."""
 
 import os
 
@@ -123,3 +124,37 @@ def test_greedy_generation_with_an_image_equals_transformers(folder, models):
             ref = hf.generate(input_ids=ids, pixel_values=torch.as_tensor(pixels), token_type_ids=(ids == hf.config.image_token_id).long(),
                               max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
         assert list(out.token_ids) == ref[0, len(prompt.ids):].tolist()
+
+
+def test_openai_server_takes_image_url_parts(folder, models):
+    import base64
+    import io
+    import threading
+
+    import openai
+
+    from swift_jax.deploy import ChatServer, DeployArgs, make_server
+
+    ours = models[1]
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    vision = VisionData.from_pretrained(folder, ours.config.vision)
+    gen = Generator(ours, tok)
+    args = DeployArgs(model=folder, served_model_name="tiny", max_new_tokens=4, template=vision.template)
+    server = make_server(ChatServer(gen, args, vision), "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.server_address[1]}/v1", api_key="-", timeout=60, max_retries=0)
+    try:
+        image = color_image((0, 200, 0), (20, 40))
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        url = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        parts = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "What colour?"}]
+        reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": parts}], temperature=0)
+        encoder = DataArgs(template=vision.template).chat_encoder(tok)
+        prompt = prompt_inputs(vision, encoder, [{"role": "user", "content": "<image>What colour?"}],
+                               media={"image": [image], "video": []})
+        assert reply.choices[0].message.content == gen.generate_ids([prompt], GenerationConfig(max_new_tokens=4))[0].text
+        assert reply.usage.prompt_tokens == len(prompt.ids)
+    finally:
+        server.shutdown()
+        server.server_close()
