@@ -92,7 +92,8 @@ def main():
     with open(os.path.join(OUT, "ms_swift_tiles.json"), "w") as f:
         json.dump(golden, f)
         f.write("\n")
-    print("recorded", {t: {r: v.get("error", len(v.get("input_ids", []))) for r, v in res.items()} for t, res in golden["encoded"].items()})
+    lengths = {t: {r: v.get("error", len(v.get("input_ids", []))) for r, v in res.items()} for t, res in golden["encoded"].items()}
+    print("recorded (tokens per row)", lengths)
 
 
 if __name__ == "__main__":

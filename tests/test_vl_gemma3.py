@@ -76,7 +76,8 @@ def test_rows_splice_the_image_sequence_and_never_train_it(folder, models):
         assert e["pixel_values"].shape == (n, 3, 16, 16)
         assert (e["input_ids"] == image).sum() == 4 * n
     text = tok.decode(encoded[0]["input_ids"])
-    assert text.startswith("<bos><start_of_turn>user\n\n\n<start_of_image>" + "<image_soft_token>" * 4 + "<end_of_image>\n\nWhat colour?")
+    image_sequence = "\n\n<start_of_image>" + "<image_soft_token>" * 4 + "<end_of_image>\n\n"
+    assert text.startswith("<bos><start_of_turn>user\n" + image_sequence + "What colour?")
     trained = tok.decode(encoded[1]["input_ids"][encoded[1]["labels"] != IGNORE])
     assert trained == "two<end_of_turn>", trained
 
@@ -86,16 +87,16 @@ def test_padded_and_packed_batches_give_transformers_logits(folder, models):
     vision, _, encoded = _encode(folder, ours)
     refs = [_hf_logits(hf, e) for e in encoded]
     samples = [{"input_ids": e["input_ids"], "labels": e["labels"], **vision.layout(e)} for e in encoded]
-    module, shape = vision.batching
+    module, tile = vision.batching
     assert module is tile_batching
-    padded = tile_batching.pad_group(samples, 128, 0, shape)
+    padded = tile_batching.pad_group(samples, 128, 0, tile)
     assert padded["pixel_values"].shape == (3, 2, 3, 16, 16)
     logits = np.asarray(_logits(ours, {k: jnp.asarray(v) for k, v in padded.items()}))
     lengths = [len(e["input_ids"]) for e in encoded]
     padded_diff = max(float(np.abs(logits[i, :n] - refs[i]).max()) for i, n in enumerate(lengths))
 
     ds = grain.MapDataset.source(samples).to_iter_dataset()
-    (packed,) = list(tile_batching.packed_batches(ds, 1, 256, 0, shape, num_bins=1, seed=0, shuffle=False, max_tiles=4))
+    (packed,) = list(tile_batching.packed_batches(ds, 1, 256, 0, tile, num_bins=1, seed=0, shuffle=False, max_tiles=4))
     seg = packed["segment_ids"][0]
     assert sorted(np.unique(seg).tolist()) == [0, 1, 2, 3] and packed["pixel_values"].shape == (1, 4, 3, 16, 16)
     logits = np.asarray(_logits(ours, {k: jnp.asarray(v) for k, v in packed.items()}))[0]
@@ -121,7 +122,8 @@ def test_greedy_generation_with_an_image_equals_transformers(folder, models):
         pixels = vision.pixels({"image": [os.path.join(folder, f"{i}.png")], "video": []}, "row")["pixel_values"]
         ids = torch.as_tensor([prompt.ids])
         with torch.no_grad():
-            ref = hf.generate(input_ids=ids, pixel_values=torch.as_tensor(pixels), token_type_ids=(ids == hf.config.image_token_id).long(),
+            types = (ids == hf.config.image_token_id).long()
+            ref = hf.generate(input_ids=ids, pixel_values=torch.as_tensor(pixels), token_type_ids=types,
                               max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=0)
         assert list(out.token_ids) == ref[0, len(prompt.ids):].tolist()
 

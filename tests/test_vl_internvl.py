@@ -89,16 +89,16 @@ def test_padded_and_packed_batches_give_transformers_logits(folder, models):
     vision, _, encoded = _encode(folder, ours)
     refs = [_hf_logits(hf, e) for e in encoded]
     samples = [{"input_ids": e["input_ids"], "labels": e["labels"], **vision.layout(e)} for e in encoded]
-    module, shape = vision.batching
+    module, tile = vision.batching
     assert module is tile_batching
-    padded = tile_batching.pad_group(samples, 128, 0, shape)
+    padded = tile_batching.pad_group(samples, 128, 0, tile)
     assert padded["pixel_values"].shape == (3, 8, 3, 16, 16)  # the most tiles (6) bucketed to 8
     logits = np.asarray(_logits(ours, {k: jnp.asarray(v) for k, v in padded.items()}))
     lengths = [len(e["input_ids"]) for e in encoded]
     padded_diff = max(float(np.abs(logits[i, :n] - refs[i]).max()) for i, n in enumerate(lengths))
 
     ds = grain.MapDataset.source(samples).to_iter_dataset()
-    (packed,) = list(tile_batching.packed_batches(ds, 1, 256, 0, shape, num_bins=1, seed=0, shuffle=False, max_tiles=16))
+    (packed,) = list(tile_batching.packed_batches(ds, 1, 256, 0, tile, num_bins=1, seed=0, shuffle=False, max_tiles=16))
     seg = packed["segment_ids"][0]
     assert sorted(np.unique(seg).tolist()) == [0, 1, 2, 3] and packed["pixel_values"].shape == (1, 16, 3, 16, 16)
     logits = np.asarray(_logits(ours, {k: jnp.asarray(v) for k, v in packed.items()}))[0]
@@ -136,7 +136,8 @@ def test_sft_on_the_bundled_image_rows_runs(tmp_path, folder):
         r["images"] = [os.path.join(DEMO, x) for x in r["images"]]
     data = tmp_path / "images.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cmd = [sys.executable, "-m", "swift_jax.train", "--model", folder, "--dtype", "float32", "--dataset", str(data), "--max_length", "256", "--per_device_train_batch_size", "2",
+    cmd = [sys.executable, "-m", "swift_jax.train", "--model", folder, "--dtype", "float32", "--dataset", str(data),
+           "--max_length", "256", "--per_device_train_batch_size", "2",
            "--max_steps", "2", "--tuner_type", "lora", "--lora_rank", "4", "--packing", "true", "--logging_steps", "1",
            "--report_to", "none", "--fsdp_size", "1", "--data_parallel_size", "-1", "--output_dir", str(tmp_path / "out"),
            "--save_steps", "1000"]

@@ -57,3 +57,8 @@ def tile_shape(cfg) -> tuple[int, int, int]:
     size = cfg.image_size
     height, width = (size, size) if isinstance(size, int) else size
     return cfg.num_channels, height, width
+
+
+def tile_tokens(cfg) -> int:
+    """Language-model tokens of one tile (InternVL `tokens_per_tile`) or image (Gemma 3 `mm_tokens_per_image`)."""
+    return cfg.tokens_per_tile if hasattr(cfg, "tokens_per_tile") else cfg.mm_tokens_per_image

@@ -19,7 +19,7 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
-from swift_jax.data import batching, vision_batching
+from swift_jax.data import batching
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
 from swift_jax.data.samples import Counters, SampleProcessor
@@ -69,7 +69,8 @@ class DataPipeline:
                  eval_batch_size: int | None = None, vision=None):
         self.args = args
         self.vision = vision
-        """`data.vision.VisionData` of a vision-language model: rows carry patches (`data.vision_batching`)."""
+        """`data.vision.VisionData` of a vision-language model: rows carry patches or tiles
+        (`data.vision_batching`, `data.tile_batching`)."""
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.batches_per_step = max(1, batches_per_step)
@@ -121,8 +122,8 @@ class DataPipeline:
         return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
 
     def _vision_batches(self, num_epochs: int | None, samples=None) -> grain.IterDataset:
-        """Multimodal training batches (`data.vision_batching`)."""
-        args, (module, unit) = self.args, self.vision.batching  # unit: merge unit / tile shape
+        """Multimodal training batches (`data.vision_batching` / `data.tile_batching`, `VisionData.batching`)."""
+        args, (module, unit) = self.args, self.vision.batching  # unit: merge unit / tile_batching.Tile
         samples = self.samples(num_epochs) if samples is None else samples
         if args.packing:
             return module.packed_batches(
@@ -169,7 +170,7 @@ class DataPipeline:
             empty["loss_scale"] = np.zeros(0, np.float32)
         if self.vision is not None:
             module, unit = self.vision.batching
-            empty = module.empty_sample(self.vision.config.patch_dim if module is vision_batching else unit, self.weighted)
+            empty = self.vision.empty_sample(self.weighted)
         size = self.eval_batch_size
         samples = [process(self.val_table[int(i)]) or empty for i in mine]
         samples += [empty] * (per_process - len(samples))

@@ -71,15 +71,20 @@ class VisionData:
     @property
     def batching(self):
         """`(module, argument)` that batches this model's samples: `vision_batching` with the merge unit
-        (Qwen2-VL family, patches), else `tile_batching` with the tile shape `(C, H, W)`."""
+        (Qwen2-VL family, patches), else `tile_batching` with the `Tile` (shape, tokens)."""
         if self.is_qwen2_vl:
             from swift_jax.data import vision_batching
 
             return vision_batching, self.config.merge_unit
         from swift_jax.data import tile_batching
-        from swift_jax.models.vision.tiles import tile_shape
+        from swift_jax.models.vision.tiles import tile_shape, tile_tokens
 
-        return tile_batching, tile_shape(self.config)
+        return tile_batching, tile_batching.Tile(tile_shape(self.config), tile_tokens(self.config))
+
+    def empty_sample(self, weighted: bool) -> dict[str, np.ndarray]:
+        """A sample of nothing in this model's batch layout (fills validation batches)."""
+        module, unit = self.batching
+        return module.empty_sample(self.config.patch_dim if self.is_qwen2_vl else unit, weighted)
 
     # -- messages ----------------------------------------------------------------------------------------
     def messages(self, messages: list[dict], media: dict[str, list], where: str) -> list[dict]:

@@ -138,7 +138,8 @@ class LanguageModeling(Method):
         if self.vision is not None and not self.vision.is_qwen2_vl:  # InternVL: tiles per row
             from swift_jax.models.vision.tiles import row_hidden_states
 
-            hidden = row_hidden_states(model, batch["input_ids"], batch["positions"], batch["segment_ids"], batch["pixel_values"])
+            hidden = row_hidden_states(model, batch["input_ids"], batch["positions"], batch["segment_ids"],
+                                       batch["pixel_values"])
         elif self.vision is not None:  # positions [rows, seq, 3] -> M-RoPE's [3, rows, seq]; patches per row
             from swift_jax.models.vision.rows import row_embeds
 
