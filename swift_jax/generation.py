@@ -119,13 +119,20 @@ def _mark_seen(seen: jax.Array, tokens: jax.Array, valid: jax.Array) -> jax.Arra
 def _prefill(graphdef, params, ids, mask, sampling: _Sampling, vision=None, *, max_new_tokens: int, do_sample: bool) -> _State:
     """Run the left-padded prompts `ids`/`mask` `[batch, prompt_len]` through the model, sample token 0.
     `vision` (Qwen2-VL family): per-row patches and M-RoPE `positions` `[batch, prompt_len, 3]`
-    (`models.vision.rows`); decoding then continues from each row's largest position + 1."""
+    (`models.vision.rows`); decoding then continues from each row's largest position + 1. InternVL: per-row
+    tiles `pixel_values` `[batch, T, C, H, W]` (`models.vision.tiles`), plain positions."""
     model = nnx.merge(graphdef, params)
     batch, prompt_len = ids.shape
     cache = KVCache.create(model.config, batch, prompt_len + max_new_tokens)
     if vision is None:
         positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)  # [b, prompt_len]
         hidden, cache = model.hidden_states(ids, positions=positions, segment_ids=mask, cache=cache)
+        next_position = mask.sum(-1).astype(jnp.int32)
+    elif vision["pixel_values"].ndim == 5:  # InternVL: tiles [b, T, C, H, W]
+        from swift_jax.models.vision.tiles import row_hidden_states
+
+        positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0).astype(jnp.int32)  # [b, prompt_len]
+        hidden, cache = row_hidden_states(model, ids, positions, mask, vision["pixel_values"], cache)
         next_position = mask.sum(-1).astype(jnp.int32)
     else:
         from swift_jax.models.vision.rows import row_embeds
@@ -214,8 +221,8 @@ class Generator:
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.default_eos = _eos_ids(tokenizer, model)
-        self.merge_unit = getattr(getattr(model.config, "vision", None), "merge_unit", None)
-        """Qwen2-VL family: patches per vision token (prompts may carry images, `data.vision.VisionPrompt`)."""
+        self.vision_config = getattr(model.config, "vision", None)
+        """Vision-language models: prompts may carry images (`data.vision.VisionPrompt`)."""
 
     def generate_ids(
         self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig()
@@ -249,6 +256,22 @@ class Generator:
             except StopIteration as finished:
                 return finished.value[0]
             yield delta
+
+    def _vision_rows(self, layouts: list[dict], batch: int, prompt_len: int) -> dict[str, np.ndarray]:
+        """The prompts' vision arrays as `batch` rows: Qwen2-VL family patches and M-RoPE positions
+        (`models.vision.rows.left_padded_rows`), InternVL tiles `[batch, T, C, H, W]` (T: a power of two)."""
+        cfg = self.vision_config
+        if hasattr(cfg, "merge_unit"):
+            from swift_jax.models.vision.rows import left_padded_rows
+
+            return left_padded_rows(layouts, batch, prompt_len, cfg.merge_unit)
+        from swift_jax.models.vision.tiles import tile_bucket, tile_shape
+
+        count = tile_bucket(max(len(layout["pixel_values"]) for layout in layouts))
+        tiles = np.zeros((batch, count, *tile_shape(cfg)), np.float32)
+        for row, layout in enumerate(layouts):
+            tiles[row, : len(layout["pixel_values"])] = layout["pixel_values"]
+        return {"pixel_values": tiles}
 
     def _need_tokenizer(self, what: str):
         if self.tokenizer is None:
@@ -285,12 +308,10 @@ class Generator:
         n, sample = config.max_new_tokens, config.do_sample
         vision = None
         if any(layout is not None for layout in layouts):
-            from swift_jax.models.vision.rows import left_padded_rows
-
-            if self.merge_unit is None or any(layout is None for layout in layouts):
+            if self.vision_config is None or any(layout is None for layout in layouts):
                 raise ValueError("prompts with images need a vision-language model, and every prompt of the batch "
                                  "its vision layout (data.vision.prompt_inputs)")
-            vision = left_padded_rows(layouts, batch, prompt_len, self.merge_unit)
+            vision = self._vision_rows(layouts, batch, prompt_len)
         state = _prefill_jit(self.graphdef, self.params, ids, mask, sampling, vision, max_new_tokens=n, do_sample=sample)
         chunk = 1 if stream else 16 if config.stop else n
         stopped = np.zeros(batch, bool)

@@ -57,3 +57,60 @@ def color_image(color, size=(32, 32)) -> Image.Image:
     rs = np.random.RandomState(sum(color))
     pixels = np.clip(np.asarray(color)[None, None] + rs.randint(-20, 20, (*size, 3)), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels)
+
+
+INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>"]
+
+
+def build_internvl_folder(path: str, seed: int = 0) -> str:
+    """A complete tiny InternVL checkpoint folder at `path`: the bundled tokenizer plus InternVL's image
+    tokens, a random float32 `InternVLForConditionalGeneration` (tiny_vlm's 16x16 tiles, 4 tokens a tile) and
+    its PIL dynamic-tiling processor (up to 4 tiles plus a thumbnail)."""
+    from tiny_vlm import INTERN_TEXT, INTERN_VISION, tile_processor
+
+    tok = transformers.AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER_DIR)
+    tok.add_special_tokens({"additional_special_tokens": INTERNVL_TOKENS})
+    torch.manual_seed(seed)
+    config = transformers.InternVLConfig(
+        text_config={"model_type": "qwen2", **INTERN_TEXT, "vocab_size": len(tok), "max_position_embeddings": 512},
+        vision_config=dict(INTERN_VISION),
+        image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        tie_word_embeddings=False,
+    )
+    transformers.InternVLForConditionalGeneration(config).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    tile_processor().save_pretrained(path)
+    return path
+
+
+GEMMA3_TOKENS = ["<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+
+
+def build_gemma3_folder(path: str, seed: int = 0) -> str:
+    """A complete tiny Gemma 3 image-text checkpoint folder at `path`: the bundled tokenizer plus Gemma's turn
+    and image tokens, a random float32 `Gemma3ForConditionalGeneration` (tiny_vlm's sizes: 16x16 images, 4
+    tokens an image, a sliding window shorter than an image) and its PIL image processor."""
+    from tiny_vlm import GEMMA3_SIGLIP, GEMMA3_TEXT, gemma3_processor
+
+    tok = transformers.AutoTokenizer.from_pretrained(BUNDLED_TOKENIZER_DIR)
+    tok.add_special_tokens({"additional_special_tokens": GEMMA3_TOKENS})
+    ids = dict(zip(GEMMA3_TOKENS, tok.convert_tokens_to_ids(GEMMA3_TOKENS)))
+    torch.manual_seed(seed)
+    config = transformers.Gemma3Config(
+        text_config={**GEMMA3_TEXT, "vocab_size": len(tok), "max_position_embeddings": 512},
+        vision_config=GEMMA3_SIGLIP,
+        mm_tokens_per_image=4,
+        image_token_index=ids["<image_soft_token>"],
+        boi_token_index=ids["<start_of_image>"],
+        eoi_token_index=ids["<end_of_image>"],
+        tie_word_embeddings=True,
+    )
+    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():  # non-trivial norms (Gemma's are 1 + w)
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(0.5 * torch.randn_like(p) + (0.0 if "language_model" in name or "mm_soft" in name else 1.0))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    gemma3_processor().save_pretrained(path)
+    return path

@@ -26,8 +26,21 @@ class LayerNorm(nnx.Module):
 
 
 def run_layer(layer: nnx.Module, remat: bool, *args) -> jax.Array:
-    """`layer(*args)`, recomputed in the backward pass when `remat` (`--vit_gradient_checkpointing`)."""
-    return nnx.remat(lambda module, *a: module(*a))(layer, *args) if remat else layer(*args)
+    """`layer(*args)`, recomputed in the backward pass when `remat` (`--vit_gradient_checkpointing`).
+
+    The layer is split into a pure function of its state (as `decoder._remat_layer` does), so it also runs
+    inside the trainer's plain `jax` transforms, and RNG streams (LoRA dropout) advance as in the plain call."""
+    if not remat:
+        return layer(*args)
+    graphdef, state = nnx.split(layer)
+
+    def run(state, *a):
+        module = nnx.merge(graphdef, state)
+        return module(*a), nnx.state(module, nnx.RngState)
+
+    out, rng_state = jax.checkpoint(run)(state, *args)
+    nnx.update(layer, rng_state)
+    return out
 
 
 def scatter_features(

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..config import Qwen2VLVisionConfig
 from . import grid
+from .common import run_layer
 from .qwen2_vl import vision_rotary
 
 VISION_KEYS = ("pixel_values", "patch_pos", "frame_ids", "window_ids", "unit_restore")
@@ -173,7 +174,7 @@ def row_features(visual, batch: dict[str, jax.Array]) -> jax.Array:
     frames, windows = batch["frame_ids"].reshape(n, q), batch["window_ids"].reshape(n, q)
     for i, block in enumerate(visual.blocks):
         windowed = cfg.window_size and i not in cfg.fullatt_block_indexes
-        x = block(x, cos, sin, windows if windowed else frames)
+        x = run_layer(block, visual.remat, x, cos, sin, windows if windowed else frames)
     merged = visual.merger(x.reshape(n * q, -1)).reshape(rows, slots * q // cfg.merge_unit, -1)
     return jnp.take_along_axis(merged, batch["unit_restore"][..., None], axis=1)
 

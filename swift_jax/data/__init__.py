@@ -9,7 +9,8 @@ agent_templates / loss_scale (ms-swift's --template, --agent_template, --loss_sc
 ms-swift template or the tokenizer's Jinja), samples / batching / pipeline (grain), frontend (what infer, eval
 and deploy share with training), inspect (`python -m swift_jax.data.inspect`, `--dump`); multimodal rows: media
 (`images` / `videos`, `<image>` tags), images / videos (processing), vision (encoding, `VisionData`),
-vision_batching (per-row patches, padded or packed).
+vision_batching (Qwen2-VL family: per-row patches, padded or packed), tile_batching (InternVL / Gemma 3: per-row
+tiles, padded or packed).
 """
 
 import importlib

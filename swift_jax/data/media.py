@@ -7,7 +7,7 @@ As ms-swift's `Template._add_default_tags`: when the conversation (system prompt
 the row has images (videos), the missing tags are prepended to the first message; more tags than media is an
 error naming the row (ms-swift warns and leaves the extra tags as text). Each tag becomes the text its template
 puts there (`TAG_TEXT`: Qwen2-VL `<|vision_start|><|image_pad|><|vision_end|>`, InternVL
-`<img><IMG_CONTEXT></img>\\n`); the pad token is expanded to the image's vision tokens after tokenisation.
+`<img><IMG_CONTEXT></img>\\n`, Gemma 3 `<start_of_image>`); the pad token is expanded to the image's vision tokens after tokenisation.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ TAG_TEXT: dict[str, dict[str, str]] = {
     "internvl2_5": INTERNVL,
     "internvl3_5": INTERNVL,
     "internvl_hf": INTERNVL,
+    "gemma3_vision": {"image": "<start_of_image>"},  # then spliced to Gemma 3's full image sequence (data.vision)
 }
 """ms-swift template name -> the text each media tag becomes (its `replace_tag`)."""
 

@@ -19,7 +19,7 @@ import grain
 import grain.experimental as grain_exp
 import numpy as np
 
-from swift_jax.data import batching, vision_batching
+from swift_jax.data import batching
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
 from swift_jax.data.samples import Counters, SampleProcessor
@@ -69,7 +69,8 @@ class DataPipeline:
                  eval_batch_size: int | None = None, vision=None):
         self.args = args
         self.vision = vision
-        """`data.vision.VisionData` of a vision-language model: rows carry patches (`data.vision_batching`)."""
+        """`data.vision.VisionData` of a vision-language model: rows carry patches or tiles
+        (`data.vision_batching`, `data.tile_batching`)."""
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.batches_per_step = max(1, batches_per_step)
@@ -82,7 +83,7 @@ class DataPipeline:
         self.process = SampleProcessor(args, tokenizer, self.counters, vision)
         self.weighted = self.process.weighted
         """Batches carry a float32 `loss_scale` [rows, seq] (the loss_scale strategy weighs tokens)."""
-        self.features = (vision_batching.features if vision else batching.features)(self.weighted)
+        self.features = (vision.batching[0].features if vision else batching.features)(self.weighted)
         self._val_batches: list[dict[str, np.ndarray]] | None = None
         self.stats = self._probe(tokenizer)
 
@@ -121,15 +122,15 @@ class DataPipeline:
         return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
 
     def _vision_batches(self, num_epochs: int | None, samples=None) -> grain.IterDataset:
-        """Multimodal training batches (`data.vision_batching`)."""
-        args, unit = self.args, self.vision.config.merge_unit
+        """Multimodal training batches (`data.vision_batching` / `data.tile_batching`, `VisionData.batching`)."""
+        args, (module, unit) = self.args, self.vision.batching  # unit: merge unit / tile_batching.Tile
         samples = self.samples(num_epochs) if samples is None else samples
         if args.packing:
-            return vision_batching.packed_batches(
+            return module.packed_batches(
                 samples, self.batch_size, args.max_length, self.pad_id, unit, max(args.packing_num_bins, self.batch_size),
                 self.seed, self.shuffle, self.weighted, self.batches_per_step)
         multiple = batching.PAD_MULTIPLE if self.bucketed else args.max_length
-        return vision_batching.padded_batches(samples, self.batch_size, args.max_length, self.pad_id, unit,
+        return module.padded_batches(samples, self.batch_size, args.max_length, self.pad_id, unit,
                                               self.batches_per_step, multiple)
 
     def train_iterator(self, num_epochs: int | None = None) -> grain.DatasetIterator:
@@ -168,7 +169,8 @@ class DataPipeline:
         if self.weighted:
             empty["loss_scale"] = np.zeros(0, np.float32)
         if self.vision is not None:
-            empty = vision_batching.empty_sample(self.vision.config.patch_dim, self.weighted)
+            module, unit = self.vision.batching
+            empty = self.vision.empty_sample(self.weighted)
         size = self.eval_batch_size
         samples = [process(self.val_table[int(i)]) or empty for i in mine]
         samples += [empty] * (per_process - len(samples))
@@ -179,10 +181,7 @@ class DataPipeline:
             longest = max(len(s["input_ids"]) for s in part)
             width = batching.bucket_length(longest, args.max_length) if self.bucketed else args.max_length
             if self.vision is not None:
-                unit = self.vision.config.merge_unit
-                patches = vision_batching.patch_bucket(max(len(s["frame_ids"]) for s in part), unit)
-                rows = [vision_batching.pad_row(s, width, patches, self.pad_id, unit) for s in part]
-                batches.append(batching.stack_rows(vision_batching.frame_slots(rows, unit)))
+                batches.append(module.pad_group(part, width, self.pad_id, unit))
                 continue
             batches.append(batching.stack_rows([batching.pad_sample(s, width, self.pad_id) for s in part]))
         return batches
@@ -209,8 +208,9 @@ class DataPipeline:
             probe_ds = grain.MapDataset.source(samples).to_iter_dataset()
             bins = max(self.args.packing_num_bins, self.batch_size)
             if self.vision is not None:
-                packed = [{"segment_ids": r} for b in vision_batching.packed_batches(
-                    probe_ds, 1, self.args.max_length, self.pad_id, self.vision.config.merge_unit, bins, self.seed, False,
+                module, unit = self.vision.batching
+                packed = [{"segment_ids": r} for b in module.packed_batches(
+                    probe_ds, 1, self.args.max_length, self.pad_id, unit, bins, self.seed, False,
                     self.weighted) for r in b["segment_ids"]]
             else:
                 packed = list(batching.pack(probe_ds, self.args.max_length, self.pad_id, bins, self.seed, False, self.weighted))

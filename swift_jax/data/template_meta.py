@@ -175,6 +175,8 @@ _TABLE = [
                  system_prefix=["<bos><start_of_turn>system\n{{SYSTEM}}<end_of_turn>\n"]),
     dict(name="gemma3_text", prefix=["<bos>"], prompt=GEMMA_PROMPT, chat_sep=["<end_of_turn>\n"],
                  suffix=["<end_of_turn>"], system_in_first_query=True, strip_response_newlines=True),
+    dict(name="gemma3_vision", prefix=["<bos>"], prompt=GEMMA_PROMPT, chat_sep=["<end_of_turn>\n"],
+                 suffix=["<end_of_turn>"], system_in_first_query=True, strip_response_newlines=True),
     # Phi
     dict(name="phi3", prefix=[], prompt=["<|user|>\n{{QUERY}}<|end|>\n<|assistant|>\n"], chat_sep=["<|end|>\n"],
                  suffix=["<|end|>"], system_prefix=["<|system|>\n{{SYSTEM}}<|end|>\n"], auto_add_bos=True),
@@ -205,6 +207,7 @@ MODEL_TYPE_TEMPLATES: dict[str, str] = {
     "qwen2_vl": "qwen2_vl",
     "qwen2_5_vl": "qwen2_5_vl",
     "internvl": "internvl_hf",
+    "gemma3": "gemma3_vision",
 }
 """HF model_type -> the template ms-swift registers for that architecture's chat checkpoints (the flagship
 group; ms-swift picks per checkpoint, e.g. Llama-2 -> `llama`, DeepSeek-R1 -> `deepseek_r1`, Qwen3-*-2507

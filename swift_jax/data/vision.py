@@ -26,6 +26,7 @@ from swift_jax.data.template_meta import MODEL_TYPE_TEMPLATES
 
 IGNORE = -100
 QWEN2_VL_TYPES = ("qwen2_vl", "qwen2_5_vl")
+TILE_TYPES = ("internvl", "gemma3")  # whole tiles / images per row (`models.vision.tiles`)
 
 
 @dataclasses.dataclass
@@ -38,6 +39,7 @@ class VisionData:
     processor: Any
     template: str
     video: Any = None  # videos.VideoSettings for the Qwen2-VL family, else None
+    image_bounds: tuple[int, int] | None = None  # Gemma 3: (<start_of_image>, <end_of_image>) token ids
 
     @classmethod
     def from_pretrained(cls, model_dir: str, vision_config, *, template: str | None = None,
@@ -45,22 +47,44 @@ class VisionData:
         """The processor of `model_dir` (`preprocessor_config.json`, else transformers' defaults at the vision
         config's sizes); `template` defaults to ms-swift's template of the model type."""
         with open(os.path.join(model_dir, "config.json")) as f:
-            model_type = json.load(f).get("model_type")
+            hf = json.load(f)
+        model_type = hf.get("model_type")
         template = template or MODEL_TYPE_TEMPLATES.get(model_type)
         if template not in media_tags.TAG_TEXT:
             raise DataError(f"--template {template!r} does not render images for model_type {model_type!r}; "
                             f"use one of {sorted(media_tags.TAG_TEXT)}")
         processor = image_io.image_processor(model_dir, max_pixels=max_pixels)
+        bounds = None
+        if model_type == "gemma3":
+            bounds = (hf.get("boi_token_index", hf.get("boi_token_id")), hf.get("eoi_token_index", hf.get("eoi_token_id")))
         video = None
         if model_type in QWEN2_VL_TYPES:
             from swift_jax.data.videos import VideoSettings
 
             video = VideoSettings.from_pretrained(model_dir, processor)
-        return cls(model_type, vision_config, processor, template, video)
+        return cls(model_type, vision_config, processor, template, video, bounds)
 
     @property
     def is_qwen2_vl(self) -> bool:
         return self.model_type in QWEN2_VL_TYPES
+
+    @property
+    def batching(self):
+        """`(module, argument)` that batches this model's samples: `vision_batching` with the merge unit
+        (Qwen2-VL family, patches), else `tile_batching` with the `Tile` (shape, tokens)."""
+        if self.is_qwen2_vl:
+            from swift_jax.data import vision_batching
+
+            return vision_batching, self.config.merge_unit
+        from swift_jax.data import tile_batching
+        from swift_jax.models.vision.tiles import tile_shape, tile_tokens
+
+        return tile_batching, tile_batching.Tile(tile_shape(self.config), tile_tokens(self.config))
+
+    def empty_sample(self, weighted: bool) -> dict[str, np.ndarray]:
+        """A sample of nothing in this model's batch layout (fills validation batches)."""
+        module, unit = self.batching
+        return module.empty_sample(self.config.patch_dim if self.is_qwen2_vl else unit, weighted)
 
     # -- messages ----------------------------------------------------------------------------------------
     def messages(self, messages: list[dict], media: dict[str, list], where: str) -> list[dict]:
@@ -89,7 +113,7 @@ class VisionData:
     def token_counts(self, pixels: dict[str, np.ndarray]) -> dict[int, list[int]]:
         """Pad token id -> vision tokens of each image (video) in order."""
         counts = {}
-        if "image_grid_thw" in pixels or "num_patches" in pixels:
+        if "pixel_values" in pixels:
             counts[self.config.image_token_id] = image_io.vision_token_counts(self.config, pixels)
         if "video_grid_thw" in pixels:
             counts[self.config.video_token_id] = [int(n) for n in np.prod(pixels["video_grid_thw"], -1) // self.config.merge_unit]
@@ -102,17 +126,43 @@ class VisionData:
         encoded = encoder.encode({**sample, "messages": self.messages(sample["messages"], media, where)})
         pixels = self.pixels(media, where)
         aligned = [encoded.labels] + ([encoded.loss_scale] if encoded.loss_scale is not None else [])
-        ids, labels, *scale = expand_pads(encoded.input_ids, self.token_counts(pixels), *aligned, where=where)
+        ids, *aligned = self.splice_images(encoder.tokenizer, encoded.input_ids, *aligned)
+        ids, labels, *scale = expand_pads(ids, self.token_counts(pixels), *aligned, where=where)
         out = {"input_ids": ids.astype(np.int32), "labels": labels.astype(np.int32), **pixels}
         if scale:
             out["loss_scale"] = scale[0].astype(np.float32)
         return out
 
+    def splice_images(self, tokenizer, input_ids, *aligned: np.ndarray) -> list[np.ndarray]:
+        """Gemma 3 (ms-swift's `gemma3_vision`): each `<start_of_image>` becomes the processor's full image
+        sequence `\\n\\n<start_of_image><image_soft_token><end_of_image>\\n\\n` (the soft token is then
+        expanded by `expand_pads`), the aligned arrays (labels first, then loss_scale) IGNORE / 0 there.
+        Other models: the arrays unchanged."""
+        if self.image_bounds is None:
+            return [np.asarray(input_ids), *aligned]
+        (start, end), newlines = self.image_bounds, tokenizer.encode("\n\n", add_special_tokens=False)
+        sequence = np.asarray(newlines + [start, self.config.image_token_id, end] + newlines)
+        ids = np.asarray(input_ids)
+        at = np.flatnonzero(ids == start)
+        repeat = np.ones(len(ids), np.int64)
+        repeat[at] = len(sequence)
+        out = [np.repeat(a, repeat) for a in (ids, *aligned)]
+        for k, i in enumerate(at):  # the k-th sequence starts after k earlier ones grew by len - 1
+            s = i + k * (len(sequence) - 1)
+            out[0][s : s + len(sequence)] = sequence
+            for a, fill in zip(out[1:], (IGNORE, 0)):
+                a[s : s + len(sequence)] = fill
+        return out
+
     def layout(self, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The per-sample arrays a training batch row takes (`models.vision.rows`): patches in layout order
-        and M-RoPE positions `mrope` `[seq, 3]`."""
+        """The per-sample arrays a training batch row takes: Qwen2-VL family (`models.vision.rows`) patches in
+        layout order and M-RoPE positions `mrope` `[seq, 3]`; InternVL / Gemma 3 (`models.vision.tiles`) the
+        tiles `pixel_values` `[tiles, C, H, W]`."""
         if not self.is_qwen2_vl:
-            raise DataError(f"training on images is implemented for qwen2_vl / qwen2_5_vl, not {self.model_type!r}")
+            from swift_jax.models.vision.tiles import tile_shape
+
+            empty = np.zeros((0, *tile_shape(self.config)), np.float32)
+            return {"pixel_values": np.asarray(encoded.get("pixel_values", empty), np.float32)}
         from swift_jax.models.vision.rows import sample_layout
 
         keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
@@ -123,6 +173,7 @@ class VisionData:
         """A generation prompt: `(input_ids [n], pixel arrays)` with the vision pads expanded."""
         ids = np.asarray(encoder.prompt_ids(self.messages(messages, media, where), tools, chat_template_kwargs), np.int64)
         pixels = self.pixels(media, where)
+        (ids,) = self.splice_images(encoder.tokenizer, ids)
         (ids,) = expand_pads(ids, self.token_counts(pixels), where=where)
         return ids.astype(np.int32), pixels
 
@@ -154,11 +205,10 @@ def prompt_inputs(vision: VisionData | None, encoder, messages: list[dict], tool
 
 
 def vision_data_for(model_dir: str, model_config, data_args=None) -> VisionData | None:
-    """The `VisionData` of a Qwen2-VL-family checkpoint (whose images train, infer and serve here), with the
-    run's --template and --max_pixels; None for other models (text models; InternVL and Gemma 3 keep their
-    text-only path until their batches carry pixels)."""
+    """The `VisionData` of a vision-language checkpoint (Qwen2-VL family, InternVL, Gemma 3 with its vision
+    tower), with the run's --template and --max_pixels; None for text models."""
     vision = getattr(model_config, "vision", None)
-    if vision is None or getattr(vision, "kind", None) not in QWEN2_VL_TYPES:
+    if vision is None or model_config.model_type not in QWEN2_VL_TYPES + TILE_TYPES:
         return None
     return VisionData.from_pretrained(model_dir, vision, template=getattr(data_args, "template", None),
                                       max_pixels=getattr(data_args, "max_pixels", None))
@@ -167,7 +217,7 @@ def vision_data_for(model_dir: str, model_config, data_args=None) -> VisionData 
 def vision_for_inference(args, model_config):
     """`(VisionData or None, args)` for infer / deploy / eval: the checkpoint folder is `args.model` (else the
     adapters' base model); a vision model's `args.template` defaults to ms-swift's template of the model type."""
-    if getattr(getattr(model_config, "vision", None), "kind", None) not in QWEN2_VL_TYPES:
+    if getattr(model_config, "vision", None) is None or model_config.model_type not in QWEN2_VL_TYPES + TILE_TYPES:
         return None, args
     from swift_jax.tuners import base_model_of
 

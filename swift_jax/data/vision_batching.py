@@ -58,6 +58,12 @@ def empty_sample(patch_dim: int, weighted: bool) -> dict[str, np.ndarray]:
     return sample
 
 
+def pad_group(samples: list[dict], length: int, pad_id: int, merge_unit: int) -> dict[str, np.ndarray]:
+    """Samples as one batch of `length`-token rows sharing one patch bucket and frame-slot shape."""
+    patches = patch_bucket(max(len(s["frame_ids"]) for s in samples), merge_unit)
+    return batching.stack_rows(frame_slots([pad_row(s, length, patches, pad_id, merge_unit) for s in samples], merge_unit))
+
+
 class _PadGroup(grain_exp.FlatMapTransform):
     """A step's samples -> `batches_per_step` batches padded to one length and one patch bucket."""
 

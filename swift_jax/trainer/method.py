@@ -118,7 +118,8 @@ class LanguageModeling(Method):
         self.loss_chunk_size = loss_chunk_size
         self.router_aux_loss_coef = router_aux_loss_coef
         self.vision = vision
-        """`data.vision.VisionData` of a Qwen2-VL-family model: batches carry patches and M-RoPE positions."""
+        """`data.vision.VisionData` of a vision-language model: batches carry patches and M-RoPE positions
+        (Qwen2-VL family) or tiles (InternVL)."""
 
     def build_data(self, args, tokenizer, **kwargs):
         from swift_jax.data import build_data
@@ -134,7 +135,12 @@ class LanguageModeling(Method):
 
     def loss(self, model, batch, extra) -> LossOutput:
         inputs = dict(positions=batch["positions"], segment_ids=batch["segment_ids"])
-        if self.vision is not None:  # positions [rows, seq, 3] -> M-RoPE's [3, rows, seq]; patches per row
+        if self.vision is not None and not self.vision.is_qwen2_vl:  # InternVL: tiles per row
+            from swift_jax.models.vision.tiles import row_hidden_states
+
+            hidden = row_hidden_states(model, batch["input_ids"], batch["positions"], batch["segment_ids"],
+                                       batch["pixel_values"])
+        elif self.vision is not None:  # positions [rows, seq, 3] -> M-RoPE's [3, rows, seq]; patches per row
             from swift_jax.models.vision.rows import row_embeds
 
             positions = jnp.moveaxis(batch["positions"], -1, 0)
