@@ -119,5 +119,6 @@ def test_eval_generation_task_with_image_rows(vlm, tmp_path):
             {"messages": [{"role": "user", "content": "<image>Colour?"}], "images": ["red.png"], "answer": "red"}]
     task = tmp_path / "colours.jsonl"
     task.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    results = swift_eval.main(["--model", folder, "--eval_dataset", str(task), "--max_new_tokens", "3"])
+    results = swift_eval.main(["--model", folder, "--eval_dataset", str(task), "--max_new_tokens", "3",
+                               "--result_path", str(tmp_path / "eval_result.json")])
     assert results["colours.jsonl"]["kind"] == "generation" and results["colours.jsonl"]["n"] == 2

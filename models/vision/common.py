@@ -1,12 +1,14 @@
 """Pieces every vision-language model shares: a LayerNorm with bias (vision towers use it, decoders do
-not), a layer call with optional rematerialisation, and the scatter of vision features into the token
-embeddings at their pad tokens."""
+not), the towers' biased two-layer MLP, a layer call with optional rematerialisation, and the scatter of
+vision features into the token embeddings at their pad tokens."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from ..layers import Linear, activation
 
 
 class LayerNorm(nnx.Module):
@@ -23,6 +25,18 @@ class LayerNorm(nnx.Module):
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
         y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
         return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class VisionMLP(nnx.Module):
+    """`fc2(act(fc1(x)))` with biases: the MLP of the SigLIP (Gemma 3) and InternViT encoder layers."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str, param_dtype, **kw):
+        self.fc1 = Linear(hidden_size, intermediate_size, axes=("embed", "mlp"), use_bias=True, param_dtype=param_dtype, **kw)
+        self.fc2 = Linear(intermediate_size, hidden_size, axes=("mlp", "embed"), use_bias=True, param_dtype=param_dtype, **kw)
+        self.act = activation(hidden_act)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(self.act(self.fc1(x)))
 
 
 def run_layer(layer: nnx.Module, remat: bool, *args) -> jax.Array:

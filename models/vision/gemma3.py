@@ -21,8 +21,8 @@ from swift_jax.kernels import attention
 
 from ..config import Gemma3VisionConfig, ModelConfig
 from ..decoder import CausalLM, KVCache
-from ..layers import Linear, RMSNorm, activation
-from .common import LayerNorm, run_layer, scatter_features
+from ..layers import Linear, RMSNorm
+from .common import LayerNorm, VisionMLP, run_layer, scatter_features
 
 
 def gemma3_vision_config(hf: dict[str, Any]) -> Gemma3VisionConfig:
@@ -86,19 +86,6 @@ class SiglipAttention(nnx.Module):
         return self.out_proj(out.reshape(images, n, e))
 
 
-class SiglipMLP(nnx.Module):
-    """`fc2(act(fc1(x)))` with biases."""
-
-    def __init__(self, cfg: Gemma3VisionConfig, param_dtype, **kw):
-        e, m = cfg.hidden_size, cfg.intermediate_size
-        self.fc1 = Linear(e, m, axes=("embed", "mlp"), use_bias=True, param_dtype=param_dtype, **kw)
-        self.fc2 = Linear(m, e, axes=("mlp", "embed"), use_bias=True, param_dtype=param_dtype, **kw)
-        self.act = activation(cfg.hidden_act)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class SiglipLayer(nnx.Module):
     """`x += attn(layer_norm1(x)); x += mlp(layer_norm2(x))`."""
 
@@ -107,7 +94,7 @@ class SiglipLayer(nnx.Module):
         self.layer_norm1 = LayerNorm(cfg.hidden_size, **norm)
         self.self_attn = SiglipAttention(cfg, param_dtype, **kw)
         self.layer_norm2 = LayerNorm(cfg.hidden_size, **norm)
-        self.mlp = SiglipMLP(cfg, param_dtype, **kw)
+        self.mlp = VisionMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, param_dtype, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x + self.self_attn(self.layer_norm1(x))

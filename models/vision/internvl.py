@@ -19,7 +19,7 @@ from swift_jax.kernels import attention
 from ..config import InternVisionConfig, ModelConfig
 from ..decoder import CausalLM, KVCache
 from ..layers import Linear, RMSNorm, activation
-from .common import LayerNorm, run_layer, scatter_features
+from .common import LayerNorm, VisionMLP, run_layer, scatter_features
 
 
 def _norm(cfg: InternVisionConfig, param_dtype) -> nnx.Module:
@@ -94,19 +94,6 @@ class InternAttention(nnx.Module):
         return self.projection_layer(out.reshape(tiles, n, e))
 
 
-class InternMLP(nnx.Module):
-    """`fc2(act(fc1(x)))` with biases."""
-
-    def __init__(self, cfg: InternVisionConfig, param_dtype, **kw):
-        e, m = cfg.hidden_size, cfg.intermediate_size
-        self.fc1 = Linear(e, m, axes=("embed", "mlp"), use_bias=True, param_dtype=param_dtype, **kw)
-        self.fc2 = Linear(m, e, axes=("mlp", "embed"), use_bias=True, param_dtype=param_dtype, **kw)
-        self.act = activation(cfg.hidden_act)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(self.act(self.fc1(x)))
-
-
 class InternLayer(nnx.Module):
     """`x += lambda_1 * attn(norm_before(x)); x += lambda_2 * mlp(norm_after(x))`."""
 
@@ -115,7 +102,7 @@ class InternLayer(nnx.Module):
         self.layernorm_before = _norm(cfg, param_dtype)
         self.attention = InternAttention(cfg, param_dtype, **kw)
         self.layernorm_after = _norm(cfg, param_dtype)
-        self.mlp = InternMLP(cfg, param_dtype, **kw)
+        self.mlp = VisionMLP(cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act, param_dtype, **kw)
         self.lambda_1 = nnx.Param(jnp.full((e,), 0.1, param_dtype), logical_axes=("embed",))
         self.lambda_2 = nnx.Param(jnp.full((e,), 0.1, param_dtype), logical_axes=("embed",))
 
