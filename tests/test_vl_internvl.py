@@ -8,22 +8,17 @@ import os
 import subprocess
 import sys
 
-import grain
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-from flax import nnx
 
 import swift_jax
-from swift_jax.data import DataArgs, tile_batching
-from swift_jax.data.formats import normalize
-from swift_jax.data.media import row_media
+from swift_jax.data import DataArgs
 from swift_jax.data.vision import IGNORE, VisionData, prompt_inputs
 from swift_jax.generation import GenerationConfig, Generator
-from swift_jax.models.vision.tiles import row_hidden_states, tile_shape
-from vl_fixtures import build_internvl_folder, color_image
+from swift_jax.models.vision.tiles import tile_shape
+from vl_fixtures import build_internvl_folder, encode_tile_rows, padded_and_packed_logit_diffs, tile_model_folder
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 DEMO = os.path.join(ROOT, "swift_jax", "assets", "vl_demo")
@@ -32,37 +27,13 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("internvl"))
-    build_internvl_folder(path)
-    for i, (color, size) in enumerate([((200, 0, 0), (16, 16)), ((0, 200, 0), (20, 40)), ((0, 0, 200), (40, 24))]):
-        color_image(color, size).save(os.path.join(path, f"{i}.png"))
-    return path
+    return tile_model_folder(str(tmp_path_factory.mktemp("internvl")), build_internvl_folder)
 
 
 @pytest.fixture(scope="module")
 def models(folder):
     hf = transformers.AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
     return hf, swift_jax.load_model(folder)
-
-
-def _encode(folder, model):
-    """Three rows: one square image (1 tile), two images of other shapes (tiles + thumbnails, one tagged)."""
-    tok = transformers.AutoTokenizer.from_pretrained(folder)
-    vision = VisionData.from_pretrained(folder, model.config.vision)
-    encoder = DataArgs(template=vision.template).chat_encoder(tok)
-    p = [os.path.join(folder, f"{i}.png") for i in range(3)]
-    rows = [
-        {"messages": [{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "red"}], "images": p[:1]},
-        {"messages": [{"role": "user", "content": "First <image>, then"}, {"role": "assistant", "content": "two"}], "images": p[1:]},
-        {"messages": [{"role": "user", "content": "And this?"}, {"role": "assistant", "content": "green"}], "images": p[1:2]},
-    ]
-    return vision, tok, [vision.encode(encoder, normalize(r, media=True), row_media(r), "row") for r in rows]
-
-
-@nnx.jit
-def _logits(model, batch):
-    hidden = row_hidden_states(model, batch["input_ids"], batch["positions"], batch["segment_ids"], batch["pixel_values"])
-    return model.logits(hidden)
 
 
 def _hf_logits(hf, encoded):
@@ -72,7 +43,7 @@ def _hf_logits(hf, encoded):
 
 
 def test_rows_encode_tiles_and_untrained_image_tokens(folder, models):
-    vision, tok, encoded = _encode(folder, models[1])
+    vision, tok, encoded = encode_tile_rows(folder, models[1])
     image = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
     tiles = [len(e["pixel_values"]) for e in encoded]
     assert tiles == [1, 3 + 3, 3]  # square: one tile; 20x40 and 40x24: two tiles + a thumbnail each
@@ -86,27 +57,12 @@ def test_rows_encode_tiles_and_untrained_image_tokens(folder, models):
 
 def test_padded_and_packed_batches_give_transformers_logits(folder, models):
     hf, ours = models
-    vision, _, encoded = _encode(folder, ours)
+    vision, _, encoded = encode_tile_rows(folder, ours)
     refs = [_hf_logits(hf, e) for e in encoded]
-    samples = [{"input_ids": e["input_ids"], "labels": e["labels"], **vision.layout(e)} for e in encoded]
-    module, tile = vision.batching
-    assert module is tile_batching
-    padded = tile_batching.pad_group(samples, 128, 0, tile)
+    padded, packed, padded_diff, packed_diff = padded_and_packed_logit_diffs(ours, vision, encoded, refs, max_tiles=16)
     assert padded["pixel_values"].shape == (3, 8, 3, 16, 16)  # the most tiles (6) bucketed to 8
-    logits = np.asarray(_logits(ours, {k: jnp.asarray(v) for k, v in padded.items()}))
-    lengths = [len(e["input_ids"]) for e in encoded]
-    padded_diff = max(float(np.abs(logits[i, :n] - refs[i]).max()) for i, n in enumerate(lengths))
-
-    ds = grain.MapDataset.source(samples).to_iter_dataset()
-    (packed,) = list(tile_batching.packed_batches(ds, 1, 256, 0, tile, num_bins=1, seed=0, shuffle=False, max_tiles=16))
     seg = packed["segment_ids"][0]
     assert sorted(np.unique(seg).tolist()) == [0, 1, 2, 3] and packed["pixel_values"].shape == (1, 16, 3, 16, 16)
-    logits = np.asarray(_logits(ours, {k: jnp.asarray(v) for k, v in packed.items()}))[0]
-    packed_diff = 0.0
-    for s in (1, 2, 3):
-        ids = packed["input_ids"][0][seg == s]
-        i = next(i for i, e in enumerate(encoded) if len(e["input_ids"]) == len(ids) and (e["input_ids"] == ids).all())
-        packed_diff = max(packed_diff, float(np.abs(logits[seg == s] - refs[i]).max()))
     print(f"internvl padded {padded_diff:.2e} packed {packed_diff:.2e}")
     assert padded_diff < TOL and packed_diff < TOL
 

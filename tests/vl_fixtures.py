@@ -114,3 +114,66 @@ def build_gemma3_folder(path: str, seed: int = 0) -> str:
     tok.save_pretrained(path)
     gemma3_processor().save_pretrained(path)
     return path
+
+
+# --- image rows of the tile models (InternVL, Gemma 3): tests/test_vl_internvl.py, tests/test_vl_gemma3.py ---
+
+def tile_model_folder(path: str, build) -> str:
+    """A tiny checkpoint folder made by `build` plus three images of different shapes (0.png square)."""
+    build(path)
+    for i, (color, size) in enumerate([((200, 0, 0), (16, 16)), ((0, 200, 0), (20, 40)), ((0, 0, 200), (40, 24))]):
+        color_image(color, size).save(os.path.join(path, f"{i}.png"))
+    return path
+
+
+def encode_tile_rows(folder: str, model):
+    """`(vision, tokenizer, encoded)` of three rows: one image, two images (one tagged), one image again."""
+    from swift_jax.data import DataArgs
+    from swift_jax.data.formats import normalize
+    from swift_jax.data.media import row_media
+    from swift_jax.data.vision import VisionData
+
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    vision = VisionData.from_pretrained(folder, model.config.vision)
+    encoder = DataArgs(template=vision.template).chat_encoder(tok)
+    p = [os.path.join(folder, f"{i}.png") for i in range(3)]
+    rows = [
+        {"messages": [{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "red"}], "images": p[:1]},
+        {"messages": [{"role": "user", "content": "First <image>, then"}, {"role": "assistant", "content": "two"}], "images": p[1:]},
+        {"messages": [{"role": "user", "content": "And this?"}, {"role": "assistant", "content": "green"}], "images": p[1:2]},
+    ]
+    return vision, tok, [vision.encode(encoder, normalize(r, media=True), row_media(r), "row") for r in rows]
+
+
+def padded_and_packed_logit_diffs(model, vision, encoded, refs, max_tiles: int):
+    """`(padded batch, packed batch, padded diff, packed diff)`: the encoded rows as one padded batch and one
+    packed row (tile_batching), each sample's logits against its reference `refs[i]` (max abs difference)."""
+    import grain
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from swift_jax.data import tile_batching
+    from swift_jax.models.vision.tiles import row_hidden_states
+
+    @nnx.jit
+    def logits_of(model, batch):
+        hidden = row_hidden_states(model, batch["input_ids"], batch["positions"], batch["segment_ids"], batch["pixel_values"])
+        return model.logits(hidden)
+
+    samples = [{"input_ids": e["input_ids"], "labels": e["labels"], **vision.layout(e)} for e in encoded]
+    module, tile = vision.batching
+    assert module is tile_batching
+    padded = tile_batching.pad_group(samples, 128, 0, tile)
+    logits = np.asarray(logits_of(model, {k: jnp.asarray(v) for k, v in padded.items()}))
+    padded_diff = max(float(np.abs(logits[i, : len(e["input_ids"])] - refs[i]).max()) for i, e in enumerate(encoded))
+
+    ds = grain.MapDataset.source(samples).to_iter_dataset()
+    (packed,) = list(tile_batching.packed_batches(ds, 1, 256, 0, tile, num_bins=1, seed=0, shuffle=False, max_tiles=max_tiles))
+    seg = packed["segment_ids"][0]
+    logits = np.asarray(logits_of(model, {k: jnp.asarray(v) for k, v in packed.items()}))[0]
+    packed_diff = 0.0
+    for s in np.unique(seg[seg > 0]):
+        ids = packed["input_ids"][0][seg == s]
+        i = next(i for i, e in enumerate(encoded) if len(e["input_ids"]) == len(ids) and (e["input_ids"] == ids).all())
+        packed_diff = max(packed_diff, float(np.abs(logits[seg == s] - refs[i]).max()))
+    return padded, packed, padded_diff, packed_diff
