@@ -16,6 +16,7 @@ from swift_jax.data import DataArgs, DataError, build_data
 from swift_jax.data.formats import normalize
 from swift_jax.data.media import add_default_tags, content_parts, row_media
 from swift_jax.data.vision import VisionData
+from swift_jax.data.video_sizing import VideoSizing, frame_size, video_size
 from swift_jax.data.videos import VideoSettings, preprocess_videos, read_video
 from swift_jax.modeling import model_config, read_hf_config
 from vl_fixtures import build_vl_folder, color_image
@@ -30,7 +31,8 @@ def _golden_vision(template):
     ids = tok.convert_tokens_to_ids(["<|image_pad|>", "<|video_pad|>"])
     processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(os.path.join(GOLDEN, "processor"))
     config = SimpleNamespace(image_token_id=ids[0], video_token_id=ids[1], merge_unit=4)
-    return tok, VisionData(template, config, processor, template)
+    video = VideoSettings.from_pretrained(os.path.join(GOLDEN, "processor"), processor)
+    return tok, VisionData(template, config, processor, template, video)
 
 
 @pytest.mark.parametrize("template", ["qwen2_vl", "qwen2_5_vl"])
@@ -46,6 +48,51 @@ def test_encodings_equal_ms_swift(template):
         assert got["input_ids"].tolist() == expected["input_ids"], name
         assert got["labels"].tolist() == expected["labels"], name
         assert got["image_grid_thw"].tolist() == expected["image_grid_thw"], name
+
+
+# ms-swift upscales the "small" frames with torchvision's antialiased bicubic on tensors, ours with PIL's: they
+# differ by at most one uint8 level (1 / 255 / std ~ 0.015 normalised)
+PIXEL_ATOL = {"video_small_upscaled": 0.02}
+
+
+@pytest.mark.parametrize("template", ["qwen2_vl", "qwen2_5_vl"])
+def test_video_encodings_equal_ms_swift(template, monkeypatch):
+    """Frame-list videos: ids, labels, grid and seconds per grid equal ms-swift's; pixel values equal at 1e-5
+    (shape, sums and 512 sampled values) where ms-swift resizes with PIL, within PIXEL_ATOL where torchvision."""
+    for name in ("VIDEO_MAX_PIXELS", "VIDEO_MIN_PIXELS", "MAX_PIXELS", "MIN_PIXELS", "FPS", "VIDEO_MIN_TOKEN_NUM"):
+        monkeypatch.delenv(name, raising=False)
+    with open(os.path.join(GOLDEN, "ms_swift_vl.json")) as f:
+        golden = json.load(f)
+    tok, vision = _golden_vision(template)
+    encoder = DataArgs(template=template).chat_encoder(tok)
+    for name, row in golden["video_rows"].items():
+        expected = golden["video_encoded"][template][name]
+        media = row_media(row, name, base=GOLDEN)
+        got = vision.encode(encoder, normalize(row, media=True), media, name)
+        assert got["input_ids"].tolist() == expected["input_ids"], name
+        assert got["labels"].tolist() == expected["labels"], name
+        assert got["video_grid_thw"].tolist() == expected["video_grid_thw"], name
+        if "second_per_grid_ts" in expected:
+            assert got["second_per_grid_ts"].tolist() == expected["second_per_grid_ts"], name
+        ref, pixels = expected["pixel_values_videos"], got["pixel_values_videos"]
+        assert list(pixels.shape) == ref["shape"] and pixels.dtype == np.float32, name
+        atol = PIXEL_ATOL.get(name, 1e-5)
+        np.testing.assert_allclose(pixels.reshape(-1)[ref["indices"]], ref["values"], atol=atol, err_msg=name)
+        assert abs(pixels.astype(np.float64).sum() - ref["sum"]) < atol * pixels.size, name
+
+
+def test_video_sizing_reads_ms_swift_environment_variables():
+    """VIDEO_MAX_PIXELS / VIDEO_MIN_PIXELS become token numbers (pixels // factor**2) as in ms-swift, the token
+    numbers themselves win, and FPS / FRAME_FACTOR are read as is."""
+    env = {"VIDEO_MAX_PIXELS": str(100 * 28 * 28 + 5), "VIDEO_MIN_PIXELS": str(8 * 28 * 28), "FPS": "1"}
+    s = VideoSizing.from_env(28, 2, env)
+    assert (s.video_max_token_num, s.video_min_token_num, s.fps, s.frame_factor) == (100, 8, 1.0, 2)
+    assert VideoSizing.from_env(28, 2, {**env, "VIDEO_MIN_TOKEN_NUM": "16"}).video_min_token_num == 16
+    # a 2-frame 56x84 video: frames to multiples of 56 (ms-swift's factor 28 x merge 2), then >= 8 tokens of 28 px
+    assert frame_size(56, 84, s) == (112, 168) and video_size(2, 112, 168, s) == (112, 168)
+    assert video_size(2, 56, 56, s) == (84, 84)  # 9 tokens: the smallest square over 8
+    with pytest.raises(DataError, match="FPS='fast' is not a float"):
+        VideoSizing.from_env(28, 2, {"FPS": "fast"})
 
 
 @pytest.fixture(scope="module")
@@ -116,17 +163,18 @@ def test_openai_content_parts_become_tags():
         content_parts([{"role": "user", "content": [{"type": "audio_url"}]}])
 
 
-@pytest.mark.parametrize("size", [(32, 48), (44, 20)], ids=["no-resize", "resize"])
+@pytest.mark.parametrize("size", [(32, 48), (16, 40)])
 def test_videos_equal_transformers_processing_frame_by_frame(folder, size):
     """transformers' Qwen2VLVideoProcessor needs torchvision (not installable beside the CPU torch here), so the
-    reference is its image processor (PIL, as ours): a video whose frames come in equal pairs [A, A, B, B, C]
-    must give, at temporal step t, the patches transformers gives for the t-th image (an image is one frame
-    repeated over the temporal patch), with the last frame repeated to fill its pair."""
+    reference is its image processor (PIL, as ours), both unresized (ms-swift sizes frames before, with
+    `do_resize=False`): a video whose frames come in equal pairs [A, A, B, B, C] must give, at temporal step t,
+    the patches transformers gives for the t-th image (an image is one frame repeated over the temporal
+    patch), with the last frame repeated to fill its pair."""
     image_processor = transformers.Qwen2VLImageProcessorPil.from_pretrained(folder)
     settings = VideoSettings.from_pretrained(folder, image_processor)
     a, b, c = (color_image((40 * i, 200 - 40 * i, 90), size) for i in range(3))
-    ours = preprocess_videos(settings, [read_video([a, a, b, b, c])])
-    ref = image_processor(images=[a, b, c], return_tensors="np")
+    ours = preprocess_videos(settings, [([a, a, b, b, c], 2.0)])
+    ref = image_processor(images=[a, b, c], do_resize=False, return_tensors="np")
     t, h, w = ours["video_grid_thw"][0]
     assert t == 3 and (h, w) == tuple(ref["image_grid_thw"][0][1:])
     np.testing.assert_allclose(ours["pixel_values_videos"], ref["pixel_values"], atol=1e-6)

@@ -36,7 +36,9 @@ def folder(request, tmp_path_factory):
 def _samples(folder, model):
     """Three encoded rows: one image, two images of other sizes (one tagged), and a two-frame video."""
     tok = transformers.AutoTokenizer.from_pretrained(folder)
-    vision = VisionData.from_pretrained(folder, model.config.vision)
+    with pytest.MonkeyPatch.context() as env:  # ms-swift's variable: 4 tokens a frame pair, not 128 (tiny rows)
+        env.setenv("VIDEO_MIN_TOKEN_NUM", "4")
+        vision = VisionData.from_pretrained(folder, model.config.vision)
     encoder = DataArgs(template=vision.template).chat_encoder(tok)
     paths = []
     for i, (color, size) in enumerate([((200, 0, 0), (32, 32)), ((0, 200, 0), (24, 40)), ((0, 0, 200), (48, 40))]):
@@ -105,7 +107,8 @@ def _train(tmp_path, folder, *extra):
            "--dataset", os.path.join(DEMO, "train.jsonl"), "--max_length", "128", "--per_device_train_batch_size", "4",
            "--gradient_accumulation_steps", "1", "--logging_steps", "1", "--report_to", "none", "--fsdp_size", "1",
            "--data_parallel_size", "-1", "--output_dir", str(out), "--save_steps", "1000", *extra]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    # VIDEO_MIN_TOKEN_NUM (ms-swift's variable): the demo's video rows fit --max_length 128 (128 tokens by default)
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "VIDEO_MIN_TOKEN_NUM": "4"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run,) = os.listdir(out)

@@ -104,7 +104,7 @@ class VisionData:
         if media["video"]:
             from swift_jax.data.videos import preprocess_videos, read_video
 
-            videos = [read_video(v, where=f"{where}: videos[{i}]") for i, v in enumerate(media["video"])]
+            videos = [read_video(v, self.video.sizing, where=f"{where}: videos[{i}]") for i, v in enumerate(media["video"])]
             out.update(preprocess_videos(self.video, videos))
             if self.model_type != "qwen2_5_vl":
                 out.pop("second_per_grid_ts")
