@@ -186,6 +186,18 @@ def main():
             except Exception as e:
                 results[row_name] = {"error": f"{type(e).__name__}: {e}"}
         golden["encoded"][name] = results
+        # --loss_scale all trains the user turns too, but never a media tag's replacement (ms-swift's
+        # `_pre_tokenize` gives it loss_scale 0): <|vision_start|> and <|vision_end|> stay -100
+        template_all = get_template(processor, template_type=name, loss_scale="all")
+        template_all.image_token_id, template_all.video_token_id = template.image_token_id, template.video_token_id
+        template_all.set_mode("train")
+        golden.setdefault("encoded_loss_scale_all", {})[name] = {}
+        for row_name, row in ROWS.items():
+            row = json.loads(json.dumps(row))
+            row["images"] = [os.path.join(OUT, p) for p in row["images"]]
+            enc = template_all.encode(row)
+            golden["encoded_loss_scale_all"][name][row_name] = {"input_ids": list(enc["input_ids"]),
+                                                                "labels": list(enc["labels"])}
         videos = {}
         for row_name, row in VIDEO_ROWS.items():
             row = json.loads(json.dumps(row))

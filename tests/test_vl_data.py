@@ -41,6 +41,7 @@ def test_encodings_equal_ms_swift(template):
         golden = json.load(f)
     tok, vision = _golden_vision(template)
     encoder = DataArgs(template=template).chat_encoder(tok)
+    trains_all = DataArgs(template=template, loss_scale="all").chat_encoder(tok)
     for name, row in golden["rows"].items():
         expected = golden["encoded"][template][name]
         media = row_media(row, name, base=GOLDEN)
@@ -48,6 +49,11 @@ def test_encodings_equal_ms_swift(template):
         assert got["input_ids"].tolist() == expected["input_ids"], name
         assert got["labels"].tolist() == expected["labels"], name
         assert got["image_grid_thw"].tolist() == expected["image_grid_thw"], name
+        # --loss_scale all trains the user turns, but never an image's <|vision_start|> ... <|vision_end|>
+        expected = golden["encoded_loss_scale_all"][template][name]
+        got = vision.encode(trains_all, normalize(row, media=True), media, name)
+        assert got["input_ids"].tolist() == expected["input_ids"], name
+        assert got["labels"].tolist() == expected["labels"], name
 
 
 # ms-swift upscales the "small" frames with torchvision's antialiased bicubic on tensors, ours with PIL's: they

@@ -126,12 +126,31 @@ class VisionData:
         encoded = encoder.encode({**sample, "messages": self.messages(sample["messages"], media, where)})
         pixels = self.pixels(media, where)
         aligned = [encoded.labels] + ([encoded.loss_scale] if encoded.loss_scale is not None else [])
+        aligned = self.untrain_tags(encoder.tokenizer, np.asarray(encoded.input_ids), *aligned)
         ids, *aligned = self.splice_images(encoder.tokenizer, encoded.input_ids, *aligned)
         ids, labels, *scale = expand_pads(ids, self.token_counts(pixels), *aligned, where=where)
         out = {"input_ids": ids.astype(np.int32), "labels": labels.astype(np.int32), **pixels}
         if scale:
             out["loss_scale"] = scale[0].astype(np.float32)
         return out
+
+    def untrain_tags(self, tokenizer, input_ids: np.ndarray, labels, *weights) -> list[np.ndarray]:
+        """`[labels, *weights]` with every media tag's replacement text (`media.TAG_TEXT`, e.g.
+        `<|vision_start|><|image_pad|><|vision_end|>`) untrained: ms-swift gives a tag's replacement loss_scale 0,
+        so even `--loss_scale all`, which trains the user turns, leaves it -100."""
+        labels = np.array(labels, copy=True)
+        weights = [np.array(w, copy=True) for w in weights]
+        for text in media_tags.TAG_TEXT[self.template].values():
+            tag = np.asarray(tokenizer.encode(text, add_special_tokens=False))
+            n = len(tag)
+            if n == 0 or len(input_ids) < n:
+                continue
+            windows = np.lib.stride_tricks.sliding_window_view(input_ids, n)  # [len - n + 1, n]
+            for start in np.flatnonzero((windows == tag).all(axis=1)):
+                labels[start : start + n] = IGNORE
+                for w in weights:
+                    w[start : start + n] = 0
+        return [labels, *weights]
 
     def splice_images(self, tokenizer, input_ids, *aligned: np.ndarray) -> list[np.ndarray]:
         """Gemma 3 (ms-swift's `gemma3_vision`): each `<start_of_image>` becomes the processor's full image
