@@ -64,6 +64,11 @@ def stack_rows(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+def batches_of(rows: list[dict[str, np.ndarray]], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """A step's rows (one shape) -> its consecutive batches of `batch_size` rows."""
+    return [stack_rows(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
+
+
 class _PadGroup(grain_exp.FlatMapTransform):
     """`batches_per_step * batch_size` samples -> `batches_per_step` batches padded to one bucket width."""
 
@@ -74,7 +79,7 @@ class _PadGroup(grain_exp.FlatMapTransform):
     def flat_map(self, samples):
         width = bucket_length(max(len(s["input_ids"]) for s in samples), self.max_length, self.multiple)
         rows = [pad_sample(s, width, self.pad_id) for s in samples]
-        return [stack_rows(rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
+        return batches_of(rows, self.batch_size)
 
 
 def padded_batches(samples: grain.IterDataset, batch_size: int, max_length: int, pad_id: int,
@@ -85,7 +90,7 @@ def padded_batches(samples: grain.IterDataset, batch_size: int, max_length: int,
     return grain_exp.FlatMapIterDataset(groups, _PadGroup(batch_size, batches_per_step, max_length, pad_id, multiple))
 
 
-def _rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """grain's packer names the segment features after their source; keep one copy under our names."""
     out = {
         "input_ids": row["input_ids"].astype(np.int32),
@@ -111,7 +116,7 @@ def pack(samples: grain.IterDataset, max_length: int, pad_id: int, num_bins: int
     packed = grain_exp.BestFitPackIterDataset(
         samples, length_struct=lengths, num_packing_bins=num_bins, seed=seed, shuffle_bins=shuffle, padding_struct=padding,
     )
-    return packed.map(_rename_packed)
+    return packed.map(rename_packed)
 
 
 def packing_efficiency(rows: list[dict[str, np.ndarray]]) -> float:

@@ -84,7 +84,7 @@ def padded_batches(samples: grain.IterDataset, batch_size: int, max_length: int,
 
 def _packed_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """grain's packed features -> a batch row, with its real tile count (`tiles`, dropped when batched)."""
-    out = batching._rename_packed(row)
+    out = batching.rename_packed(row)
     out["pixel_values"] = row["pixel_values"].astype(np.float32)
     out["tiles"] = int((row["pixel_values_segment_ids"] > 0).sum())
     return out
@@ -100,7 +100,7 @@ class _TileGroup(grain_exp.FlatMapTransform):
         count = tile_bucket(max(r["tiles"] for r in rows))
         rows = [{**{k: v for k, v in r.items() if k != "tiles"}, "pixel_values": _tiles(r["pixel_values"], count, self.tile)}
                 for r in rows]
-        return [batching.stack_rows(rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
+        return batching.batches_of(rows, self.batch_size)
 
 
 def packed_batches(samples: grain.IterDataset, batch_size: int, max_length: int, pad_id: int, tile: Tile,

@@ -75,7 +75,7 @@ class _PadGroup(grain_exp.FlatMapTransform):
         width = batching.bucket_length(max(len(s["input_ids"]) for s in samples), self.max_length, self.multiple)
         patches = patch_bucket(max(len(s["frame_ids"]) for s in samples), self.unit)
         rows = frame_slots([pad_row(s, width, patches, self.pad_id, self.unit) for s in samples], self.unit)
-        return [batching.stack_rows(rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
+        return batching.batches_of(rows, self.batch_size)
 
 
 def padded_batches(samples: grain.IterDataset, batch_size: int, max_length: int, pad_id: int, merge_unit: int,
@@ -86,17 +86,9 @@ def padded_batches(samples: grain.IterDataset, batch_size: int, max_length: int,
 
 
 def _packed_row(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """grain's packed features -> a batch row (segment ids from the tokens; vision ids made row-global)."""
-    out = {
-        "input_ids": row["input_ids"].astype(np.int32),
-        "labels": row["labels"].astype(np.int32),
-        "segment_ids": row["input_ids_segment_ids"].astype(np.int32),
-        "positions": row["mrope"].astype(np.int32),
-        **packed_ids(row),
-    }
-    if "loss_scale" in row:
-        out["loss_scale"] = row["loss_scale"].astype(np.float32)
-    return out
+    """grain's packed features -> a batch row (`batching.rename_packed`, with each segment's own M-RoPE
+    positions; vision ids made row-global)."""
+    return {**batching.rename_packed(row), "positions": row["mrope"].astype(np.int32), **packed_ids(row)}
 
 
 class _SlotGroup(grain_exp.FlatMapTransform):
@@ -107,7 +99,7 @@ class _SlotGroup(grain_exp.FlatMapTransform):
 
     def flat_map(self, rows):
         rows = frame_slots(rows, self.unit)
-        return [batching.stack_rows(rows[i : i + self.batch_size]) for i in range(0, len(rows), self.batch_size)]
+        return batching.batches_of(rows, self.batch_size)
 
 
 def packed_batches(samples: grain.IterDataset, batch_size: int, max_length: int, pad_id: int, merge_unit: int,
