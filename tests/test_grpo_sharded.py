@@ -6,33 +6,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from transformers import AutoTokenizer
 
 import swift_jax
 from swift_jax.parallel import make_mesh
-from swift_jax.rlhf.grpo import GRPO
-from swift_jax.rlhf.grpo_args import GRPOArgs
 from swift_jax.rlhf.grpo_data import PromptBatches
 
-from swift_jax.rewards import orms
-from test_grpo import CONFIG, ROWS, TOKENIZER, LowIds
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(TOKENIZER)
-
-
-@pytest.fixture(autouse=True)
-def low_ids_reward():
-    orms["low_ids"] = LowIds
-    yield
-    del orms["low_ids"]
-
-
-def _method(tokenizer, **overrides):
-    args = GRPOArgs(**{"num_generations": 4, "max_completion_length": 8, "temperature": 1.0, "reward_funcs": ["low_ids"], "beta": 0.04, **overrides})
-    return GRPO(args, tokenizer=tokenizer, eos_ids=(tokenizer.convert_tokens_to_ids("<|im_end|>"),), seed=0)
+# the tokenizer fixture and the autouse `low_ids` reward registration come with the method builder
+from test_grpo import CONFIG, ROWS, _method, low_ids_reward, tokenizer  # noqa: F401
 
 
 def _loss_and_grads(method, model, batch):
