@@ -11,8 +11,7 @@ from flax import nnx
 import swift_jax
 from swift_jax.parallel import make_mesh
 from swift_jax.trainer.method import LanguageModeling
-from swift_jax.trainer.step import split_model
-from swift_jax.trainer.trainer import device_batch
+from mesh_steps import loss_grads_hlo, max_difference
 from tiny_models import build_hf_model, save_hf_model
 
 EXPERTS, EMBED, MLP = 8, 64, 32
@@ -34,22 +33,8 @@ def _batch(rows=8, seq=16):
 
 
 def _loss_and_grads(path, mesh, remat=False):
-    """(loss with the router's aux loss, gradients, compiled HLO text) of one batch on `mesh`."""
-    method = LanguageModeling(loss_chunk_size=8, router_aux_loss_coef=0.1)
-    with jax.set_mesh(mesh):
-        model = swift_jax.load_model(path, mesh=mesh)
-        model.model.remat = remat  # the trainer's default is True: the sharded runs check it too
-        graphdef, params, rng, frozen = split_model(model, nnx.Param)
-
-        def loss(params, batch):
-            out = method.loss(nnx.merge(graphdef, params, rng, frozen), batch, None)
-            return out.loss_sum / out.count
-
-        batch = device_batch(_batch(), list(_batch()), mesh)
-        step = jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile()  # compiled once, HLO read from it
-        value, grads = step(params, batch)
-        hlo = step.as_text()
-    return float(value), jax.tree.map(np.asarray, nnx.to_pure_dict(grads)), hlo
+    """(loss, with the router's aux loss, gradients, compiled HLO text) of one batch on `mesh`."""
+    return loss_grads_hlo(path, mesh, _batch(), LanguageModeling(loss_chunk_size=8, router_aux_loss_coef=0.1), remat)
 
 
 def _dot_operand_widths(hlo: str) -> set[int]:
@@ -67,8 +52,7 @@ def test_expert_parallel_equals_one_device_and_partitions(moe):
     ref_loss, ref_grads, ref_hlo = _loss_and_grads(moe, make_mesh(fsdp_size=1, devices=jax.devices()[:1]))
     loss, grads, hlo = _loss_and_grads(moe, make_mesh(expert_parallel_size=4, fsdp_size=2), remat=True)
     assert abs(loss - ref_loss) < 1e-5
-    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), grads, ref_grads))
-    assert max(diffs) < 1e-5
+    assert max_difference(grads, ref_grads) < 1e-5
     # each device holds 2 of the 8 experts (layers stacked in front, embed split over fsdp) ...
     params = re.findall(r"parameter\(\d+\)", hlo)
     assert params and f"f32[2,2,{EMBED // 2},{MLP}]" in hlo and f"f32[2,{EXPERTS},{EMBED},{MLP}]" in ref_hlo

@@ -5,15 +5,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import swift_jax
 from swift_jax.kernels import attention
 from swift_jax.parallel import make_mesh
 from swift_jax.parallel.memory import activation_bytes_estimate
 from swift_jax.trainer.method import LanguageModeling
-from swift_jax.trainer.step import split_model
-from swift_jax.trainer.trainer import check_sequence_split, device_batch
+from swift_jax.trainer.trainer import check_sequence_split
+from mesh_steps import loss_grads_hlo, max_difference
 from tiny_models import build_hf_model, save_hf_model
 
 SEQ = 32
@@ -40,30 +39,15 @@ def _batch(rows=2):
 
 
 def _loss_and_grads(path, mesh, remat=False):
-    """(loss, gradients as host arrays, compiled HLO text) of one batch on `mesh`."""
-    method = LanguageModeling(loss_chunk_size=8)
-    with jax.set_mesh(mesh):
-        model = swift_jax.load_model(path, mesh=mesh)
-        model.model.remat = remat  # the trainer's default is True: the sharded runs check it too
-        graphdef, params, rng, frozen = split_model(model, nnx.Param)
-
-        def loss(params, batch):
-            out = method.loss(nnx.merge(graphdef, params, rng, frozen), batch, None)
-            return out.loss_sum / out.count
-
-        batch = device_batch(_batch(), list(_batch()), mesh)
-        step = jax.jit(jax.value_and_grad(loss)).lower(params, batch).compile()  # compiled once, HLO read from it
-        value, grads = step(params, batch)
-        hlo = step.as_text()
-    return float(value), jax.tree.map(np.asarray, nnx.to_pure_dict(grads)), hlo
+    """(loss, gradients, compiled HLO text) of one batch on `mesh`."""
+    return loss_grads_hlo(path, mesh, _batch(), LanguageModeling(loss_chunk_size=8), remat)
 
 
 def test_sequence_parallel_equals_one_device(gemma2):
     ref_loss, ref_grads, _ = _loss_and_grads(gemma2, make_mesh(fsdp_size=1, devices=jax.devices()[:1]))
     loss, grads, hlo = _loss_and_grads(gemma2, make_mesh(fsdp_size=2, sequence_parallel_size=4), remat=True)
     assert abs(loss - ref_loss) < 1e-5
-    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), grads, ref_grads))
-    assert max(diffs) < 1e-5
+    assert max_difference(grads, ref_grads) < 1e-5
     assert "all-gather" in hlo  # keys/values gathered over the sequence axis
     assert f"[1,{SEQ // 4}," in hlo  # local activations hold a quarter of the row
 
