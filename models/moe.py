@@ -302,7 +302,8 @@ class SparseMoE(nnx.Module):
         w = self.experts
         if self.impl == "ragged" and expert_shards(self.moe.num_experts, flat.shape[0]) > 1:
             with jax.named_scope("experts"):  # expert parallelism: all-to-all to the experts' devices
-                y = dispatch_all_to_all(self._local_ffn(w), flat, experts, weights, self._expert_arrays(w))
+                updates = w.updates(self.dtype)
+                y = dispatch_all_to_all(self._local_ffn(updates), flat, experts, weights, self._expert_arrays(w, updates))
             return self._finish(x, y, probs, experts, mask)
         with jax.named_scope("experts"):
             y = EXPERT_IMPLS[self.impl](
@@ -317,17 +318,15 @@ class SparseMoE(nnx.Module):
             )
         return self._finish(x, y, probs, experts, mask)
 
-    def _expert_arrays(self, w: Experts) -> list[jax.Array]:
+    def _expert_arrays(self, w: Experts, updates: Updates) -> list[jax.Array]:
         """The stacked `[E, ...]` arrays the expert-parallel dispatch shards over `expert`: gate, up, down
         (dequantized under QLoRA), then each LoRA update's a and b."""
-        updates = w.updates(self.dtype)
         stacked = [w.weight(f"{name}_proj", self.dtype) for name in ("gate", "up", "down")]
         return stacked + [t for name in ("gate", "up", "down") if name in updates for t in updates[name][:2]]
 
-    def _local_ffn(self, w: Experts) -> Callable[..., jax.Array]:
+    def _local_ffn(self, updates: Updates) -> Callable[..., jax.Array]:
         """`grouped_ffn` over one device's experts, rebuilding the LoRA updates from the local a/b shards
         that follow gate/up/down in `_expert_arrays`."""
-        updates = w.updates(self.dtype)
         adapted = [name for name in ("gate", "up", "down") if name in updates]
 
         def ffn(rows, sizes, gate, up, down, *low_rank):
