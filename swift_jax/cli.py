@@ -20,7 +20,9 @@ import difflib
 import json
 import os
 import sys
-from typing import Any, Sequence, TypeVar, get_type_hints
+import typing
+from types import UnionType
+from typing import Any, Sequence, TypeVar, Union, get_type_hints
 
 import tyro
 
@@ -67,15 +69,6 @@ def _to_flags(key: str, value: Any) -> list[str]:
     return [f"--{key}", str(value)]
 
 
-def _normalise_bools(argv: list[str], owners) -> list[str]:
-    bool_flags = {f"--{name}" for name, (_, f) in owners.items() if f.type in (bool, bool | None, bool | str)}
-    out = list(argv)
-    for i in range(1, len(out)):
-        if out[i - 1].replace("-", "_").replace("__", "--", 1) in bool_flags and out[i].lower() in ("true", "false"):
-            out[i] = out[i].capitalize()
-    return out
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     """`swift-jax SUBCOMMAND [args]`: ms-swift's command names, each running `python -m swift_jax.<task>`."""
     import runpy
@@ -120,27 +113,30 @@ def _flag_groups(argv: list[str]) -> list[tuple[str | None, list[str]]]:
     return groups if groups[0][1] else groups[1:]
 
 
-def _expand_dicts(groups, owners) -> None:
-    """ms-swift's JSON form of a dict argument (`--columns '{"q": "query"}'`, or a YAML mapping) as tyro's
-    `--columns q query`, in place."""
-    for i, (name, values) in enumerate(groups):
-        if name not in owners or len(values) != 1 or not values[0].lstrip().startswith("{"):
-            continue
-        tp = owners[name][1].type
-        if dict not in (getattr(tp, "__origin__", None), *(getattr(a, "__origin__", a) for a in getattr(tp, "__args__", ()))):
-            continue
-        try:
-            parsed = json.loads(values[0])
-        except json.JSONDecodeError as err:
-            raise ValueError(f"--{name}: expected a JSON object such as '{{\"a\": \"b\"}}', got {values[0]!r} ({err})") from None
-        groups[i] = (name, [tok for k, v in parsed.items() for tok in (str(k), v if isinstance(v, str) else json.dumps(v))])
+def _ms_swift_values(groups, owners) -> list[tuple[str | None, list[str]]]:
+    """Values as ms-swift's parser takes them, in tyro's form: booleans in any case (`--packing true`) or bare
+    (`--packing`); a mapping as JSON (`--columns '{"q": "query"}'`, or a YAML mapping) -> `--columns q query`."""
+    out = []
+    for name, values in groups:
+        tp = owners[name][1].type if name in owners else None
+        kinds = {typing.get_origin(t) or t for t in (typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,))}
+        if bool in kinds:
+            values = [v.capitalize() if v.lower() in ("true", "false") else v for v in values] or ["True"]
+        elif dict in kinds and len(values) == 1 and values[0].lstrip().startswith("{"):
+            try:
+                parsed = json.loads(values[0])
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--{name}: expected a JSON object such as '{{\"a\": \"b\"}}', got {values[0]!r} ({err})") from None
+            values = [tok for k, v in parsed.items() for tok in (str(k), v if isinstance(v, str) else json.dumps(v))]
+        out.append((name, values))
+    return out
 
 
-def _accept(groups, owners, *, notes, elsewhere, ignore_errors: bool, where: str = ""):
+def _accept(groups, owners, *, notes, elsewhere, ignore_errors: bool, source: str | None = None):
     """The flag groups tyro reads: fields kept; ms-swift arguments that are no field here dropped with one line
     each saying why (`swift_jax.ms_swift_args`); `--external_plugins` imported where no field takes it. An
     unknown flag is kept for tyro to refuse, or, with --ignore_args_error true, dropped with a line (ms-swift)."""
-    kept = []
+    kept, where = [], f"{source}: " if source else ""
     for name, values in groups:
         value = " ".join(values) if values else None
         if name is None or name in owners:
@@ -157,9 +153,9 @@ def _accept(groups, owners, *, notes, elsewhere, ignore_errors: bool, where: str
             print(where + notes[name].message(name, value), file=sys.stderr)
         elif ignore_errors:
             print(f"{where}ignoring unknown --{name} (--ignore_args_error true)", file=sys.stderr)
-        elif where:
+        elif source:
             hint = difflib.get_close_matches(name, owners, n=1)
-            raise ValueError(f"{where.rstrip(': ')}: unknown key {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            raise ValueError(f"{source}: unknown key {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                              + "; run with --help for the list of arguments")
         else:
             kept.append((name, values))
@@ -198,15 +194,12 @@ def parse_config(
         if name == "ignore_args_error":
             ignore_errors = (values or ["true"])[-1].lower() == "true"
     kw = dict(notes=notes, elsewhere=elsewhere or {}, ignore_errors=ignore_errors)
-    file_groups = _accept(file_groups, owners, where=f"{config_path}: ", **kw)
+    file_groups = _accept(file_groups, owners, source=config_path, **kw)
     argv_groups = _accept(argv_groups, owners, **kw)
-    for groups in (default_groups, file_groups, argv_groups):
-        _expand_dicts(groups, owners)
-    file_flags, argv = _flat(file_groups), _flat(argv_groups)
     # Flags after the file's: the last occurrence wins, so the command line overrides the file.
     args = tyro.cli(
         cls,
-        args=_normalise_bools(_flat(default_groups) + file_flags + argv, owners),
+        args=_flat(_ms_swift_values(default_groups + file_groups + argv_groups, owners)),
         config=(tyro.conf.OmitArgPrefixes, tyro.conf.FlagConversionOff),
     )
     # Which arguments the user set (file or flags), e.g. to refuse a flag that conflicts with --adapters.

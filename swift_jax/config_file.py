@@ -6,6 +6,8 @@
     columns: {prompt_text: query}  # nested mappings: columns, lr_scheduler_kwargs, generation_config, ...
 
 An `ENV` variable already set in the environment wins, with a warning (as ms-swift's `parse_yaml_args`).
+`swift-jax` exports the block before it runs the task module; `python -m swift_jax.<task> x.yaml` exports it when
+the arguments are parsed, after jax is imported (XLA_FLAGS, JAX_PLATFORMS then come too late).
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ def _load(path: str) -> dict:
 
 
 def export_env(path: str) -> None:
-    """Export the file's `ENV` mapping into os.environ (variables already set win, with a warning line)."""
+    """Export the file's `ENV` mapping into os.environ (variables already set win, with a warning line), once:
+    SWIFT_CONFIG_FILE names the file whose ENV was exported (ms-swift sets it too)."""
+    if os.environ.get("SWIFT_CONFIG_FILE") == os.path.abspath(path):
+        return
+    os.environ["SWIFT_CONFIG_FILE"] = os.path.abspath(path)
     env = _load(path).get("ENV") or {}
     if not isinstance(env, dict):
         raise ValueError(f"{path}: ENV must be a mapping of environment variables to values, got {env!r}")

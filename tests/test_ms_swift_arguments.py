@@ -195,3 +195,20 @@ def test_readme_argument_table_is_generated():
         sys.path.pop(0)
     with open(os.path.join(ROOT, "docs", "arguments.md")) as f:
         assert f.read() == render(), "docs/arguments.md is stale: run python scripts/argument_table.py"
+
+
+def test_booleans_as_ms_swift_writes_them():
+    """HfArgumentParser's booleans: any case, or the bare flag for true."""
+    args = parse_config(TrainArguments, ["--model", "m", "--packing", "--streaming", "TRUE", "--dataset_shuffle", "false"], command="sft")
+    assert (args.data.packing, args.data.streaming, args.data.dataset_shuffle) == (True, True, False)
+
+
+def test_env_block_keeps_variables_already_set(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SWIFT_JAX_TEST_SET", "mine")
+    monkeypatch.delenv("SWIFT_JAX_TEST_NEW", raising=False)
+    monkeypatch.delenv("SWIFT_CONFIG_FILE", raising=False)
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"ENV": {"SWIFT_JAX_TEST_SET": "file", "SWIFT_JAX_TEST_NEW": 7}, "model": "m"}))
+    assert parse_config(InferArgs, [str(recipe)], command="infer").model == "m"
+    assert (os.environ["SWIFT_JAX_TEST_SET"], os.environ["SWIFT_JAX_TEST_NEW"]) == ("mine", "7")
+    assert "SWIFT_JAX_TEST_SET is already set in the environment; using 'mine' instead of 'file'" in capsys.readouterr().err
