@@ -86,14 +86,23 @@ def describe(cls) -> dict[str, dict]:
     return dict(sorted(out.items()))
 
 
+def _dumps(golden: dict) -> str:
+    """JSON with one line per argument, so a re-recording diffs line by line."""
+    one = lambda value: json.dumps(value, ensure_ascii=False)
+    blocks = []
+    for cmd, entry in golden["commands"].items():
+        rows = ",\n".join(f"    {one(name)}: {one(spec)}" for name, spec in entry["arguments"].items())
+        blocks.append(f'  {one(cmd)}: {{"class": {one(entry["class"])}, "arguments": {{\n{rows}\n  }}}}')
+    return '{"ms_swift_version": %s, "commands": {\n%s\n}}\n' % (one(golden["ms_swift_version"]), ",\n".join(blocks))
+
+
 def main() -> None:
     import swift
     import swift.arguments as arguments
 
     commands = {cmd: {"class": name, "arguments": describe(getattr(arguments, name))} for cmd, name in COMMAND_CLASSES.items()}
     with open(OUT, "w") as f:
-        json.dump({"ms_swift_version": swift.__version__, "commands": commands}, f, indent=1, ensure_ascii=False)
-        f.write("\n")
+        f.write(_dumps({"ms_swift_version": swift.__version__, "commands": commands}))
     for cmd, entry in commands.items():
         print(f"{cmd:10s} {entry['class']:18s} {len(entry['arguments'])} arguments")
     print(f"wrote {OUT}")
