@@ -257,24 +257,7 @@ _note(EXPORT, "options of the Megatron conversion (--to_mcore), which is not imp
       "test_convert_precision test_convert_dtype thread_count save_missing_weights")
 _note(EXPORT, "export renders GPTQ calibration rows in training mode", "template_mode")
 
-# -- Meanings that sibling changes implement as fields (issue 27 trainargs/datasets/packing). -------------------
-# Delete each name once it is a field (tests/test_ms_swift_arguments.py::test_no_name_is_both_a_field_and_a_note).
-PENDING = {
-    "trainargs": (TRAIN, "warmup_steps eval_strategy save_strategy bf16 fp16 save_only_model load_best_model_at_end "
-                  "metric_for_best_model greater_is_better early_stop_interval optim lr_scheduler_kwargs "
-                  "logging_first_step padding_free packing_length padding_side new_special_tokens "
-                  "predict_with_generate acc_strategy group_by_length max_model_len rope_scaling num_beams"),
-    "trainargs (infer)": (INFER + EXPORT, "max_model_len rope_scaling num_beams new_special_tokens"),
-    "trainargs (merge_lora)": (INFER, "merge_lora"),
-    "trainargs (export)": (EXPORT, "push_to_hub hub_model_id hub_private_repo exist_ok to_peft_format "
-                           "safe_serialization"),
-    "datasets": (TRAIN, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
-    "datasets (infer)": (INFER + EXPORT, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
-    "packing": (TRAIN + INFER, "cached_dataset cached_val_dataset"),
-    "packing (export)": (EXPORT, "cached_dataset cached_val_dataset to_cached_dataset"),
-}
-for _owner, (_commands, _names) in PENDING.items():
-    _note(_commands, f"not implemented yet (issue 27, {_owner.split()[0]}): this run goes without it", _names, differs=True)
+# -- Generation, loss and saving settings a command has no use for. --------------------------------------------
 _note(("sft", "pt"), "prediction after training (--num_predict_samples) decodes greedily",
       "temperature top_k top_p repetition_penalty stop_words stream logprobs top_logprobs")
 _note(("rlhf",), "rollouts generate up to --max_completion_length tokens with --temperature, --top_k, --top_p",
@@ -293,6 +276,25 @@ _note(("eval",), "eval's generation settings are the flags (--max_new_tokens, --
 _note(("eval",), "eval prints its table when every task is scored", "stream")
 _note(EXPORT, "export does not generate", "max_new_tokens temperature top_k top_p repetition_penalty stop_words stream "
       "logprobs top_logprobs max_pixels")
+
+# -- Meanings that sibling changes implement as fields (issue 27 trainargs/datasets/packing). -------------------
+# Delete each name once it is a field (tests/test_ms_swift_arguments.py::test_no_name_is_both_a_field_and_a_note).
+PENDING = {
+    "trainargs": (TRAIN, "warmup_steps eval_strategy save_strategy bf16 fp16 save_only_model load_best_model_at_end "
+                  "metric_for_best_model greater_is_better early_stop_interval optim lr_scheduler_kwargs "
+                  "logging_first_step padding_free packing_length padding_side new_special_tokens "
+                  "predict_with_generate acc_strategy group_by_length max_model_len rope_scaling num_beams"),
+    "trainargs (infer)": (INFER + EXPORT, "max_model_len rope_scaling num_beams new_special_tokens"),
+    "trainargs (merge_lora)": (INFER, "merge_lora"),
+    "trainargs (export)": (EXPORT, "push_to_hub hub_model_id hub_private_repo exist_ok to_peft_format "
+                           "safe_serialization"),
+    "datasets": (TRAIN, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
+    "datasets (infer)": (INFER + EXPORT, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
+    "packing": (TRAIN + INFER, "cached_dataset cached_val_dataset"),
+    "packing (export)": (EXPORT, "cached_dataset cached_val_dataset to_cached_dataset"),
+}
+for _owner, (_commands, _names) in PENDING.items():
+    _note(_commands, f"not implemented yet (issue 27, {_owner.split()[0]}): this run goes without it", _names, differs=True)
 
 MAPPED: dict[tuple[str, ...], dict[str, str]] = {
     ("sft", "pt"): {"max_new_tokens": "predict_max_new_tokens"},
