@@ -212,3 +212,26 @@ def test_env_block_keeps_variables_already_set(tmp_path, monkeypatch, capsys):
     assert parse_config(InferArgs, [str(recipe)], command="infer").model == "m"
     assert (os.environ["SWIFT_JAX_TEST_SET"], os.environ["SWIFT_JAX_TEST_NEW"]) == ("mine", "7")
     assert "SWIFT_JAX_TEST_SET is already set in the environment; using 'mine' instead of 'file'" in capsys.readouterr().err
+
+
+MS_SWIFT_SFT_JSON = """{
+    "model": "Qwen/Qwen2.5-7B-Instruct", "torch_dtype": "bfloat16", "tuner_type": "lora", "lora_rank": 8,
+    "lora_alpha": 32, "target_modules": "all-linear",
+    "dataset": ["AI-ModelScope/alpaca-gpt4-data-zh#500", "AI-ModelScope/alpaca-gpt4-data-en#500", "swift/self-cognition#500"],
+    "split_dataset_ratio": 0.0, "max_length": 2048, "system": "You are a helpful assistant.", "model_author": "swift",
+    "model_name": "swift-bot", "num_train_epochs": 1, "per_device_train_batch_size": 1, "per_device_eval_batch_size": 1,
+    "learning_rate": 1e-4, "gradient_accumulation_steps": 8, "eval_steps": 50, "save_steps": 50, "save_total_limit": 2,
+    "logging_steps": 5, "output_dir": "output", "warmup_ratio": 0.05, "dataloader_num_workers": 4, "dataset_num_proc": 4,
+    "deepspeed": "zero2"
+}"""
+"""ms-swift's examples/yaml/deepspeed/sft.json (`swift sft examples/yaml/deepspeed/sft.json`), as written."""
+
+
+def test_ms_swift_example_json_config_parses(tmp_path, capsys):
+    config = tmp_path / "sft.json"
+    config.write_text(MS_SWIFT_SFT_JSON)
+    args = parse_config(TrainArguments, [str(config), "--lora_rank", "16"], aliases=ALIASES, command="sft").validate()
+    assert (args.model_args.dtype, args.tuner.lora_rank, args.training.learning_rate, args.data.model_name) == (
+        "bfloat16", 16, 1e-4, ["swift-bot"])
+    err = capsys.readouterr().err
+    assert f"{config}: ignoring --deepspeed: sharding comes from the mesh" in err and "--dataloader_num_workers" in err
