@@ -95,7 +95,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise
 
 
-
 def field_names(cls: type) -> set[str]:
     """The flat flag names of a (nested) argument dataclass."""
     return set(_field_owners(_resolve_types(cls)))

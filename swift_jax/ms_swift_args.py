@@ -37,9 +37,10 @@ class Note:
     """ms-swift's meaning is not implemented here: a value other than off changes the result."""
 
     def message(self, name: str, value: str | None) -> str:
-        """The one warning line for `--name value`."""
-        if self.differs and value is not None and value.strip().lower() not in OFF_VALUES:
-            return f"--{name} {value}: not implemented in swift-jax, so the result differs from ms-swift's: {self.reason}"
+        """The one warning line for `--name value` (value None: the bare flag, a boolean's true)."""
+        if self.differs and (value is None or value.strip().lower() not in OFF_VALUES):
+            given = f"--{name}" if value is None else f"--{name} {value}"
+            return f"{given}: not implemented in swift-jax, so the result differs from ms-swift's: {self.reason}"
         return f"ignoring --{name}: {self.reason}"
 
 
