@@ -112,13 +112,20 @@ def _flag_groups(argv: list[str]) -> list[tuple[str | None, list[str]]]:
     return groups if groups[0][1] else groups[1:]
 
 
+def _kinds(owners, name: str | None) -> set:
+    """The types a field's annotation allows ({bool, NoneType} for `bool | None`); empty for no field."""
+    if name not in owners:
+        return set()
+    tp = owners[name][1].type
+    return {typing.get_origin(t) or t for t in (typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,))}
+
+
 def _ms_swift_values(groups, owners) -> list[tuple[str | None, list[str]]]:
     """Values as ms-swift's parser takes them, in tyro's form: booleans in any case (`--packing true`) or bare
     (`--packing`); a mapping as JSON (`--columns '{"q": "query"}'`, or a YAML mapping) -> `--columns q query`."""
     out = []
     for name, values in groups:
-        tp = owners[name][1].type if name in owners else None
-        kinds = {typing.get_origin(t) or t for t in (typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,))}
+        kinds = _kinds(owners, name)
         if bool in kinds:
             values = [v.capitalize() if v.lower() in ("true", "false") else v for v in values] or ["True"]
         elif dict in kinds and len(values) == 1 and values[0].lstrip().startswith("{"):
@@ -140,6 +147,8 @@ def _accept(groups, owners, *, notes, elsewhere, ignore_errors: bool, source: st
         value = " ".join(values) if values else None
         if name is None or name in owners:
             kept.append((name, values))
+        elif name.startswith("no_") and bool in _kinds(owners, name[3:]) and not values:  # HfArgumentParser's --no_X
+            kept.append((name[3:], ["False"]))
         elif name == "ignore_args_error":
             continue
         elif name == "external_plugins":

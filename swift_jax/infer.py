@@ -59,6 +59,11 @@ class InferArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs, GenerationArgs)
             saved = trained_args(*self.trained_run())
             self.val_dataset = list(saved.get("val_dataset") or [])
             self.columns = self.columns or dict(saved.get("columns") or {})
+            if not self.val_dataset:
+                held_out = f" (it held out --split_dataset_ratio {saved['split_dataset_ratio']} of --dataset, which " \
+                           "infer does not carve again)" if saved.get("split_dataset_ratio") else ""
+                raise ValueError(f"--load_data_args true: the checkpoint's training run has no --val_dataset{held_out}; "
+                                 "pass the rows to answer with --val_dataset")
 
 
 def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None):

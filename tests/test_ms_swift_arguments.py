@@ -168,9 +168,13 @@ def test_load_args_and_load_data_args(tmp_path):
     args.load_data()
     assert args.val_dataset == ["held_out.jsonl"] and args.columns == {"q": "query"}
     assert args.trained_template_fields(*args.trained_run())["template"] == "qwen2_5"
-    plain = parse_config(InferArgs, ["--adapters", str(ckpt), "--load_args", "false", "--load_data_args", "true"], command="infer")
+    plain = parse_config(InferArgs, ["--adapters", str(ckpt), "--load_args", "false", "--val_dataset", "v.jsonl"], command="infer")
     plain.load_data()
-    assert plain.val_dataset == [] and plain.trained_template_fields(*plain.trained_run())["template"] is None
+    assert plain.val_dataset == ["v.jsonl"] and plain.trained_template_fields(*plain.trained_run())["template"] is None
+    (tmp_path / "run" / "args.json").write_text(json.dumps({"dataset": ["d.jsonl"], "split_dataset_ratio": 0.1}))
+    split = parse_config(InferArgs, ["--adapters", str(ckpt), "--load_data_args", "true"], command="infer")
+    with pytest.raises(ValueError, match="held out --split_dataset_ratio 0.1 of --dataset.*pass the rows to answer with --val_dataset"):
+        split.load_data()
 
 
 def test_env_block_is_exported_before_jax(tmp_path):
@@ -200,9 +204,10 @@ def test_readme_argument_table_is_generated():
 
 
 def test_booleans_as_ms_swift_writes_them():
-    """HfArgumentParser's booleans: any case, or the bare flag for true."""
-    args = parse_config(TrainArguments, ["--model", "m", "--packing", "--streaming", "TRUE", "--dataset_shuffle", "false"], command="sft")
-    assert (args.data.packing, args.data.streaming, args.data.dataset_shuffle) == (True, True, False)
+    """HfArgumentParser's booleans: any case, the bare flag for true, --no_X for false."""
+    args = parse_config(TrainArguments, ["--model", "m", "--packing", "--streaming", "TRUE", "--dataset_shuffle", "false",
+                                         "--no_add_version"], command="sft")
+    assert (args.data.packing, args.data.streaming, args.data.dataset_shuffle, args.training.add_version) == (True, True, False, False)
 
 
 def test_env_block_keeps_variables_already_set(tmp_path, monkeypatch, capsys):
