@@ -133,7 +133,8 @@ def test_columns_as_json_and_yaml_and_json_config(tmp_path, capsys):
     args = parse_config(InferArgs, ["--columns", '{"q": "query", "a": "response"}'], command="infer")
     assert args.columns == {"q": "query", "a": "response"}
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("model: m\ncolumns:\n  q: query\ngeneration_config: {max_new_tokens: 8}\n")
+    recipe.write_text("model: m\ncolumns:\n  q: query\ngeneration_config: {max_new_tokens: 8}\n"
+                      "lr_scheduler_kwargs: {num_cycles: 0.5}\n")  # nested mappings, whether fields or notes
     train = parse_config(TrainArguments, [str(recipe), "--lora_rank", "4"], command="sft")
     assert train.data.columns == {"q": "query"} and train.tuner.lora_rank == 4
     assert f"{recipe}: ignoring --generation_config: evaluation during training" in capsys.readouterr().err
