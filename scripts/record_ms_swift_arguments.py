@@ -16,6 +16,7 @@ import dataclasses
 import enum
 import json
 import os
+import types
 import typing
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +47,7 @@ def _choices(tp) -> list | None:
         return [m.value for m in tp]
     if typing.get_origin(tp) is typing.Literal:
         return list(typing.get_args(tp))
-    if typing.get_origin(tp) is typing.Union:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         for arg in typing.get_args(tp):
             found = _choices(arg)
             if found is not None:

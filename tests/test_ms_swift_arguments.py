@@ -44,8 +44,9 @@ def _sample(spec: dict) -> list[str]:
     return ["x"]
 
 
-SAMPLES = {"external_plugins": [], "custom_register_path": [], "reward_weights": ["1", "1"]}
-"""Values that must agree with other flags' (one weight per reward function and model) or name files to import."""
+SAMPLES = {"external_plugins": [], "custom_register_path": [], "reward_weights": ["1", "1"], "eval_strategy": ["steps"]}
+"""Values that must agree with other flags' (one weight per reward function and model), name files to import, or
+that ms-swift's type does not spell out (eval_strategy: a str that transformers reads as an IntervalStrategy)."""
 
 
 def _argv(command: str) -> list[str]:
