@@ -1,0 +1,239 @@
+"""Run ms-swift's own example scripts under `swift-jax` and write a table of what runs.
+
+    python scripts/ms_swift_examples.py --examples /tmp/ms-swift-src/examples -j 2
+    python scripts/ms_swift_examples.py --examples /tmp/ms-swift-src/examples --only 'train/lora_sft*'
+
+(`git -C <ms-swift clone> archive HEAD examples | tar -x -C /tmp/ms-swift-src` gives the folder.) Every .sh
+file under examples/{train,infer,export,deploy,eval,sampler} (not megatron, ascend, ray, notebook) is recorded
+with its launchers stubbed (scripts/examples_rewrite.py); each `swift <cmd> ...` in it runs as `swift-jax
+<cmd> ...` with only the models (tiny local ones), datasets (tiny local files of the right shape, `#N` kept
+and capped) and sizes (steps, lengths, batches) swapped, in order, in one folder per script, so that an infer
+or export after a training finds that training's output. `NPROC_PER_NODE` runs as one process (JAX uses
+every local device from one process). A `swift deploy` counts as run once its server answers
+`/v1/models` (on a free port); it is stopped when the script's other commands are done.
+
+Per script: ran / stopped at an argument (the command line was refused) / failed later (the first error
+line) / out of scope (the reason). Writes `--out` (markdown, default docs/ms_swift_examples.md) and the same
+as json next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import fnmatch
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from examples_rewrite import Command, classify, record, rewrite  # noqa: E402
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+IN_SCOPE = ("train", "infer", "export", "deploy", "eval", "sampler")
+SKIPPED_DIRS = ("megatron", "ascend", "ray", "notebook")
+# The command line was refused: tyro's error box ("For full helptext") or the `swift-jax` command's own.
+ARGUMENT_ERROR = re.compile(r"For full helptext|unknown command '")
+TYRO_BOX = re.compile(r"╭─ (?P<title>[^─]+?) ─+╮\n(?P<body>(?:│.*\n)*?)│ ─{5,}", re.M)
+ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt)\b.*|^error:.*", re.I)
+STATUSES = ("ran", "argument", "failed", "out of scope")
+
+
+def example_scripts(examples: str, only: str | None) -> list[str]:
+    """The in-scope .sh files under `examples`, relative to it, sorted; `only` is an fnmatch pattern."""
+    found = []
+    for top in IN_SCOPE:
+        for dirpath, dirnames, files in os.walk(os.path.join(examples, top)):
+            dirnames[:] = sorted(d for d in dirnames if d not in SKIPPED_DIRS)
+            found += [os.path.relpath(os.path.join(dirpath, f), examples) for f in files if f.endswith(".sh")]
+    return sorted(p for p in found if only is None or fnmatch.fnmatch(p, only) or only in p)
+
+
+def first_error(text: str) -> str:
+    """The line that says what went wrong: tyro's refusal (for unrecognized options, just the flag names), else
+    the last exception line of a traceback, else the last non-empty line."""
+    box = TYRO_BOX.search(text)
+    if box:
+        body = " ".join(ln.strip("│ ") for ln in box["body"].splitlines())
+        if box["title"] == "Unrecognized options":
+            return "unrecognized options: " + " ".join(re.findall(r"--[\w-]+", body))
+        return f"{box['title']}: {body}"[:300]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ERROR_LINE.match(ln)]
+    return (errors[-1] if errors else (lines[-1] if lines else "no output"))[:300]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve(cmd: list[str], env: dict, cwd: str, port: int, timeout: float) -> tuple[subprocess.Popen, dict]:
+    """Start a `swift-jax deploy`; ran once GET /v1/models answers, else the output of its exit."""
+    log = open(os.path.join(cwd, f"deploy-{port}.log"), "w+")
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2).read()
+            return proc, {"status": "ran"}
+        except OSError:
+            time.sleep(2)
+    if proc.poll() is None:
+        proc.kill()
+    log.seek(0)
+    return proc, _result(proc.wait(), log.read(), timed_out=proc.returncode is None or time.time() >= deadline)
+
+
+def _result(rc: int, output: str, timed_out: bool = False) -> dict:
+    if rc == 0 and not timed_out:
+        return {"status": "ran"}
+    if timed_out:
+        return {"status": "failed", "error": "timed out", "tail": output[-2000:]}
+    status = "argument" if ARGUMENT_ERROR.search(output) else "failed"
+    return {"status": status, "error": first_error(output), "tail": output[-2000:]}
+
+
+def run_script(rel: str, examples: str, work: str, assets, env: dict, timeout: float) -> dict:
+    """Record, rewrite and run one example script; its row of the table."""
+    cwd = os.path.join(work, "runs", rel.removesuffix(".sh").replace("/", "__"))
+    shutil.rmtree(cwd, ignore_errors=True)
+    os.makedirs(cwd)
+    os.symlink(os.path.abspath(examples), os.path.join(cwd, "examples"))
+    commands = [classify(c) for c in record(os.path.join(examples, rel), cwd=cwd)]
+    row = {"script": rel, "commands": []}
+    if not any(c.sub for c in commands):
+        reasons = sorted({c.reason for c in commands}) or ["no command (the script only has comments)"]
+        return {**row, "status": "out of scope", "error": "; ".join(reasons),
+                "commands": [{"argv": c.call.argv, "reason": c.reason} for c in commands]}
+    servers, result = [], {"status": "ran"}
+    try:
+        for c in commands:
+            if c.sub is None:
+                row["commands"].append({"argv": c.call.argv, "reason": c.reason})
+                continue
+            result = run_command(c, assets, cwd, env, timeout, servers)
+            row["commands"].append({"argv": c.call.argv, "env": c.call.env, "rewritten": result.pop("cmd"),
+                                    "processes": c.processes, **result})
+            if result["status"] != "ran":
+                break
+    finally:
+        for proc in servers:
+            proc.kill()
+            proc.wait()
+    return {**row, "status": result["status"], "error": result.get("error", "")}
+
+
+def run_command(c: Command, assets, cwd: str, env: dict, timeout: float, servers: list) -> dict:
+    """Run one in-scope command (a deploy is left serving in `servers`); {"status", "error", "cmd", ...}."""
+    try:
+        args = rewrite(c, assets, cwd)
+    except subprocess.CalledProcessError as e:  # building the stand-in adapter failed
+        return {"status": "failed", "error": "building the tiny adapter failed: " + first_error(e.stderr.decode()),
+                "cmd": []}
+    cmd = [os.path.join(os.path.dirname(sys.executable), "swift-jax"), c.sub, *args]
+    run_env = {**env, **c.call.env}
+    if c.sub == "deploy":
+        port = _free_port()
+        cmd += ["--port", str(port)]
+        proc, result = _serve(cmd, run_env, cwd, port, timeout)
+        servers.append(proc)
+        return {**result, "cmd": cmd}
+    try:
+        out = subprocess.run(cmd, env=run_env, cwd=cwd, input="Who are you?\n", capture_output=True, text=True,
+                             timeout=timeout)
+        return {**_result(out.returncode, out.stdout + out.stderr), "cmd": cmd}
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode() + (e.stderr or b"").decode() if isinstance(e.stdout, bytes) else ""
+        return {**_result(1, text, timed_out=True), "cmd": cmd}
+
+
+def git_commit() -> str:
+    out = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                           text=True).stdout.strip()
+    return out.stdout.strip() + ("+changes" if dirty else "")
+
+
+def totals(rows: list[dict]) -> dict:
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    in_scope = len(rows) - counts["out of scope"]
+    return {**counts, "in_scope": in_scope, "pass_rate": round(100 * counts["ran"] / max(in_scope, 1), 1)}
+
+
+def write_table(rows: list[dict], path: str, meta: dict) -> None:
+    """The markdown table at `path` and the rows as json at the same path with `.json`."""
+    t = totals(rows)
+    lines = [
+        "# ms-swift's examples under swift-jax",
+        "",
+        f"swift-jax commit `{meta['commit']}`, ms-swift examples from `{meta['examples']}`, {meta['date']}, "
+        f"timeout {meta['timeout']:.0f} s a command. Made by `{meta['command']}`.",
+        "",
+        f"**{t['ran']} of {t['in_scope']} in-scope scripts run ({t['pass_rate']}%)**; {t['argument']} stopped at an "
+        f"argument, {t['failed']} failed later; {t['out of scope']} out of scope.",
+        "",
+        "| script | status | first error / reason |",
+        "|---|---|---|",
+    ]
+    for r in rows:
+        err = r.get("error", "").replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| `{r['script']}` | {r['status']} | {err} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(path.removesuffix(".md") + ".json", "w") as f:
+        json.dump({"meta": meta, "totals": t, "rows": rows}, f, indent=1, ensure_ascii=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--examples", required=True, help="ms-swift's examples folder")
+    p.add_argument("--work", default="/tmp/ms_swift_examples", help="tiny models, data and one run folder a script")
+    p.add_argument("--only", help="run the scripts matching this fnmatch pattern (or containing this text); an "
+                   "existing table at --out keeps its other rows")
+    p.add_argument("-j", "--jobs", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=600, help="seconds a command")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs", "ms_swift_examples.md"))
+    a = p.parse_args()
+    from examples_assets import build_assets
+
+    os.makedirs(a.work, exist_ok=True)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "JAX_COMPILATION_CACHE_DIR": os.path.join(a.work, "xla_cache"), "PYTHONUNBUFFERED": "1"}
+    assets = build_assets(a.work, env)
+    scripts = example_scripts(a.examples, a.only)
+    rows = {}
+    with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
+        futures = {pool.submit(run_script, s, a.examples, a.work, assets, env, a.timeout): s for s in scripts}
+        partial = open(a.out + ".partial.jsonl", "w")  # rows as they finish, in case the run is cut short
+        for fut in concurrent.futures.as_completed(futures):
+            r = fut.result()
+            rows[r["script"]] = r
+            partial.write(json.dumps(r, ensure_ascii=False) + "\n")
+            partial.flush()
+            print(f"{len(rows)}/{len(scripts)} {r['status']:<12} {r['script']}  {r.get('error', '')[:150]}", flush=True)
+    meta = {"commit": git_commit(), "examples": os.path.abspath(a.examples), "timeout": a.timeout,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "command": "python scripts/ms_swift_examples.py " + " ".join(sys.argv[1:])}
+    previous = os.path.exists(a.out.removesuffix(".md") + ".json") and a.only
+    if previous:  # a subset rerun updates its rows of the existing table
+        old = json.load(open(a.out.removesuffix(".md") + ".json"))
+        rows = {**{r["script"]: r for r in old["rows"]}, **rows}
+        meta["command"] = old["meta"]["command"] + f"; rows of {a.only!r} rerun at {meta['commit']}"
+    ordered = [rows[s] for s in sorted(rows)]
+    write_table(ordered, a.out, meta)
+    partial.close()
+    os.remove(a.out + ".partial.jsonl")
+    print(json.dumps(totals(ordered)))
+
+
+if __name__ == "__main__":
+    main()
