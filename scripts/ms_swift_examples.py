@@ -39,11 +39,13 @@ from examples_rewrite import Command, classify, record, rewrite  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 IN_SCOPE = ("train", "infer", "export", "deploy", "eval", "sampler")
 SKIPPED_DIRS = ("megatron", "ascend", "ray", "notebook")
-# The command line was refused: tyro's error box ("For full helptext") or the `swift-jax` command's own.
+# The command line was refused: tyro's error box ("For full helptext"), the `swift-jax` command's own, or
+# a task's argument check (`error: --flag ...`, before any work).
 ARGUMENT_ERROR = re.compile(r"For full helptext|unknown command '")
 TYRO_BOX = re.compile(r"╭─ (?P<title>[^─]+?) ─+╮\n(?P<body>(?:│.*\n)*?)│ ─{5,}", re.M)
 ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt)\b.*|^error:.*", re.I)
 STATUSES = ("ran", "argument", "failed", "out of scope")
+SHOWN = {"argument": "stopped at an argument", "failed": "failed later"}
 
 
 def example_scripts(examples: str, only: str | None) -> list[str]:
@@ -98,8 +100,18 @@ def _result(rc: int, output: str, timed_out: bool = False) -> dict:
         return {"status": "ran"}
     if timed_out:
         return {"status": "failed", "error": "timed out", "tail": output[-2000:]}
-    status = "argument" if ARGUMENT_ERROR.search(output) else "failed"
-    return {"status": status, "error": first_error(output), "tail": output[-2000:]}
+    error = first_error(output)
+    status = "argument" if ARGUMENT_ERROR.search(output) or error.startswith("error: --") else "failed"
+    return {"status": status, "error": error, "tail": output[-2000:]}
+
+
+def reclassify(row: dict) -> dict:
+    """`row` with its failing command's status and error derived again from the output it recorded."""
+    for c in row["commands"]:
+        if c.get("status") in ("argument", "failed") and c.get("error") != "timed out":
+            c.update(_result(1, c["tail"]))
+            return {**row, "status": c["status"], "error": c["error"]}
+    return row
 
 
 def run_script(rel: str, examples: str, work: str, assets, env: dict, timeout: float) -> dict:
@@ -142,7 +154,9 @@ def run_command(c: Command, assets, cwd: str, env: dict, timeout: float, servers
     cmd = [os.path.join(os.path.dirname(sys.executable), "swift-jax"), c.sub, *args]
     run_env = {**env, **c.call.env}
     if c.sub == "deploy":
-        port = _free_port()
+        port = _free_port()  # the example's port may be taken (or served by a parallel example)
+        if "--port" in cmd:
+            del cmd[cmd.index("--port"):cmd.index("--port") + 2]
         cmd += ["--port", str(port)]
         proc, result = _serve(cmd, run_env, cwd, port, timeout)
         servers.append(proc)
@@ -169,6 +183,24 @@ def totals(rows: list[dict]) -> dict:
     return {**counts, "in_scope": in_scope, "pass_rate": round(100 * counts["ran"] / max(in_scope, 1), 1)}
 
 
+def categories(rows: list[dict]) -> list[tuple[str, int, list[str]]]:
+    """(category, scripts, examples) of the failures, most scripts first: each refused flag (a script that
+    stopped at several counts under each), each refusal, each error line with paths and numbers blanked."""
+    found: dict[str, list[str]] = {}
+    for r in rows:
+        err = r.get("error", "")
+        if r["status"] == "argument" and err.startswith("unrecognized options: "):
+            keys = [f"unrecognized option `{f}`" for f in err.split(": ", 1)[1].split()]
+        elif r["status"] in ("argument", "failed"):
+            key = re.sub(r"(/[\w.+-]+)+/?", "<path>", err)
+            keys = [re.sub(r"\b\d+(\.\d+)?\b", "N", key)[:160]]
+        else:
+            continue
+        for k in keys:
+            found.setdefault(k, []).append(r["script"])
+    return sorted(((k, len(v), v) for k, v in found.items()), key=lambda t: (-t[1], t[0]))
+
+
 def write_table(rows: list[dict], path: str, meta: dict) -> None:
     """The markdown table at `path` and the rows as json at the same path with `.json`."""
     t = totals(rows)
@@ -186,7 +218,11 @@ def write_table(rows: list[dict], path: str, meta: dict) -> None:
     ]
     for r in rows:
         err = r.get("error", "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| `{r['script']}` | {r['status']} | {err} |")
+        lines.append(f"| `{r['script']}` | {SHOWN.get(r['status'], r['status'])} | {err} |")
+    lines += ["", "## Failures by category", "", "| scripts | category | e.g. |", "|---|---|---|"]
+    for key, n, scripts in categories(rows):
+        key = key.replace("|", "\\|")
+        lines.append(f"| {n} | {key} | `{scripts[0]}` |")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(path.removesuffix(".md") + ".json", "w") as f:
@@ -202,9 +238,14 @@ def main() -> None:
     p.add_argument("-j", "--jobs", type=int, default=1)
     p.add_argument("--timeout", type=float, default=600, help="seconds a command")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "ms_swift_examples.md"))
+    p.add_argument("--table_only", action="store_true", help="rewrite --out's markdown from its json, run nothing")
     a = p.parse_args()
+    if a.table_only:
+        old = json.load(open(a.out.removesuffix(".md") + ".json"))
+        return write_table([reclassify(r) for r in old["rows"]], a.out, old["meta"])
     from examples_assets import build_assets
 
+    commit = git_commit()  # what runs, before any later commit
     os.makedirs(a.work, exist_ok=True)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "JAX_COMPILATION_CACHE_DIR": os.path.join(a.work, "xla_cache"), "PYTHONUNBUFFERED": "1"}
@@ -220,7 +261,7 @@ def main() -> None:
             partial.write(json.dumps(r, ensure_ascii=False) + "\n")
             partial.flush()
             print(f"{len(rows)}/{len(scripts)} {r['status']:<12} {r['script']}  {r.get('error', '')[:150]}", flush=True)
-    meta = {"commit": git_commit(), "examples": os.path.abspath(a.examples), "timeout": a.timeout,
+    meta = {"commit": commit, "examples": os.path.abspath(a.examples), "timeout": a.timeout,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "python scripts/ms_swift_examples.py " + " ".join(sys.argv[1:])}
     previous = os.path.exists(a.out.removesuffix(".md") + ".json") and a.only

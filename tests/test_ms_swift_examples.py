@@ -114,3 +114,24 @@ def test_adapter_placeholder_without_earlier_training_uses_a_tiny_adapter(assets
     os.makedirs(merged)
     c = Command(c.call, "infer", ["--model", "output/vx-xxx/checkpoint-xxx-merged"])
     assert rewrite(c, assets, str(tmp_path)) == ["--model", str(merged)]
+
+
+def test_the_table_names_refused_flags_and_the_error_line():
+    from ms_swift_examples import _result, categories
+
+    tyro = ("╭─ Unrecognized options ───────────────────────────────╮\n"
+            "│ Unrecognized options: --infer_backend, vllm,         │\n"
+            "│ --vllm_gpu_memory_utilization, 0.9                   │\n"
+            "│ ──────────────────────────────────────────────────── │\n"
+            "│ For full helptext, run swift_jax/infer.py --help     │\n"
+            "╰──────────────────────────────────────────────────────╯\n")
+    refused = _result(2, tyro)
+    assert refused["status"] == "argument"
+    assert refused["error"] == "unrecognized options: --infer_backend --vllm_gpu_memory_utilization"
+    crash = _result(1, "Traceback (most recent call last):\n  File x\nValueError: bad shape 12 at /tmp/a/b.json\nbye\n")
+    assert crash["status"] == "failed" and crash["error"] == "ValueError: bad shape 12 at /tmp/a/b.json"
+    assert _result(2, "error: --output_dir is required\n")["status"] == "argument"
+    rows = [{"script": "a.sh", **refused}, {"script": "b.sh", **_result(2, tyro.replace("vllm_gpu_memory_utilization", "x"))},
+            {"script": "c.sh", **crash}, {"script": "d.sh", "status": "ran"}]
+    assert categories(rows)[0] == ("unrecognized option `--infer_backend`", 2, ["a.sh", "b.sh"])
+    assert ("ValueError: bad shape N at <path>", 1, ["c.sh"]) in categories(rows)
