@@ -238,6 +238,7 @@ def main() -> None:
     p.add_argument("-j", "--jobs", type=int, default=1)
     p.add_argument("--timeout", type=float, default=600, help="seconds a command")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "ms_swift_examples.md"))
+    p.add_argument("--resume", action="store_true", help="keep the rows a cut-short run left in --out.partial.jsonl")
     p.add_argument("--table_only", action="store_true", help="rewrite --out's markdown from its json, run nothing")
     a = p.parse_args()
     if a.table_only:
@@ -251,16 +252,21 @@ def main() -> None:
            "JAX_COMPILATION_CACHE_DIR": os.path.join(a.work, "xla_cache"), "PYTHONUNBUFFERED": "1"}
     assets = build_assets(a.work, env)
     scripts = example_scripts(a.examples, a.only)
+    partial_path = a.out + ".partial.jsonl"  # rows as they finish, so that a cut-short run can --resume
     rows = {}
+    if a.resume and os.path.exists(partial_path):
+        rows = {r["script"]: r for r in map(json.loads, open(partial_path)) if r["script"] in scripts}
+    partial = open(partial_path, "a" if a.resume else "w")
     with concurrent.futures.ThreadPoolExecutor(a.jobs) as pool:
-        futures = {pool.submit(run_script, s, a.examples, a.work, assets, env, a.timeout): s for s in scripts}
-        partial = open(a.out + ".partial.jsonl", "w")  # rows as they finish, in case the run is cut short
+        todo = [s for s in scripts if s not in rows]
+        futures = [pool.submit(run_script, s, a.examples, a.work, assets, env, a.timeout) for s in todo]
         for fut in concurrent.futures.as_completed(futures):
             r = fut.result()
             rows[r["script"]] = r
             partial.write(json.dumps(r, ensure_ascii=False) + "\n")
             partial.flush()
             print(f"{len(rows)}/{len(scripts)} {r['status']:<12} {r['script']}  {r.get('error', '')[:150]}", flush=True)
+    partial.close()
     meta = {"commit": commit, "examples": os.path.abspath(a.examples), "timeout": a.timeout,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "python scripts/ms_swift_examples.py " + " ".join(sys.argv[1:])}
@@ -271,8 +277,7 @@ def main() -> None:
         meta["command"] = old["meta"]["command"] + f"; rows of {a.only!r} rerun at {meta['commit']}"
     ordered = [rows[s] for s in sorted(rows)]
     write_table(ordered, a.out, meta)
-    partial.close()
-    os.remove(a.out + ".partial.jsonl")
+    os.remove(partial_path)
     print(json.dumps(totals(ordered)))
 
 
