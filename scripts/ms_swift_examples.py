@@ -213,6 +213,12 @@ def write_table(rows: list[dict], path: str, meta: dict) -> None:
         f"**{t['ran']} of {t['in_scope']} in-scope scripts run ({t['pass_rate']}%)**; {t['argument']} stopped at an "
         f"argument, {t['failed']} failed later; {t['out of scope']} out of scope.",
         "",
+        "Each `swift ...` command of a script ran as `swift-jax ...` with only the models, datasets and sizes swapped "
+        "(README, \"Running ms-swift's examples\"); a script ran when all its in-scope commands did, else its row "
+        "gives the first one that stopped: *stopped at an argument* (the command line or an argument check refused "
+        "it), *failed later* (its first error line). The rewritten commands and their outputs' tails are in "
+        "`ms_swift_examples.json`.",
+        "",
         "| script | status | first error / reason |",
         "|---|---|---|",
     ]
