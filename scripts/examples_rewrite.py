@@ -21,6 +21,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from typing import Callable
 
 # Launchers a script may call; each becomes a recording stub on PATH while the script runs.
 STUBBED = ("swift", "megatron", "torchrun", "accelerate", "deepspeed", "python", "python3", "vllm", "curl", "pip",
@@ -142,7 +143,7 @@ class Assets:
 
     models: dict[str, str]  # "text" | "vl" | "moe" -> folder
     data: dict[str, str]  # shape ("sft", "pairs", "kto", "grpo", "vl_sft", "vl_pairs", ...) -> jsonl file
-    adapter: object = None  # callable kind -> a trained LoRA checkpoint folder for that tiny model
+    adapter: Callable[[str], str] | None = None  # kind -> a trained LoRA checkpoint folder of that tiny model
 
 
 def model_kind(name: str) -> str:
