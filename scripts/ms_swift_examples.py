@@ -43,7 +43,8 @@ SKIPPED_DIRS = ("megatron", "ascend", "ray", "notebook")
 # a task's argument check (`error: --flag ...`, before any work).
 ARGUMENT_ERROR = re.compile(r"For full helptext|unknown command '")
 TYRO_BOX = re.compile(r"╭─ (?P<title>[^─]+?) ─+╮\n(?P<body>(?:│.*\n)*?)│ ─{5,}", re.M)
-ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt)\b.*|^error:.*", re.I)
+# An exception line, or swift-jax's `error: ...` (which may follow a progress bar on the same line).
+ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt)\b.*|(?<![\w-])error: .*")
 STATUSES = ("ran", "argument", "failed", "out of scope")
 SHOWN = {"argument": "stopped at an argument", "failed": "failed later"}
 
@@ -68,7 +69,7 @@ def first_error(text: str) -> str:
             return "unrecognized options: " + " ".join(re.findall(r"--[\w-]+", body))
         return f"{box['title']}: {body}"[:300]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ERROR_LINE.match(ln)]
+    errors = [m.group(0) for m in map(ERROR_LINE.search, lines) if m]
     return (errors[-1] if errors else (lines[-1] if lines else "no output"))[:300]
 
 
@@ -106,9 +107,10 @@ def _result(rc: int, output: str, timed_out: bool = False) -> dict:
 
 
 def reclassify(row: dict) -> dict:
-    """`row` with its failing command's status and error derived again from the output it recorded."""
+    """`row` with a failed command's status and error derived again from the output it recorded (a table
+    written by an older version of this script; a refusal stays one)."""
     for c in row["commands"]:
-        if c.get("status") in ("argument", "failed") and c.get("error") != "timed out":
+        if c.get("status") == "failed" and c.get("error") != "timed out":
             c.update(_result(1, c["tail"]))
             return {**row, "status": c["status"], "error": c["error"]}
     return row
@@ -201,6 +203,23 @@ def categories(rows: list[dict]) -> list[tuple[str, int, list[str]]]:
     return sorted(((k, len(v), v) for k, v in found.items()), key=lambda t: (-t[1], t[0]))
 
 
+def compact(row: dict, work: str) -> dict:
+    """`row` for the committed json: the rewritten commands with `swift-jax` and `<work>` for local paths,
+    output tails cut to their last 800 characters, the original argv left to the script itself."""
+    def short(text: str) -> str:
+        return text.replace(work, "<work>")
+
+    commands = []
+    for c in row["commands"]:
+        c = {k: v for k, v in c.items() if k != "argv" or "rewritten" not in c}
+        if "rewritten" in c:
+            c["rewritten"] = ["swift-jax", *map(short, c["rewritten"][1:])] if c["rewritten"] else []
+        if "tail" in c:  # tyro's box lines padded with spaces and rules: collapsed
+            c["tail"] = re.sub(r" {3,}", "  ", re.sub(r"─{5,}", "─────", short(c["tail"])))[-800:]
+        commands.append(c)
+    return {**row, "error": short(row.get("error", "")), "commands": commands}
+
+
 def write_table(rows: list[dict], path: str, meta: dict) -> None:
     """The markdown table at `path` and the rows as json at the same path with `.json`."""
     t = totals(rows)
@@ -232,7 +251,9 @@ def write_table(rows: list[dict], path: str, meta: dict) -> None:
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(path.removesuffix(".md") + ".json", "w") as f:
-        json.dump({"meta": meta, "totals": t, "rows": rows}, f, indent=1, ensure_ascii=False)
+        head = json.dumps({"meta": meta, "totals": t}, indent=1, ensure_ascii=False)
+        body = ",\n".join(json.dumps(compact(r, meta["work"]), ensure_ascii=False) for r in rows)
+        f.write(head[:-2] + ',\n "rows": [\n' + body + "\n]}\n")  # one line a script
 
 
 def main() -> None:
@@ -273,7 +294,7 @@ def main() -> None:
             partial.flush()
             print(f"{len(rows)}/{len(scripts)} {r['status']:<12} {r['script']}  {r.get('error', '')[:150]}", flush=True)
     partial.close()
-    meta = {"commit": commit, "examples": os.path.abspath(a.examples), "timeout": a.timeout,
+    meta = {"commit": commit, "examples": os.path.abspath(a.examples), "work": os.path.abspath(a.work), "timeout": a.timeout,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "command": "python scripts/ms_swift_examples.py " + " ".join(sys.argv[1:])}
     previous = os.path.exists(a.out.removesuffix(".md") + ".json") and a.only
