@@ -45,6 +45,9 @@ class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
     """Batch results; default: infer_result.jsonl next to the dataset."""
     max_batch_size: int = 16
     """Prompts generated together."""
+    merge_lora: bool = False
+    """Merge --adapters into the base first (written once to FIRST_ADAPTER-merged, reused when it exists, as
+    ms-swift), then answer with the merged model."""
 
     def chat_encoder(self, tokenizer):
         """The prompt renderer: these arguments, else what the checkpoint was trained with (its args.json)."""
@@ -140,8 +143,22 @@ def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdou
         history.append({"role": "assistant", "content": response})
 
 
+def merged_for_inference(args: InferArgs) -> InferArgs:
+    """`--merge_lora`: the arguments with the adapters merged into `FIRST_ADAPTER-merged` (export's merge; an
+    existing folder is reused, as ms-swift's merge_lora skips it) as the model, and no adapters."""
+    if not (args.merge_lora and args.adapters):
+        return args
+    from swift_jax.export import ExportArgs, export
+
+    merged = f"{os.path.abspath(args.adapters[0]).rstrip('/')}-merged"
+    if not os.path.isdir(merged):
+        export(ExportArgs(model=args.model, adapters=list(args.adapters), dtype=args.dtype, merge_lora=True, output_dir=merged))
+    print(f"[INFO] --merge_lora: answering with {merged}")
+    return dataclasses.replace(args, model=merged, adapters=[])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_config(InferArgs, argv, aliases=ALIASES)
+    args = merged_for_inference(parse_config(InferArgs, argv, aliases=ALIASES))
     model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
     vision, args = vision_for_inference(args, model.config)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
