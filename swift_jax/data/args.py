@@ -45,8 +45,9 @@ class DataArgs(TemplateArgs):
     """Do not add +ignore_empty_think to --loss_scale for hybrid-thinking templates."""
     max_length: int = 2048
     """Tokens per sample (and per packed row); longer samples follow --truncation_strategy."""
-    truncation_strategy: Literal["delete", "left", "right"] = "delete"
-    """Samples longer than max_length: delete (drop and count), left (keep the end), right (keep the start)."""
+    truncation_strategy: Literal["delete", "left", "right", "split"] = "delete"
+    """Samples longer than max_length: delete (drop and count), left (keep the end), right (keep the start), split
+    (consecutive max_length pieces, each a sample; ms-swift: for pre-training)."""
     packing: bool = False
     """Pack several samples into each max_length row (segment_ids keep them apart)."""
     packing_num_bins: int = 64

@@ -22,7 +22,7 @@ import numpy as np
 from swift_jax.data import batching
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
-from swift_jax.data.samples import Counters, SampleProcessor
+from swift_jax.data.samples import Counters, FlattenSamples, SampleProcessor
 from swift_jax.data.sources import RowTable, load_table
 
 log = logging.getLogger("swift_jax.data")
@@ -94,9 +94,10 @@ class DataPipeline:
         if self.shuffle:
             ds = ds.shuffle(seed=self.seed)
         ds = ds.repeat(num_epochs)[self.process_index :: self.process_count]
-        ds = ds.map(self.process)
+        ds = ds.map(self.process.samples_of)
         threads = max(1, self.args.dataset_num_proc)
-        return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 16 * threads)))
+        out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 16 * threads)))
+        return grain_exp.FlatMapIterDataset(out, FlattenSamples())
 
     @property
     def bucketed(self) -> bool:
@@ -162,9 +163,12 @@ class DataPipeline:
             return []
         args, n = self.args, len(self.val_table)
         order = np.random.default_rng(self.seed).permutation(n) if args.val_dataset_shuffle else np.arange(n)
-        per_process = math.ceil(n / self.process_count)
-        mine = order[self.process_index :: self.process_count]
         process = SampleProcessor(args, self.process.encoder.tokenizer, Counters(), self.vision)
+        if args.truncation_strategy == "split":  # every process splits every row, then takes its share of pieces
+            pieces = [s for i in order for s in process.samples_of(self.val_table[int(i)])]
+            per_process, mine = math.ceil(len(pieces) / self.process_count), pieces[self.process_index :: self.process_count]
+        else:
+            per_process, mine = math.ceil(n / self.process_count), order[self.process_index :: self.process_count]
         empty = {"input_ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.int32)}
         if self.weighted:
             empty["loss_scale"] = np.zeros(0, np.float32)
@@ -172,7 +176,7 @@ class DataPipeline:
             module, unit = self.vision.batching
             empty = self.vision.empty_sample(self.weighted)
         size = self.eval_batch_size
-        samples = [process(self.val_table[int(i)]) or empty for i in mine]
+        samples = [(i if isinstance(i, dict) else process(self.val_table[int(i)])) or empty for i in mine]
         samples += [empty] * (per_process - len(samples))
         samples += [empty] * (-len(samples) % size)
         batches = []
@@ -194,7 +198,7 @@ class DataPipeline:
         picks = np.arange(n) if exact else np.sort(np.random.default_rng(self.seed).choice(n, PROBE_ROWS, replace=False))
         counters = Counters()
         process = SampleProcessor(self.args, tokenizer, counters, self.vision)
-        samples = [s for s in (process(self.train_table[int(i)]) for i in picks) if s is not None]
+        samples = [s for i in picks for s in process.samples_of(self.train_table[int(i)])]
         if not samples:
             raise DataError(
                 f"no usable training sample in {len(picks)} rows probed: {counters.as_dict()}; check --max_length "
@@ -236,7 +240,7 @@ class DataPipeline:
         """(lowest, highest, count) of probed sample lengths, for `swift_jax.data.inspect`."""
         process = SampleProcessor(self.args, self.process.encoder.tokenizer, Counters(), self.vision)
         n = min(len(self.train_table), PROBE_ROWS)
-        lengths = [len(s["input_ids"]) for s in (process(self.train_table[i]) for i in range(n)) if s is not None]
+        lengths = [len(s["input_ids"]) for i in range(n) for s in process.samples_of(self.train_table[i])]
         edges = np.unique(np.linspace(min(lengths), max(lengths) + 1, bins + 1).astype(int))  # whole tokens
         counts, edges = np.histogram(lengths, bins=edges)
         return [(int(edges[i]), int(edges[i + 1]) - 1, int(c)) for i, c in enumerate(counts)]
