@@ -48,6 +48,8 @@ class DataArgs(TemplateArgs):
     truncation_strategy: Literal["delete", "left", "right", "split"] = "delete"
     """Samples longer than max_length: delete (drop and count), left (keep the end), right (keep the start), split
     (consecutive max_length pieces, each a sample; ms-swift: for pre-training)."""
+    padding_side: Literal["left", "right"] = "right"
+    """Where padding goes in unpacked training and eval rows (positions and segment ids keep the result the same)."""
     packing: bool = False
     """Pack several samples into each max_length row (segment_ids keep them apart)."""
     packing_num_bins: int = 64

@@ -67,6 +67,8 @@ class DataPipeline:
     def __init__(self, args: DataArgs, tokenizer, train: RowTable, val: RowTable | None, *, batch_size: int, seed: int,
                  shuffle: bool, process_index: int, process_count: int, batches_per_step: int = 1,
                  eval_batch_size: int | None = None, vision=None):
+        if vision is not None and args.padding_side != "right":
+            raise DataError(f"--padding_side {args.padding_side}: vision-language batches are padded on the right only")
         self.args = args
         self.vision = vision
         """`data.vision.VisionData` of a vision-language model: rows carry patches or tiles
@@ -119,7 +121,7 @@ class DataPipeline:
         else:
             multiple = batching.PAD_MULTIPLE if self.bucketed else args.max_length
             batched = batching.padded_batches(self.samples(num_epochs), self.batch_size, args.max_length, self.pad_id,
-                                              self.batches_per_step, multiple)
+                                              self.batches_per_step, multiple, args.padding_side)
         return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
 
     def _vision_batches(self, num_epochs: int | None, samples=None) -> grain.IterDataset:
@@ -187,7 +189,7 @@ class DataPipeline:
             if self.vision is not None:
                 batches.append(module.pad_group(part, width, self.pad_id, unit))
                 continue
-            batches.append(batching.stack_rows([batching.pad_sample(s, width, self.pad_id) for s in part]))
+            batches.append(batching.stack_rows([batching.pad_sample(s, width, self.pad_id, args.padding_side) for s in part]))
         return batches
 
     # -- statistics -----------------------------------------------------------------------------------
