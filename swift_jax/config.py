@@ -218,6 +218,9 @@ class TrainingArgs:
     """Shuffle the training samples every epoch."""
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
     """tensorboard and/or none."""
+    acc_strategy: Literal["token", "seq"] = "token"
+    """Accuracy logged in training and evaluation: token (token_acc, the share of target tokens predicted) | seq
+    (seq_acc, the share of samples whose every target token is predicted; packed samples counted apart)."""
     bf16: bool | None = None
     """true: compute in bfloat16 (ms-swift's mixed precision; full fine-tuning keeps float32 master weights)."""
     fp16: bool | None = None

@@ -37,13 +37,14 @@ def test_epoch_strategies_save_and_evaluate_at_epoch_ends_and_the_first_step_is_
     assert [r["step"] for r in records if "loss" in r] == [1, 3, 6, 8]  # --logging_first_step defaults to true
 
 
-def test_strategy_no_neither_evaluates_nor_saves(tmp_path):
+def test_strategy_no_neither_evaluates_nor_saves_and_acc_strategy_seq_logs_seq_acc(tmp_path):
     trainer, result = run_small(tmp_path, "--max_steps", "3", "--save_strategy", "no", "--split_dataset_ratio", "0.25",
-                                "--logging_first_step", "false", "--logging_steps", "2")
+                                "--logging_first_step", "false", "--logging_steps", "2", "--acc_strategy", "seq")
     assert trainer.args.training.eval_strategy == "no" and trainer.args.data.split_dataset_ratio == 0  # as ms-swift
     records = lines(result["run_dir"])
     assert checkpoints(result["run_dir"]) == [] and not any("eval_loss" in r for r in records)
     assert [r["step"] for r in records if "loss" in r] == [2, 3]
+    assert all(0 <= r["seq_acc"] <= 1 and "token_acc" not in r for r in records if "loss" in r)  # ms-swift's name
     assert records[-1]["last_model_checkpoint"] is None and records[-1]["best_model_checkpoint"] is None
 
 

@@ -47,7 +47,7 @@ def default_method(args: TrainArguments, model) -> Method:
 
     vision = vision_data_for(resolve_path(args.model_args.model), model.config, args.data)
     return LanguageModeling(name, loss_chunk_size=t.loss_chunk_size, router_aux_loss_coef=router_aux_coef(model.config, t.router_aux_loss_coef),
-                            vision=vision)
+                            vision=vision, acc_strategy=t.acc_strategy)
 
 
 def init_optimizer_state(optimizer, params, mesh):
