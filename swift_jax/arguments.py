@@ -28,6 +28,20 @@ class ModelArgs:
     in the first --adapters checkpoint."""
     dtype: str | None = None
     """Parameter and compute dtype: float32 | bfloat16. Default: the checkpoint's (3.x name: torch_dtype)."""
+    rope_scaling: str | None = None
+    """Rotary scaling written into the model's config: linear | dynamic | yarn (the factor from --max_model_len)
+    or a JSON object ('{"rope_type": "yarn", "factor": 4.0}'), as ms-swift."""
+    max_model_len: int | None = None
+    """The longest sequence the model is set up for (its max_position_embeddings); with --rope_scaling, the
+    length the scaling factor is derived from."""
+
+    def adjust_config(self):
+        """The HF-config adjustment of --rope_scaling / --max_model_len (`load_model(adjust_config=...)`), or None."""
+        if self.rope_scaling is None and self.max_model_len is None:
+            return None
+        from swift_jax.hf.rope_scaling import scaled_config
+
+        return lambda hf: scaled_config(hf, self.rope_scaling, self.max_model_len)
 
 
 @dataclasses.dataclass

@@ -105,7 +105,7 @@ def export(args: ExportArgs) -> str:
         spec = QuantSpec(args.quant_method, args.quant_bits, args.group_size)
         if spec.method == "gptq" and not args.dataset:
             raise ValueError("--quant_method gptq needs calibration data: pass --dataset FILE.jsonl")
-    model = swift_jax.load_model(base, dtype=args.dtype)
+    model = swift_jax.load_model(base, dtype=args.dtype, adjust_config=args.adjust_config())
     for path in args.adapters:
         load_adapter(model, path)
     os.makedirs(args.output_dir, exist_ok=True)

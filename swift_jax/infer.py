@@ -54,8 +54,9 @@ class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
         return self.trained_encoder(tokenizer, *self.adapters, self.model)
 
 
-def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None):
-    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`.
+def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None, adjust_config=None):
+    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`; `adjust_config`: see
+    `ModelArgs.adjust_config` (--rope_scaling, --max_model_len).
 
     Without `model`, the base model recorded in the first adapter's adapter_config.json is used (as
     ms-swift: `--adapters CKPT` alone is enough).
@@ -70,7 +71,7 @@ def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: s
         if not adapters:
             raise ValueError("--model is required (or --adapters CKPT, whose base model is then used)")
         model = base_model_of(adapters[0])
-    loaded = swift_jax.load_model(model, dtype=dtype)
+    loaded = swift_jax.load_model(model, dtype=dtype, adjust_config=adjust_config)
     if adapters:
         loaded = _apply_adapters(loaded, adapters)
     return loaded, swift_jax.load_tokenizer(model)
@@ -159,7 +160,7 @@ def merged_for_inference(args: InferArgs) -> InferArgs:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = merged_for_inference(parse_config(InferArgs, argv, aliases=ALIASES))
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config())
     vision, args = vision_for_inference(args, model.config)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
     if args.val_dataset:
