@@ -31,6 +31,9 @@ class ModelArgs:
     rope_scaling: str | None = None
     """Rotary scaling written into the model's config: linear | dynamic | yarn (the factor from --max_model_len)
     or a JSON object ('{"rope_type": "yarn", "factor": 4.0}'), as ms-swift."""
+    new_special_tokens: list[str] = dataclasses.field(default_factory=list)
+    """Tokens added to the tokenizer as special tokens (or .txt files of them); the embedding grows to a multiple
+    of 128 rows when needed, new rows at the mean of the others. Checkpoints and exports save the tokenizer."""
     max_model_len: int | None = None
     """The longest sequence the model is set up for (its max_position_embeddings); with --rope_scaling, the
     length the scaling factor is derived from."""

@@ -105,7 +105,11 @@ def export(args: ExportArgs) -> str:
         spec = QuantSpec(args.quant_method, args.quant_bits, args.group_size)
         if spec.method == "gptq" and not args.dataset:
             raise ValueError("--quant_method gptq needs calibration data: pass --dataset FILE.jsonl")
+    from swift_jax.hf.special_tokens import add_new_special_tokens, checkpoint_tokenizer
+
     model = swift_jax.load_model(base, dtype=args.dtype, adjust_config=args.adjust_config())
+    tokenizer = checkpoint_tokenizer(base, args.adapters)
+    add_new_special_tokens(model, tokenizer, args.new_special_tokens)  # grows the vocabulary to the tokenizer's
     for path in args.adapters:
         load_adapter(model, path)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -126,7 +130,6 @@ def export(args: ExportArgs) -> str:
         if spec.method == "gptq":
             from swift_jax.quant.calibration import calibration_rows
 
-            tokenizer = swift_jax.load_tokenizer(base)
             encoder = args.trained_encoder(tokenizer, *args.adapters, args.model)
             calibration = calibration_rows(encoder, args.dataset, n_samples=args.quant_n_samples, seq_len=args.max_length,
                                            columns=args.columns)
@@ -137,6 +140,8 @@ def export(args: ExportArgs) -> str:
     else:
         swift_jax.save_pretrained(model, args.output_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
     copy_tokenizer_files(base, args.output_dir)
+    if len(tokenizer) != len(swift_jax.load_tokenizer(base)):  # the adapter's tokenizer has added tokens
+        tokenizer.save_pretrained(args.output_dir)
     _save_template_args(args, args.output_dir)
     return push_to_hub(args.output_dir, args) if args.push_to_hub else args.output_dir
 

@@ -54,9 +54,11 @@ class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
         return self.trained_encoder(tokenizer, *self.adapters, self.model)
 
 
-def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None, adjust_config=None):
+def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None, adjust_config=None,
+                       new_tokens: Sequence[str] = ()):
     """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`; `adjust_config`: see
-    `ModelArgs.adjust_config` (--rope_scaling, --max_model_len).
+    `ModelArgs.adjust_config` (--rope_scaling, --max_model_len); `new_tokens`: --new_special_tokens (a checkpoint
+    trained with them brings its own tokenizer).
 
     Without `model`, the base model recorded in the first adapter's adapter_config.json is used (as
     ms-swift: `--adapters CKPT` alone is enough).
@@ -71,10 +73,14 @@ def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: s
         if not adapters:
             raise ValueError("--model is required (or --adapters CKPT, whose base model is then used)")
         model = base_model_of(adapters[0])
+    from swift_jax.hf.special_tokens import add_new_special_tokens, checkpoint_tokenizer
+
     loaded = swift_jax.load_model(model, dtype=dtype, adjust_config=adjust_config)
+    tokenizer = checkpoint_tokenizer(model, adapters)
+    add_new_special_tokens(loaded, tokenizer, list(new_tokens))  # grows the vocabulary to the tokenizer's
     if adapters:
         loaded = _apply_adapters(loaded, adapters)
-    return loaded, swift_jax.load_tokenizer(model)
+    return loaded, tokenizer
 
 
 def _apply_adapters(model, adapters: Sequence[str]):
@@ -160,7 +166,7 @@ def merged_for_inference(args: InferArgs) -> InferArgs:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = merged_for_inference(parse_config(InferArgs, argv, aliases=ALIASES))
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config())
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
     vision, args = vision_for_inference(args, model.config)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
     if args.val_dataset:

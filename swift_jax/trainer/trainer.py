@@ -116,6 +116,11 @@ class Trainer:
 
         self.tokenizer = load_tokenizer(resolve_path(args.model_args.model))
         self.model = build_model(args, self.mesh)
+        if args.model_args.new_special_tokens:
+            from swift_jax.hf.special_tokens import add_new_special_tokens
+
+            added = add_new_special_tokens(self.model, self.tokenizer, args.model_args.new_special_tokens, self.mesh)
+            print(f"added {added} new special tokens (vocabulary: {self.model.config.vocab_size})")
         self.model.model.remat = t.gradient_checkpointing
         vit_remat = args.tuner.vit_gradient_checkpointing
         set_vision_remat(self.model, t.gradient_checkpointing if vit_remat is None else vit_remat)
@@ -364,6 +369,8 @@ class Trainer:
             save_pretrained(model, folder, dtype=m.dtype)
             if self.main:
                 copy_tokenizer_files(resolve_path(m.model), folder)
+        if self.main and m.new_special_tokens:  # the grown tokenizer, as transformers' Trainer saves it
+            self.tokenizer.save_pretrained(folder)
         if self.main:
             run_folder.write_args(folder, self.args)
 
