@@ -132,12 +132,18 @@ class GenerationArgs(SamplingArgs):
     """Sampling seed (temperature > 0)."""
     stop_words: list[str] = dataclasses.field(default_factory=list)
     """Extra stop strings; generation also stops at the tokenizer's eos and the template's stop words."""
+    num_beams: int = 1
+    """Beam search width; only 1 (greedy or sampled decoding): a larger value is an error, not a silent greedy run."""
 
     def generation_config(self, generator=None, encoder=None):
         """The GenerationConfig of these settings; with the generator and the chat encoder, generation also
         stops at the template's stop tokens and words (ms-swift's template.stop_words)."""
         from swift_jax.data.frontend import template_stops
         from swift_jax.generation import GenerationConfig
+
+        if self.num_beams != 1:
+            raise ValueError(f"--num_beams {self.num_beams}: beam search is not implemented in swift_jax; use --num_beams 1 "
+                             "(greedy with --temperature 0, or sampling)")
 
         eos, stop = None, tuple(self.stop_words)
         if generator is not None and encoder is not None:

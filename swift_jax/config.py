@@ -225,6 +225,12 @@ class TrainingArgs:
     """true: compute in bfloat16 (ms-swift's mixed precision; full fine-tuning keeps float32 master weights)."""
     fp16: bool | None = None
     """true: JAX has no loss scaling (torch's GradScaler), so training computes in bfloat16 instead (one warning)."""
+    group_by_length: bool = False
+    """ms-swift/transformers' length-grouped batches: not implemented; one warning line (each batch is padded to its
+    own length bucket already, and --packing removes padding)."""
+    predict_with_generate: bool = False
+    """ms-swift's generation metrics during evaluation: not implemented; one warning line (evaluation reports loss
+    and accuracy; --num_predict_samples N answers held-out rows by generation after training)."""
     num_predict_samples: int = 0
     """After training, answer the first N rows of the first --val_dataset file greedily, print a few
     question/answer pairs and the exact-match rate (0: off)."""
@@ -277,6 +283,12 @@ class TrainingArgs:
             if self.save_strategy == "steps" and self.save_steps % self.eval_steps:
                 raise ValueError(f"--load_best_model_at_end requires --save_steps to be a multiple of --eval_steps, got "
                                  f"{self.save_steps} and {self.eval_steps}")
+        if self.group_by_length:
+            print("--group_by_length: batches keep the shuffled order (length grouping is not implemented); each batch "
+                  "is padded to its own length bucket", file=sys.stderr)
+        if self.predict_with_generate:
+            print("--predict_with_generate: evaluation reports loss and accuracy, not generated-text metrics; "
+                  "--num_predict_samples N answers held-out rows by generation after training", file=sys.stderr)
         if self.early_stop_interval is not None and self.early_stop_interval < 1:
             raise ValueError(f"--early_stop_interval must be >= 1, got {self.early_stop_interval}")
 

@@ -124,3 +124,15 @@ def test_save_only_model_checkpoints_resume_only_as_weights(tmp_path):
     _, full = run_small(tmp_path / "d", "--max_steps", "2", "--save_steps", "2")
     size = lambda d: sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(os.path.join(d, "state")) for f in fs)
     assert size(checkpoint) < size(os.path.join(full["run_dir"], "checkpoint-2")) / 2  # no Adam moments
+
+
+def test_unimplemented_flags_say_so_and_beam_search_is_refused(capsys):
+    from swift_jax.arguments import GenerationArgs
+
+    args_of("--group_by_length", "true", "--predict_with_generate", "true")
+    err = capsys.readouterr().err
+    assert "--group_by_length: batches keep the shuffled order" in err
+    assert "--predict_with_generate: evaluation reports loss and accuracy, not generated-text metrics" in err
+    assert GenerationArgs(num_beams=1).generation_config().max_new_tokens == 512
+    with pytest.raises(ValueError, match="--num_beams 4: beam search is not implemented in swift_jax"):
+        GenerationArgs(num_beams=4).generation_config()
