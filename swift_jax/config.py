@@ -325,6 +325,14 @@ class TrainArguments:
         if t.eval_strategy == "no" and self.data.split_dataset_ratio > 0:
             self.data.split_dataset_ratio = 0.0  # as ms-swift: nothing would read the held-out rows
         self._mixed_precision()
+        d = self.data
+        if d.padding_free and not d.packing:
+            print("--padding_free true: samples are packed into --max_length rows (--packing true: the static-shape form "
+                  "of a padding-free batch)", file=sys.stderr)
+            d.packing = True
+        if d.packing_length is not None and (not d.packing or d.packing_length < d.max_length):
+            raise ValueError(f"--packing_length {d.packing_length} sets the length of packed rows: it needs --packing true "
+                             f"and at least --max_length ({d.max_length})")
         from swift_jax.models.remat import check_remat
 
         try:

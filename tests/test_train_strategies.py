@@ -136,3 +136,13 @@ def test_unimplemented_flags_say_so_and_beam_search_is_refused(capsys):
     assert GenerationArgs(num_beams=1).generation_config().max_new_tokens == 512
     with pytest.raises(ValueError, match="--num_beams 4: beam search is not implemented in swift_jax"):
         GenerationArgs(num_beams=4).generation_config()
+
+
+def test_padding_free_packs_and_packing_length_needs_packing(capsys):
+    args = args_of("--padding_free", "true")
+    assert args.data.packing is True and "--padding_free true: samples are packed into --max_length rows" in capsys.readouterr().err
+    assert args_of("--packing", "true", "--packing_length", "128").data.row_length() == 128
+    with pytest.raises(ValueError, match=r"--packing_length 64 sets the length of packed rows: it needs --packing true"):
+        args_of("--packing_length", "64")
+    with pytest.raises(ValueError, match=r"and at least --max_length \(32\)"):
+        args_of("--packing", "true", "--packing_length", "16")

@@ -52,6 +52,10 @@ class DataArgs(TemplateArgs):
     """Where padding goes in unpacked training and eval rows (positions and segment ids keep the result the same)."""
     packing: bool = False
     """Pack several samples into each max_length row (segment_ids keep them apart)."""
+    packing_length: int | None = None
+    """Tokens per packed row (default: --max_length); samples are still cut at --max_length."""
+    padding_free: bool = False
+    """ms-swift's flattened, padding-free batches: here the same as --packing true (static shapes), one line says so."""
     packing_num_bins: int = 64
     """Rows filled together by the best-fit packer; more bins, less padding."""
     use_chat_template: bool = True
@@ -66,6 +70,10 @@ class DataArgs(TemplateArgs):
     """Self-cognition: fills {{NAME}} in swift/self-cognition rows; zh and en names (one value serves both)."""
     model_author: list[str] | None = None
     """Self-cognition: fills {{AUTHOR}} in swift/self-cognition rows; zh and en authors (one value serves both)."""
+
+    def row_length(self) -> int:
+        """Tokens per training row: --packing_length when packing (default --max_length), else --max_length."""
+        return self.packing_length if self.packing and self.packing_length else self.max_length
 
     def chat_encoder(self, tokenizer):
         """The ChatEncoder for these arguments (template, system, agent template, loss_scale, thinking)."""

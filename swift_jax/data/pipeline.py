@@ -116,7 +116,7 @@ class DataPipeline:
             return grain_exp.ThreadPrefetchIterDataset(self._vision_batches(num_epochs), prefetch_buffer_size=4)
         if args.packing:
             bins = max(args.packing_num_bins, self.batch_size)
-            rows = batching.pack(self.samples(num_epochs), args.max_length, self.pad_id, bins, self.seed, self.shuffle, self.weighted)
+            rows = batching.pack(self.samples(num_epochs), args.row_length(), self.pad_id, bins, self.seed, self.shuffle, self.weighted)
             batched = rows.batch(self.batch_size, drop_remainder=True)
         else:
             multiple = batching.PAD_MULTIPLE if self.bucketed else args.max_length
@@ -130,7 +130,7 @@ class DataPipeline:
         samples = self.samples(num_epochs) if samples is None else samples
         if args.packing:
             return module.packed_batches(
-                samples, self.batch_size, args.max_length, self.pad_id, unit, max(args.packing_num_bins, self.batch_size),
+                samples, self.batch_size, args.row_length(), self.pad_id, unit, max(args.packing_num_bins, self.batch_size),
                 self.seed, self.shuffle, self.weighted, self.batches_per_step)
         multiple = batching.PAD_MULTIPLE if self.bucketed else args.max_length
         return module.padded_batches(samples, self.batch_size, args.max_length, self.pad_id, unit,
@@ -216,10 +216,10 @@ class DataPipeline:
             if self.vision is not None:
                 module, unit = self.vision.batching
                 packed = [{"segment_ids": r} for b in module.packed_batches(
-                    probe_ds, 1, self.args.max_length, self.pad_id, unit, bins, self.seed, False,
+                    probe_ds, 1, self.args.row_length(), self.pad_id, unit, bins, self.seed, False,
                     self.weighted) for r in b["segment_ids"]]
             else:
-                packed = list(batching.pack(probe_ds, self.args.max_length, self.pad_id, bins, self.seed, False, self.weighted))
+                packed = list(batching.pack(probe_ds, self.args.row_length(), self.pad_id, bins, self.seed, False, self.weighted))
             efficiency = batching.packing_efficiency(packed)
             rows_per_epoch = len(packed) * scale / self.process_count
         else:  # slots as the batches will have them: each batch padded to its bucket (in the probe's order)

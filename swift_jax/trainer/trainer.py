@@ -108,7 +108,7 @@ class Trainer:
         self.main = is_main_process()
         self.mesh = mesh_from_args(args.mesh)
         jax.set_mesh(self.mesh)  # activation sharding constraints read the mesh from here
-        check_sequence_split(args.data.max_length, self.mesh.shape["sequence"])
+        check_sequence_split(args.data.row_length(), self.mesh.shape["sequence"])
         self.batch_devices = devices_for("batch", self.mesh)  # data x fsdp x expert
         self.accum = args.accumulation_steps(self.batch_devices)
 
@@ -216,9 +216,9 @@ class Trainer:
                  f"tuner: {args.tuner.tuner_type}, method: {self.method.describe()}")
         self.say(f"data: {self.pipe.stats}")
         self.say(f"steps: {self.total_steps} (batch {t.per_device_train_batch_size} x {self.batch_devices} devices x "
-                 f"{self.accum} accumulation, length {args.data.max_length})")
+                 f"{self.accum} accumulation, length {args.data.row_length()})")
         self.say(memory_report(self.state.params, self.state.opt_state, self.model.config, batch_per_device=t.per_device_train_batch_size,
-                               seq_len=args.data.max_length, remat=t.gradient_checkpointing,
+                               seq_len=args.data.row_length(), remat=t.gradient_checkpointing,
                                sequence_parallel=self.mesh.shape["sequence"]))
         preemption = Preemption(t.preemption_save_timeout, self.say)
         lora_params = n_trainable if self.is_lora else 0
