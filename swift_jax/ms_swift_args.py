@@ -276,8 +276,8 @@ _note(("eval",), "eval's generation settings are the flags (--max_new_tokens, --
 _note(("eval",), "eval prints its table when every task is scored", "stream")
 _note(EXPORT, "export does not generate", "max_new_tokens temperature top_k top_p repetition_penalty stop_words stream "
       "logprobs top_logprobs max_pixels num_beams")
-_note(TRAIN, "beam search is not implemented: prediction after training decodes greedily, rollouts sample", "num_beams",
-      differs=True)
+_note(TRAIN, "it configures ms-swift's --predict_with_generate evaluation (see that flag); prediction after training "
+      "decodes greedily and rollouts sample", "num_beams")
 _note(("eval",), "adapters are applied unmerged, which gives the same answers as merging them first", "merge_lora")
 
 # -- Meanings that sibling changes implement as fields (issue 27 trainargs/datasets/packing). -------------------
