@@ -28,6 +28,23 @@ class ModelArgs:
     in the first --adapters checkpoint."""
     dtype: str | None = None
     """Parameter and compute dtype: float32 | bfloat16. Default: the checkpoint's (3.x name: torch_dtype)."""
+    rope_scaling: str | None = None
+    """Rotary scaling written into the model's config: linear | dynamic | yarn (the factor from --max_model_len)
+    or a JSON object ('{"rope_type": "yarn", "factor": 4.0}'), as ms-swift."""
+    new_special_tokens: list[str] = dataclasses.field(default_factory=list)
+    """Tokens added to the tokenizer as special tokens (or .txt files of them); the embedding grows to a multiple
+    of 128 rows when needed, new rows at the mean of the others. Checkpoints and exports save the tokenizer."""
+    max_model_len: int | None = None
+    """The longest sequence the model is set up for (its max_position_embeddings); with --rope_scaling, the
+    length the scaling factor is derived from."""
+
+    def adjust_config(self):
+        """The HF-config adjustment of --rope_scaling / --max_model_len (`load_model(adjust_config=...)`), or None."""
+        if self.rope_scaling is None and self.max_model_len is None:
+            return None
+        from swift_jax.hf.rope_scaling import scaled_config
+
+        return lambda hf: scaled_config(hf, self.rope_scaling, self.max_model_len)
 
 
 @dataclasses.dataclass
@@ -132,12 +149,18 @@ class GenerationArgs(SamplingArgs):
     """Sampling seed (temperature > 0)."""
     stop_words: list[str] = dataclasses.field(default_factory=list)
     """Extra stop strings; generation also stops at the tokenizer's eos and the template's stop words."""
+    num_beams: int = 1
+    """Beam search width; only 1 (greedy or sampled decoding): a larger value is an error, not a silent greedy run."""
 
     def generation_config(self, generator=None, encoder=None):
         """The GenerationConfig of these settings; with the generator and the chat encoder, generation also
         stops at the template's stop tokens and words (ms-swift's template.stop_words)."""
         from swift_jax.data.frontend import template_stops
         from swift_jax.generation import GenerationConfig
+
+        if self.num_beams != 1:
+            raise ValueError(f"--num_beams {self.num_beams}: beam search is not implemented in swift_jax; use --num_beams 1 "
+                             "(greedy with --temperature 0, or sampling)")
 
         eos, stop = None, tuple(self.stop_words)
         if generator is not None and encoder is not None:

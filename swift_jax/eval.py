@@ -308,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_config(EvalArgs, argv, aliases=ALIASES, command="eval")
     if not args.eval_dataset:
         raise ValueError("--eval_dataset is required: one or more task files (see python -m swift_jax.eval --help)")
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
     results = evaluate(model, tokenizer, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.result_path)), exist_ok=True)
     with open(args.result_path, "w") as f:

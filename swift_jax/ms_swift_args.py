@@ -97,7 +97,6 @@ _note(("rlhf",), "hub ids are always Hugging Face ids (set HF_TOKEN for private 
       "ref_model_revision reward_model_revision teacher_model_revision")
 _note(TRAIN, "checkpoints are not pushed to a hub during training; upload the output folder afterwards",
       "push_to_hub hub_model_id hub_private_repo hub_strategy hub_always_push hub_revision")
-_note(EXPORT, "the message of the hub upload (see --push_to_hub)", "commit_message")
 
 # -- Logging and reporting. ------------------------------------------------------------------------------------
 _note(TRAIN, "logs go to the run folder (logging.jsonl, tensorboard events, images/) and --report_to",
@@ -136,14 +135,14 @@ _note(TRAIN, "a checkpoint's args.json is read only by infer, eval, deploy and e
       "default: false)", "load_args load_data_args")
 
 # -- Training algorithms not implemented here. -----------------------------------------------------------------
-_note(TRAIN, "GaLore is not implemented; the optimizer is AdamW on the trainable parameters", "use_galore", differs=True)
+_note(TRAIN, "GaLore is not implemented; the optimizer is --optim's on the trainable parameters", "use_galore", differs=True)
 _note(TRAIN, "options of GaLore (--use_galore), which is not implemented",
       "galore_target_modules galore_rank galore_update_proj_gap galore_scale galore_proj_type galore_optim_per_parameter "
       "galore_with_embedding galore_quantization galore_proj_quant galore_proj_bits galore_proj_group_size "
       "galore_cos_threshold galore_gamma_proj galore_queue_size")
 _note(TRAIN, "LISA (training a few random layers at a time) is not implemented", "lisa_activated_layers", differs=True)
 _note(TRAIN, "option of LISA (--lisa_activated_layers), which is not implemented", "lisa_step_interval")
-_note(TRAIN, "ms-swift's optimizer plugins are not implemented (--lorap_lr_ratio gives LoRA+); the optimizer is AdamW",
+_note(TRAIN, "ms-swift's optimizer plugins are not implemented (--lorap_lr_ratio gives LoRA+); the optimizer is --optim's",
       "optimizer optim_args optim_target_modules", differs=True)
 _note(TRAIN, "the loss is the (loss_scale-weighted) cross-entropy; channel, DFT and Matryoshka losses are not implemented",
       "enable_channel_loss enable_dft_loss mrl_dims label_smoothing_factor", differs=True)
@@ -276,19 +275,14 @@ _note(("eval",), "eval's generation settings are the flags (--max_new_tokens, --
       "dataset and extra arguments are not used", "eval_generation_config eval_dataset_args extra_eval_args", differs=True)
 _note(("eval",), "eval prints its table when every task is scored", "stream")
 _note(EXPORT, "export does not generate", "max_new_tokens temperature top_k top_p repetition_penalty stop_words stream "
-      "logprobs top_logprobs max_pixels")
+      "logprobs top_logprobs max_pixels num_beams")
+_note(TRAIN, "it configures ms-swift's --predict_with_generate evaluation (see that flag); prediction after training "
+      "decodes greedily and rollouts sample", "num_beams")
+_note(("eval",), "adapters are applied unmerged, which gives the same answers as merging them first", "merge_lora")
 
 # -- Meanings that sibling changes implement as fields (issue 27 trainargs/datasets/packing). -------------------
 # Delete each name once it is a field (tests/test_ms_swift_arguments.py::test_no_name_is_both_a_field_and_a_note).
 PENDING = {
-    "trainargs": (TRAIN, "warmup_steps eval_strategy save_strategy bf16 fp16 save_only_model load_best_model_at_end "
-                  "metric_for_best_model greater_is_better early_stop_interval optim lr_scheduler_kwargs "
-                  "logging_first_step padding_free packing_length padding_side new_special_tokens "
-                  "predict_with_generate acc_strategy group_by_length max_model_len rope_scaling num_beams"),
-    "trainargs (infer)": (INFER + EXPORT, "max_model_len rope_scaling num_beams new_special_tokens"),
-    "trainargs (merge_lora)": (INFER, "merge_lora"),
-    "trainargs (export)": (EXPORT, "push_to_hub hub_model_id hub_private_repo exist_ok to_peft_format "
-                           "safe_serialization"),
     "datasets": (TRAIN, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
     "datasets (infer)": (INFER + EXPORT, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
     "packing": (TRAIN + INFER, "cached_dataset cached_val_dataset"),

@@ -3,6 +3,7 @@
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -120,3 +121,32 @@ def test_template_renders_prompts_as_training_does(chat, tmp_path):
     (tmp_path / "run" / "args.json").write_text(json.dumps({"data": {"template": "qwen2_5", "system": "Be brief."}}))
     saved = infer.InferArgs(model=path, adapters=[str(ckpt)]).chat_encoder(tok).prompt_ids(row["messages"][:1])
     assert tok.decode(saved).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+
+
+def test_merge_lora_answers_with_the_merged_adapter(chat, tmp_path):
+    import jax
+    from flax import nnx
+
+    from swift_jax.hf.peft import save_peft_adapter
+    from swift_jax.tuners import loraize
+
+    path, _, _ = chat
+    model = swift_jax.load_model(path)
+    loraize(model, rank=4, alpha=8, dropout=0.0, rngs=nnx.Rngs(0))
+    for i, (_, var) in enumerate(v for v in nnx.iter_graph(model) if isinstance(v[1], nnx.LoRAParam)):
+        var[...] = 0.3 * jax.random.normal(jax.random.key(i), var.shape, var.dtype)
+    adapter = tmp_path / "checkpoint-5"
+    save_peft_adapter(model, str(adapter), base_model_name_or_path=path)
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"query": "What is 6 times 7?"}) + "\n" + json.dumps({"query": "Name a color."}) + "\n")
+    answers = {}
+    for name, flags in (("adapter", ["--adapters", str(adapter)]),
+                        ("merged", ["--adapters", str(adapter), "--merge_lora", "true"])):
+        infer.main([*flags, "--val_dataset", str(data), "--result_path", str(tmp_path / f"{name}.jsonl"), "--max_new_tokens", "8"])
+        answers[name] = [json.loads(line)["response"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert (tmp_path / "checkpoint-5-merged" / "model.safetensors").exists()  # ms-swift's folder
+    assert answers["merged"] == answers["adapter"]
+    from safetensors.numpy import load_file
+
+    merged, base = load_file(str(tmp_path / "checkpoint-5-merged" / "model.safetensors")), load_file(f"{path}/model.safetensors")
+    assert not np.allclose(merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])

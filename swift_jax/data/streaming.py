@@ -21,7 +21,7 @@ import numpy as np
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, RowRef
 from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, load_table
-from swift_jax.data.samples import Counters, SampleProcessor
+from swift_jax.data.samples import Counters, FlattenSamples, SampleProcessor
 from swift_jax.data.sources import BUILDERS, DatasetSpec, check_local, list_files
 
 
@@ -143,7 +143,7 @@ class StreamingPipeline(DataPipeline):
         ds = _StreamDataset(self.specs, self.args.strict, self.process_index, self.process_count, num_epochs)
         if self.shuffle:
             ds = grain_exp.WindowShuffleIterDataset(ds, window_size=max(1, self.args.shuffle_buffer_size), seed=self.seed)
-        return ds.map(self.process).filter(lambda s: s is not None)
+        return grain_exp.FlatMapIterDataset(ds.map(self.process.samples_of), FlattenSamples())
 
     def _probe(self, tokenizer) -> dict:
         """Statistics from the first rows of the stream; steps per epoch from bytes per row and file sizes."""
@@ -152,7 +152,7 @@ class StreamingPipeline(DataPipeline):
         first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 0, 1, 1)), PROBE_ROWS))
         if not first:
             raise DataError(f"{self.args.dataset}: the dataset is empty (no rows)")
-        samples = [s for s in (process(item) for item in first) if s is not None]
+        samples = [s for item in first for s in process.samples_of(item)]
         lengths = np.asarray([len(s["input_ids"]) for s in samples] or [0])
         rows = estimated_rows(self.specs, first)
         keep = counters.as_dict()["kept"] / len(first)
