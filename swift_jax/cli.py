@@ -36,8 +36,6 @@ IGNORED_FLAGS = {
     "ddp_find_unused_parameters": "there is no DDP: gradients are taken of exactly the trainable parameters",
     "ddp_timeout": "there is no DDP process group",
     "check_model": "models are read from local folders or the hub without a ModelScope check",
-    "use_hf": "hub ids are always Hugging Face ids",
-    "hub_token": "set HF_TOKEN in the environment for private hub models",
     "use_liger_kernel": "the loss is a chunked cross-entropy already (--loss_chunk_size); Liger kernels are PyTorch",
     "lazy_tokenize": "rows are always tokenised lazily, in background threads",
     "model_type": "the architecture comes from the checkpoint's config.json model_type",

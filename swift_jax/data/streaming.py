@@ -22,7 +22,8 @@ from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, RowRef
 from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, load_table
 from swift_jax.data.samples import Counters, SampleProcessor
-from swift_jax.data.sources import BUILDERS, DatasetSpec, check_local, list_files
+from swift_jax.data.resolve import DatasetPlan, LoadOptions, resolve
+from swift_jax.data.sources import BUILDERS, list_files, preprocessed
 
 
 def _json_lines(path: str, bad: BadRows) -> Iterator[tuple[dict, RowRef]]:
@@ -36,52 +37,64 @@ def _json_lines(path: str, bad: BadRows) -> Iterator[tuple[dict, RowRef]]:
                 bad.handle(DataError(f"{path}, line {n}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object"))
 
 
-def stream_rows(path: str, bad: BadRows) -> Iterator[tuple[dict, RowRef]]:
-    """(row, RowRef) of one dataset path (file, folder or hub id), read lazily."""
+def stream_rows(plan: DatasetPlan, bad: BadRows) -> Iterator[tuple[dict, RowRef]]:
+    """(row, RowRef) of one resolved dataset (files, folder or hub subsets), read lazily and preprocessed."""
     import datasets
 
-    if not os.path.exists(path):
-        check_local(path)
-        try:
-            stream = datasets.load_dataset(path, split="train", streaming=True)
-        except Exception as e:
-            raise DataError(f"dataset {path!r} is not a local file or folder, and streaming it from the hub failed ({type(e).__name__}: {str(e)[:200]})") from None
-        yield from ((row, RowRef(path, i)) for i, row in enumerate(stream))
-        return
-    for file in list_files(path):
-        suffix = os.path.splitext(file)[1].lower()
-        if suffix == ".jsonl":
-            yield from _json_lines(file, bad)
-        else:
-            stream = datasets.load_dataset(BUILDERS[suffix], data_files=file, split="train", streaming=True)
-            yield from ((row, RowRef(file, i)) for i, row in enumerate(stream))
+    from swift_jax.data.hub_datasets import open_split
+
+    for subset in plan.subsets:
+        if plan.source in ("hf", "ms") or os.path.isdir(plan.location) and subset.subset != "default":
+            for split in subset.split:
+                name = f"{plan.location}:{subset.name}/{split}"
+                stream = open_split(plan, subset, split, streaming=True)
+                yield from ((preprocessed(subset.preprocess, row), RowRef(name, i)) for i, row in enumerate(stream))
+            continue
+        for file in list_files(plan.location):
+            suffix = os.path.splitext(file)[1].lower()
+            if suffix == ".jsonl":
+                rows = _json_lines(file, bad)
+            else:
+                stream = datasets.load_dataset(BUILDERS[suffix], data_files=file, split="train", streaming=True)
+                rows = ((row, RowRef(file, i)) for i, row in enumerate(stream))
+            yield from ((preprocessed(subset.preprocess, row), ref) for row, ref in rows)
 
 
-def _cycle(path: str, strict: bool) -> Iterator[tuple[dict, RowRef]]:
-    """The rows of `path` over and over (a streamed `path#N` larger than the dataset repeats it, as the
+def stream_plans(args: DataArgs) -> list[DatasetPlan]:
+    """The resolved --dataset entries of a streamed run (a stream reads them in turn: no --interleave_prob)."""
+    if args.interleave_prob is not None:
+        raise DataError("--interleave_prob does not mix streamed datasets yet; drop --streaming, or --interleave_prob")
+    plans = [resolve(s, LoadOptions.of(args)) for s in args.dataset]
+    if not plans:
+        raise DataError("no dataset given; pass --dataset PATH")
+    return plans
+
+
+def _cycle(plan: DatasetPlan, strict: bool) -> Iterator[tuple[dict, RowRef]]:
+    """The rows of `plan` over and over (a streamed `path#N` larger than the dataset repeats it, as the
     in-memory `#N` takes every row once per full pass)."""
     while True:
         empty = True
-        for item in stream_rows(path, BadRows(strict)):
+        for item in stream_rows(plan, BadRows(strict)):
             empty = False
             yield item
         if empty:
-            raise DataError(f"{path}: the dataset is empty (no rows)")
+            raise DataError(f"{plan.spec}: the dataset is empty (no rows)")
 
 
 class _StreamIterator(grain.DatasetIterator):
     """Checkpointable iterator over the rows of several datasets; state = (epoch, dataset, rows read)."""
 
-    def __init__(self, specs: list[DatasetSpec], strict: bool, process_index: int, process_count: int, num_epochs: int | None):
+    def __init__(self, specs: list[DatasetPlan], strict: bool, process_index: int, process_count: int, num_epochs: int | None):
         super().__init__()
         self.specs, self.strict = specs, strict
         self.process_index, self.process_count, self.num_epochs = process_index, process_count, num_epochs
         self.set_state({"epoch": 0, "dataset": 0, "rows": 0})
 
     def _open(self) -> None:
-        spec = self.specs[self._dataset]
-        rows = stream_rows(spec.path, BadRows(self.strict)) if spec.num_samples is None else _cycle(spec.path, self.strict)
-        self._rows = itertools.islice(rows, self._read, spec.num_samples)
+        plan = self.specs[self._dataset]
+        rows = stream_rows(plan, BadRows(self.strict)) if plan.spec.num_samples is None else _cycle(plan, self.strict)
+        self._rows = itertools.islice(rows, self._read, plan.spec.num_samples)
 
     def __next__(self) -> tuple[dict, RowRef]:
         while True:
@@ -117,16 +130,16 @@ class _StreamDataset(grain.IterDataset):
         return _StreamIterator(*self._args)
 
 
-def estimated_rows(specs: list[DatasetSpec], first: list[tuple[dict, RowRef]]) -> float:
+def estimated_rows(specs: list[DatasetPlan], first: list[tuple[dict, RowRef]]) -> float:
     """Rows per epoch of a stream: N for each `path#N`, else its file sizes over the bytes per row of the probed
     `first` rows (0 for hub streams)."""
     row_bytes = np.mean([len(json.dumps(row)) for row, _ in first])
     rows = 0.0
-    for spec in specs:
-        if spec.num_samples is not None:
-            rows += spec.num_samples
-        elif os.path.exists(spec.path):
-            rows += sum(os.path.getsize(f) for f in list_files(spec.path)) / row_bytes
+    for plan in specs:
+        if plan.spec.num_samples is not None:
+            rows += plan.spec.num_samples
+        elif plan.source in ("path", "bundled"):
+            rows += sum(os.path.getsize(f) for f in list_files(plan.location)) / row_bytes
     return rows
 
 
@@ -134,9 +147,7 @@ class StreamingPipeline(DataPipeline):
     """A DataPipeline whose training rows are streamed instead of loaded."""
 
     def __init__(self, args: DataArgs, tokenizer, val, **kw):
-        self.specs = [DatasetSpec.parse(s) for s in args.dataset]
-        if not self.specs:
-            raise DataError("no dataset given; pass --dataset PATH")
+        self.specs = stream_plans(args)
         super().__init__(args, tokenizer, None, val, **kw)
 
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
@@ -173,4 +184,5 @@ def streaming_val_table(args: DataArgs):
     """The validation rows of a streamed run: --val_dataset, loaded (a stream has no split to carve)."""
     if args.split_dataset_ratio > 0 and not args.val_dataset:
         raise DataError("--streaming cannot carve a validation split (--split_dataset_ratio); pass --val_dataset instead")
-    return load_table(args.val_dataset, args.data_seed, BadRows(args.strict)) if args.val_dataset else None
+    options = LoadOptions.of(args, shuffle=args.val_dataset_shuffle, mix=False)
+    return load_table(args.val_dataset, args.data_seed, BadRows(args.strict), options) if args.val_dataset else None

@@ -20,8 +20,7 @@ from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import DataError
 from swift_jax.data.pipeline import PROBE_ROWS
 from swift_jax.data.samples import Counters
-from swift_jax.data.sources import DatasetSpec
-from swift_jax.data.streaming import _StreamDataset, estimated_rows
+from swift_jax.data.streaming import _StreamDataset, estimated_rows, stream_plans
 from swift_jax.rlhf.data import PairProcessor, PreferencePipeline
 
 
@@ -48,9 +47,7 @@ class StreamingPreferencePipeline(PreferencePipeline):
     streaming = True
 
     def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, val, **kw):
-        self.specs = [DatasetSpec.parse(s) for s in args.dataset]
-        if not self.specs:
-            raise DataError("no dataset given; pass --dataset PATH")
+        self.specs = stream_plans(args)
         super().__init__(args, tokenizer, rlhf_type, [], val, **kw)
 
     def _stream(self, process_index: int, process_count: int, num_epochs: int | None) -> grain.IterDataset:
