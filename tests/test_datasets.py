@@ -173,6 +173,22 @@ def test_hub_layout_folder_subsets(tmp_path):
         read_rows(f"{repo}:nope")
 
 
+def test_hugging_face_cache_serves_registered_names_offline(tmp_path, monkeypatch):
+    """A dataset repo in the local Hugging Face hub cache is read from there (no network), under the registered
+    name's preprocessing; its snapshot folder passed as a path is preprocessed the same (ms-swift's rule)."""
+    import huggingface_hub
+
+    repo = tmp_path / "hub" / "datasets--llm-wizard--alpaca-gpt4-data-zh"
+    write_rows(repo / "snapshots" / "abc123" / "train.jsonl", GOLDEN["folders"]["alpaca-gpt4-data-zh"])
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    expected = next(c["messages"] for c in GOLDEN["preprocess"] if c["entry"] == "local/alpaca-gpt4-data-zh")
+    rows = read_rows("AI-ModelScope/alpaca-gpt4-data-zh", options=LoadOptions(use_hf=True, shuffle=False))
+    assert [messages_of(r) for r in rows] == expected
+    assert [messages_of(r) for r in read_rows(str(repo / "snapshots" / "abc123"))] == expected
+
+
 def test_custom_dataset_info_registers_names_columns_and_subsets(tmp_path):
     write_rows(tmp_path / "data" / "rows.jsonl", [{"q": f"question {i}", "a": f"answer {i}"} for i in range(5)])
     info = tmp_path / "my_info.json"

@@ -1,5 +1,6 @@
-"""Hub datasets: a resolved plan's subsets and splits from the Hugging Face hub (`datasets`), ModelScope (the
-`modelscope` package, an optional extra) or a local folder of hub layout (a `git clone` of a dataset repo)."""
+"""Hub datasets: a resolved plan's subsets and splits from the Hugging Face hub (`datasets`; a repo already in
+the local hub cache is read from there, without the network), ModelScope (the `modelscope` package, an optional
+extra) or a local folder of hub layout (a `git clone` of a dataset repo)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,26 @@ log = logging.getLogger("swift_jax.data")
 MODELSCOPE_HINT = "pip install modelscope (or pip install 'swift-jax[modelscope]')"
 
 
+def cached_snapshot(repo_id: str, revision: str | None) -> str | None:
+    """The folder of a Hugging Face dataset repo already in the local hub cache (`huggingface-cli download
+    --repo-type dataset ID`, or an earlier run), found without the network; None when not cached."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True)
+    except Exception:  # not cached (or the id is not a repo id): the hub is asked instead
+        return None
+
+
 def _hf_split(plan: DatasetPlan, subset: SubsetPlan, split: str, streaming: bool):
     import datasets
 
-    name = None if subset.subset == "default" and plan.source == "path" else subset.subset
     revision = None if plan.revision in (None, "master") else plan.revision
-    return datasets.load_dataset(plan.location, name=name, split=split, revision=revision, streaming=streaming,
+    location = plan.location if plan.source == "path" else cached_snapshot(plan.location, revision)
+    if location is not None:  # a local folder of hub layout: its configs by name, 'default' = its data files
+        name = None if subset.subset == "default" else subset.subset
+        return datasets.load_dataset(location, name=name, split=split, streaming=streaming)
+    return datasets.load_dataset(plan.location, name=subset.subset, split=split, revision=revision, streaming=streaming,
                                  token=plan.token)
 
 

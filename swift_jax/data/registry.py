@@ -16,16 +16,18 @@ local clone, is preprocessed as `AI-ModelScope/alpaca-gpt4-data-zh`); else it is
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import re
-import sys
 from typing import Any, Callable
 
 from swift_jax.data.errors import DataError
-from swift_jax.data.preprocessors import (AlpacaPreprocessor, AutoPreprocessor, MessagesPreprocessor,  # noqa: F401 (plugin API)
-                                          ResponsePreprocessor, RowPreprocessor, preprocessor_of)
+from swift_jax.data.preprocessors import (AlpacaPreprocessor, AutoPreprocessor, MessagesPreprocessor, ResponsePreprocessor,
+                                          RowPreprocessor, preprocessor_of)
+
+__all__ = ["DATASET_MAPPING", "AlpacaPreprocessor", "AutoPreprocessor", "DatasetMeta", "MessagesPreprocessor",
+           "ResponsePreprocessor", "RowPreprocessor", "SubsetDataset", "register_dataset", "register_dataset_info"]
+"""What a plugin imports (ms-swift's names)."""
 
 TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dataset_info.json")
 
@@ -147,17 +149,14 @@ def register_dataset_info(source: str) -> list[DatasetMeta]:
 
 
 def import_plugin(path: str) -> None:
-    """Import a Python file that registers datasets (ms-swift's `--custom_register_path` / `--external_plugins`)."""
-    if not os.path.isfile(path):
-        raise DataError(f"--custom_register_path: no file {path!r}")
-    name = "swift_jax_dataset_plugin_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
-    spec = importlib.util.spec_from_file_location(name, os.path.abspath(path))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    """Import a Python file that registers datasets (ms-swift's `--custom_register_path`, which ms-swift adds to
+    `--external_plugins`: the same import)."""
+    from swift_jax.rewards.plugins import load_plugins
+
     try:
-        spec.loader.exec_module(module)
-    except Exception as e:
-        raise DataError(f"--custom_register_path {path}: importing it failed: {type(e).__name__}: {e}") from e
+        load_plugins([path])
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"--custom_register_path: {e}") from e
 
 
 def register_from_args(custom_dataset_info: list[str] | str | None, plugins: list[str] | str | None) -> None:
