@@ -15,6 +15,7 @@ from tokenizers_for_tests import bundled_tokenizer
 
 from swift_jax.data import DataArgs, DataError, build_data
 from swift_jax.data.bundled import BUNDLED
+from swift_jax.data.dataset_preprocessors import BUILT_IN
 from swift_jax.data.dataset_syntax import DatasetSpec
 from swift_jax.data.errors import BadRows
 from swift_jax.data.formats import normalize
@@ -22,7 +23,7 @@ from swift_jax.data.frontend import read_rows
 from swift_jax.data.preprocessors import Unsupported
 from swift_jax.data.registry import DatasetMeta, find_meta
 from swift_jax.data.resolve import LoadOptions, hub_is_hf, resolve, select_subsets
-from swift_jax.data.sources import interleave_positions, load_table
+from swift_jax.data.sources import interleave_positions, load_tables
 from swift_jax.data.templates import ChatEncoder
 from swift_jax.quant.calibration import calibration_rows
 
@@ -30,14 +31,26 @@ GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "ms_sw
 
 
 def write_rows(path, rows):
+    """JSON lines (a string: the file's text)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.write(rows if isinstance(rows, str) else "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return str(path)
 
 
 def messages_of(row):
     return [{"role": m["role"], "content": m["content"]} for m in normalize(row)["messages"]]
+
+
+def standard_fields(row):
+    """The standard fields of a preprocessed row as the recording writes them (messages as role/content pairs)."""
+    out = {}
+    for key in ("messages", "rejected_response", "rejected_messages", "tools", "images"):
+        if row.get(key) is not None:
+            value = row[key]
+            out[key] = (messages_of({"messages": value}) if key.endswith("messages")
+                        else [value] if key == "images" and isinstance(value, str) else value)
+    return out
 
 
 @pytest.fixture
@@ -46,8 +59,9 @@ def golden_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name, rows in GOLDEN["files"].items():
         write_rows(name, rows)
-    for name, rows in GOLDEN["folders"].items():
-        write_rows(os.path.join("local", name, "train.jsonl"), rows)
+    for name, content in GOLDEN["folders"].items():
+        for file, rows in (content if isinstance(content, dict) else {"train.jsonl": content}).items():
+            write_rows(os.path.join("local", name, file), rows)
     return tmp_path
 
 
@@ -62,6 +76,13 @@ def test_syntax_parses_as_ms_swift(tmp_path):
         DatasetSpec.parse("a.jsonl#0")
     with pytest.raises(DataError, match="unknown hub prefix 'xx::'"):
         DatasetSpec.parse("xx::a/b")
+
+
+BUILT_IN_NAMES = {cls.__name__ for cls in BUILT_IN.values()}
+
+
+def theirs_kinds(plan):
+    return [s[3] for s in plan["subsets"]]
 
 
 def _kind(preprocess):
@@ -79,7 +100,7 @@ def test_registered_names_resolve_as_ms_swift():
         ours = [[s.name, s.subset, list(s.split or meta.split), _kind(s.preprocess_func or meta.preprocess_func)]
                 for s in select_subsets(spec.subsets, meta)]
         assert ours == theirs["subsets"], case
-        unsupported = {k for *_, k in ours} - {"AutoPreprocessor", "AlpacaZhPreprocessor", "SelfCognitionPreprocessor", "LongAlpacaPreprocessor"}
+        unsupported = {k for k in theirs_kinds(theirs) if k not in BUILT_IN_NAMES}
         if unsupported:
             with pytest.raises(DataError, match=f"{sorted(unsupported)[0]}, which swift_jax does not reproduce"):
                 resolve(spec, LoadOptions(use_hf=case["use_hf"]))
@@ -93,15 +114,17 @@ def test_registered_names_resolve_as_ms_swift():
 
 
 def test_sampling_and_interleaving_pick_the_rows_ms_swift_picks(golden_files):
-    """`#N` (random rows from the data seed's RandomState, or the first N), repeats past the size, concatenation
-    and --interleave_prob under both stopping strategies: ms-swift's rows (sorted where ms-swift shuffles)."""
+    """`#N` (random rows from the data seed's RandomState, or the first N), repeats past the size, concatenation,
+    --interleave_prob under both stopping strategies and --split_dataset_ratio (per dataset): ms-swift's training
+    and validation rows (sorted where ms-swift shuffles)."""
     for case in GOLDEN["sampling"]:
         kw = case["kwargs"]
         options = LoadOptions(shuffle=kw["shuffle"], interleave_prob=kw.get("interleave_prob"),
                               stopping_strategy=kw.get("stopping_strategy", "first_exhausted"))
-        table = load_table(case["entries"], kw.get("seed", 42), BadRows(True), options)
-        queries = [table[i][0]["query"] for i in range(len(table))]
-        assert (sorted(queries) if kw["shuffle"] else queries) == case["queries"], case
+        tables = load_tables(case["entries"], kw.get("seed", 42), BadRows(True), options, kw.get("split_dataset_ratio", 0.0))
+        for table, expected in zip(tables, (case["queries"], case["val_queries"])):
+            queries = [table[i][0]["query"] for i in range(len(table))] if table is not None else []
+            assert (sorted(queries) if kw["shuffle"] else queries) == expected, case
 
 
 @pytest.mark.parametrize("strategy", ["first_exhausted", "all_exhausted"])
@@ -117,11 +140,13 @@ def test_interleave_matches_datasets_interleave(strategy):
 
 def test_local_folders_named_like_registered_datasets_are_preprocessed_as_ms_swift(golden_files):
     """alpaca-gpt4-data-zh drops '输入：', LongAlpaca-12k drops 'Answer: ', sql-create-context maps its
-    columns, self-cognition fills --model_name / --model_author (and :qwen3 adds its suffix and prefix)."""
+    columns, self-cognition fills --model_name / --model_author (and :qwen3 adds its suffix and prefix), LaTeX_OCR
+    reads its three splits, clevr, the emoji DPO set, orpo-dpo-mix-40k (toxic rows dropped),
+    function-calling-chatml (tools) and coco_2014_caption (a hub-layout folder's config) as ms-swift does."""
     for case in GOLDEN["preprocess"]:
         names = {k: tuple(v) for k, v in case["kwargs"].items()}
         rows = read_rows(case["entry"], options=LoadOptions(shuffle=False, **names))
-        assert [messages_of(r) for r in rows] == case["messages"], case["entry"]
+        assert [standard_fields(r) for r in rows if "__swift_jax_dropped__" not in r] == case["rows"], case["entry"]
 
 
 def test_registered_folder_trains_and_streams(golden_files):
@@ -183,7 +208,7 @@ def test_hugging_face_cache_serves_registered_names_offline(tmp_path, monkeypatc
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    expected = next(c["messages"] for c in GOLDEN["preprocess"] if c["entry"] == "local/alpaca-gpt4-data-zh")
+    expected = [r["messages"] for r in next(c["rows"] for c in GOLDEN["preprocess"] if c["entry"] == "local/alpaca-gpt4-data-zh")]
     rows = read_rows("AI-ModelScope/alpaca-gpt4-data-zh", options=LoadOptions(use_hf=True, shuffle=False))
     assert [messages_of(r) for r in rows] == expected
     assert [messages_of(r) for r in read_rows(str(repo / "snapshots" / "abc123"))] == expected
@@ -241,5 +266,5 @@ def test_preprocessing_failures_are_bad_rows(tmp_path):
     write_rows(folder / "train.jsonl", [{"query": "q", "response": "I am {{NAME}}", "tag": "en"}, {"prompt": "no query", "tag": "zh"}])
     pipe = build_data(DataArgs(dataset=[str(folder)], max_length=64, strict=False, model_name=["bot"]), bundled_tokenizer(), batch_size=1)
     assert pipe.stats["bad_rows_skipped"] >= 1 and pipe.stats["num_train_samples"] == 1
-    with pytest.raises(DataError, match=r"train.jsonl, line 2: the dataset.s preprocessing failed on this row \("):
+    with pytest.raises(DataError, match=r"self-cognition:default/train, row 1: the dataset.s preprocessing failed on this row \("):
         build_data(DataArgs(dataset=[str(folder)], max_length=64), bundled_tokenizer(), batch_size=1)

@@ -1,4 +1,5 @@
-"""Row preprocessors of registered datasets: ms-swift's classes of the same names, one row at a time.
+"""Row preprocessors of registered datasets: ms-swift's core classes (`swift/dataset/preprocessor/core.py`) of
+the same names, one row at a time (the dataset-specific ones are in `dataset_preprocessors`).
 
 A preprocessor takes a raw row (a dict) and returns the row in a format `formats.normalize` reads (or None to
 drop it). `columns` renames keys first (a key already present is not overwritten, as ms-swift's
@@ -12,44 +13,51 @@ drop it). `columns` renames keys first (a key already present is not overwritten
 
     register_dataset(DatasetMeta(ms_dataset_id="swift/stsb", hf_dataset_id="SetFit/stsb", preprocess_func=StsbPreprocessor()))
 
-`preprocessor_of(record, dataset)` builds one from a record of our `dataset_info.json` table.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+from collections import Counter
 
 from swift_jax.data.errors import DataError
 
-# ms-swift's ResponsePreprocessor column aliases (the first present of a target's sources wins)
-RESPONSE_ALIASES = {
-    "system": ("system", "system_prompt"),
-    "query": ("query", "prompt", "input", "instruction", "question", "problem"),
-    "response": ("response", "answer", "output", "targets", "target", "answer_key", "answers", "solution", "text",
-                 "completion", "content"),
+MEDIA_COLUMNS = {k: v for v in ("images", "audios", "videos") for k in (v, v[:-1])}
+RESPONSE_COLUMNS = {
+    **{k: "system" for k in ("system", "system_prompt")},
+    **{k: "query" for k in ("query", "prompt", "input", "instruction", "question", "problem")},
+    **{k: "response" for k in ("response", "answer", "output", "targets", "target", "answer_key", "answers", "solution",
+                                "text", "completion", "content")},
 }
+MESSAGES_COLUMNS = {**{k: "messages" for k in ("messages", "conversation", "conversations")},
+                    **{k: "system" for k in ("system", "system_prompt")}}
 
 
 def rename_columns(row: dict, columns: dict[str, str]) -> dict:
-    """`row` with keys renamed by `columns`; a target key the row already has is kept (ms-swift's safe rename)."""
+    """ms-swift's `safe_rename_columns` on one row: sources match case-insensitively; a target that two present
+    sources map to is left alone (e.g. both `instruction` and `input` -> query); a target the row already has
+    (not renamed away) is kept."""
     if not columns:
         return row
-    out = {k: v for k, v in row.items() if k not in columns}
-    for old, new in columns.items():
-        if old in row and new not in out:
-            out[new] = row[old]
-    return out
+    lower = {k.lower(): k for k in row}
+    present = {lower[k.lower()]: v for k, v in columns.items() if k.lower() in lower}
+    counts = Counter(present.values())
+    rename = {k: v for k, v in present.items() if counts[v] == 1 and k != v and (v not in row or v in present)}
+    return {rename.get(k, k): v for k, v in row.items()} if rename else row
 
 
 class RowPreprocessor:
-    """Base class: rename `columns`, then `preprocess(row)`; a row of a standard format passes unchanged."""
+    """Base class: rename `columns` (the dataset's), then the class's own column aliases (`AUTO_COLUMNS`: media
+    keys, and query/response or messages spellings in the subclasses), then `preprocess(row)`; as ms-swift."""
+
+    AUTO_COLUMNS: dict[str, str] = MEDIA_COLUMNS
 
     def __init__(self, *, columns: dict[str, str] | None = None):
         self.columns = dict(columns or {})
 
     def __call__(self, row: dict) -> dict | None:
-        return self.preprocess(rename_columns(dict(row), self.columns))
+        return self.preprocess(rename_columns(rename_columns(dict(row), self.columns), self.AUTO_COLUMNS))
 
     def preprocess(self, row: dict) -> dict | None:
         """The row in a standard format, or None to drop it."""
@@ -57,19 +65,19 @@ class RowPreprocessor:
 
 
 class AutoPreprocessor(RowPreprocessor):
-    """ms-swift's default: rename `columns`, then the format is detected (messages, alpaca, query/response)."""
+    """ms-swift's default: rename `columns`; the format is then detected row by row (`formats.normalize`:
+    messages, alpaca, query/response, ...), as ms-swift's AutoPreprocessor picks a preprocessor."""
+
+    AUTO_COLUMNS = {}
 
 
 class ResponsePreprocessor(RowPreprocessor):
     """query/response rows (+ system, history) -> `messages`; ms-swift's aliases (input, instruction, question,
     answer, output, text, ...) are read as query/response."""
 
+    AUTO_COLUMNS = {**MEDIA_COLUMNS, **RESPONSE_COLUMNS}
+
     def preprocess(self, row: dict) -> dict | None:
-        for target, sources in RESPONSE_ALIASES.items():
-            for source in sources:
-                if source in row:
-                    value = row.pop(source)
-                    row.setdefault(target, value)
         response = row.pop("response", None)
         if isinstance(response, (list, tuple)):
             response = response[0]  # ms-swift: the first of several answers
@@ -99,62 +107,9 @@ class AlpacaPreprocessor(ResponsePreprocessor):
         instruction, input_, output = row.pop("instruction", None), row.pop("input", None), row.pop("output", None)
         if output is not None:
             row["response"] = output
-        row["query"] = self.concat_inst_input(instruction, input_)
+        if instruction is not None or input_ is not None:  # else one of them was renamed to query already
+            row["query"] = self.concat_inst_input(instruction, input_)
         return super().preprocess(row)
-
-
-class AlpacaZhPreprocessor(AlpacaPreprocessor):
-    """AI-ModelScope/alpaca-gpt4-data-zh: inputs start with '输入：', which is dropped."""
-
-    def concat_inst_input(self, instruction, input_):
-        if input_ and input_.startswith("输入："):
-            input_ = input_[3:]
-        return super().concat_inst_input(instruction, input_)
-
-
-class LongAlpacaPreprocessor(AlpacaPreprocessor):
-    """AI-ModelScope/LongAlpaca-12k: responses start with 'Answer: ', which is dropped."""
-
-    def preprocess(self, row: dict) -> dict | None:
-        response = row.get("output", row.get("response"))
-        if response and response.startswith("Answer: "):
-            row["output"] = response[len("Answer: "):].strip()
-        return super().preprocess(row)
-
-
-class SelfCognitionPreprocessor(ResponsePreprocessor):
-    """swift/self-cognition: `{{NAME}}` / `{{AUTHOR}}` filled from --model_name / --model_author (zh rows take
-    the first value, en rows the second), then `query_suffix` and `response_prefix` added (subsets qwen3,
-    empty_think)."""
-
-    def __init__(self, *, query_suffix: str = "", response_prefix: str = "", columns: dict[str, str] | None = None):
-        super().__init__(columns=columns)
-        self.query_suffix, self.response_prefix = query_suffix, response_prefix
-        self.name: tuple[str | None, str | None] = (None, None)
-        self.author: tuple[str | None, str | None] = (None, None)
-
-    def set_name_author(self, name: list[str] | None, author: list[str] | None) -> None:
-        """(zh, en) values from --model_name / --model_author; one value serves both."""
-        self.name, self.author = _zh_en(name), _zh_en(author)
-
-    def preprocess(self, row: dict) -> dict | None:
-        index = 0 if row.get("tag") == "zh" else 1
-        for placeholder, values in (("{{NAME}}", self.name), ("{{AUTHOR}}", self.author)):
-            if values[index] is not None:
-                row["query"] = row["query"].replace(placeholder, values[index])
-                row["response"] = row["response"].replace(placeholder, values[index])
-        row["query"] += self.query_suffix
-        row["response"] = self.response_prefix + row["response"]
-        row.pop("tag", None)
-        return super().preprocess(row)
-
-
-def _zh_en(values: list[str] | str | None) -> tuple[str | None, str | None]:
-    if not values:
-        return None, None
-    if isinstance(values, str):
-        values = [values]
-    return values[0], values[1] if len(values) > 1 and values[1] is not None else values[0]
 
 
 class MessagesPreprocessor(RowPreprocessor):
@@ -164,13 +119,20 @@ class MessagesPreprocessor(RowPreprocessor):
     def __init__(self, *, role_key: str | None = None, content_key: str | None = None, user_role: str | None = None,
                  assistant_role: str | None = None, system_role: str = "system", inner_key: str | None = None,
                  columns: dict[str, str] | None = None):
-        super().__init__(columns={"conversation": "messages", "conversations": "messages", **(columns or {})})
+        super().__init__(columns=columns)
+        self.AUTO_COLUMNS = {**MEDIA_COLUMNS, **MESSAGES_COLUMNS, system_role: "system"}
         self.role_key, self.content_key, self.inner_key = role_key, content_key, inner_key
         self.roles = {user_role: "user", assistant_role: "assistant", system_role: "system"}
         self.roles.pop(None, None)
 
     def preprocess(self, row: dict) -> dict | None:
-        messages = row.get("messages")
+        row["messages"] = self.standard(row.get("messages"))
+        if row.get("rejected_messages") is not None:
+            row["rejected_messages"] = self.standard(row["rejected_messages"])
+        return row if row["messages"] else None
+
+    def standard(self, messages) -> list[dict] | None:
+        """Messages with the standard `role` / `content` keys and role names."""
         if self.inner_key is not None and isinstance(messages, dict):
             messages = messages[self.inner_key]
         if isinstance(messages, str):
@@ -189,20 +151,7 @@ class MessagesPreprocessor(RowPreprocessor):
                 message.pop("from", None)
                 message["role"] = self.roles[role]
             out.append(message)
-        row["messages"] = out
-        return row
-
-
-BUILT_IN = {
-    "auto": AutoPreprocessor,
-    "response": ResponsePreprocessor,
-    "alpaca": AlpacaPreprocessor,
-    "alpaca_zh": AlpacaZhPreprocessor,
-    "long_alpaca": LongAlpacaPreprocessor,
-    "self_cognition": SelfCognitionPreprocessor,
-    "messages": MessagesPreprocessor,
-}
-"""`preprocess.type` in dataset_info.json -> class; other types are ms-swift classes swift_jax does not reproduce."""
+        return out
 
 
 class Unsupported(RowPreprocessor):
@@ -223,17 +172,3 @@ class Unsupported(RowPreprocessor):
 
     def preprocess(self, row: dict) -> dict | None:
         self.check()
-
-
-def preprocessor_of(record: dict | None, dataset: str) -> RowPreprocessor:
-    """The preprocessor of a dataset_info.json `preprocess` record (`{"type": ..., "columns": ..., kwargs}`);
-    None is ms-swift's default (AutoPreprocessor)."""
-    record = dict(record or {"type": "auto"})
-    kind = record.pop("type", "auto")
-    if kind not in BUILT_IN:
-        return Unsupported(dataset, kind)
-    try:
-        return BUILT_IN[kind](**record)
-    except TypeError as e:
-        raise DataError(f"dataset {dataset!r}: bad preprocess arguments {record} for type {kind!r}: {e}") from None
-

@@ -22,8 +22,9 @@ import re
 from typing import Any, Callable
 
 from swift_jax.data.errors import DataError
+from swift_jax.data.dataset_preprocessors import preprocessor_of
 from swift_jax.data.preprocessors import (AlpacaPreprocessor, AutoPreprocessor, MessagesPreprocessor, ResponsePreprocessor,
-                                          RowPreprocessor, preprocessor_of)
+                                          RowPreprocessor)
 
 __all__ = ["DATASET_MAPPING", "AlpacaPreprocessor", "AutoPreprocessor", "DatasetMeta", "MessagesPreprocessor",
            "ResponsePreprocessor", "RowPreprocessor", "SubsetDataset", "register_dataset", "register_dataset_info"]

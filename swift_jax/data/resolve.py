@@ -21,7 +21,8 @@ from typing import Callable
 from swift_jax.data.bundled import BUNDLED
 from swift_jax.data.dataset_syntax import DatasetSpec
 from swift_jax.data.errors import DataError
-from swift_jax.data.preprocessors import SelfCognitionPreprocessor, Unsupported
+from swift_jax.data.dataset_preprocessors import SelfCognitionPreprocessor
+from swift_jax.data.preprocessors import Unsupported
 from swift_jax.data.registry import DatasetMeta, SubsetDataset, find_meta, register_from_args
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -81,6 +82,14 @@ class DatasetPlan:
     revision: str | None = None
     registered: str | None = None
     token: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def hub_layout(self) -> bool:
+        """Rows come through `datasets.load_dataset` by subset (config) and split: a hub dataset, or a folder that
+        is a registered dataset's local copy or is asked for named subsets (as ms-swift reads folders)."""
+        if self.source in ("hf", "ms"):
+            return True
+        return os.path.isdir(self.location) and (self.registered is not None or any(s.subset != "default" for s in self.subsets))
 
 
 def modelscope_installed() -> bool:

@@ -135,14 +135,13 @@ def load_file(path: str, bad: BadRows, preprocess: Callable[[dict], dict | None]
 
 
 def load_plan(plan: DatasetPlan, bad: BadRows) -> list[FileRows]:
-    """The row sources of a resolved dataset: its local files, its bundled copy, or its hub subsets and splits."""
+    """The row sources of a resolved dataset: its hub (or hub-layout folder) subsets and splits, or its local
+    files (every data file of a folder) or bundled copy."""
     from swift_jax.data import hub_datasets
 
-    if plan.source == "path" and os.path.isdir(plan.location) and any(s.subset != "default" for s in plan.subsets):
-        return hub_datasets.load_subsets(plan)  # a cloned hub dataset: its configs by name
-    if plan.source in ("path", "bundled"):
-        return [load_file(f, bad, s.preprocess) for s in plan.subsets for f in list_files(plan.location)]
-    return hub_datasets.load_subsets(plan)
+    if plan.hub_layout:
+        return hub_datasets.load_subsets(plan)
+    return [load_file(f, bad, s.preprocess) for s in plan.subsets for f in list_files(plan.location)]
 
 
 def sample_indices(size: int, num_samples: int | None, rng: np.random.RandomState, shuffle: bool = True) -> np.ndarray:
@@ -207,25 +206,62 @@ class RowTable(Sequence):
         return RowTable(self.files, self.part[positions], self.row[positions])
 
 
-def load_table(specs: list[str], seed: int, bad: BadRows, options: LoadOptions = LoadOptions()) -> RowTable:
-    """All `--dataset` entries as one table, each sampled by its `#N` (over all its files and subsets), then
-    concatenated, or mixed by `options.interleave_prob`; the random draws follow ms-swift's `load_dataset`
-    (one RandomState seeded by `seed`)."""
+def split_indices(size: int, num_samples: int | None, ratio: float, rng: np.random.RandomState, shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of one dataset under --split_dataset_ratio, as ms-swift's post_process:
+    `max(int(min(size, N) * ratio), 1)` distinct rows are held out (`train_test_split`: the head of a permutation
+    seeded from the RandomState, or the last rows without shuffling), and `N` minus those are `#N`-sampled from
+    the rest."""
+    if not 0 < ratio < 1:
+        raise DataError(f"--split_dataset_ratio {ratio}: expected a fraction in [0, 1)")
+    total = size if num_samples is None else num_samples
+    n_val = max(int(min(size, total) * ratio), 1)
+    if total - n_val <= 0 or n_val >= size:
+        raise DataError(f"--split_dataset_ratio {ratio} leaves no training rows out of {size}")
+    seed = int(rng.randint(0, np.iinfo(np.int32).max))
+    order = np.random.default_rng(seed).permutation(size) if shuffle else np.roll(np.arange(size), n_val)
+    val, rest = order[:n_val], order[n_val:]
+    return rest[sample_indices(len(rest), total - n_val, rng, shuffle)], val
+
+
+def load_tables(specs: list[str], seed: int, bad: BadRows, options: LoadOptions = LoadOptions(),
+                split_ratio: float = 0.0) -> tuple[RowTable, RowTable | None]:
+    """All `--dataset` entries as one training table, each sampled by its `#N` (over all its files and subsets)
+    and, with `split_ratio`, each giving up its share of validation rows (`split_indices`); the parts are
+    concatenated, or mixed by `options.interleave_prob`. The random draws follow ms-swift's `load_dataset` (one
+    RandomState seeded by `seed`), so the rows are ms-swift's."""
     rng = np.random.RandomState(seed)
-    tables = []
+    train, val = [], []
     for text in specs:
         plan = resolve(text, options)
         whole = RowTable.concat([(f, np.arange(len(f))) for f in load_plan(plan, bad)])
         if len(whole) == 0:
             raise DataError(f"dataset {text!r}: the dataset is empty (no rows)")
         rng.randint(0, np.iinfo(np.int32).max)  # ms-swift draws a seed per dataset (init_decision_augment) first
-        tables.append(whole.subset(sample_indices(len(whole), plan.spec.num_samples, rng, options.shuffle)))
-    if not tables:
+        if split_ratio > 0:
+            rows, held_out = split_indices(len(whole), plan.spec.num_samples, split_ratio, rng, options.shuffle)
+            train.append(whole.subset(rows))
+            val.append(whole.subset(held_out))
+        else:
+            train.append(whole.subset(sample_indices(len(whole), plan.spec.num_samples, rng, options.shuffle)))
+    if not train:
         raise DataError("no dataset given; pass --dataset PATH (a .jsonl/.json/.csv/.parquet file, a folder or a hub id)")
+    mixed = _combine(train, options, rng)
+    return mixed, _combine(val, options, rng) if val else None
+
+
+def _combine(tables: list[RowTable], options: LoadOptions, rng: np.random.RandomState) -> RowTable:
+    """Tables concatenated, or interleaved by `options.interleave_prob` (a seed drawn as ms-swift draws it)."""
     files = [f for t in tables for f in t.files]
     shift = np.cumsum([0] + [len(t.files) for t in tables])
     table = RowTable(files, np.concatenate([t.part + s for t, s in zip(tables, shift)]), np.concatenate([t.row for t in tables]))
-    if options.interleave_prob is None or len(tables) == 1:
+    if options.interleave_prob is None:
         return table
     seed = int(rng.randint(0, np.iinfo(np.int32).max))  # ms-swift's get_seed
+    if len(tables) == 1:
+        return table
     return table.subset(interleave_positions([len(t) for t in tables], list(options.interleave_prob), seed, options.stopping_strategy))
+
+
+def load_table(specs: list[str], seed: int, bad: BadRows, options: LoadOptions = LoadOptions()) -> RowTable:
+    """All `--dataset` entries as one table (`load_tables` without a validation split)."""
+    return load_tables(specs, seed, bad, options)[0]

@@ -44,7 +44,7 @@ def stream_rows(plan: DatasetPlan, bad: BadRows) -> Iterator[tuple[dict, RowRef]
     from swift_jax.data.hub_datasets import open_split
 
     for subset in plan.subsets:
-        if plan.source in ("hf", "ms") or os.path.isdir(plan.location) and subset.subset != "default":
+        if plan.hub_layout:
             for split in subset.split:
                 name = f"{plan.location}:{subset.name}/{split}"
                 stream = open_split(plan, subset, split, streaming=True)
