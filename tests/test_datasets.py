@@ -214,6 +214,26 @@ def test_hugging_face_cache_serves_registered_names_offline(tmp_path, monkeypatc
     assert [messages_of(r) for r in read_rows(str(repo / "snapshots" / "abc123"))] == expected
 
 
+def test_plain_folders_with_registered_names_still_read(tmp_path):
+    """A user's folder that happens to share a registered dataset's name (gsm8k: subset 'main'; sharegpt: three
+    subsets, no default) is read whole, with that dataset's preprocessing."""
+    for name in ("gsm8k", "sharegpt"):
+        folder = write_rows(tmp_path / name / "part.jsonl", [{"query": f"{name} q", "response": "r"}])
+        assert [r["query"] for r in read_rows(os.path.dirname(folder))] == [f"{name} q"]
+
+
+def test_flags_parse(tmp_path):
+    from swift_jax.cli import parse_config
+    from swift_jax.config import TrainArguments
+
+    flags = ["--model", "m", "--dataset", "a.jsonl#3", "hf::b/c:x/y#4", "--interleave_prob", "0.3", "0.7", "--stopping_strategy",
+             "all_exhausted", "--use_hf", "true", "--hub_token", "t", "--custom_dataset_info", "i.json", "--custom_register_path", "p.py"]
+    data = parse_config(TrainArguments, flags).data
+    assert (data.dataset, data.interleave_prob, data.stopping_strategy, data.use_hf, data.hub_token) == (
+        ["a.jsonl#3", "hf::b/c:x/y#4"], [0.3, 0.7], "all_exhausted", True, "t")
+    assert (data.custom_dataset_info, data.custom_register_path) == (["i.json"], ["p.py"])
+
+
 def test_custom_dataset_info_registers_names_columns_and_subsets(tmp_path):
     write_rows(tmp_path / "data" / "rows.jsonl", [{"q": f"question {i}", "a": f"answer {i}"} for i in range(5)])
     info = tmp_path / "my_info.json"

@@ -5,6 +5,8 @@ extra) or a local folder of hub layout (a `git clone` of a dataset repo)."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 
 from swift_jax.data.errors import DataError
 from swift_jax.data.resolve import DatasetPlan, SubsetPlan
@@ -25,13 +27,23 @@ def cached_snapshot(repo_id: str, revision: str | None) -> str | None:
         return None
 
 
+def declared_configs(folder: str) -> set[str]:
+    """The config names a dataset folder's README.md declares (`configs: - config_name: NAME`), as a hub repo's
+    card does; a plain folder of data files declares none."""
+    readme = os.path.join(folder, "README.md")
+    if not os.path.isfile(readme):
+        return set()
+    with open(readme, encoding="utf-8", errors="replace") as f:
+        return set(re.findall(r"config_name:\s*['\"]?([^'\"\s]+)", f.read()))
+
+
 def _hf_split(plan: DatasetPlan, subset: SubsetPlan, split: str, streaming: bool):
     import datasets
 
     revision = None if plan.revision in (None, "master") else plan.revision
     location = plan.location if plan.source == "path" else cached_snapshot(plan.location, revision)
-    if location is not None:  # a local folder of hub layout: its configs by name, 'default' = its data files
-        name = None if subset.subset == "default" else subset.subset
+    if location is not None:  # a local folder: a config its README declares, else its data files by split
+        name = subset.subset if subset.subset in declared_configs(location) else None
         return datasets.load_dataset(location, name=name, split=split, streaming=streaming)
     return datasets.load_dataset(plan.location, name=subset.subset, split=split, revision=revision, streaming=streaming,
                                  token=plan.token)

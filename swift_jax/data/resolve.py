@@ -162,7 +162,11 @@ def resolve(entry: str | DatasetSpec, options: LoadOptions = LoadOptions()) -> D
     if os.path.isfile(path):
         plan_subsets = (SubsetPlan("default", "default", ("train",), _subset_plan(SubsetDataset(), meta, options).preprocess),)
         return DatasetPlan(spec, "path", path, plan_subsets, registered=registered)
-    subsets = tuple(_subset_plan(s, meta, options) for s in select_subsets(spec.subsets, meta))
+    if os.path.isdir(path) and not spec.subsets and len(meta.subsets) > 1 and "default" not in {s.name for s in meta.subsets}:
+        chosen = [SubsetDataset()]  # a local folder named like a dataset of several subsets: read whole (ms-swift asks)
+    else:
+        chosen = select_subsets(spec.subsets, meta)
+    subsets = tuple(_subset_plan(s, meta, options) for s in chosen)
     if os.path.isdir(path):
         return DatasetPlan(spec, "path", path, subsets, registered=registered)
     check_local(path)
