@@ -214,6 +214,13 @@ def test_hugging_face_cache_serves_registered_names_offline(tmp_path, monkeypatc
     assert [messages_of(r) for r in read_rows(str(repo / "snapshots" / "abc123"))] == expected
 
 
+def test_columns_rename_before_a_registered_preprocessor(tmp_path):
+    folder = tmp_path / "alpaca-gpt4-data-zh"
+    write_rows(folder / "train.jsonl", [{"instr": "翻译成英文", "input": "输入：你好", "output": "Hello"}])
+    (row,) = read_rows(str(folder), options=LoadOptions.of(DataArgs(columns={"instr": "instruction"}), shuffle=False))
+    assert messages_of(row) == [{"role": "user", "content": "翻译成英文\n你好"}, {"role": "assistant", "content": "Hello"}]
+
+
 def test_plain_folders_with_registered_names_still_read(tmp_path):
     """A user's folder that happens to share a registered dataset's name (gsm8k: subset 'main'; sharegpt: three
     subsets, no default) is read whole, with that dataset's preprocessing."""

@@ -64,6 +64,17 @@ class RowPreprocessor:
         return row
 
 
+class WithColumns:
+    """A registered dataset's preprocessor with `--columns` renamed first, as ms-swift's loader renames them
+    before the dataset's preprocess_func."""
+
+    def __init__(self, inner, columns: dict[str, str]):
+        self.inner, self.columns = inner, columns
+
+    def __call__(self, row: dict) -> dict | None:
+        return self.inner(rename_columns(row, self.columns))
+
+
 class AutoPreprocessor(RowPreprocessor):
     """ms-swift's default: rename `columns`; the format is then detected row by row (`formats.normalize`:
     messages, alpaca, query/response, ...), as ms-swift's AutoPreprocessor picks a preprocessor."""

@@ -22,7 +22,7 @@ from swift_jax.data.bundled import BUNDLED
 from swift_jax.data.dataset_syntax import DatasetSpec
 from swift_jax.data.errors import DataError
 from swift_jax.data.dataset_preprocessors import SelfCognitionPreprocessor
-from swift_jax.data.preprocessors import Unsupported
+from swift_jax.data.preprocessors import AutoPreprocessor, Unsupported, WithColumns
 from swift_jax.data.registry import DatasetMeta, SubsetDataset, find_meta, register_from_args
 
 TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -40,6 +40,8 @@ class LoadOptions:
     """`#N` below the dataset size samples random rows (true) or takes the first N (false), as ms-swift."""
     interleave_prob: tuple[float, ...] | None = None
     stopping_strategy: str = "first_exhausted"
+    columns: tuple[tuple[str, str], ...] = ()
+    """--columns, renamed before a registered dataset's preprocessor (unregistered rows: by `formats.normalize`)."""
 
     @classmethod
     def of(cls, args, *, shuffle: bool | None = None, mix: bool = True) -> "LoadOptions":
@@ -57,6 +59,7 @@ class LoadOptions:
             shuffle=getattr(args, "dataset_shuffle", True) if shuffle is None else shuffle,
             interleave_prob=tup("interleave_prob") if mix else None,
             stopping_strategy=getattr(args, "stopping_strategy", "first_exhausted"),
+            columns=tuple((getattr(args, "columns", None) or {}).items()),
         )
 
 
@@ -137,6 +140,8 @@ def _subset_plan(subset: SubsetDataset, meta: DatasetMeta, options: LoadOptions)
         preprocess.check()
     if isinstance(preprocess, SelfCognitionPreprocessor):
         preprocess.set_name_author(options.model_name, options.model_author)
+    if options.columns and not isinstance(preprocess, AutoPreprocessor):  # (AutoPreprocessor: normalize renames)
+        preprocess = WithColumns(preprocess, dict(options.columns))
     return SubsetPlan(subset.name, subset.subset, tuple(subset.split or meta.split), preprocess)
 
 
