@@ -102,6 +102,23 @@ class TemplateArgs:
 
 
 @dataclasses.dataclass
+class SavedArgs:
+    """What an inference or export run takes from the checkpoint's args.json (ms-swift's load_args): composed
+    with ModelArgs and AdapterArgs, whose --adapters and --model are the checkpoints read."""
+
+    load_args: bool = True
+    """Template arguments not given here (template, system, agent_template, thinking controls) are what the
+    checkpoint was trained with; false: only the flags given (and the templates' own defaults)."""
+    load_data_args: bool = False
+    """infer: with no --val_dataset, answer the training run's --val_dataset rows (with its --columns)."""
+
+    def trained_run(self) -> tuple[str | None, ...]:
+        """The checkpoints whose args.json this run reads, in order: --adapters, then --model (none without
+        --load_args)."""
+        return (*self.adapters, self.model) if self.load_args else ()
+
+
+@dataclasses.dataclass
 class SamplingArgs:
     """How the next token is picked (ms-swift's GenerationArguments; GRPO's rollouts re-declare temperature)."""
 

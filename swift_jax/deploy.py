@@ -208,7 +208,7 @@ def make_server(chat: ChatServer, host: str, port: int) -> ThreadingHTTPServer:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_config(DeployArgs, argv, aliases=ALIASES)
+    args = parse_config(DeployArgs, argv, aliases=ALIASES, command="deploy")
     model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
     vision, args = vision_for_inference(args, model.config)
     chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args, vision)

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Sequence
 
-from swift_jax.arguments import AdapterArgs, ModelArgs, TemplateArgs
+from swift_jax.arguments import AdapterArgs, ModelArgs, SavedArgs, TemplateArgs
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
 from swift_jax.hf.hub import copy_tokenizer_files
@@ -25,7 +25,7 @@ from swift_jax.hf.hub import copy_tokenizer_files
 
 
 @dataclasses.dataclass
-class ExportArgs(ModelArgs, AdapterArgs, TemplateArgs):
+class ExportArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs):
     """Arguments of `swift_jax.export`: the shared model, adapter and template groups (`swift_jax.arguments`;
     the template renders GPTQ calibration rows) plus ms-swift's ExportArguments."""
 
@@ -104,7 +104,7 @@ def export(args: ExportArgs) -> str:
             from swift_jax.quant.calibration import calibration_rows
 
             tokenizer = swift_jax.load_tokenizer(base)
-            encoder = args.trained_encoder(tokenizer, *args.adapters, args.model)
+            encoder = args.trained_encoder(tokenizer, *args.trained_run())
             calibration = calibration_rows(encoder, args.dataset, n_samples=args.quant_n_samples, seq_len=args.max_length,
                                            columns=args.columns, options=LoadOptions.of(args))
         save_quantized(
@@ -121,14 +121,14 @@ def export(args: ExportArgs) -> str:
 def _save_template_args(args: ExportArgs, output_dir: str) -> None:
     """Record the template the run used (given, or trained with) in output_dir/args.json, so infer, eval and
     deploy on the exported folder render prompts as training did (ms-swift's export carries args.json too)."""
-    fields = {k: v for k, v in args.trained_template_fields(*args.adapters, args.model).items() if v is not None}
+    fields = {k: v for k, v in args.trained_template_fields(*args.trained_run()).items() if v is not None}
     if fields:
         with open(os.path.join(output_dir, "args.json"), "w") as f:
             json.dump({"data": fields}, f, indent=2, ensure_ascii=False)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-    out = export(parse_config(ExportArgs, argv, aliases=ALIASES))
+    out = export(parse_config(ExportArgs, argv, aliases=ALIASES, command="export"))
     print(f"exported to {out}")
     return out
 

@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Sequence
 
-from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, TemplateArgs
+from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, SavedArgs, TemplateArgs
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
 from swift_jax.data.frontend import encode_chat, prompt_of, read_rows, row_messages
@@ -32,7 +32,7 @@ __all__ = ["InferArgs", "encode_chat", "infer_dataset", "chat_loop", "load_for_i
 
 
 @dataclasses.dataclass
-class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
+class InferArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs, GenerationArgs):
     """Arguments of `swift_jax.infer`: the shared model, adapter, template and generation groups
     (`swift_jax.arguments`) plus the dataset and batch settings of ms-swift's InferArguments."""
 
@@ -49,7 +49,22 @@ class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
 
     def chat_encoder(self, tokenizer):
         """The prompt renderer: these arguments, else what the checkpoint was trained with (its args.json)."""
-        return self.trained_encoder(tokenizer, *self.adapters, self.model)
+        return self.trained_encoder(tokenizer, *self.trained_run())
+
+    def load_data(self) -> None:
+        """--load_data_args: the rows to answer (--val_dataset) and their --columns from the checkpoint's training
+        run, where not given (ms-swift's `swift infer --load_data_args true`)."""
+        from swift_jax.data.frontend import trained_args
+
+        if self.load_data_args and self.load_args and not self.val_dataset:
+            saved = trained_args(*self.trained_run())
+            self.val_dataset = list(saved.get("val_dataset") or [])
+            self.columns = self.columns or dict(saved.get("columns") or {})
+            if not self.val_dataset:
+                held_out = f" (it held out --split_dataset_ratio {saved['split_dataset_ratio']} of --dataset, which " \
+                           "infer does not carve again)" if saved.get("split_dataset_ratio") else ""
+                raise ValueError(f"--load_data_args true: the checkpoint's training run has no --val_dataset{held_out}; "
+                                 "pass the rows to answer with --val_dataset")
 
 
 def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None):
@@ -142,7 +157,8 @@ def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdou
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_config(InferArgs, argv, aliases=ALIASES)
+    args = parse_config(InferArgs, argv, aliases=ALIASES, command="infer")
+    args.load_data()
     model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
     vision, args = vision_for_inference(args, model.config)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)

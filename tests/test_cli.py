@@ -86,7 +86,7 @@ def test_positional_yaml_and_merge_lora(model, tmp_path):
                       f"report_to: [none]\ndeepspeed: zero3\noutput_dir: {tmp_path / 'out'}\nsystem: Be brief.\n")
     out = swift_jax("sft", str(recipe), "--lora_rank", "2")
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert f"{recipe}: ignoring --deepspeed: parameters and optimizer state are sharded" in out.stderr
+    assert f"{recipe}: ignoring --deepspeed: sharding comes from the mesh: --fsdp_size" in out.stderr
     (run_dir,) = [os.path.join(tmp_path / "out", d) for d in os.listdir(tmp_path / "out")]
     assert json.load(open(os.path.join(run_dir, "args.json")))["lora_rank"] == 2  # the flag overrides the YAML
     merged = tmp_path / "merged"

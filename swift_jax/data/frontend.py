@@ -96,9 +96,9 @@ def encode_chat(tokenizer, messages: list[dict], tools=None, *, template: str | 
     return chat_encoder(tokenizer, template, system).prompt_ids(messages, tools)
 
 
-def trained_template_args(*paths: str | None) -> dict:
-    """The template arguments a checkpoint was trained with, from the args.json of the first of `paths` (a
-    checkpoint folder or its run folder) that has one: `{field: value}` for TEMPLATE_FIELDS that were set."""
+def trained_args(*paths: str | None) -> dict:
+    """The arguments a checkpoint was trained with: the args.json of the first of `paths` (a checkpoint folder or
+    its run folder) that has one, flat (ms-swift's names; an export's `{"data": {...}}` is unwrapped); {} if none."""
     for path in paths:
         if not path or not os.path.isdir(path):
             continue
@@ -107,9 +107,15 @@ def trained_template_args(*paths: str | None) -> dict:
             if os.path.isfile(args_file):
                 with open(args_file) as f:
                     saved = json.load(f)
-                data = saved.get("data", saved)
-                return {k: data[k] for k in TEMPLATE_FIELDS if data.get(k) is not None}
+                return saved.get("data", saved)
     return {}
+
+
+def trained_template_args(*paths: str | None) -> dict:
+    """The template arguments a checkpoint was trained with (`trained_args`): `{field: value}` for the
+    TEMPLATE_FIELDS that were set."""
+    data = trained_args(*paths)
+    return {k: data[k] for k in TEMPLATE_FIELDS if data.get(k) is not None}
 
 
 def template_stops(encoder: ChatEncoder) -> tuple[tuple[int, ...], tuple[str, ...]]:

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     from swift_jax.cli import parse_config
     from swift_jax.modeling import load_tokenizer
 
-    args = parse_config(InspectArguments, argv)
+    args = parse_config(InspectArguments, argv, command="sft")
     tokenizer = load_tokenizer(args.model_args.model)
     if args.dump:
         n = dump_rows(args.data, tokenizer, args.dump, args.training.seed)
