@@ -24,6 +24,7 @@ from swift_jax.data.preprocessors import Unsupported
 from swift_jax.data.registry import DatasetMeta, find_meta
 from swift_jax.data.resolve import LoadOptions, hub_is_hf, resolve, select_subsets
 from swift_jax.data.sources import interleave_positions, load_tables
+from swift_jax.data.streaming import interleave_streams, stream_mix
 from swift_jax.data.templates import ChatEncoder
 from swift_jax.quant.calibration import calibration_rows
 
@@ -136,6 +137,21 @@ def test_interleave_matches_datasets_interleave(strategy):
         assert flat[interleave_positions([5, 12, 3], probs, seed, strategy)].tolist() == theirs
     with pytest.raises(DataError, match="one per --dataset"):
         interleave_positions([5, 12], [1.0], 0, strategy)
+
+
+@pytest.mark.parametrize("strategy", ["first_exhausted", "all_exhausted"])
+def test_streamed_interleave_matches_datasets_interleave(golden_files, strategy):
+    """--streaming with --interleave_prob: the rows `datasets.interleave_datasets` gives for iterable datasets, and
+    the training stream reads them."""
+    plans = [resolve(e) for e in ("a.jsonl", "b.jsonl#4")]
+    parts = [datasets.Dataset.from_list(GOLDEN["files"]["a.jsonl"]).to_iterable_dataset(),
+             datasets.Dataset.from_list(GOLDEN["files"]["b.jsonl"][:4]).to_iterable_dataset()]
+    theirs = [r["query"] for r in datasets.interleave_datasets(parts, [0.3, 0.7], seed=5, stopping_strategy=strategy)]
+    assert [row["query"] for row, _ in interleave_streams(plans, True, ((0.3, 0.7), 5, strategy))] == theirs
+    args = DataArgs(dataset=["a.jsonl", "b.jsonl#4"], interleave_prob=[0.3, 0.7], stopping_strategy=strategy, streaming=True,
+                    dataset_shuffle=False, max_length=64)
+    pipe = build_data(args, bundled_tokenizer(), batch_size=1)
+    assert sum(1 for _ in pipe.train_iterator(num_epochs=1)) == sum(1 for _ in interleave_streams(plans, True, stream_mix(args)))
 
 
 def test_local_folders_named_like_registered_datasets_are_preprocessed_as_ms_swift(golden_files):

@@ -1,7 +1,7 @@
 """--streaming true: read datasets too large for memory row by row, shuffled within a window.
 
-Rows come from each `--dataset` in turn (local JSON lines read line by line; other files and hub ids
-through `datasets` streaming), every process keeps every `process_count`-th row, and a grain window
+Rows come from each `--dataset` in turn, or mixed by `--interleave_prob` (local JSON lines read line by line;
+other files and hub ids through `datasets` streaming), every process keeps every `process_count`-th row, and a grain window
 shuffle (`--shuffle_buffer_size`) mixes them. The iterator state is (epoch, dataset, rows read), so a
 checkpoint resumes the same stream (skipping to the position costs a re-read up to it).
 Steps per epoch are estimated from the probed bytes per row and the file sizes (0 for hub streams).
@@ -61,13 +61,56 @@ def stream_rows(plan: DatasetPlan, bad: BadRows) -> Iterator[tuple[dict, RowRef]
 
 
 def stream_plans(args: DataArgs) -> list[DatasetPlan]:
-    """The resolved --dataset entries of a streamed run (a stream reads them in turn: no --interleave_prob)."""
-    if args.interleave_prob is not None:
-        raise DataError("--interleave_prob does not mix streamed datasets yet; drop --streaming, or --interleave_prob")
+    """The resolved --dataset entries of a streamed run."""
     plans = [resolve(s, LoadOptions.of(args)) for s in args.dataset]
     if not plans:
         raise DataError("no dataset given; pass --dataset PATH")
     return plans
+
+
+def stream_mix(args: DataArgs) -> tuple[tuple[float, ...], int, str] | None:
+    """(probabilities, seed, stopping strategy) of --interleave_prob for a stream, the seed drawn as ms-swift's
+    load_dataset draws it (one per dataset, then the mixing one); None: the datasets are read in turn."""
+    if args.interleave_prob is None:
+        return None
+    if len(args.interleave_prob) != len(args.dataset):
+        raise DataError(f"--interleave_prob has {len(args.interleave_prob)} values for {len(args.dataset)} datasets; give one per --dataset")
+    rng = np.random.RandomState(args.data_seed)
+    for _ in args.dataset:
+        rng.randint(0, np.iinfo(np.int32).max)
+    return tuple(args.interleave_prob), int(rng.randint(0, np.iinfo(np.int32).max)), args.stopping_strategy
+
+
+def interleave_streams(plans: list[DatasetPlan], strict: bool, mix: tuple[tuple[float, ...], int, str]) -> Iterator[tuple[dict, RowRef]]:
+    """Rows of several streams mixed as `datasets.interleave_datasets` mixes iterable datasets: each next row from
+    stream i with probability p_i; first_exhausted ends once the first stream has given its last row,
+    all_exhausted restarts the ones that ran out until each has been read through."""
+    probabilities, seed, strategy = mix
+    sources = [_rows(plan, strict) for plan in plans]
+    nexts = [next(source, None) for source in sources]  # one row ahead: a stream is exhausted once its last is read
+    for plan, row in zip(plans, nexts):
+        if row is None:
+            raise DataError(f"{plan.spec}: the dataset is empty (no rows)")
+    done = np.all if strategy == "all_exhausted" else np.any
+    exhausted = np.zeros(len(plans), bool)
+    rng = np.random.default_rng(seed)
+    while True:
+        for i in (int(i) for i in rng.choice(len(plans), size=1000, p=probabilities)):
+            if done(exhausted):
+                return
+            row, nexts[i] = nexts[i], next(sources[i], None)
+            if nexts[i] is None:
+                exhausted[i] = True
+                sources[i] = _rows(plans[i], strict)
+                nexts[i] = next(sources[i], None)
+            yield row
+
+
+def _rows(plan: DatasetPlan, strict: bool) -> Iterator[tuple[dict, RowRef]]:
+    """One pass over a streamed dataset: its rows, or N of them for `#N` (the dataset repeated past its size)."""
+    if plan.spec.num_samples is None:
+        return stream_rows(plan, BadRows(strict))
+    return itertools.islice(_cycle(plan, strict), plan.spec.num_samples)
 
 
 def _cycle(plan: DatasetPlan, strict: bool) -> Iterator[tuple[dict, RowRef]]:
@@ -83,18 +126,21 @@ def _cycle(plan: DatasetPlan, strict: bool) -> Iterator[tuple[dict, RowRef]]:
 
 
 class _StreamIterator(grain.DatasetIterator):
-    """Checkpointable iterator over the rows of several datasets; state = (epoch, dataset, rows read)."""
+    """Checkpointable iterator over the rows of several datasets, read in turn or mixed by `mix`
+    (`stream_mix`; the mixed stream counts as one dataset); state = (epoch, dataset, rows read)."""
 
-    def __init__(self, specs: list[DatasetPlan], strict: bool, process_index: int, process_count: int, num_epochs: int | None):
+    def __init__(self, specs: list[DatasetPlan], strict: bool, process_index: int, process_count: int, num_epochs: int | None,
+                 mix: tuple[tuple[float, ...], int, str] | None = None):
         super().__init__()
-        self.specs, self.strict = specs, strict
+        self.specs, self.strict, self.mix = specs, strict, mix
         self.process_index, self.process_count, self.num_epochs = process_index, process_count, num_epochs
         self.set_state({"epoch": 0, "dataset": 0, "rows": 0})
 
     def _open(self) -> None:
-        plan = self.specs[self._dataset]
-        rows = stream_rows(plan, BadRows(self.strict)) if plan.spec.num_samples is None else _cycle(plan, self.strict)
-        self._rows = itertools.islice(rows, self._read, plan.spec.num_samples)
+        if self.mix is not None:
+            self._rows = itertools.islice(interleave_streams(self.specs, self.strict, self.mix), self._read, None)
+            return
+        self._rows = itertools.islice(_rows(self.specs[self._dataset], self.strict), self._read, None)
 
     def __next__(self) -> tuple[dict, RowRef]:
         while True:
@@ -104,7 +150,7 @@ class _StreamIterator(grain.DatasetIterator):
                 row = next(self._rows)
             except StopIteration:
                 self._dataset, self._read = self._dataset + 1, 0
-                if self._dataset == len(self.specs):
+                if self._dataset == len(self.specs) or self.mix is not None:
                     self._epoch, self._dataset = self._epoch + 1, 0
                 self._open()
                 continue
@@ -147,11 +193,11 @@ class StreamingPipeline(DataPipeline):
     """A DataPipeline whose training rows are streamed instead of loaded."""
 
     def __init__(self, args: DataArgs, tokenizer, val, **kw):
-        self.specs = stream_plans(args)
+        self.specs, self.mix = stream_plans(args), stream_mix(args)
         super().__init__(args, tokenizer, None, val, **kw)
 
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
-        ds = _StreamDataset(self.specs, self.args.strict, self.process_index, self.process_count, num_epochs)
+        ds = _StreamDataset(self.specs, self.args.strict, self.process_index, self.process_count, num_epochs, self.mix)
         if self.shuffle:
             ds = grain_exp.WindowShuffleIterDataset(ds, window_size=max(1, self.args.shuffle_buffer_size), seed=self.seed)
         return ds.map(self.process).filter(lambda s: s is not None)
@@ -160,7 +206,7 @@ class StreamingPipeline(DataPipeline):
         """Statistics from the first rows of the stream; steps per epoch from bytes per row and file sizes."""
         counters = Counters()
         process = SampleProcessor(self.args, tokenizer, counters)
-        first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 0, 1, 1)), PROBE_ROWS))
+        first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 0, 1, 1, self.mix)), PROBE_ROWS))
         if not first:
             raise DataError(f"{self.args.dataset}: the dataset is empty (no rows)")
         samples = [s for s in (process(item) for item in first) if s is not None]
