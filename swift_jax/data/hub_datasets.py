@@ -55,6 +55,10 @@ def _ms_split(plan: DatasetPlan, subset: SubsetPlan, split: str, streaming: bool
     except ImportError:
         raise DataError(f"dataset {plan.spec}: {plan.location!r} is read from ModelScope, which needs the modelscope "
                         f"package: {MODELSCOPE_HINT}; or use the Hugging Face hub (hf::ID, --use_hf true or USE_HF=1)") from None
+    if plan.token:  # --hub_token (else modelscope's own login or $MODELSCOPE_API_TOKEN)
+        from modelscope import HubApi
+
+        HubApi().login(plan.token)
     revision = "master" if plan.revision in (None, "main") else plan.revision
     ds = MsDataset.load(plan.location, subset_name=subset.subset, split=split, version=revision, use_streaming=streaming)
     return getattr(ds, "_hf_ds", ds)
