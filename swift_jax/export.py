@@ -128,11 +128,12 @@ def export(args: ExportArgs) -> str:
 
         calibration = None
         if spec.method == "gptq":
+            from swift_jax.data.resolve import LoadOptions
             from swift_jax.quant.calibration import calibration_rows
 
             encoder = args.trained_encoder(tokenizer, *args.trained_run())
             calibration = calibration_rows(encoder, args.dataset, n_samples=args.quant_n_samples, seq_len=args.max_length,
-                                           columns=args.columns)
+                                           columns=args.columns, options=LoadOptions.of(args))
         save_quantized(
             model, args.output_dir, spec, calibration=calibration, batch_size=args.quant_batch_size,
             dtype=args.dtype, max_shard_size=args.max_shard_size,

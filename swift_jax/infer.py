@@ -23,6 +23,7 @@ from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, SavedArg
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
 from swift_jax.data.frontend import encode_chat, prompt_of, read_rows, row_messages
+from swift_jax.data.resolve import LoadOptions
 from swift_jax.data.media import row_media
 from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.generation import Generator
@@ -119,7 +120,7 @@ def infer_dataset(gen: Generator, args: InferArgs, vision=None) -> str:
     encoder = args.chat_encoder(gen.tokenizer)
     rows, prompts = [], []
     for path in args.val_dataset:
-        for i, row in enumerate(read_rows(path, args.val_dataset_sample)):
+        for i, row in enumerate(read_rows(path, args.val_dataset_sample, LoadOptions.of(args, shuffle=False))):
             where = f"{path} row {i}"
             prompt = prompt_of(row, where=where, columns=args.columns, media=vision is not None)
             rows.append(row)

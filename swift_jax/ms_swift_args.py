@@ -90,8 +90,10 @@ _note(COMMANDS, "the architecture comes from the checkpoint's config.json model_
 _note(COMMANDS, "MoE experts run in the JAX MoE layer (--expert_parallel_size shards them)", "experts_impl")
 
 # -- Hubs and downloads. ---------------------------------------------------------------------------------------
-_note(COMMANDS, "hub ids are always Hugging Face ids (set HF_TOKEN for private models)",
-      "use_hf hub_token model_revision local_repo_path download_mode")
+_note(COMMANDS, "model hub ids are always Hugging Face ids (set HF_TOKEN for private models; --use_hf and "
+      "--hub_token choose the hub of datasets)", "model_revision local_repo_path download_mode")
+_note(INFER + EXPORT, "the dataset entries of infer, eval and export are read in turn, not mixed",
+      "interleave_prob stopping_strategy", differs=True)
 _note(TRAIN, "models are read from local folders or the hub without a ModelScope check", "check_model")
 _note(("rlhf",), "hub ids are always Hugging Face ids (set HF_TOKEN for private models)",
       "ref_model_revision reward_model_revision teacher_model_revision")
@@ -283,8 +285,6 @@ _note(("eval",), "adapters are applied unmerged, which gives the same answers as
 # -- Meanings that sibling changes implement as fields (issue 27 trainargs/datasets/packing). -------------------
 # Delete each name once it is a field (tests/test_ms_swift_arguments.py::test_no_name_is_both_a_field_and_a_note).
 PENDING = {
-    "datasets": (TRAIN, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
-    "datasets (infer)": (INFER + EXPORT, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
     "packing": (TRAIN + INFER, "cached_dataset cached_val_dataset"),
     "packing (export)": (EXPORT, "cached_dataset cached_val_dataset to_cached_dataset"),
 }

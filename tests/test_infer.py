@@ -81,6 +81,16 @@ def test_interactive_chat_streams_and_keeps_history(chat):
     assert stdout.getvalue() == f"<<< {first}\n<<< {second}\n<<< <<< {third}\n<<< "
 
 
+def test_val_dataset_hash_n_samples_rows(chat, tmp_path):
+    """`--val_dataset data.jsonl#N` answers the first N rows (ms-swift's validation sets are not shuffled)."""
+    path, _, _ = chat
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"query": f"Count: {w}"}) + "\n" for w in ("one", "two", "three")))
+    result = tmp_path / "result.jsonl"
+    infer.main(["--model", path, "--val_dataset", f"{data}#2", "--result_path", str(result), "--max_new_tokens", "2"])
+    assert [json.loads(line)["query"] for line in result.read_text().splitlines()] == ["Count: one", "Count: two"]
+
+
 def test_input_errors_are_clear(chat, tmp_path):
     path, _, _ = chat
     with pytest.raises(FileNotFoundError, match="--adapters .*nope: no such folder"):

@@ -23,23 +23,21 @@ from swift_jax.data import batching
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
 from swift_jax.data.samples import Counters, FlattenSamples, SampleProcessor
-from swift_jax.data.sources import RowTable, load_table
+from swift_jax.data.resolve import LoadOptions
+from swift_jax.data.sources import RowTable, load_table, load_tables
 
 log = logging.getLogger("swift_jax.data")
 PROBE_ROWS = 1000
 
 
-def split_train_val(table: RowTable, ratio: float, seed: int) -> tuple[RowTable, RowTable | None]:
-    """Hold out ceil(ratio * rows) random rows for validation (ms-swift's split_dataset_ratio)."""
-    if ratio <= 0:
-        return table, None
-    if not 0 < ratio < 1:
-        raise DataError(f"--split_dataset_ratio {ratio}: expected a fraction in [0, 1)")
-    n_val = math.ceil(ratio * len(table))
-    if n_val >= len(table):
-        raise DataError(f"--split_dataset_ratio {ratio} leaves no training rows out of {len(table)}")
-    order = np.random.default_rng(seed + 1).permutation(len(table))
-    return table.subset(np.sort(order[n_val:])), table.subset(np.sort(order[:n_val]))
+def load_train_val(args: DataArgs, bad: BadRows) -> tuple[RowTable, RowTable | None]:
+    """The training table (--dataset, `#N`-sampled, concatenated or mixed by --interleave_prob) and the validation
+    table (--val_dataset, sampled by --val_dataset_shuffle's rule, else carved from each --dataset entry by
+    --split_dataset_ratio, as ms-swift carves it)."""
+    if not args.val_dataset:
+        return load_tables(args.dataset, args.data_seed, bad, LoadOptions.of(args), args.split_dataset_ratio)
+    train = load_table(args.dataset, args.data_seed, bad, LoadOptions.of(args))
+    return train, load_table(args.val_dataset, args.data_seed, bad, LoadOptions.of(args, shuffle=args.val_dataset_shuffle, mix=False))
 
 
 def probe_stats(counts: dict[str, int], scale: float, lengths: np.ndarray, *, rows: int, val_rows: int,
@@ -286,11 +284,7 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
                                process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
                                eval_batch_size=eval_batch_size)
     bad = BadRows(args.strict)
-    train = load_table(args.dataset, args.data_seed, bad)
-    if args.val_dataset:
-        val = load_table(args.val_dataset, args.data_seed, bad)
-    else:
-        train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
+    train, val = load_train_val(args, bad)
     pipe = DataPipeline(args, tokenizer, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
                         process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
                         eval_batch_size=eval_batch_size, vision=vision)

@@ -20,8 +20,7 @@ from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import DataError
 from swift_jax.data.pipeline import PROBE_ROWS
 from swift_jax.data.samples import Counters
-from swift_jax.data.sources import DatasetSpec
-from swift_jax.data.streaming import _StreamDataset, estimated_rows
+from swift_jax.data.streaming import _StreamDataset, estimated_rows, stream_mix, stream_plans
 from swift_jax.rlhf.data import PairProcessor, PreferencePipeline
 
 
@@ -48,13 +47,11 @@ class StreamingPreferencePipeline(PreferencePipeline):
     streaming = True
 
     def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, val, **kw):
-        self.specs = [DatasetSpec.parse(s) for s in args.dataset]
-        if not self.specs:
-            raise DataError("no dataset given; pass --dataset PATH")
+        self.specs, self.mix = stream_plans(args), stream_mix(args)
         super().__init__(args, tokenizer, rlhf_type, [], val, **kw)
 
     def _stream(self, process_index: int, process_count: int, num_epochs: int | None) -> grain.IterDataset:
-        return _StreamDataset(self.specs, self.args.strict, process_index, process_count, num_epochs)
+        return _StreamDataset(self.specs, self.args.strict, process_index, process_count, num_epochs, self.mix)
 
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
         ds = self._stream(self.process_index, self.process_count, num_epochs)
