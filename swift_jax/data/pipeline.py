@@ -33,6 +33,35 @@ log = logging.getLogger("swift_jax.data")
 PROBE_ROWS = 1000
 
 
+def load_train_val(args: DataArgs, bad: BadRows) -> tuple[RowTable, RowTable | None]:
+    """The training and validation rows of `args`: --cached_dataset's rows, then --dataset's (less the
+    --split_dataset_ratio share, unless --val_dataset is given); validation: --cached_val_dataset's, then
+    --val_dataset's or the split (`data.cached`)."""
+    from swift_jax.data.cached import load_cached_table
+
+    if (args.cached_dataset or args.cached_val_dataset) and args.streaming:
+        raise DataError("--cached_dataset / --cached_val_dataset cannot be streamed (as in ms-swift); drop --streaming")
+    train = val = None
+    if args.dataset:
+        train = load_table(args.dataset, args.data_seed, bad)
+        if not args.val_dataset:
+            train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
+    if args.val_dataset:
+        val = load_table(args.val_dataset, args.data_seed, bad)
+    cached = load_cached_table(args.cached_dataset, args.data_seed)
+    cached_val = load_cached_table(args.cached_val_dataset, args.data_seed, "--cached_val_dataset")
+    train, val = _joined(cached, train), _joined(cached_val, val)
+    if train is None:
+        raise DataError("no dataset given; pass --dataset PATH (a .jsonl/.json/.csv/.parquet file, a folder or a hub "
+                        "id) or --cached_dataset DIR")
+    return train, val
+
+
+def _joined(*tables: RowTable | None) -> RowTable | None:
+    given = [t for t in tables if t is not None]
+    return RowTable.join(given) if given else None
+
+
 def split_train_val(table: RowTable, ratio: float, seed: int) -> tuple[RowTable, RowTable | None]:
     """Hold out ceil(ratio * rows) random rows for validation (ms-swift's split_dataset_ratio)."""
     if ratio <= 0:
@@ -301,11 +330,7 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
                                process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
                                eval_batch_size=eval_batch_size)
     bad = BadRows(args.strict)
-    train = load_table(args.dataset, args.data_seed, bad)
-    if args.val_dataset:
-        val = load_table(args.val_dataset, args.data_seed, bad)
-    else:
-        train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
+    train, val = load_train_val(args, bad)
     pipe = DataPipeline(args, tokenizer, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
                         process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
                         eval_batch_size=eval_batch_size, vision=vision)

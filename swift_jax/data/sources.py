@@ -201,6 +201,13 @@ class RowTable(Sequence):
         """The rows at `positions`, in that order."""
         return RowTable(self.files, self.part[positions], self.row[positions])
 
+    @classmethod
+    def join(cls, tables: list["RowTable"]) -> "RowTable":
+        """One table of the rows of `tables`, in order."""
+        files = [f for t in tables for f in t.files]
+        shift = np.cumsum([0] + [len(t.files) for t in tables])
+        return cls(files, np.concatenate([t.part + s for t, s in zip(tables, shift)]), np.concatenate([t.row for t in tables]))
+
 
 def load_table(specs: list[str], seed: int, bad: BadRows) -> RowTable:
     """All `--dataset` entries mixed into one table, each sampled by its `#N` (over all its files)."""
@@ -212,6 +219,4 @@ def load_table(specs: list[str], seed: int, bad: BadRows) -> RowTable:
         tables.append(whole.subset(sample_indices(len(whole), spec.num_samples, rng)))
     if not tables:
         raise DataError("no dataset given; pass --dataset PATH (a .jsonl/.json/.csv/.parquet file, a folder or a hub id)")
-    files = [f for t in tables for f in t.files]
-    shift = np.cumsum([0] + [len(t.files) for t in tables])
-    return RowTable(files, np.concatenate([t.part + s for t, s in zip(tables, shift)]), np.concatenate([t.row for t in tables]))
+    return RowTable.join(tables)
