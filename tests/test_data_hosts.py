@@ -58,13 +58,16 @@ def test_two_processes_batch_the_rows_of_one(case):
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_a_host_of_a_packed_run_resumes_its_stream(streaming):
-    host = pipelines("sft", 2, 2, packing=True, streaming=streaming)[1]
-    it = host.train_iterator()
+def test_a_host_of_a_packed_run_resumes_its_stream_from_process_0s_state(streaming):
+    """A checkpoint holds process 0's iterator state (orbax writes JSON items from the primary host only); every
+    process of a packed run reads the same stream, so process 1 resumes its own rows from it."""
+    hosts = [p.train_iterator() for p in pipelines("sft", 2, 2, packing=True, streaming=streaming)]
     for _ in range(3):
-        next(it)
-    state = json.loads(json.dumps(it.get_state()))
-    want = [next(it) for _ in range(8)]
+        for it in hosts:
+            next(it)
+    state = json.loads(json.dumps(hosts[0].get_state()))
+    assert state == json.loads(json.dumps(hosts[1].get_state()))
+    want = [next(hosts[1]) for _ in range(8)]
     again = pipelines("sft", 2, 2, packing=True, streaming=streaming)[1].train_iterator()
     again.set_state(state)
     for w in want:
