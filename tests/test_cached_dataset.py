@@ -79,3 +79,22 @@ def test_a_bad_cached_path_is_an_error_naming_it(tmp_path, flag):
         build_data(DataArgs(dataset=[os.path.join(GOLDEN, "rows.jsonl")], **{field: [missing]}), tok, batch_size=1)
     with pytest.raises(DataError, match=f"{flag} {GOLDEN}: not a cached dataset .* did you mean {GOLDEN}/train"):
         build_data(DataArgs(dataset=[os.path.join(GOLDEN, "rows.jsonl")], **{field: [GOLDEN]}), tok, batch_size=1)
+
+
+def test_preference_pairs_cache_with_both_lengths_and_train_as_their_rows(tmp_path):
+    import datasets
+
+    from swift_jax.rlhf.data import build_preference_data
+
+    rows = os.path.join(ROOT, "swift_jax", "assets", "preference", "train.jsonl")
+    out = str(tmp_path / "pairs")
+    export_main(["--model", QUICK, "--to_cached_dataset", "true", "--template_mode", "rlhf", "--dataset", rows,
+                 "--max_length", "96", "--output_dir", out])
+    saved = datasets.load_from_disk(f"{out}/train")
+    assert {len(n) for n in saved["lengths"]} == {2} and "rejected_response" in saved.column_names
+    tok = bundled_tokenizer()
+    cached = build_preference_data(DataArgs(cached_dataset=[f"{out}/train"], max_length=96), tok, "dpo", batch_size=2)
+    raw = build_preference_data(DataArgs(dataset=[rows], max_length=96), tok, "dpo", batch_size=2)
+    assert cached.stats["num_train_pairs"] == raw.stats["num_train_pairs"] == len(saved)
+    for a, b in zip(cached.train_iterator(num_epochs=1), raw.train_iterator(num_epochs=1)):
+        assert all((a[k] == b[k]).all() for k in b)
