@@ -25,7 +25,7 @@ def pipelines(kind, process_count, batch_size, **kw):
         args = DataArgs(dataset=[SFT], max_length=64, **kw)
         return [build_data(args, tok, batch_size=batch_size, seed=3, process_index=p, process_count=process_count)
                 for p in range(process_count)]
-    args = DataArgs(dataset=[PAIRS.format("kto" if kind == "kto" else "train")], max_length=96, **kw)
+    args = DataArgs(dataset=[PAIRS.format("kto" if kind == "kto" else "train") + "#96"], max_length=96, **kw)
     return [build_preference_data(args, tok, kind, batch_size=batch_size, seed=3, process_index=p,
                                   process_count=process_count) for p in range(process_count)]
 
