@@ -23,9 +23,9 @@ import os
 
 import numpy as np
 
+from swift_jax.data import formats
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
-from swift_jax.data import formats
 from swift_jax.data.sources import DatasetSpec, FileRows, RowTable, sample_indices
 
 log = logging.getLogger("swift_jax.data")
@@ -91,7 +91,10 @@ def _lengths(table: RowTable, args: DataArgs, tokenizer, template_mode: str) -> 
         from swift_jax.data.samples import SampleProcessor
 
         process = SampleProcessor(args, tokenizer)
-        measure = lambda i: (lambda s: None if s is None else [len(s["input_ids"])])(process(table[i]))
+
+        def measure(i):
+            sample = process(table[i])
+            return None if sample is None else [len(sample["input_ids"])]
     else:
         from swift_jax.rlhf.data import PairProcessor, rlhf_data_args
 

@@ -23,9 +23,9 @@ import grain.experimental as grain_exp
 import numpy as np
 
 from swift_jax.data import batching
-from swift_jax.data.hosts import host_rows
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
+from swift_jax.data.hosts import host_rows
 from swift_jax.data.samples import Counters, SampleProcessor
 from swift_jax.data.sources import RowTable, load_table
 
