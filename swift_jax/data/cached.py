@@ -67,6 +67,13 @@ def load_cached_table(specs: list[str], seed: int, flag: str = "--cached_dataset
     return RowTable.join(tables) if tables else None
 
 
+def cached_rows(spec: str) -> list[dict]:
+    """The rows of one cached dataset `PATH[#N]` as written (without `lengths`), for inference
+    (`infer --cached_val_dataset`)."""
+    table = load_cached_table([spec], seed=42, flag="--cached_val_dataset")
+    return [{k: v for k, v in table[i][0].items() if k != "lengths" and v is not None} for i in range(len(table))]
+
+
 # -- export -------------------------------------------------------------------------------------------------------
 def standard_row(row: dict, columns: dict[str, str] | None) -> dict:
     """A row in ms-swift's standard form: chat formats (alpaca, query/response, sharegpt conversations) become
