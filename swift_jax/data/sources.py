@@ -205,6 +205,13 @@ class RowTable(Sequence):
         """The rows at `positions`, in that order."""
         return RowTable(self.files, self.part[positions], self.row[positions])
 
+    @classmethod
+    def join(cls, tables: list["RowTable"]) -> "RowTable":
+        """One table of the rows of `tables`, in order."""
+        files = [f for t in tables for f in t.files]
+        shift = np.cumsum([0] + [len(t.files) for t in tables])
+        return cls(files, np.concatenate([t.part + s for t, s in zip(tables, shift)]), np.concatenate([t.row for t in tables]))
+
 
 def split_indices(size: int, num_samples: int | None, ratio: float, rng: np.random.RandomState, shuffle: bool) -> tuple[np.ndarray, np.ndarray]:
     """(training rows, validation rows) of one dataset under --split_dataset_ratio, as ms-swift's post_process:
@@ -251,9 +258,7 @@ def load_tables(specs: list[str], seed: int, bad: BadRows, options: LoadOptions 
 
 def _combine(tables: list[RowTable], options: LoadOptions, rng: np.random.RandomState) -> RowTable:
     """Tables concatenated, or interleaved by `options.interleave_prob` (a seed drawn as ms-swift draws it)."""
-    files = [f for t in tables for f in t.files]
-    shift = np.cumsum([0] + [len(t.files) for t in tables])
-    table = RowTable(files, np.concatenate([t.part + s for t, s in zip(tables, shift)]), np.concatenate([t.row for t in tables]))
+    table = RowTable.join(tables)
     if options.interleave_prob is None:
         return table
     seed = int(rng.randint(0, np.iinfo(np.int32).max))  # ms-swift's get_seed

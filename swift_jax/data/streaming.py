@@ -1,8 +1,10 @@
 """--streaming true: read datasets too large for memory row by row, shuffled within a window.
 
 Rows come from each `--dataset` in turn, or mixed by `--interleave_prob` (local JSON lines read line by line;
-other files and hub ids through `datasets` streaming), every process keeps every `process_count`-th row, and a grain window
-shuffle (`--shuffle_buffer_size`) mixes them. The iterator state is (epoch, dataset, rows read), so a
+other files and hub ids through `datasets` streaming), and a grain window shuffle (`--shuffle_buffer_size`) mixes
+them. Every process reads the whole stream and shuffles it alike, then keeps every `process_count`-th row
+(unpacked) or packs it all and keeps its rows of each global batch (`data.hosts`), so a step's rows do not depend
+on the number of processes. The iterator state is (epoch, dataset, rows read), so a
 checkpoint resumes the same stream (skipping to the position costs a re-read up to it).
 Steps per epoch are estimated from the probed bytes per row and the file sizes (0 for hub streams).
 """
@@ -20,6 +22,7 @@ import numpy as np
 
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, RowRef
+from swift_jax.data.hosts import take_share
 from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, load_table
 from swift_jax.data.samples import Counters, FlattenSamples, SampleProcessor
 from swift_jax.data.resolve import DatasetPlan, LoadOptions, resolve
@@ -129,11 +132,10 @@ class _StreamIterator(grain.DatasetIterator):
     """Checkpointable iterator over the rows of several datasets, read in turn or mixed by `mix`
     (`stream_mix`; the mixed stream counts as one dataset); state = (epoch, dataset, rows read)."""
 
-    def __init__(self, specs: list[DatasetPlan], strict: bool, process_index: int, process_count: int, num_epochs: int | None,
+    def __init__(self, specs: list[DatasetPlan], strict: bool, num_epochs: int | None,
                  mix: tuple[tuple[float, ...], int, str] | None = None):
         super().__init__()
-        self.specs, self.strict, self.mix = specs, strict, mix
-        self.process_index, self.process_count, self.num_epochs = process_index, process_count, num_epochs
+        self.specs, self.strict, self.num_epochs, self.mix = specs, strict, num_epochs, mix
         self.set_state({"epoch": 0, "dataset": 0, "rows": 0})
 
     def _open(self) -> None:
@@ -154,10 +156,8 @@ class _StreamIterator(grain.DatasetIterator):
                     self._epoch, self._dataset = self._epoch + 1, 0
                 self._open()
                 continue
-            position = self._read
             self._read += 1
-            if position % self.process_count == self.process_index:
-                return row
+            return row
 
     def get_state(self) -> dict:
         return {"epoch": self._epoch, "dataset": self._dataset, "rows": self._read}
@@ -189,6 +189,16 @@ def estimated_rows(specs: list[DatasetPlan], first: list[tuple[dict, RowRef]]) -
     return rows
 
 
+def ordered_stream(specs: list[DatasetPlan], args: DataArgs, seed: int, shuffle: bool, num_epochs: int | None,
+                   mix: tuple[tuple[float, ...], int, str] | None = None) -> grain.IterDataset:
+    """The (row, RowRef) items of `specs` in the run's order, the same on every process: read in turn (or mixed
+    by `mix`, `stream_mix`), then window-shuffled (`--shuffle_buffer_size`) when `shuffle`."""
+    ds = _StreamDataset(specs, args.strict, num_epochs, mix)
+    if shuffle:
+        ds = grain_exp.WindowShuffleIterDataset(ds, window_size=max(1, args.shuffle_buffer_size), seed=seed)
+    return ds
+
+
 class StreamingPipeline(DataPipeline):
     """A DataPipeline whose training rows are streamed instead of loaded."""
 
@@ -197,16 +207,14 @@ class StreamingPipeline(DataPipeline):
         super().__init__(args, tokenizer, None, val, **kw)
 
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
-        ds = _StreamDataset(self.specs, self.args.strict, self.process_index, self.process_count, num_epochs, self.mix)
-        if self.shuffle:
-            ds = grain_exp.WindowShuffleIterDataset(ds, window_size=max(1, self.args.shuffle_buffer_size), seed=self.seed)
-        return grain_exp.FlatMapIterDataset(ds.map(self.process.samples_of), FlattenSamples())
+        rows = ordered_stream(self.specs, self.args, self.seed, self.shuffle, num_epochs, self.mix)
+        return grain_exp.FlatMapIterDataset(take_share(rows, *self.share).map(self.process.samples_of), FlattenSamples())
 
     def _probe(self, tokenizer) -> dict:
         """Statistics from the first rows of the stream; steps per epoch from bytes per row and file sizes."""
         counters = Counters()
         process = SampleProcessor(self.args, tokenizer, counters)
-        first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 0, 1, 1, self.mix)), PROBE_ROWS))
+        first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 1, self.mix)), PROBE_ROWS))
         if not first:
             raise DataError(f"{self.args.dataset}: the dataset is empty (no rows)")
         samples = [s for item in first for s in process.samples_of(item)]

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from swift_jax.data.errors import DataError
+
 from swift_jax.rewards import build_reward_funcs, load_plugins, score_completions
 from swift_jax.rewards.plugins import reward_name
 from swift_jax.trainer.method import LossOutput, Method
@@ -136,6 +138,8 @@ class GRPO(Method):
 
         from .grpo_data import PromptBatches, load_prompt_rows
 
+        if getattr(args, "cached_dataset", None) or getattr(args, "cached_val_dataset", None):
+            raise DataError("--cached_dataset is not supported for GRPO (as in ms-swift); pass the prompts with --dataset")
         if self.tokenizer is None:
             self.tokenizer = tokenizer
         if not self.eos_ids:
