@@ -134,6 +134,8 @@ class GRPO(Method):
     ):
         """Prompt micro-batches of `batch_size` completions from `args.dataset` (each prompt x num_generations);
         no validation batches (GRPO evaluation is not implemented)."""
+        from swift_jax.data.resolve import LoadOptions
+
         from .grpo_data import PromptBatches, load_prompt_rows
 
         if getattr(args, "cached_dataset", None) or getattr(args, "cached_val_dataset", None):
@@ -142,7 +144,8 @@ class GRPO(Method):
             self.tokenizer = tokenizer
         if not self.eos_ids:
             self.eos_ids = end_token_ids(tokenizer)
-        rows = load_prompt_rows(args.dataset, seed=getattr(args, "data_seed", 42), strict=getattr(args, "strict", True))
+        rows = load_prompt_rows(args.dataset, seed=getattr(args, "data_seed", 42), strict=getattr(args, "strict", True),
+                                options=LoadOptions.of(args))
         make = lambda s: PromptBatches(
             rows, tokenizer, num_generations=self.args.num_generations, batch_size=batch_size,
             max_length=getattr(args, "max_length", None), seed=s, shuffle=shuffle, process_index=process_index, process_count=process_count,

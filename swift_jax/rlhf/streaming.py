@@ -21,9 +21,8 @@ from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import DataError
 from swift_jax.data.pipeline import PROBE_ROWS
 from swift_jax.data.samples import Counters
-from swift_jax.data.sources import DatasetSpec
 from swift_jax.data.hosts import take_share
-from swift_jax.data.streaming import _StreamDataset, estimated_rows, ordered_stream
+from swift_jax.data.streaming import _StreamDataset, estimated_rows, ordered_stream, stream_mix, stream_plans
 from swift_jax.rlhf.data import PairProcessor, PreferencePipeline
 
 
@@ -50,19 +49,17 @@ class StreamingPreferencePipeline(PreferencePipeline):
     streaming = True
 
     def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, val, **kw):
-        self.specs = [DatasetSpec.parse(s) for s in args.dataset]
-        if not self.specs:
-            raise DataError("no dataset given; pass --dataset PATH")
+        self.specs, self.mix = stream_plans(args), stream_mix(args)
         super().__init__(args, tokenizer, rlhf_type, [], val, **kw)
 
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
-        rows = ordered_stream(self.specs, self.args, self.seed, self.shuffle, num_epochs)
+        rows = ordered_stream(self.specs, self.args, self.seed, self.shuffle, num_epochs, self.mix)
         items = pair_items(rows, self.rlhf_type, self.global_batch_size)
         return take_share(items, *self.share).map(self.process).filter(lambda s: s is not None)
 
     def _probe(self, tokenizer) -> dict:
         """Statistics from the first rows of the stream; steps per epoch from the file sizes."""
-        first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 1)), PROBE_ROWS))
+        first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 1, self.mix)), PROBE_ROWS))
         if not first:
             raise DataError(f"{self.args.dataset}: the dataset is empty (no rows)")
         counters = Counters()
