@@ -77,7 +77,7 @@ class ExportArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs):
     """Check --dataset (and --val_dataset, or a --split_dataset_ratio split) against the template once and save
     the rows training keeps, with their token counts, to OUTPUT_DIR/train and OUTPUT_DIR/val (HF `datasets`
     folders, as ms-swift's) for `--cached_dataset` (`swift_jax.data.cached`). Default --output_dir:
-    ./MODEL_NAME-cached_dataset."""
+    CHECKPOINT-cached_dataset (./MODEL_NAME-cached_dataset for a model without args.json)."""
     template_mode: str = "train"
     """--to_cached_dataset: train (SFT / PT rows), rlhf (preference pairs: lengths [chosen, rejected]) or kto."""
     val_dataset: list[str] = dataclasses.field(default_factory=list)
@@ -100,12 +100,12 @@ def export(args: ExportArgs) -> str:
     from swift_jax.hf.peft import save_peft_adapter
     from swift_jax.tuners import base_model_of, load_adapter, merge_lora
 
+    if args.push_to_hub and not args.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id USER/NAME")
     if args.to_cached_dataset:
         return _export_cached_dataset(args)
     chosen = [name for name, on in (("merge_lora", args.merge_lora), ("to_peft_format", args.to_peft_format),
                                     ("quant_method", args.quant_method)) if on]
-    if args.push_to_hub and not args.hub_model_id:
-        raise ValueError("--push_to_hub needs --hub_model_id USER/NAME")
     if not chosen:
         if args.push_to_hub and (args.adapters or args.model):
             return push_to_hub(args.adapters[0] if args.adapters else args.model, args)
@@ -177,7 +177,9 @@ def default_output_dir(args: ExportArgs) -> str:
 
     ckpt = next((p for p in [*args.adapters, args.model] if p and read_args(p) is not None), None)
     ckpt = (ckpt or os.path.join(".", os.path.basename(str(args.model or args.adapters[0]).rstrip("/")))).rstrip("/")
-    if args.to_peft_format:
+    if args.to_cached_dataset:
+        suffix = "cached_dataset"
+    elif args.to_peft_format:
         suffix = "peft"
     elif args.quant_method:
         suffix = "fp8" if args.quant_method == "fp8" else f"{args.quant_method}-int{args.quant_bits}"
@@ -210,9 +212,9 @@ def _export_cached_dataset(args: ExportArgs) -> str:
 
     if not args.model:
         raise ValueError("--to_cached_dataset needs --model (its tokenizer renders the rows)")
-    output_dir = args.output_dir or f"./{os.path.basename(os.path.normpath(args.model))}-cached_dataset"
-    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
-        raise FileExistsError(f"--output_dir {output_dir} exists and is not empty; choose a new folder")
+    output_dir = args.output_dir or default_output_dir(args)
+    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)) and not args.exist_ok:
+        raise FileExistsError(f"--output_dir {output_dir} exists and is not empty; choose a new folder or pass --exist_ok true")
     data = DataArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataArgs) if hasattr(args, f.name)})
     tokenizer = swift_jax.load_tokenizer(args.model)
     for folder in export_cached_dataset(data, tokenizer, output_dir, args.template_mode):

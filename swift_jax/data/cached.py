@@ -25,8 +25,8 @@ import numpy as np
 
 from swift_jax.data import formats
 from swift_jax.data.args import DataArgs
-from swift_jax.data.errors import BadRows, DataError
 from swift_jax.data.dataset_syntax import DatasetSpec
+from swift_jax.data.errors import BadRows, DataError
 from swift_jax.data.sources import FileRows, RowTable, sample_indices
 
 log = logging.getLogger("swift_jax.data")
@@ -57,14 +57,15 @@ def load_cached(path: str, flag: str = "--cached_dataset") -> FileRows:
     return FileRows(path, ds)
 
 
-def load_cached_table(specs: list[str], seed: int, flag: str = "--cached_dataset") -> RowTable | None:
-    """The rows of every `PATH[#N]` in `specs` (N: sampled as --dataset's #N), in order; None when none given."""
+def load_cached_table(specs: list[str], seed: int, flag: str = "--cached_dataset", shuffle: bool = True) -> RowTable | None:
+    """The rows of every `PATH[#N]` in `specs` (N: sampled as ms-swift's get_cached_dataset samples, one
+    RandomState(seed) for all), in order; None when none given."""
     rng = np.random.RandomState(seed)
     tables = []
     for text in specs:
-        spec = DatasetSpec(text) if os.path.isdir(text) else DatasetSpec.parse(text)
+        spec = DatasetSpec.parse(text)
         rows = load_cached(spec.path, flag)
-        tables.append(RowTable.concat([(rows, sample_indices(len(rows), spec.num_samples, rng))]))
+        tables.append(RowTable.concat([(rows, sample_indices(len(rows), spec.num_samples, rng, shuffle))]))
     return RowTable.join(tables) if tables else None
 
 

@@ -26,8 +26,8 @@ from swift_jax.data import batching
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
 from swift_jax.data.hosts import host_rows
-from swift_jax.data.samples import Counters, FlattenSamples, SampleProcessor
 from swift_jax.data.resolve import LoadOptions
+from swift_jax.data.samples import Counters, FlattenSamples, SampleProcessor
 from swift_jax.data.sources import RowTable, load_table, load_tables
 
 log = logging.getLogger("swift_jax.data")
@@ -35,23 +35,23 @@ PROBE_ROWS = 1000
 
 
 def load_train_val(args: DataArgs, bad: BadRows) -> tuple[RowTable, RowTable | None]:
-    """The training and validation rows of `args`: --cached_dataset's rows, then --dataset's (`#N`-sampled,
-    concatenated or mixed by --interleave_prob, less each entry's --split_dataset_ratio share as ms-swift carves it,
-    unless --val_dataset is given); validation: --cached_val_dataset's, then --val_dataset's (sampled by
-    --val_dataset_shuffle's rule) or the split (`data.cached`)."""
+    """The training table (--cached_dataset's rows, then --dataset's: `#N`-sampled, concatenated or mixed by
+    --interleave_prob) and the validation table (--cached_val_dataset's rows, then --val_dataset's, sampled by
+    --val_dataset_shuffle's rule, else carved from each --dataset entry by --split_dataset_ratio, as ms-swift
+    carves it); cached rows: `data.cached`."""
     from swift_jax.data.cached import load_cached_table
 
     if (args.cached_dataset or args.cached_val_dataset) and args.streaming:
         raise DataError("--cached_dataset / --cached_val_dataset cannot be streamed (as in ms-swift); drop --streaming")
     train = val = None
-    if args.dataset and args.val_dataset:
-        train = load_table(args.dataset, args.data_seed, bad, LoadOptions.of(args))
-    elif args.dataset:
+    if args.dataset and not args.val_dataset:
         train, val = load_tables(args.dataset, args.data_seed, bad, LoadOptions.of(args), args.split_dataset_ratio)
+    elif args.dataset:
+        train = load_table(args.dataset, args.data_seed, bad, LoadOptions.of(args))
     if args.val_dataset:
         val = load_table(args.val_dataset, args.data_seed, bad, LoadOptions.of(args, shuffle=args.val_dataset_shuffle, mix=False))
-    cached = load_cached_table(args.cached_dataset, args.data_seed)
-    cached_val = load_cached_table(args.cached_val_dataset, args.data_seed, "--cached_val_dataset")
+    cached = load_cached_table(args.cached_dataset, args.data_seed, shuffle=args.dataset_shuffle)
+    cached_val = load_cached_table(args.cached_val_dataset, args.data_seed, "--cached_val_dataset", args.dataset_shuffle)
     train, val = _joined(cached, train), _joined(cached_val, val)
     if train is None:
         raise DataError("no dataset given; pass --dataset PATH (a .jsonl/.json/.csv/.parquet file, a folder or a hub "

@@ -1,10 +1,10 @@
 """--streaming true: read datasets too large for memory row by row, shuffled within a window.
 
 Rows come from each `--dataset` in turn, or mixed by `--interleave_prob` (local JSON lines read line by line;
-other files and hub ids through `datasets` streaming), and a grain window shuffle (`--shuffle_buffer_size`) mixes
-them. Every process reads the whole stream and shuffles it alike, then keeps every `process_count`-th row
-(unpacked) or packs it all and keeps its rows of each global batch (`data.hosts`), so a step's rows do not depend
-on the number of processes. The iterator state is (epoch, dataset, rows read), so a
+other files and hub ids through `datasets` streaming), and a grain window shuffle (`--shuffle_buffer_size`)
+mixes them. Every process reads the whole stream and shuffles it alike, then keeps every `process_count`-th row
+(unpacked) or packs it all and keeps its rows of each global batch (`data.hosts`), so a step's rows do not
+depend on the number of processes. The iterator state is (epoch, dataset, rows read), so a
 checkpoint resumes the same stream (skipping to the position costs a re-read up to it).
 Steps per epoch are estimated from the probed bytes per row and the file sizes (0 for hub streams).
 """
@@ -135,7 +135,7 @@ class _StreamIterator(grain.DatasetIterator):
     def __init__(self, specs: list[DatasetPlan], strict: bool, num_epochs: int | None,
                  mix: tuple[tuple[float, ...], int, str] | None = None):
         super().__init__()
-        self.specs, self.strict, self.num_epochs, self.mix = specs, strict, num_epochs, mix
+        self.specs, self.strict, self.mix, self.num_epochs = specs, strict, mix, num_epochs
         self.set_state({"epoch": 0, "dataset": 0, "rows": 0})
 
     def _open(self) -> None:

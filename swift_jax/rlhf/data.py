@@ -122,8 +122,7 @@ class PairProcessor:
         return ids, labels
 
     def samples_of(self, item) -> list[dict[str, np.ndarray]]:
-        """The pair sample of one item as a list (empty when the pair is dropped): the form `DataPipeline.samples`
-        flattens."""
+        """The pair of one item as a list (none: dropped), as `DataPipeline.samples` maps `SampleProcessor.samples_of`."""
         sample = self(item)
         return [] if sample is None else [sample]
 

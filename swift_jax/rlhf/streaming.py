@@ -53,13 +53,13 @@ class StreamingPreferencePipeline(PreferencePipeline):
         super().__init__(args, tokenizer, rlhf_type, [], val, **kw)
 
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
-        rows = ordered_stream(self.specs, self.args, self.seed, self.shuffle, num_epochs)
+        rows = ordered_stream(self.specs, self.args, self.seed, self.shuffle, num_epochs, self.mix)
         items = pair_items(rows, self.rlhf_type, self.global_batch_size)
         return take_share(items, *self.share).map(self.process).filter(lambda s: s is not None)
 
     def _probe(self, tokenizer) -> dict:
         """Statistics from the first rows of the stream; steps per epoch from the file sizes."""
-        first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 1)), PROBE_ROWS))
+        first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 1, self.mix)), PROBE_ROWS))
         if not first:
             raise DataError(f"{self.args.dataset}: the dataset is empty (no rows)")
         counters = Counters()
