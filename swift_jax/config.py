@@ -320,7 +320,7 @@ class TrainArguments:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.eval_steps is None:
             t.eval_steps = t.save_steps
-        has_val = bool(self.data.val_dataset) or self.data.split_dataset_ratio > 0
+        has_val = bool(self.data.val_dataset or self.data.cached_val_dataset) or self.data.split_dataset_ratio > 0
         t.validate(has_val)
         if t.eval_strategy == "no" and self.data.split_dataset_ratio > 0:
             self.data.split_dataset_ratio = 0.0  # as ms-swift: nothing would read the held-out rows
