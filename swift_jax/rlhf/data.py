@@ -121,6 +121,11 @@ class PairProcessor:
         labels[0] = IGNORE
         return ids, labels
 
+    def samples_of(self, item) -> list[dict[str, np.ndarray]]:
+        """The pair sample of `item` as a list (none when dropped): the training stream's form (`DataPipeline.samples`)."""
+        sample = self(item)
+        return [] if sample is None else [sample]
+
     def __call__(self, item) -> dict[str, np.ndarray] | None:
         """`item`: (row, ref, KTO lender (row, ref) or None[, pair id])."""
         try:
