@@ -4,7 +4,7 @@
     ModelArgs        model, dtype                                   every command
     AdapterArgs      adapters                                       every command (TunerArgs extends it)
     TemplateArgs     template, system, agent_template, thinking,    sft/pt/rlhf (inside DataArgs), infer, eval,
-                     columns                                        deploy, export
+                     columns, dataset hub and registration          deploy, export
     GenerationArgs   max_new_tokens, temperature, top_k, top_p,     infer, eval, deploy (GRPO's rollout settings
                      repetition_penalty, seed, stop_words           extend SamplingArgs with temperature 0.9)
 
@@ -57,7 +57,7 @@ class AdapterArgs:
 
 @dataclasses.dataclass
 class TemplateArgs:
-    """How rows are read (`columns`) and rendered into tokens: ms-swift's TemplateArguments that every command
+    """How rows are read (`columns`, the hub, registered datasets) and rendered into tokens: ms-swift's TemplateArguments that every command
     shares. Training-only template settings (loss_scale, max_length, packing, ...) live in DataArgs."""
 
     template: str | None = None
@@ -83,6 +83,16 @@ class TemplateArgs:
     """Text that opens every generated response (overrides the thinking prefixes; inference only)."""
     columns: dict[str, str] = dataclasses.field(default_factory=dict)
     """Rename columns before format detection, e.g. {"prompt_text": "query"}."""
+    use_hf: bool | None = None
+    """Datasets: read hub ids and registered names from Hugging Face (true) or ModelScope (false); None: $USE_HF,
+    else ModelScope when the modelscope package is installed, else Hugging Face (`hf::` / `ms::` in an entry win).
+    Models always come from the Hugging Face hub."""
+    hub_token: str | None = None
+    """Token for private hub datasets (models: set HF_TOKEN)."""
+    custom_dataset_info: list[str] = dataclasses.field(default_factory=list)
+    """JSON files (or a JSON string) registering datasets in ms-swift's dataset_info.json format."""
+    custom_register_path: list[str] = dataclasses.field(default_factory=list)
+    """Python files that register datasets (`swift_jax.data.registry.register_dataset`), imported before reading."""
 
     def thinking(self):
         """The thinking controls as the template reads them."""

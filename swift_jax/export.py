@@ -5,6 +5,8 @@
     python -m swift_jax.export --model merged --quant_method rtn --quant_bits 4 --output_dir merged-int4
     python -m swift_jax.export --adapters CKPT --quant_method gptq --quant_bits 4 --group_size 128 \
         --dataset calib.jsonl --quant_n_samples 128 --max_length 2048 --output_dir merged-gptq-int4
+    python -m swift_jax.export --model M --to_cached_dataset true --dataset train.jsonl --split_dataset_ratio 0.01 \
+        --max_length 2048 --output_dir cached      # -> cached/train, cached/val (`data.cached`)
 
 As in ms-swift, `--adapters CKPT` alone is enough: the base model comes from the adapter's config, and the output
 folder defaults to `CKPT-merged` (`-peft`, `-gptq-int4`, ...). `--push_to_hub true --hub_model_id USER/NAME` uploads
@@ -71,6 +73,25 @@ class ExportArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs):
     """Tokens per calibration row."""
     quant_batch_size: int = 8
     """Calibration rows per forward pass while collecting GPTQ statistics."""
+    to_cached_dataset: bool = False
+    """Check --dataset (and --val_dataset, or a --split_dataset_ratio split) against the template once and save
+    the rows training keeps, with their token counts, to OUTPUT_DIR/train and OUTPUT_DIR/val (HF `datasets`
+    folders, as ms-swift's) for `--cached_dataset` (`swift_jax.data.cached`). Default --output_dir:
+    ./MODEL_NAME-cached_dataset."""
+    template_mode: str = "train"
+    """--to_cached_dataset: train (SFT / PT rows), rlhf (preference pairs: lengths [chosen, rejected]) or kto."""
+    val_dataset: list[str] = dataclasses.field(default_factory=list)
+    """--to_cached_dataset: validation rows, saved to OUTPUT_DIR/val."""
+    split_dataset_ratio: float = 0.0
+    """--to_cached_dataset: the share of --dataset held out as OUTPUT_DIR/val (as training splits it)."""
+    data_seed: int = 42
+    """--to_cached_dataset: seed of #N sampling and the split."""
+    truncation_strategy: str = "delete"
+    """--to_cached_dataset: rows longer than --max_length are dropped (delete) or kept to be cut (left, right)."""
+    strict: bool = True
+    """--to_cached_dataset: raise on a malformed row (false: skip it)."""
+    use_chat_template: bool = True
+    """--to_cached_dataset: false renders rows as pre-training text (`pt`)."""
 
 
 def export(args: ExportArgs) -> str:
@@ -79,6 +100,8 @@ def export(args: ExportArgs) -> str:
     from swift_jax.hf.peft import save_peft_adapter
     from swift_jax.tuners import base_model_of, load_adapter, merge_lora
 
+    if args.to_cached_dataset:
+        return _export_cached_dataset(args)
     chosen = [name for name, on in (("merge_lora", args.merge_lora), ("to_peft_format", args.to_peft_format),
                                     ("quant_method", args.quant_method)) if on]
     if args.push_to_hub and not args.hub_model_id:
@@ -128,11 +151,12 @@ def export(args: ExportArgs) -> str:
 
         calibration = None
         if spec.method == "gptq":
+            from swift_jax.data.resolve import LoadOptions
             from swift_jax.quant.calibration import calibration_rows
 
             encoder = args.trained_encoder(tokenizer, *args.trained_run())
             calibration = calibration_rows(encoder, args.dataset, n_samples=args.quant_n_samples, seq_len=args.max_length,
-                                           columns=args.columns)
+                                           columns=args.columns, options=LoadOptions.of(args))
         save_quantized(
             model, args.output_dir, spec, calibration=calibration, batch_size=args.quant_batch_size,
             dtype=args.dtype, max_shard_size=args.max_shard_size,
@@ -176,6 +200,24 @@ def push_to_hub(folder: str, args: ExportArgs) -> str:
                            f"({type(err).__name__}: {err}); the folder is kept. Set HF_TOKEN and check the network") from err
     print(f"pushed {folder} to https://huggingface.co/{args.hub_model_id}")
     return folder
+
+
+def _export_cached_dataset(args: ExportArgs) -> str:
+    """--to_cached_dataset true: OUTPUT_DIR/train (and /val) of rows checked against the template."""
+    import swift_jax
+    from swift_jax.data.args import DataArgs
+    from swift_jax.data.cached import export_cached_dataset
+
+    if not args.model:
+        raise ValueError("--to_cached_dataset needs --model (its tokenizer renders the rows)")
+    output_dir = args.output_dir or f"./{os.path.basename(os.path.normpath(args.model))}-cached_dataset"
+    if os.path.exists(output_dir) and (not os.path.isdir(output_dir) or os.listdir(output_dir)):
+        raise FileExistsError(f"--output_dir {output_dir} exists and is not empty; choose a new folder")
+    data = DataArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DataArgs) if hasattr(args, f.name)})
+    tokenizer = swift_jax.load_tokenizer(args.model)
+    for folder in export_cached_dataset(data, tokenizer, output_dir, args.template_mode):
+        print(f"cached_{'val_' if folder.endswith('val') else ''}dataset: {folder}")
+    return output_dir
 
 
 def _save_template_args(args: ExportArgs, output_dir: str) -> None:

@@ -22,7 +22,9 @@ from typing import Sequence
 from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, SavedArgs, TemplateArgs
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
+from swift_jax.data.cached import cached_rows
 from swift_jax.data.frontend import encode_chat, prompt_of, read_rows, row_messages
+from swift_jax.data.resolve import LoadOptions
 from swift_jax.data.media import row_media
 from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.generation import Generator
@@ -41,6 +43,9 @@ class InferArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs, GenerationArgs)
     """Rows to answer (any format training reads); none: interactive chat."""
     val_dataset_sample: int | None = None
     """Use only the first N rows of each file."""
+    cached_val_dataset: list[str] = dataclasses.field(default_factory=list)
+    """Rows to answer from folders written by `export --to_cached_dataset true` (its DIR/val), before
+    --val_dataset's, as ms-swift's infer reads them (`swift_jax.data.cached`)."""
     result_path: str | None = None
     """Batch results; default: infer_result.jsonl next to the dataset."""
     max_batch_size: int = 16
@@ -113,13 +118,15 @@ def _apply_adapters(model, adapters: Sequence[str]):
 
 
 def infer_dataset(gen: Generator, args: InferArgs, vision=None) -> str:
-    """Answer every row of `args.val_dataset`; write the rows with `response` added; return the path.
-    `vision` (`data.vision.VisionData`): the model reads the rows' images / videos."""
-    result_path = args.result_path or os.path.join(os.path.dirname(os.path.abspath(args.val_dataset[0])), "infer_result.jsonl")
+    """Answer every row of `args.cached_val_dataset` and `args.val_dataset`; write the rows with `response` added;
+    return the path. `vision` (`data.vision.VisionData`): the model reads the rows' images / videos."""
+    sources = [(path, cached_rows(path)) for path in args.cached_val_dataset]
+    sources += [(path, read_rows(path, args.val_dataset_sample, LoadOptions.of(args, shuffle=False))) for path in args.val_dataset]
+    result_path = args.result_path or os.path.join(os.path.dirname(os.path.abspath(sources[0][0])), "infer_result.jsonl")
     encoder = args.chat_encoder(gen.tokenizer)
     rows, prompts = [], []
-    for path in args.val_dataset:
-        for i, row in enumerate(read_rows(path, args.val_dataset_sample)):
+    for path, path_rows in sources:
+        for i, row in enumerate(path_rows):
             where = f"{path} row {i}"
             prompt = prompt_of(row, where=where, columns=args.columns, media=vision is not None)
             rows.append(row)
@@ -186,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
     vision, args = vision_for_inference(args, model.config)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
-    if args.val_dataset:
+    if args.val_dataset or args.cached_val_dataset:
         infer_dataset(gen, args, vision)
     else:
         chat_loop(gen, args)

@@ -90,8 +90,10 @@ _note(COMMANDS, "the architecture comes from the checkpoint's config.json model_
 _note(COMMANDS, "MoE experts run in the JAX MoE layer (--expert_parallel_size shards them)", "experts_impl")
 
 # -- Hubs and downloads. ---------------------------------------------------------------------------------------
-_note(COMMANDS, "hub ids are always Hugging Face ids (set HF_TOKEN for private models)",
-      "use_hf hub_token model_revision local_repo_path download_mode")
+_note(COMMANDS, "model hub ids are always Hugging Face ids (set HF_TOKEN for private models; --use_hf and "
+      "--hub_token choose the hub of datasets)", "model_revision local_repo_path download_mode")
+_note(INFER + EXPORT, "the dataset entries of infer, eval and export are read in turn, not mixed",
+      "interleave_prob stopping_strategy", differs=True)
 _note(TRAIN, "models are read from local folders or the hub without a ModelScope check", "check_model")
 _note(("rlhf",), "hub ids are always Hugging Face ids (set HF_TOKEN for private models)",
       "ref_model_revision reward_model_revision teacher_model_revision")
@@ -218,21 +220,20 @@ _note(INFER, _ENGINE,
       "sglang_speculative_num_steps sglang_speculative_eagle_topk sglang_speculative_num_draft_tokens")
 
 # -- Inference, deployment and evaluation. ---------------------------------------------------------------------
+_note(INFER, "a training data option: it has no effect here (as in ms-swift's inference)", "data_seed strict")
 _note(INFER + EXPORT, "a training data option: it has no effect here (as in ms-swift's inference)",
-      "data_seed dataset_num_proc dataset_shuffle val_dataset_shuffle shuffle_buffer_size streaming strict "
+      "dataset_num_proc dataset_shuffle val_dataset_shuffle shuffle_buffer_size streaming "
       "model_name model_author loss_scale is_binary_loss_scale disable_ignore_empty_think packing tuner_type "
       "sequence_parallel_size lazy_tokenize packing_num_proc remove_unused_columns load_from_cache_file "
       "disable_auto_column_mapping decision_drop_instructions decision_shuffle_fields decision_state_as_text "
       "decision_subsample_options padding_side packing_length padding_free")
 _note(INFER, "pass the rows to answer as --val_dataset (ms-swift answers the held-out split of --dataset)",
       "dataset split_dataset_ratio", differs=True)
-_note(EXPORT, "export reads only --dataset (GPTQ calibration rows)", "val_dataset split_dataset_ratio")
 _note(("infer", "deploy"), "prompts are not truncated: a prompt longer than the model's context is an error",
       "max_length", differs=True)
 _note(INFER, "prompts are not truncated: a prompt longer than the model's context is an error",
       "truncation_strategy", differs=True)
-_note(EXPORT, "calibration rows are cut to --max_length", "truncation_strategy")
-_note(INFER + EXPORT, "prompts are always rendered with the chat template (--template, else the tokenizer's)",
+_note(INFER, "prompts are always rendered with the chat template (--template, else the tokenizer's)",
       "use_chat_template", differs=True)
 _note(INFER, "images are sized by the model's image processor", "max_pixels", differs=True)
 _note(EXPORT, "export does not sample", "seed")
@@ -255,7 +256,6 @@ _note(EXPORT, "Megatron-Core, Ollama and cached-dataset conversions are not impl
       "quantized folders)", "to_mcore to_hf mcore_model mcore_adapter to_ollama", differs=True)
 _note(EXPORT, "options of the Megatron conversion (--to_mcore), which is not implemented",
       "test_convert_precision test_convert_dtype thread_count save_missing_weights")
-_note(EXPORT, "export renders GPTQ calibration rows in training mode", "template_mode")
 
 # -- Generation, loss and saving settings a command has no use for. --------------------------------------------
 _note(("sft", "pt"), "prediction after training (--num_predict_samples) decodes greedily",
@@ -280,16 +280,11 @@ _note(TRAIN, "it configures ms-swift's --predict_with_generate evaluation (see t
       "decodes greedily and rollouts sample", "num_beams")
 _note(("eval",), "adapters are applied unmerged, which gives the same answers as merging them first", "merge_lora")
 
-# -- Meanings that sibling changes implement as fields (issue 27 trainargs/datasets/packing). -------------------
-# Delete each name once it is a field (tests/test_ms_swift_arguments.py::test_no_name_is_both_a_field_and_a_note).
-PENDING = {
-    "datasets": (TRAIN, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
-    "datasets (infer)": (INFER + EXPORT, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
-    "packing": (TRAIN + INFER, "cached_dataset cached_val_dataset"),
-    "packing (export)": (EXPORT, "cached_dataset cached_val_dataset to_cached_dataset"),
-}
-for _owner, (_commands, _names) in PENDING.items():
-    _note(_commands, f"not implemented yet (issue 27, {_owner.split()[0]}): this run goes without it", _names, differs=True)
+# -- Cached datasets (`export --to_cached_dataset`) outside training. --------------------------------------------
+_note(("infer", "deploy"), "--cached_dataset holds training rows; answer cached rows with --cached_val_dataset DIR/val",
+      "cached_dataset")
+_note(("eval",), "the rows to score are --eval_dataset's", "cached_dataset cached_val_dataset")
+_note(EXPORT, "export reads --dataset's rows (calibration, or --to_cached_dataset)", "cached_dataset cached_val_dataset")
 
 MAPPED: dict[tuple[str, ...], dict[str, str]] = {
     ("sft", "pt"): {"max_new_tokens": "predict_max_new_tokens"},

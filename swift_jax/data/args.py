@@ -14,10 +14,21 @@ class DataArgs(TemplateArgs):
     to cut them into batches."""
 
     dataset: list[str] = dataclasses.field(default_factory=list)
-    """Training datasets: local files (.jsonl/.json/.csv/.parquet), folders of them, or hub ids.
-    `path#N` takes N samples (with replacement when N exceeds the dataset size)."""
+    """Training datasets: local files (.jsonl/.json/.csv/.parquet), folders of them, hub ids or ms-swift's
+    registered names, as `[hf::|ms::]ID_OR_PATH[:SUBSET1/SUBSET2][#N]`; `#N` takes N samples (the whole set
+    N // size times when N exceeds its size, plus a sample of the rest)."""
     val_dataset: list[str] = dataclasses.field(default_factory=list)
     """Validation datasets (same syntax as --dataset). When empty, split_dataset_ratio carves one."""
+    interleave_prob: list[float] | None = None
+    """Mix the --dataset entries by these probabilities (one per entry; `datasets.interleave_datasets`) instead
+    of concatenating them."""
+    stopping_strategy: Literal["first_exhausted", "all_exhausted"] = "first_exhausted"
+    """With --interleave_prob: stop when the first dataset runs out, or when every one has been read through."""
+    cached_dataset: list[str] = dataclasses.field(default_factory=list)
+    """Training rows cached by `export --to_cached_dataset true` (its DIR/train folder; ms-swift's load too),
+    `PATH#N` sampling N; with --dataset, both are trained on (cached rows first)."""
+    cached_val_dataset: list[str] = dataclasses.field(default_factory=list)
+    """Validation rows cached by `export --to_cached_dataset true` (its DIR/val folder); added to --val_dataset's."""
     split_dataset_ratio: float = 0.0
     """Fraction of the training rows held out for validation when no --val_dataset is given."""
     data_seed: int = 42

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from swift_jax import flops
 from swift_jax.config import TrainArguments
+from swift_jax.data.dataset_syntax import DatasetSpec
 from swift_jax.kernels.attention import use_impl
 from swift_jax.parallel import devices_for, initialize_distributed, is_main_process, logical_to_spec, memory_report, mesh_from_args
 from swift_jax.trainer import checkpoint as ckpt
@@ -130,15 +131,10 @@ class Trainer:
         self.method.prepare_model(self.model)
         self.is_lora = self.plan.is_lora
 
-        from swift_jax.data.bundled import resolve_bundled
-
-        d = args.data  # bundled hub ids (swift/self-cognition) read offline; args.json keeps what the user gave
-        data_args = dataclasses.replace(d, dataset=resolve_bundled(d.dataset, d.model_name, d.model_author),
-                                        val_dataset=resolve_bundled(d.val_dataset, d.model_name, d.model_author))
         rows = t.per_device_train_batch_size * self.batch_devices // jax.process_count()
         eval_rows = t.per_device_eval_batch_size * self.batch_devices // jax.process_count()
         self.pipe = self.method.build_data(
-            data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, batches_per_step=self.accum, seed=t.seed,
+            args.data, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, batches_per_step=self.accum, seed=t.seed,
             shuffle=t.train_dataloader_shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
         )
         # optimizer steps per epoch, as transformers counts them (a last partial accumulation is a step)
@@ -291,7 +287,8 @@ class Trainer:
 
             model = self.current_model()
             model.eval()
-            path = resolve_path(args.data.val_dataset[0].split("#")[0])
+            spec = DatasetSpec.parse(args.data.val_dataset[0])
+            path = str(dataclasses.replace(spec, path=resolve_path(spec.path)))
             rate = predict_held_out(model, self.tokenizer, args.data, path, t.num_predict_samples, t.predict_max_new_tokens, self.say)
             if rate is not None:
                 final["exact_match"] = rate
