@@ -54,6 +54,20 @@ def standard_fields(row):
     return out
 
 
+@pytest.fixture(autouse=True)
+def registry_restored():
+    """Datasets a test registers are forgotten after it, so later tests in the process see the bundled table only."""
+    from swift_jax.data import registry
+
+    registry._ensure_table()
+    mapping, loaded = dict(registry.DATASET_MAPPING), set(registry._loaded)
+    yield
+    registry.DATASET_MAPPING.clear()
+    registry.DATASET_MAPPING.update(mapping)
+    registry._loaded.clear()
+    registry._loaded.update(loaded)
+
+
 @pytest.fixture
 def golden_files(tmp_path, monkeypatch):
     """The recording's local files and registered-name folders, in a fresh working directory."""
@@ -291,6 +305,9 @@ def test_custom_register_path_plugin(tmp_path):
     (row,) = read_rows("plugin-stsb", options=LoadOptions.of(args))
     assert messages_of(row) == [{"role": "user", "content": "a cat / a dog"}, {"role": "assistant", "content": "1.2"}]
     LoadOptions.of(args)  # registering again in the same process is a no-op, not a duplicate error
+    other = write_rows(tmp_path / "elsewhere" / "pairs.jsonl", [{"query": "q", "response": "r"}])
+    (row,) = read_rows(str(other), options=LoadOptions.of(args))  # same file name, another file: not plugin-stsb
+    assert messages_of(row) == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "r"}]
 
 
 def test_hash_n_everywhere_a_dataset_is_read(tmp_path):

@@ -205,7 +205,8 @@ def find_meta(path: str, use_hf: bool) -> DatasetMeta | None:
             keys.append(("hf", meta.hf_dataset_id))
         for key in keys:
             by_id[key] = meta
-            by_name[dataset_name(key[1])] = meta
+            if key[0] != "path":  # a local file is that dataset only by its own path, never by its file name
+                by_name[dataset_name(key[1])] = meta
     if os.path.exists(path):
         kind, path = "path", os.path.abspath(path)
     else:
