@@ -90,13 +90,16 @@ class DataPipeline:
     # -- the training stream -------------------------------------------------------------------------
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
         """This process's share of the tokenised training samples (unpadded), lazily, epoch after epoch."""
-        ds = grain.MapDataset.source(self.train_table)
-        if self.shuffle:
-            ds = ds.shuffle(seed=self.seed)
+        ds = self.ordered(grain.MapDataset.source(self.train_table))
         ds = ds.repeat(num_epochs)[self.process_index :: self.process_count]
         ds = ds.map(self.process)
         threads = max(1, self.args.dataset_num_proc)
         return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 16 * threads)))
+
+    def ordered(self, table: grain.MapDataset) -> grain.MapDataset:
+        """The training table in the order epochs read it (before `repeat`): a new shuffle each epoch when
+        `shuffle`, else file order."""
+        return table.shuffle(seed=self.seed) if self.shuffle else table
 
     @property
     def bucketed(self) -> bool:

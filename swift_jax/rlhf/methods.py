@@ -100,7 +100,8 @@ class PreferenceMethod(Method):
     def build_data(self, args, tokenizer, **kwargs):
         from swift_jax.rlhf.data import build_preference_data
 
-        pipe = build_preference_data(args, tokenizer, self.rlhf.rlhf_type, **kwargs)
+        kl_shuffle = self.rlhf.loss_type[:1] == ["kto"]  # ms-swift builds no KL examples for apo_zero_unpaired
+        pipe = build_preference_data(args, tokenizer, self.rlhf.rlhf_type, kl_shuffle=kl_shuffle, **kwargs)
         self.pairs_per_row = pipe.pairs_per_row
         self.pipe = pipe
         return pipe
