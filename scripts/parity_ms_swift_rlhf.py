@@ -3,7 +3,7 @@
 For each recorded run, trains `python -m swift_jax.rlhf` from the same tiny model and LoRA start
 (tests/golden/rlhf_tiny/) with the same flags, and prints every step's loss and rewards/margins next to ms-swift's.
 Our pipeline reads rows in ms-swift's order (file order for DPO, its trainers' seeded random order for CPO/SimPO,
-ORPO, KTO and RM: swift_jax/rlhf/sampler_order.py), so every step is comparable. `--golden rlhf_padded`: the
+ORPO, KTO and RM: swift_jax/rlhf/preference/sampler_order.py), so every step is comparable. `--golden rlhf_padded`: the
 padded varied-length runs (tests/golden/rlhf_padded.json); RM's value head starts from another random draw in
 ms-swift, so only RM's first step (tests/test_rlhf_padded.py) is comparable.
 

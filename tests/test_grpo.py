@@ -16,10 +16,10 @@ import swift_jax
 from swift_jax.flops import compile_count
 from swift_jax.rewards import ORM, orms
 from swift_jax.rlhf.grpo import GRPO
-from swift_jax.rlhf.grpo_args import GRPOArgs
+from swift_jax.rlhf.grpo.args import GRPOArgs
 from swift_jax.data.errors import DataError
-from swift_jax.rlhf.grpo_data import PromptBatches, load_prompt_rows
-from swift_jax.rlhf.memory import DeviceMemoryError, check_memory, program_memory
+from swift_jax.rlhf.grpo.data import PromptBatches, load_prompt_rows
+from swift_jax.rlhf.grpo.memory import DeviceMemoryError, check_memory, program_memory
 
 TOKENIZER = os.path.join(os.path.dirname(swift_jax.__file__), "assets", "tokenizer")
 CONFIG = dict(

@@ -13,8 +13,8 @@ from transformers import AutoTokenizer
 
 import swift_jax
 from swift_jax.rlhf.grpo import GRPO
-from swift_jax.rlhf.grpo_args import GRPOArgs
-from swift_jax.rlhf.grpo_data import PromptBatches
+from swift_jax.rlhf.grpo.args import GRPOArgs
+from swift_jax.rlhf.grpo.data import PromptBatches
 from swift_jax.rlhf.reward_model import ModelReward
 from swift_jax.tuners.value_head import attach_value_head
 

@@ -21,7 +21,7 @@ from flax import nnx
 import swift_jax
 from swift_jax.data import DataArgs
 from swift_jax.rlhf import RLHFArgs, make_method
-from swift_jax.rlhf.data import PairProcessor, pad_pair
+from swift_jax.rlhf.preference.data import PairProcessor, pad_pair
 from swift_jax.trainer.step import summarize
 from swift_jax.tuners import load_adapter
 

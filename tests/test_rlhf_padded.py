@@ -8,7 +8,7 @@ step's logged values, its first batch, and which rows each batch held (tests/gol
 ms-swift's CPO/SimPO, ORPO and RM trainers draw rows in a seeded random order even with
 `--train_dataloader_shuffle false`, and KTO shuffles its table before it lends answers to KL examples: with file
 order instead, our first steps saw other rows than ms-swift's (the gap of issue 28). Our pipeline now reads the
-same rows (`swift_jax.rlhf.sampler_order`), and our loss on ms-swift's first batch gives its logged values.
+same rows (`swift_jax.rlhf.preference.sampler_order`), and our loss on ms-swift's first batch gives its logged values.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from flax import nnx
 import swift_jax
 from swift_jax.data import DataArgs
 from swift_jax.rlhf import RLHFArgs, make_method
-from swift_jax.rlhf.sampler_order import torch_randperm
+from swift_jax.rlhf.preference.sampler_order import torch_randperm
 from swift_jax.trainer.step import summarize
 from swift_jax.tuners import load_adapter
 from test_rlhf_msswift import their_first_batch

@@ -14,8 +14,8 @@ import sys
 from typing import Any, Sequence
 
 from swift_jax.config import ALIASES, TrainArguments
-from swift_jax.rlhf.args import RLHFArgs
-from swift_jax.rlhf.grpo_args import GRPOArgs
+from swift_jax.rlhf.preference.args import RLHFArgs
+from swift_jax.rlhf.grpo.args import GRPOArgs
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ def requested_rlhf_type(argv: Sequence[str]) -> str | None:
 
 def method_of(args: RLHFArguments):
     """The preference method `args` ask for."""
-    from swift_jax.rlhf.methods import make_method
+    from swift_jax.rlhf.preference.methods import make_method
 
     return make_method(args.rlhf, model_path=args.model_args.model, dtype=args.model_args.dtype,
                        tuner_type=args.tuner.tuner_type, loss_chunk_size=args.training.loss_chunk_size)

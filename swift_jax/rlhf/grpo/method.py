@@ -3,7 +3,7 @@
 `make_batches` (before each step) turns the step's prompt rows into training rows:
 rollout (`rollout.py`) -> rewards (`swift_jax.rewards`) -> DAPO dynamic sampling -> reference log-probs
 (LoRA adapters off, or a frozen copy of the initial weights for full fine-tuning) -> advantages; then
-`loss` (inside the compiled step) recomputes the policy's log-probs and applies `grpo_loss.policy_loss`.
+`loss` (inside the compiled step) recomputes the policy's log-probs and applies `loss.policy_loss`.
 
 Prompt rows arrive as ms-swift's RepeatSampler gives them: each prompt `num_generations` times in a row,
 `per_device_train_batch_size` rows (completions) per micro-batch. Host-side statistics (rewards, lengths,
@@ -31,11 +31,11 @@ from swift_jax.tuners.lora import adapters_disabled, lora_layers
 
 from .advantages import compute_advantages, reward_metrics, weighted_rewards
 from .dynamic_sampling import Round, concat_rounds, dynamic_sample, take_rows
-from .grpo_args import GRPOArgs
-from .grpo_loss import policy_loss
-from .grpo_logps import completion_logps
+from .args import GRPOArgs
+from .loss import policy_loss
+from .logps import completion_logps
 from .memory import ProgramMemory, check_memory, program_memory
-from .reward_model import ModelReward
+from ..reward_model import ModelReward
 from .rollout import Rollout, SamplingParams, compile_rollout, rollout
 
 ROLLOUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "old_logps", "advantages", "truncated")
@@ -132,7 +132,7 @@ class GRPO(Method):
     ):
         """Prompt micro-batches of `batch_size` completions from `args.dataset` (each prompt x num_generations);
         no validation batches (GRPO evaluation is not implemented)."""
-        from .grpo_data import PromptBatches, load_prompt_rows
+        from .data import PromptBatches, load_prompt_rows
 
         if self.tokenizer is None:
             self.tokenizer = tokenizer

@@ -13,7 +13,7 @@ tokens, `pair_id` the pair's row in the training table (the key of `--precompute
 KTO's second sequence is the KL estimate's mismatched example: this row's prompt with the answer of the
 previous row in its group of one step's rows (ms-swift's KTOPreprocessor, on the table shuffled as ms-swift
 shuffles it first). Without shuffling, CPO/SimPO, ORPO and RM rows are read in the seeded random order of
-ms-swift's trainers for those types, DPO's and KTO's in table order (`swift_jax.rlhf.sampler_order`).
+ms-swift's trainers for those types, DPO's and KTO's in table order (`swift_jax.rlhf.preference.sampler_order`).
 
 The pipeline reuses `swift_jax.data`'s readers, splitting, grain stream and iterator (`PreferencePipeline` is a
 `DataPipeline` whose samples are pairs), so it has the same surface: `train_iterator(num_epochs)`,
@@ -35,8 +35,8 @@ from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, probe_stats, split
 from swift_jax.data.samples import Counters, truncate
 from swift_jax.data.sources import load_table
 from swift_jax.data.templates import IGNORE
-from swift_jax.rlhf.rows import Preference, with_last_answer, preference_of
-from swift_jax.rlhf.sampler_order import RANDOM_SAMPLER_TYPES, EpochPermutation, PermutedTable
+from swift_jax.rlhf.preference.rows import Preference, with_last_answer, preference_of
+from swift_jax.rlhf.preference.sampler_order import RANDOM_SAMPLER_TYPES, EpochPermutation, PermutedTable
 
 log = logging.getLogger("swift_jax.rlhf")
 MAX_PAIRS_PER_ROW = 16
@@ -314,7 +314,7 @@ def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_si
               process_index=process_index, process_count=process_count)
     if args.streaming:
         from swift_jax.data.streaming import streaming_val_table
-        from swift_jax.rlhf.streaming import StreamingPreferencePipeline
+        from swift_jax.rlhf.preference.streaming import StreamingPreferencePipeline
 
         return StreamingPreferencePipeline(args, tokenizer, rlhf_type, streaming_val_table(args), **kw)
     bad = BadRows(args.strict)

@@ -1,6 +1,6 @@
 """Preference-training methods for the shared trainer: DPO family, CPO/SimPO, ORPO, KTO and reward models.
 
-Each is a `swift_jax.trainer.Method`: its data are pair rows (`swift_jax.rlhf.data`), its loss one forward of
+Each is a `swift_jax.trainer.Method`: its data are pair rows (`swift_jax.rlhf.preference.data`), its loss one forward of
 the policy over both answers of every pair (`logps.model_pair_stats`) and, for DPO/KTO, one of the reference:
 
 - LoRA (default): the same model with every adapter switched off (`tuners.lora.adapters_disabled`), so the
@@ -8,10 +8,10 @@ the policy over both answers of every pair (`logps.model_pair_stats`) and, for D
 - full fine-tuning, `--ref_model` or `--ref_adapters`: a frozen model the trainer passes as `extra` (its state;
   the method keeps the graph), loaded by `extra_state`;
 - `--reference_free`: reference log-probs are 0;
-- `--precompute_ref_log_probs`: either reference runs once, before training (`swift_jax.rlhf.precompute`), and
+- `--precompute_ref_log_probs`: either reference runs once, before training (`swift_jax.rlhf.preference.precompute`), and
   the step reads its values from the batch (`ref_logps`).
 
-Losses and metrics follow ms-swift 4.6 (see `swift_jax.rlhf.losses`); the step's loss is the mean over pairs
+Losses and metrics follow ms-swift 4.6 (see `swift_jax.rlhf.preference.losses`); the step's loss is the mean over pairs
 (KTO: examples) of all micro-batches.
 """
 
@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from swift_jax.rlhf import losses as L
-from swift_jax.rlhf.args import RLHFArgs
-from swift_jax.rlhf.logps import PairStats, model_pair_stats, segment_pair_sums
-from swift_jax.rlhf.precompute import REF_KEY
+from swift_jax.rlhf.preference import losses as L
+from swift_jax.rlhf.preference.args import RLHFArgs
+from swift_jax.rlhf.preference.logps import PairStats, model_pair_stats, segment_pair_sums
+from swift_jax.rlhf.preference.precompute import REF_KEY
 from swift_jax.trainer.method import LossOutput, Method, mean_metric
 from swift_jax.tuners.lora import adapters_disabled
 from swift_jax.tuners.value_head import attach_value_head
@@ -98,7 +98,7 @@ class PreferenceMethod(Method):
 
     # -- data ---------------------------------------------------------------------------------------------
     def build_data(self, args, tokenizer, **kwargs):
-        from swift_jax.rlhf.data import build_preference_data
+        from swift_jax.rlhf.preference.data import build_preference_data
 
         kl_shuffle = self.rlhf.loss_type[:1] == ["kto"]  # ms-swift builds no KL examples for apo_zero_unpaired
         pipe = build_preference_data(args, tokenizer, self.rlhf.rlhf_type, kl_shuffle=kl_shuffle, **kwargs)
@@ -203,8 +203,8 @@ class PreferenceMethod(Method):
     def precompute_reference(self, trainer) -> None:
         """--precompute_ref_log_probs: the reference's values of every training pair (one pass over an epoch in
         the training layout; a stream gets them batch by batch in `make_batches`) and of the validation batches."""
-        from swift_jax.rlhf.data import pad_pair
-        from swift_jax.rlhf.precompute import ReferenceTable, attach_computed, in_step, padded_batches
+        from swift_jax.rlhf.preference.data import pad_pair
+        from swift_jax.rlhf.preference.precompute import ReferenceTable, attach_computed, in_step, padded_batches
 
         pipe = self.pipe
         forward = self.reference_forward(trainer)
@@ -219,7 +219,7 @@ class PreferenceMethod(Method):
 
     def make_batches(self, trainer, host_batches: list[dict]) -> list[dict]:
         """With --precompute_ref_log_probs: the batches with their reference values."""
-        from swift_jax.rlhf.precompute import attach_computed
+        from swift_jax.rlhf.preference.precompute import attach_computed
 
         if not self.precomputed:
             return host_batches

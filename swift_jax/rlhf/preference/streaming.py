@@ -22,7 +22,7 @@ from swift_jax.data.pipeline import PROBE_ROWS
 from swift_jax.data.samples import Counters
 from swift_jax.data.sources import DatasetSpec
 from swift_jax.data.streaming import _StreamDataset, estimated_rows
-from swift_jax.rlhf.data import PairProcessor, PreferencePipeline
+from swift_jax.rlhf.preference.data import PairProcessor, PreferencePipeline
 
 
 class _KTOGroups(grain_exp.FlatMapTransform):
