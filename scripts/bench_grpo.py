@@ -71,7 +71,7 @@ def main() -> None:
         start = time.perf_counter()
         (batch,) = method.make_batches_for(nnx.merge(graphdef, params), host)
         times["make_batches"] = time.perf_counter() - start
-        tokens_per_sec = float(batch["metric/rollout_tokens_per_sec"][0])
+        tokens_per_sec = method.host_metrics["rollout_tokens_per_sec"]
         batch = jax.tree.map(jnp.asarray, batch)
         start = time.perf_counter()
         params, opt_state, loss = update(params, opt_state, batch)

@@ -259,6 +259,16 @@ def _close_at_exit(iterator) -> None:
     atexit.register(close)
 
 
+def load_train_val(args: DataArgs) -> tuple[RowTable, RowTable | None, BadRows]:
+    """The row tables of `args`: training, validation (`--val_dataset`, else split off by
+    `--split_dataset_ratio`), and the BadRows that counted the unreadable lines skipped while reading."""
+    bad = BadRows(args.strict)
+    train = load_table(args.dataset, args.data_seed, bad)
+    if args.val_dataset:
+        return train, load_table(args.val_dataset, args.data_seed, bad), bad
+    return (*split_train_val(train, args.split_dataset_ratio, args.data_seed), bad)
+
+
 def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, shuffle: bool = True,
                process_index: int = 0, process_count: int = 1, batches_per_step: int = 1,
                eval_batch_size: int | None = None, vision=None) -> DataPipeline:
@@ -282,12 +292,7 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
         return build_streaming(args, tokenizer, batch_size=batch_size, seed=seed, shuffle=shuffle,
                                process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
                                eval_batch_size=eval_batch_size)
-    bad = BadRows(args.strict)
-    train = load_table(args.dataset, args.data_seed, bad)
-    if args.val_dataset:
-        val = load_table(args.val_dataset, args.data_seed, bad)
-    else:
-        train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
+    train, val, bad = load_train_val(args)
     pipe = DataPipeline(args, tokenizer, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
                         process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
                         eval_batch_size=eval_batch_size, vision=vision)

@@ -3,7 +3,8 @@
 Every SFT argument applies (model, LoRA/QLoRA/full, data, packing, mesh, checkpoints, resume) plus the group of
 the requested `--rlhf_type`: RLHFArgs for preference training (dpo, simpo, orpo, cpo, kto, rm), GRPOArgs for
 `grpo` (their flags share names with other meanings and defaults, e.g. `--beta` 0.1 vs 0.04, `--loss_type`, as
-in ms-swift). The shared Trainer runs the method.
+in ms-swift). `RLHF_METHODS` maps each type to its arguments class and method factory, so the command has no
+branches and a new method is one `register_rlhf_type` call; the shared Trainer runs the method.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Callable
+from typing import Any, NamedTuple, Sequence
 
 from swift_jax.config import ALIASES, TrainArguments
-from swift_jax.rlhf.preference.args import RLHFArgs
+from swift_jax.rlhf.preference.args import RLHF_TYPES, RLHFArgs
 from swift_jax.rlhf.grpo.args import GRPOArgs
 
 
@@ -62,18 +64,42 @@ def method_of(args: RLHFArguments):
                        tuner_type=args.tuner.tuner_type, loss_chunk_size=args.training.loss_chunk_size)
 
 
+def grpo_method_of(args: GRPOArguments):
+    """The GRPO method `args` ask for."""
+    from swift_jax.rlhf.grpo import GRPO
+
+    return GRPO(args.grpo, seed=args.training.seed, max_length=args.data.max_length)
+
+
+class RLHFType(NamedTuple):
+    """What `--rlhf_type T` runs: the arguments class its command line parses into, and the method built from
+    the validated arguments."""
+
+    arguments: type[TrainArguments]
+    method: Callable[[Any], Any]
+
+
+RLHF_METHODS: dict[str, RLHFType] = {
+    **{t: RLHFType(RLHFArguments, method_of) for t in RLHF_TYPES},
+    "grpo": RLHFType(GRPOArguments, grpo_method_of),
+}
+"""rlhf_type -> (arguments class, method factory)."""
+
+
+def register_rlhf_type(rlhf_type: str, arguments: type[TrainArguments], method: Callable[[Any], Any]) -> None:
+    """Make `--rlhf_type rlhf_type` parse into `arguments` and train `method(validated arguments)`."""
+    RLHF_METHODS[rlhf_type] = RLHFType(arguments, method)
+
+
 def run_command(argv: Sequence[str] | None) -> dict[str, Any]:
     from swift_jax.cli import parse_config
     from swift_jax.train import train
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if requested_rlhf_type(argv) == "grpo":
-        from swift_jax.rlhf.grpo import GRPO
-
-        grpo_args = parse_config(GRPOArguments, argv, aliases=ALIASES).validate()
-        return train(grpo_args, GRPO(grpo_args.grpo, seed=grpo_args.training.seed, max_length=grpo_args.data.max_length))
-    args = parse_config(RLHFArguments, argv, aliases=ALIASES).validate()
-    return train(args, method_of(args))
+    # an unknown type parses as preference arguments, whose validation names the choices
+    entry = RLHF_METHODS.get(requested_rlhf_type(argv) or "dpo", RLHF_METHODS["dpo"])
+    args = parse_config(entry.arguments, argv, aliases=ALIASES).validate()
+    return train(args, entry.method(args))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

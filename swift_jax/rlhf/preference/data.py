@@ -31,9 +31,8 @@ import numpy as np
 
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, row_error
-from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, probe_stats, split_train_val
+from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, load_train_val, probe_stats
 from swift_jax.data.samples import Counters, truncate
-from swift_jax.data.sources import load_table
 from swift_jax.data.templates import IGNORE
 from swift_jax.rlhf.preference.rows import Preference, with_last_answer, preference_of
 from swift_jax.rlhf.preference.sampler_order import RANDOM_SAMPLER_TYPES, EpochPermutation, PermutedTable
@@ -317,12 +316,7 @@ def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_si
         from swift_jax.rlhf.preference.streaming import StreamingPreferencePipeline
 
         return StreamingPreferencePipeline(args, tokenizer, rlhf_type, streaming_val_table(args), **kw)
-    bad = BadRows(args.strict)
-    train = load_table(args.dataset, args.data_seed, bad)
-    if args.val_dataset:
-        val = load_table(args.val_dataset, args.data_seed, bad)
-    else:
-        train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
+    train, val, bad = load_train_val(args)
     pipe = PreferencePipeline(args, tokenizer, rlhf_type, train, val, batches_per_step=batches_per_step,
                               kl_shuffle=kl_shuffle, **kw)
     pipe.stats["bad_rows_skipped"] += bad.count

@@ -28,7 +28,7 @@ from swift_jax.rlhf.preference import losses as L
 from swift_jax.rlhf.preference.args import RLHFArgs
 from swift_jax.rlhf.preference.logps import PairStats, model_pair_stats, segment_pair_sums
 from swift_jax.rlhf.preference.precompute import REF_KEY
-from swift_jax.trainer.method import LossOutput, Method, mean_metric
+from swift_jax.trainer.method import LossOutput, Method, RunContext, mean_metric
 from swift_jax.tuners.lora import adapters_disabled
 from swift_jax.tuners.value_head import attach_value_head
 
@@ -136,35 +136,35 @@ class PreferenceMethod(Method):
         with adapters_disabled():
             return jax.tree.map(sg, self.stats(model, batch))
 
-    def extra_state(self, trainer) -> Any:
+    def extra_state(self, ctx: RunContext) -> Any:
         """The frozen reference model's state when it is a separate model (full FT, --ref_model, --ref_adapters);
         with --precompute_ref_log_probs, none: the reference runs here, once (see `precompute_reference`)."""
         if not self.has_reference or self.reference_mode == "free":
             return None
         if self.precomputed:
-            self.precompute_reference(trainer)
+            self.precompute_reference(ctx)
             return None
         if self.reference_mode != "frozen":
             return None
-        self._ref_graphdef, state = self._load_reference(trainer)
+        self._ref_graphdef, state = self._load_reference(ctx.mesh)
         return state
 
-    def _load_reference(self, trainer) -> tuple[nnx.GraphDef, Any]:
+    def _load_reference(self, mesh) -> tuple[nnx.GraphDef, Any]:
         """(graphdef, state) of the frozen reference: --ref_model or --model, with --ref_adapters merged."""
         from swift_jax.modeling import load_model
         from swift_jax.trainer.setup import resolve_path
         from swift_jax.tuners import load_adapter, merge_lora
 
         path = resolve_path(self.rlhf.ref_model or self.model_path)
-        ref = load_model(path, dtype=self.dtype, mesh=getattr(trainer, "mesh", None))
+        ref = load_model(path, dtype=self.dtype, mesh=mesh)
         for path in self.rlhf.ref_adapters:
             merge_lora(load_adapter(ref, path))
         return nnx.split(ref)
 
-    def reference_forward(self, trainer):
+    def reference_forward(self, ctx: RunContext):
         """A host batch -> the reference's (chosen, rejected) log-prob sums of its pair slots, computed on the run's
-        mesh: the policy with its adapters off (read from the trainer's current state at each call), or a frozen
-        copy. On several processes each passes its own rows and gets its own rows' values back."""
+        mesh: the policy with its adapters off (the run's current model at each call), or a frozen copy. On
+        several processes each passes its own rows and gets its own rows' values back."""
         import numpy as np
         from jax.experimental import multihost_utils
 
@@ -172,8 +172,9 @@ class PreferenceMethod(Method):
         from swift_jax.trainer.trainer import device_batch
 
         keys = ("input_ids", "labels", "segment_ids", "positions")
-        rows = logical_to_spec(("batch",), trainer.mesh)
-        out = jax.sharding.NamedSharding(trainer.mesh, rows)
+        mesh = ctx.mesh
+        rows = logical_to_spec(("batch",), mesh)
+        out = jax.sharding.NamedSharding(mesh, rows)
 
         def sums(model, batch):
             model.eval()
@@ -181,33 +182,35 @@ class PreferenceMethod(Method):
             return stats.logps.chosen, stats.logps.rejected
 
         if self.reference_mode == "frozen":
-            graphdef, state = self._load_reference(trainer)
+            graphdef, state = self._load_reference(mesh)
             compiled = jax.jit(lambda s, b: sums(nnx.merge(graphdef, s), b), out_shardings=(out, out))
             inputs = lambda: (state,)
         else:
-            def adapters_off(params, rng, frozen, batch):
+            graphdef = nnx.graphdef(ctx.current_model())
+
+            def adapters_off(state, batch):
                 with adapters_disabled():
-                    return sums(nnx.merge(trainer.graphdef, params, rng, frozen), batch)
+                    return sums(nnx.merge(graphdef, state), batch)
 
             compiled = jax.jit(adapters_off, out_shardings=(out, out))
-            inputs = lambda: (trainer.state.params, trainer.state.rng, trainer.frozen)
+            inputs = lambda: (nnx.state(ctx.current_model()),)
 
         def forward(host: dict):
-            chosen, rejected = compiled(*inputs(), device_batch(host, keys, trainer.mesh))
+            chosen, rejected = compiled(*inputs(), device_batch(host, keys, mesh))
             # this process's pair slots, `[its rows * pairs_per_row]`, as device_batch placed its rows
-            local = multihost_utils.global_array_to_host_local_array((chosen, rejected), trainer.mesh, (rows, rows))
+            local = multihost_utils.global_array_to_host_local_array((chosen, rejected), mesh, (rows, rows))
             return tuple(np.asarray(x) for x in local)
 
         return forward
 
-    def precompute_reference(self, trainer) -> None:
+    def precompute_reference(self, ctx: RunContext) -> None:
         """--precompute_ref_log_probs: the reference's values of every training pair (one pass over an epoch in
         the training layout; a stream gets them batch by batch in `make_batches`) and of the validation batches."""
         from swift_jax.rlhf.preference.data import pad_pair
         from swift_jax.rlhf.preference.precompute import ReferenceTable, attach_computed, in_step, padded_batches
 
         pipe = self.pipe
-        forward = self.reference_forward(trainer)
+        forward = self.reference_forward(ctx)
         if pipe.streaming:
             self._ref_forward = forward
         else:
@@ -217,15 +220,15 @@ class PreferenceMethod(Method):
             self.ref_table = ReferenceTable.compute(forward, batches, len(pipe.train_table), self.pairs_per_row)
         pipe.set_val_batches([attach_computed(forward, b, self.pairs_per_row) for b in pipe.val_batches()])
 
-    def make_batches(self, trainer, host_batches: list[dict]) -> list[dict]:
+    def make_batches(self, ctx: RunContext, host_batches: list[dict]) -> tuple[list[dict], dict[str, float]]:
         """With --precompute_ref_log_probs: the batches with their reference values."""
         from swift_jax.rlhf.preference.precompute import attach_computed
 
         if not self.precomputed:
-            return host_batches
+            return host_batches, {}
         if self.ref_table is not None:
-            return [self.ref_table.attach(b) for b in host_batches]
-        return [attach_computed(self._ref_forward, b, self.pairs_per_row) for b in host_batches]
+            return [self.ref_table.attach(b) for b in host_batches], {}
+        return [attach_computed(self._ref_forward, b, self.pairs_per_row) for b in host_batches], {}
 
     def describe(self) -> str:
         r = self.rlhf
