@@ -27,7 +27,7 @@ from flax import nnx
 from swift_jax.rewards import build_reward_funcs, load_plugins, score_completions
 from swift_jax.rewards.plugins import reward_name
 from swift_jax.trainer.method import LossOutput, Method, RunContext
-from swift_jax.tuners.lora import adapters_disabled, lora_layers
+from swift_jax.tuners.lora import lora_layers
 
 from .advantages import compute_advantages, reward_metrics, weighted_rewards
 from .dynamic_sampling import Round, concat_rounds, dynamic_sample, take_rows
@@ -35,6 +35,7 @@ from .args import GRPOArgs
 from .loss import policy_loss
 from .logps import completion_logps
 from .memory import ProgramMemory, check_memory, program_memory
+from ..reference import reference_of
 from ..reward_model import ModelReward
 from .rollout import Rollout, SamplingParams, compile_rollout, rollout
 
@@ -46,8 +47,8 @@ def _reference_logps(graphdef, state, prompt_ids, prompt_mask, completion_ids, *
     """`[rows, C]` log-probs under the reference: the given weights with any LoRA adapters switched off."""
     model = nnx.merge(graphdef, state)
     model.eval()
-    with adapters_disabled():
-        return completion_logps(model, prompt_ids, prompt_mask, completion_ids, temperature)
+    with reference_of(model) as ref:
+        return completion_logps(ref, prompt_ids, prompt_mask, completion_ids, temperature)
 
 
 def end_token_ids(tokenizer) -> tuple[int, ...]:

@@ -3,7 +3,7 @@
 Each is a `swift_jax.trainer.Method`: its data are pair rows (`swift_jax.rlhf.preference.data`), its loss one forward of
 the policy over both answers of every pair (`logps.model_pair_stats`) and, for DPO/KTO, one of the reference:
 
-- LoRA (default): the same model with every adapter switched off (`tuners.lora.adapters_disabled`), so the
+- LoRA (default): the same model with every adapter switched off (`swift_jax.rlhf.reference`), so the
   reference costs no parameter memory, as PEFT's `disable_adapter()` in ms-swift;
 - full fine-tuning, `--ref_model` or `--ref_adapters`: a frozen model the trainer passes as `extra` (its state;
   the method keeps the graph), loaded by `extra_state`;
@@ -29,7 +29,7 @@ from swift_jax.rlhf.preference.args import RLHFArgs
 from swift_jax.rlhf.preference.logps import PairStats, model_pair_stats, segment_pair_sums
 from swift_jax.rlhf.preference.precompute import REF_KEY
 from swift_jax.trainer.method import LossOutput, Method, RunContext, mean_metric
-from swift_jax.tuners.lora import adapters_disabled
+from swift_jax.rlhf.reference import load_frozen, reference_mode, reference_of
 from swift_jax.tuners.value_head import attach_value_head
 
 sg = jax.lax.stop_gradient
@@ -113,12 +113,9 @@ class PreferenceMethod(Method):
 
     @property
     def reference_mode(self) -> str:
-        """free | frozen (a separate model in `extra`) | adapters_off."""
-        if self.rlhf.reference_free:
-            return "free"
-        if self.tuner_type == "full" or self.rlhf.ref_model or self.rlhf.ref_adapters:
-            return "frozen"
-        return "adapters_off"
+        """free | frozen (a separate model in `extra`) | adapters_off (`swift_jax.rlhf.reference`)."""
+        separate = self.tuner_type == "full" or bool(self.rlhf.ref_model or self.rlhf.ref_adapters)
+        return reference_mode(reference_free=self.rlhf.reference_free, separate=separate)
 
     def reference_stats(self, model, batch, extra, policy: PairStats) -> PairStats:
         """The reference's PairStats (no gradient); `policy`'s token counts when reference-free or precomputed."""
@@ -129,12 +126,8 @@ class PreferenceMethod(Method):
             else:
                 chosen, rejected = segment_pair_sums(batch[REF_KEY], batch["segment_ids"], self.pairs_per_row)
             return jax.tree.map(sg, policy._replace(logps=policy.logps._replace(chosen=chosen, rejected=rejected)))
-        if mode == "frozen":
-            ref_model = nnx.merge(self._ref_graphdef, extra)
-            ref_model.eval()
-            return jax.tree.map(sg, self.stats(ref_model, batch))
-        with adapters_disabled():
-            return jax.tree.map(sg, self.stats(model, batch))
+        with reference_of(model, nnx.merge(self._ref_graphdef, extra) if mode == "frozen" else None) as ref:
+            return jax.tree.map(sg, self.stats(ref, batch))
 
     def extra_state(self, ctx: RunContext) -> Any:
         """The frozen reference model's state when it is a separate model (full FT, --ref_model, --ref_adapters);
@@ -151,15 +144,7 @@ class PreferenceMethod(Method):
 
     def _load_reference(self, mesh) -> tuple[nnx.GraphDef, Any]:
         """(graphdef, state) of the frozen reference: --ref_model or --model, with --ref_adapters merged."""
-        from swift_jax.modeling import load_model
-        from swift_jax.trainer.setup import resolve_path
-        from swift_jax.tuners import load_adapter, merge_lora
-
-        path = resolve_path(self.rlhf.ref_model or self.model_path)
-        ref = load_model(path, dtype=self.dtype, mesh=mesh)
-        for path in self.rlhf.ref_adapters:
-            merge_lora(load_adapter(ref, path))
-        return nnx.split(ref)
+        return load_frozen(self.rlhf.ref_model or self.model_path, dtype=self.dtype, mesh=mesh, adapters=self.rlhf.ref_adapters)
 
     def reference_forward(self, ctx: RunContext):
         """A host batch -> the reference's (chosen, rejected) log-prob sums of its pair slots, computed on the run's
@@ -176,24 +161,22 @@ class PreferenceMethod(Method):
         rows = logical_to_spec(("batch",), mesh)
         out = jax.sharding.NamedSharding(mesh, rows)
 
-        def sums(model, batch):
-            model.eval()
-            stats = self.stats(model, batch)
-            return stats.logps.chosen, stats.logps.rejected
-
-        if self.reference_mode == "frozen":
+        frozen = self.reference_mode == "frozen"
+        if frozen:
             graphdef, state = self._load_reference(mesh)
-            compiled = jax.jit(lambda s, b: sums(nnx.merge(graphdef, s), b), out_shardings=(out, out))
             inputs = lambda: (state,)
         else:
             graphdef = nnx.graphdef(ctx.current_model())
-
-            def adapters_off(state, batch):
-                with adapters_disabled():
-                    return sums(nnx.merge(graphdef, state), batch)
-
-            compiled = jax.jit(adapters_off, out_shardings=(out, out))
             inputs = lambda: (nnx.state(ctx.current_model()),)
+
+        def sums(state, batch):
+            model = nnx.merge(graphdef, state)
+            with reference_of(model, model if frozen else None) as ref:
+                ref.eval()
+                stats = self.stats(ref, batch)
+            return stats.logps.chosen, stats.logps.rejected
+
+        compiled = jax.jit(sums, out_shardings=(out, out))
 
         def forward(host: dict):
             chosen, rejected = compiled(*inputs(), device_batch(host, keys, mesh))
