@@ -17,6 +17,7 @@ import json
 import os
 import re
 
+import grain
 import jax
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from flax import nnx
 import swift_jax
 from swift_jax.data import DataArgs
 from swift_jax.rlhf import RLHFArgs, make_method
-from swift_jax.rlhf.preference.sampler_order import torch_randperm
+from swift_jax.rlhf.preference.sampler_order import EpochPermutation, torch_randperm
 from swift_jax.trainer.step import summarize
 from swift_jax.tuners import load_adapter
 from test_rlhf_msswift import their_first_batch
@@ -64,11 +65,14 @@ def flag(name: str) -> str:
     return flags[flags.index(name) + 1]
 
 
-def test_torch_randperm_is_torchs():
+def test_torch_randperm_is_torchs_and_each_epoch_draws_seed_plus_epoch():
     for n in (1, 2, 16, 513):
         for seed in (0, 42, 43):
             expected = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
             np.testing.assert_array_equal(torch_randperm(n, seed), expected)
+    epochs = EpochPermutation(grain.MapDataset.source(list(range(16))), 42).repeat(2)
+    expected = [torch.randperm(16, generator=torch.Generator().manual_seed(s)).tolist() for s in (42, 43)]
+    assert [epochs[i] for i in range(32)] == expected[0] + expected[1]  # accelerate's SeedableRandomSampler
 
 
 def _tag(tokenizer, ids: np.ndarray, pattern: str) -> int:

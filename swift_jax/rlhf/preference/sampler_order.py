@@ -14,8 +14,6 @@ n < 2**32 / 20) in numpy, so no torch is needed at run time; tests check it agai
 
 from __future__ import annotations
 
-import functools
-
 import grain
 import numpy as np
 
@@ -40,6 +38,7 @@ class EpochPermutation(grain.MapDataset):
     def __init__(self, parent: grain.MapDataset, seed: int):
         super().__init__(parent)
         self._seed = int(seed)
+        self._epoch_order: tuple[int, np.ndarray] = (-1, np.zeros(0, np.int64))  # the last epoch's permutation
 
     def __len__(self) -> int:
         return len(self._parent)
@@ -47,9 +46,12 @@ class EpochPermutation(grain.MapDataset):
     def __str__(self) -> str:
         return f"EpochPermutation(seed={self._seed})"
 
-    @functools.lru_cache(maxsize=2)
     def _order(self, epoch: int) -> np.ndarray:
-        return torch_randperm(len(self._parent), self._seed + epoch)
+        cached_epoch, order = self._epoch_order  # one read: reader threads may replace it meanwhile
+        if cached_epoch != epoch:
+            order = torch_randperm(len(self._parent), self._seed + epoch)
+            self._epoch_order = (epoch, order)
+        return order
 
     def __getitem__(self, index):
         if isinstance(index, slice):
