@@ -42,17 +42,17 @@ class GRPOArguments(TrainArguments):
 
 
 def requested_rlhf_type(argv: Sequence[str]) -> str | None:
-    """The `--rlhf_type` of a command line, or of its YAML (`--config X.yaml` or ms-swift 4's positional YAML)."""
-    import yaml
+    """The `--rlhf_type` of a command line, or of its config file (`--config X.yaml` or ms-swift's positional
+    YAML/JSON)."""
+    from swift_jax.config_file import config_path_of, read_config
 
-    argv = list(argv)
-    if "--rlhf_type" in argv and argv.index("--rlhf_type") + 1 < len(argv):
-        return argv[argv.index("--rlhf_type") + 1]
-    path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else (argv[0] if argv and argv[0].endswith((".yaml", ".yml")) else None)
+    path, argv = config_path_of(argv)
+    given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--rlhf_type"]
+    given += [a.partition("=")[2] for a in argv if a.startswith("--rlhf_type=")]
+    if given:  # the last one wins, as for every flag
+        return given[-1]
     if path and os.path.isfile(path):
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        return loaded.get("rlhf_type") if isinstance(loaded, dict) else None
+        return read_config(path).get("rlhf_type")
     return None
 
 
@@ -91,15 +91,40 @@ def register_rlhf_type(rlhf_type: str, arguments: type[TrainArguments], method: 
     RLHF_METHODS[rlhf_type] = RLHFType(arguments, method)
 
 
+def _entry(argv: Sequence[str]) -> RLHFType:
+    """The registry entry of a command line's --rlhf_type (an unknown type parses as preference arguments, whose
+    validation names the choices)."""
+    return RLHF_METHODS.get(requested_rlhf_type(argv) or "dpo", RLHF_METHODS["dpo"])
+
+
+def _applies_to(arguments: type[TrainArguments]) -> str:
+    """Where another arguments class's flags apply, for the line that names them as unused."""
+    types = [t for t, e in RLHF_METHODS.items() if e.arguments is arguments]
+    if arguments is RLHFArguments:
+        return "applies to the preference methods (dpo, kto, ...), not " + ", ".join(t for t in RLHF_METHODS if t not in types)
+    return f"applies to --rlhf_type {' / '.join(types)} only"
+
+
+def parse_arguments(argv: Sequence[str] | None) -> TrainArguments:
+    """The arguments of the requested --rlhf_type (unvalidated): the flags of the other types' groups (GRPO's
+    for a preference run, the preference losses' for GRPO) are ms-swift arguments too, named with a line as
+    unused."""
+    from swift_jax.cli import field_names, parse_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cls = _entry(argv).arguments
+    elsewhere = {}
+    for other in {e.arguments for e in RLHF_METHODS.values()} - {cls}:
+        elsewhere.update({name: _applies_to(other) for name in field_names(other) - field_names(cls)})
+    return parse_config(cls, argv, aliases=ALIASES, command="rlhf", elsewhere=elsewhere)
+
+
 def run_command(argv: Sequence[str] | None) -> dict[str, Any]:
-    from swift_jax.cli import parse_config
     from swift_jax.train import train
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    # an unknown type parses as preference arguments, whose validation names the choices
-    entry = RLHF_METHODS.get(requested_rlhf_type(argv) or "dpo", RLHF_METHODS["dpo"])
-    args = parse_config(entry.arguments, argv, aliases=ALIASES).validate()
-    return train(args, entry.method(args))
+    args = parse_arguments(argv).validate()
+    return train(args, _entry(argv).method(args))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
