@@ -86,7 +86,7 @@ def test_a_bad_cached_path_is_an_error_naming_it(tmp_path, flag):
 def test_preference_pairs_cache_with_both_lengths_and_train_as_their_rows(tmp_path):
     import datasets
 
-    from swift_jax.rlhf.data import build_preference_data
+    from swift_jax.rlhf.preference.data import build_preference_data
 
     rows = os.path.join(ROOT, "swift_jax", "assets", "preference", "train.jsonl")
     out = str(tmp_path / "pairs")

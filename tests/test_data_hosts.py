@@ -10,7 +10,7 @@ import pytest
 from tokenizers_for_tests import bundled_tokenizer
 
 from swift_jax.data import DataArgs, build_data
-from swift_jax.rlhf.data import build_preference_data
+from swift_jax.rlhf.preference.data import build_preference_data
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 ASSETS = os.path.join(ROOT, "swift_jax", "assets")

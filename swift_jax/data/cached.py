@@ -105,7 +105,7 @@ def _lengths(table: RowTable, args: DataArgs, tokenizer, template_mode: str) -> 
             sample = process(table[i])
             return None if sample is None else [len(sample["input_ids"])]
     else:
-        from swift_jax.rlhf.data import PairProcessor, rlhf_data_args
+        from swift_jax.rlhf.preference.data import PairProcessor, rlhf_data_args
 
         pairs = PairProcessor(rlhf_data_args(args, "kto" if template_mode == "kto" else "dpo"), tokenizer,
                               "kto" if template_mode == "kto" else "dpo")

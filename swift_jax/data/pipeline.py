@@ -129,15 +129,18 @@ class DataPipeline:
 
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
         """This process's share (`share`) of the tokenised training samples (unpadded), lazily, epoch after epoch."""
-        ds = grain.MapDataset.source(self.train_table)
-        if self.shuffle:
-            ds = ds.shuffle(seed=self.seed)
+        ds = self.ordered(grain.MapDataset.source(self.train_table))
         index, count = self.share
         ds = ds.repeat(num_epochs)[index::count]
         ds = ds.map(self.process.samples_of)
         threads = max(1, self.args.dataset_num_proc)
         out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 16 * threads)))
         return grain_exp.FlatMapIterDataset(out, FlattenSamples())
+
+    def ordered(self, table: grain.MapDataset) -> grain.MapDataset:
+        """The training table in the order epochs read it (before `repeat`): a new shuffle each epoch when
+        `shuffle`, else file order."""
+        return table.shuffle(seed=self.seed) if self.shuffle else table
 
     @property
     def bucketed(self) -> bool:

@@ -30,7 +30,7 @@ from swift_jax.trainer import checkpoint as ckpt
 from swift_jax.trainer.best import BestMetric, EarlyStop
 from swift_jax.trainer import run_folder
 from swift_jax.trainer.logs import RunLogger, peak_memory_gib, progress_fields
-from swift_jax.trainer.method import LanguageModeling, Method
+from swift_jax.trainer.method import LanguageModeling, Method, RunContext
 from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer, resolve_optim
 from swift_jax.tuners.multimodal import lr_factors, set_vision_remat
 from swift_jax.trainer.preemption import Preemption
@@ -158,7 +158,6 @@ class Trainer:
         self.optimizer_offset = 0  # steps taken before this optimizer state began
         if t.resume_from_checkpoint:
             self._resume(t.resume_from_checkpoint)
-        self.extra = self.method.extra_state(self)
 
         self.run_dir = run_folder.create_run_dir(t.output_dir, add_version=t.add_version)
         self.logger = RunLogger(self.run_dir, total_steps=self.total_steps, initial_step=int(self.state.step),
@@ -173,6 +172,17 @@ class Trainer:
         with use_impl(args.model_args.attn_impl):
             self.train_step = make_train_step(self.graphdef, self.optimizer, self.method)
             self.eval_step = make_eval_step(self.graphdef, self.method)
+        self.context = RunContext(
+            mesh=self.mesh, current_model=self.current_model, initial_model=lambda: build_model(args, self.mesh),
+            compile_update=self._compile_update, run_dir=self.run_dir, is_main=self.main, log=self.say,
+            step=int(self.state.step) + 1)
+        self.extra = self.method.extra_state(self.context)
+
+    def _compile_update(self, host_batches: list[dict]):
+        """The compiled train step for one step of `host_batches`' shapes (RunContext.compile_update)."""
+        device = stack_batches(host_batches, self.method.batch_keys, self.mesh)
+        with use_impl(self.args.model_args.attn_impl):
+            return self.train_step.lower(self.state, self.frozen, self.extra, device).compile()
 
     def _resume(self, path: str) -> None:
         """Restore from `path` (`--resume_from_checkpoint`) with ms-swift's meaning of `--resume_only_model`
@@ -232,7 +242,8 @@ class Trainer:
         try:
             while step < self.total_steps:
                 phase_start = time.perf_counter()
-                host = self.method.make_batches(self, [next(self.iterator) for _ in range(self.accum)])
+                self.context.step = step + 1
+                host, host_metrics = self.method.make_batches(self.context, [next(self.iterator) for _ in range(self.accum)])
                 window.phase_seconds += time.perf_counter() - phase_start
                 window.add(host, self.model.config, lora_params)
                 with use_impl(args.model_args.attn_impl):
@@ -242,7 +253,7 @@ class Trainer:
                 self.logger.advance()
                 if step % t.logging_steps == 0 or step == self.total_steps or (step == 1 and t.logging_first_step):
                     self._check_finite()
-                    record = {"step": step, **_defined({k: v for k, v in metrics.items() if k != "count"})}
+                    record = {"step": step, **_defined({k: v for k, v in metrics.items() if k != "count"}), **host_metrics}
                     record["learning_rate"] = float(self.schedule(step - self.optimizer_offset - 1))
                     record["epoch"] = round(step / self.steps_per_epoch, 4)
                     record.update(window.flush(device_kind))

@@ -23,7 +23,7 @@ from swift_jax.data.pipeline import PROBE_ROWS
 from swift_jax.data.samples import Counters
 from swift_jax.data.hosts import take_share
 from swift_jax.data.streaming import _StreamDataset, estimated_rows, ordered_stream, stream_mix, stream_plans
-from swift_jax.rlhf.data import PairProcessor, PreferencePipeline
+from swift_jax.rlhf.preference.data import PairProcessor, PreferencePipeline
 
 
 class _KTOGroups(grain_exp.FlatMapTransform):
