@@ -73,7 +73,7 @@ def export(args: ExportArgs) -> str:
         raise ValueError("--to_peft writes only the adapter; do not combine it with --merge_lora or --quant_method")
     if (args.merge_lora or args.to_peft) and not args.adapters:
         raise ValueError("--merge_lora/--to_peft need --adapters CKPT")
-    base = args.model or base_model_of(args.adapters[0])
+    base = args.model or base_model_of(args.adapter_paths()[0])
     spec = None
     if args.quant_method:  # bad settings and unsupported models fail before anything is loaded
         from swift_jax.quant import QuantSpec
@@ -82,13 +82,13 @@ def export(args: ExportArgs) -> str:
         if spec.method == "gptq" and not args.dataset:
             raise ValueError("--quant_method gptq needs calibration data: pass --dataset FILE.jsonl")
     model = swift_jax.load_model(base, dtype=args.dtype)
-    for path in args.adapters:
+    for path in args.adapter_paths():
         load_adapter(model, path)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.to_peft:  # the adapter's own modules_to_save / bias tensors travel with it
         from swift_jax.hf.peft import read_peft_config
 
-        saved = read_peft_config(args.adapters[-1])
+        saved = read_peft_config(args.adapter_paths()[-1])
         save_peft_adapter(model, args.output_dir, base_model_name_or_path=base, dtype=args.dtype,
                           modules_to_save=saved.get("modules_to_save") or (), lora_bias=saved.get("bias", "none"),
                           target_regex=saved["target_modules"] if isinstance(saved.get("target_modules"), str) else None)
@@ -103,7 +103,7 @@ def export(args: ExportArgs) -> str:
             from swift_jax.quant.calibration import calibration_rows
 
             tokenizer = swift_jax.load_tokenizer(base)
-            encoder = args.trained_encoder(tokenizer, *args.adapters, args.model)
+            encoder = args.trained_encoder(tokenizer, *args.adapter_paths(), args.model)
             calibration = calibration_rows(encoder, args.dataset, n_samples=args.quant_n_samples, seq_len=args.max_length,
                                            columns=args.columns)
         save_quantized(
@@ -120,7 +120,7 @@ def export(args: ExportArgs) -> str:
 def _save_template_args(args: ExportArgs, output_dir: str) -> None:
     """Record the template the run used (given, or trained with) in output_dir/args.json, so infer, eval and
     deploy on the exported folder render prompts as training did (ms-swift's export carries args.json too)."""
-    fields = {k: v for k, v in args.trained_template_fields(*args.adapters, args.model).items() if v is not None}
+    fields = {k: v for k, v in args.trained_template_fields(*args.adapter_paths(), args.model).items() if v is not None}
     if fields:
         with open(os.path.join(output_dir, "args.json"), "w") as f:
             json.dump({"data": fields}, f, indent=2, ensure_ascii=False)

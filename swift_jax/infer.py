@@ -48,7 +48,7 @@ class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
 
     def chat_encoder(self, tokenizer):
         """The prompt renderer: these arguments, else what the checkpoint was trained with (its args.json)."""
-        return self.trained_encoder(tokenizer, *self.adapters, self.model)
+        return self.trained_encoder(tokenizer, *self.adapter_paths(), self.model)
 
 
 def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None):
@@ -142,7 +142,7 @@ def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdou
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_config(InferArgs, argv, aliases=ALIASES)
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.adapter_paths(), args.dtype)
     vision, args = vision_for_inference(args, model.config)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
     if args.val_dataset:

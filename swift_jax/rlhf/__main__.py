@@ -46,6 +46,9 @@ def requested_rlhf_type(argv: Sequence[str]) -> str | None:
     argv = list(argv)
     if "--rlhf_type" in argv and argv.index("--rlhf_type") + 1 < len(argv):
         return argv[argv.index("--rlhf_type") + 1]
+    given = [a.split("=", 1)[1] for a in argv if a.startswith("--rlhf_type=")]
+    if given:
+        return given[-1]
     path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else (argv[0] if argv and argv[0].endswith((".yaml", ".yml")) else None)
     if path and os.path.isfile(path):
         with open(path) as f:
