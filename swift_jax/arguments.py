@@ -98,7 +98,7 @@ class TemplateArgs:
     response_prefix: str | None = None
     """Text that opens every generated response (overrides the thinking prefixes; inference only)."""
     columns: dict[str, str] = dataclasses.field(default_factory=dict)
-    """Rename columns before format detection, e.g. {"prompt_text": "query"}."""
+    """Rename columns before format detection, as old/new pairs: `--columns prompt_text query answer response`."""
 
     def __post_init__(self):
         self.system = read_system(self.system)

@@ -194,7 +194,14 @@ class TrainingArgs:
     train_dataloader_shuffle: bool = True
     """Shuffle the training samples every epoch."""
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
-    """tensorboard and/or none."""
+    """tensorboard | wandb | swanlab | all | none, several at once (wandb and swanlab: the `[wandb]` / `[swanlab]`
+    extras; their environment variables apply, e.g. WANDB_MODE=offline)."""
+    swanlab_project: str = "ms-swift"
+    """--report_to swanlab: the SwanLab project."""
+    swanlab_exp_name: str | None = None
+    """--report_to swanlab: the experiment name (default: the run folder's name)."""
+    swanlab_mode: str = "cloud"
+    """--report_to swanlab: cloud | local | offline (swanlab's modes; cloud needs SWANLAB_API_KEY or a login)."""
     num_predict_samples: int = 0
     """After training, answer the first N rows of the first --val_dataset file greedily, print a few
     question/answer pairs and the exact-match rate (0: off)."""
@@ -226,6 +233,9 @@ class TrainArguments:
         except ValueError as err:
             raise ValueError(f"--attn_impl {self.model_args.attn_impl}: {err}") from None
         t = self.training
+        from swift_jax.trainer.trackers import check_report_to
+
+        t.report_to = check_report_to(t.report_to) or ["none"]
         if t.learning_rate is None:
             t.learning_rate = 1e-5 if self.tuner.tuner_type == "full" else 1e-4
         if t.per_device_train_batch_size < 1:

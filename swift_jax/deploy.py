@@ -113,8 +113,11 @@ class ChatServer:
     `named` (ms-swift's `--adapters name=path`): a generator per adapter name; a request's `model` picks it, the
     served model name (or a request without `model`) picks `gen`, as ms-swift's deploy routes adapter requests."""
 
-    def __init__(self, gen: Generator, args: DeployArgs, vision=None, named: dict[str, Generator] | None = None):
+    def __init__(self, gen: Generator, args: DeployArgs, vision=None, named: dict[str, Generator] | None = None,
+                 reward_model=None):
+        """`reward_model`: a model with a value head; requests then get its score of their conversation."""
         self.gen, self.args, self.vision, self.named = gen, args, vision, dict(named or {})
+        self.reward_model = reward_model
         self.encoder = args.chat_encoder(gen.tokenizer)
         paths = args.adapter_paths()
         self.name = args.served_model_name or args.model or (paths[0] if paths else "swift_jax")
@@ -138,6 +141,8 @@ class ChatServer:
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """A `chat.completion` object for a non-streaming request."""
+        if self.reward_model is not None:
+            return self._score(body)
         gen = self._generator(body)
         prompt, config = _prompt(body, self.encoder, self.vision), _config(body, self.args, gen, self.encoder)
         with self.lock:
@@ -154,8 +159,32 @@ class ChatServer:
             },
         }
 
+    def _score(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A reward model's answer, as ms-swift's deploy gives it: the score of the conversation (which ends with the
+        answer to score) as the message content, a number."""
+        from swift_jax.infer import reward_conversation_ids
+        from swift_jax.rlhf.reward_model import last_token_scores
+
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise RequestError("'messages' must be a non-empty list of {'role', 'content'} objects")
+        try:
+            prompt = prompt_of({"messages": body["messages"], "tools": body.get("tools")}, where="request")
+            answer = [] if prompt.reference is None else [{"role": "assistant", "content": prompt.reference}]
+            ids = reward_conversation_ids(self.encoder, prompt.messages + answer, prompt.tools)
+        except DataError as err:
+            raise RequestError(str(err)) from None
+        with self.lock:
+            score = last_token_scores(self.reward_model, [ids], 1)[0]
+        return {
+            **self._head("chat.completion", body),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": score}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+        }
+
     def stream(self, body: dict[str, Any]):
         """`chat.completion.chunk` objects for a streaming request (validated before the first one)."""
+        if self.reward_model is not None:
+            raise RequestError("this server runs a reward model: it returns one score per request, without streaming")
         gen = self._generator(body)
         prompt, config = _prompt(body, self.encoder, self.vision), _config(body, self.args, gen, self.encoder)
         head = self._head("chat.completion.chunk", body)
@@ -252,7 +281,10 @@ def build_server(args: DeployArgs) -> tuple[ChatServer, ThreadingHTTPServer]:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"--adapters {name}={path}: no such folder; expected a LoRA checkpoint folder")
         generators[name] = Generator(load_adapter(nnx.clone(model), path), tokenizer, max_batch_size=1)
-    chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args, vision, generators)
+    from swift_jax.tuners.value_head import has_value_head
+
+    reward_model = model if has_value_head(model) else None  # scores, not text (ms-swift's seq_cls deploy)
+    chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args, vision, generators, reward_model)
     return chat, make_server(chat, args.host, args.port)
 
 

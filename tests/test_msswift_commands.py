@@ -97,30 +97,46 @@ def test_named_adapters_parse_in_every_inference_command(tiny):
         InferArgs(adapters=[f"a={adapter}", f"a={adapter}"]).adapter_entries()
 
 
-def _sft(tmp_path, *flags):
-    """`swift-jax sft` on the quickstart assets with ms-swift's LoRA defaults (rank 8, alpha 32, dropout 0.05)."""
-    from swift_jax.train import run_command
+def _sft(output_dir, *flags, env=()):
+    """`swift-jax sft` on the quickstart assets with ms-swift's LoRA defaults (rank 8, alpha 32, dropout 0.05), on one
+    CPU device (a subprocess, as a user runs it); returns (run folder, output)."""
+    import subprocess
+    import sys
 
     argv = ["--model", QUICK, "--init_from_scratch", "true", "--dtype", "float32", "--dataset", os.path.join(QUICK, "train.jsonl") + "#8",
             "--max_length", "32", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--report_to", "none",
-            "--output_dir", str(tmp_path), "--compilation_cache_dir", "none", "--max_steps", "1", "--save_steps", "1", *flags]
-    return run_command(argv)
+            "--output_dir", str(output_dir), "--max_steps", "1", "--save_steps", "1", *flags]
+    environ = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", **dict(env)}
+    proc = subprocess.run([sys.executable, "-m", "swift_jax.train", *argv], cwd=ROOT, env=environ, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    (run,) = os.listdir(output_dir)
+    return os.path.join(output_dir, run), proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("init", ["pissa", "olora"])
-def test_sft_pissa_olora_checkpoint_and_predictions_with_dropout(tmp_path, capsys, init):
+def test_sft_pissa_olora_checkpoint_predictions_and_trackers(tmp_path, init):
     """`sft --init_weights pissa|olora` writes its checkpoint (before: 'Array has been deleted' at the first save:
-    the initial adapter shared the donated adapter's buffer), and `--num_predict_samples` answers with the
-    dropout-carrying adapter (before: TraceContextError under models/scan.py)."""
+    the initial adapter shared the donated adapter's buffer); `--num_predict_samples` answers with the
+    dropout-carrying adapter (before: TraceContextError under models/scan.py); the pissa run also reports to
+    wandb and swanlab in their offline modes (before: `--report_to wandb swanlab` logged nowhere)."""
     val = tmp_path / "val.jsonl"
     with open(os.path.join(QUICK, "val.jsonl")) as f:
         val.write_text("".join(f.readlines()[:2]))
-    result = _sft(tmp_path / "out", "--init_weights", init, "--num_predict_samples", "2", "--val_dataset", str(val),
-                  "--predict_max_new_tokens", "4")
-    with open(os.path.join(result["run_dir"], "checkpoint-1", "adapter_config.json")) as f:
+    trackers = ["--report_to", "wandb", "swanlab", "--swanlab_mode", "offline"] if init == "pissa" else []
+    run_dir, output = _sft(tmp_path / "out", "--init_weights", init, "--num_predict_samples", "2", "--val_dataset", str(val),
+                           "--predict_max_new_tokens", "4", *trackers, env={"WANDB_MODE": "offline"})
+    with open(os.path.join(run_dir, "checkpoint-1", "adapter_config.json")) as f:
         config = json.load(f)
     assert config["r"] == 16 and config["lora_dropout"] == 0.05  # PEFT's converted rank-2r LoRA
-    assert "held-out exact match" in capsys.readouterr().out
+    assert "held-out exact match" in output
+    if trackers:  # each tracker's run file holds the logged scalars
+        import glob
+
+        for pattern in ("wandb/offline-run-*/run-*.wandb", "swanlog/run-*/run-*.swanlab"):
+            (path,) = glob.glob(os.path.join(run_dir, pattern))
+            with open(path, "rb") as f:
+                assert b"train/loss" in f.read(), pattern
 
 
 def _train_args(*flags):
@@ -238,3 +254,64 @@ def test_image_rows_name_the_text_only_path_not_the_model(tmp_path):
         load_prompt_rows([str(data)])
     with pytest.raises(DataError, match=r"vl.jsonl row 0: .*GPTQ calibration .* reads text rows only"):
         calibration_rows(DataArgs().chat_encoder(tokenizer), [str(data)], n_samples=1, seq_len=8)
+
+
+def test_report_to_a_missing_tracker_names_the_extra(monkeypatch):
+    """`--report_to wandb|swanlab` without the package is refused before training, naming the extra (before: exit 0
+    and no logs anywhere); unknown names are refused too."""
+    import sys
+
+    for name in ("wandb", "swanlab"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed: `import name` raises ImportError
+        with pytest.raises(ValueError, match=rf"--report_to {name}: .*pip install 'swift-jax\[{name}\]'"):
+            _train_args("--report_to", "tensorboard", name)
+    with pytest.raises(ValueError, match="--report_to mlflow: expected any of tensorboard, wandb, swanlab, none"):
+        _train_args("--report_to", "mlflow")
+    assert _train_args("--report_to", "none").training.report_to == ["none"]
+
+
+@pytest.fixture(scope="module")
+def reward_model(tiny, tmp_path_factory):
+    """A reward model (value head, as `--rlhf_type rm` saves it) on the tiny chat model."""
+    from swift_jax.tuners.value_head import attach_value_head
+
+    base = tiny[0]
+    model = attach_value_head(swift_jax.load_model(base, dtype="float32"), seed=5)
+    model.score.kernel[...] = model.score.kernel[...] * 50  # scores well apart
+    folder = tmp_path_factory.mktemp("rm") / "my_rm"
+    swift_jax.save_pretrained(model, str(folder))
+    swift_jax.load_tokenizer(base).save_pretrained(str(folder))
+    return str(folder)
+
+
+def test_reward_model_under_infer_and_deploy_returns_scores(reward_model, tmp_path):
+    """A reward model under `infer` writes each conversation's score as `response`, and `deploy` answers with the score
+    as the message content, as ms-swift's seq_cls inference does (before: generated text); the scores are the
+    GRPO scorer's (`--reward_model`, checked against transformers' *ForSequenceClassification)."""
+    import urllib.request
+
+    from swift_jax.deploy import DeployArgs, build_server
+    from swift_jax.rlhf.reward_model import ModelReward
+
+    answers = ["42.", "Paris."]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in zip(QUESTIONS, answers)))
+    expected = ModelReward(reward_model)(answers, messages=[[{"role": "user", "content": q}] for q in QUESTIONS[:2]])
+    result = tmp_path / "scores.jsonl"
+    infer.main(["--model", reward_model, "--val_dataset", str(data), "--result_path", str(result)])
+    scores = [json.loads(line)["response"] for line in result.read_text().splitlines()]
+    assert scores == pytest.approx(expected, abs=1e-4) and abs(scores[0] - scores[1]) > 1e-3
+
+    chat, server = build_server(parse_config(DeployArgs, ["--model", reward_model, "--port", "0", "--served_model_name", "rm"]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        body = {"model": "rm", "messages": [{"role": "user", "content": QUESTIONS[0]}, {"role": "assistant", "content": answers[0]}]}
+        request = urllib.request.Request(f"http://127.0.0.1:{server.server_address[1]}/v1/chat/completions",
+                                         data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(request, timeout=60).read())
+        assert reply["choices"][0]["message"]["content"] == pytest.approx(expected[0], abs=1e-4)
+        assert reply["choices"][0]["finish_reason"] == "stop"
+    finally:
+        server.shutdown()
+        server.server_close()
