@@ -131,9 +131,10 @@ class ChatServer:
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "swift_jax"} for n in self.model_names()]}
 
     def _generator(self, body: dict[str, Any]) -> Generator:
-        """The generator a request's `model` names (ms-swift answers an unknown name with 400)."""
+        """The generator a request's `model` names; with named adapters an unknown name is a 400, as ms-swift's
+        (without them any name gets the one model, as before)."""
         model = body.get("model")
-        if model is None or model == self.name:
+        if model is None or model == self.name or not self.named:
             return self.gen
         if model not in self.named:
             raise RequestError(f"`{model}` is not in the model_list: `{self.model_names()}`.")

@@ -248,7 +248,7 @@ def test_image_rows_name_the_text_only_path_not_the_model(tmp_path):
     tokenizer = load_tokenizer(QUICK)
     for rlhf_type in ("dpo", "kto"):
         with pytest.raises((DataError, ValueError)) as err:
-            build_preference_data(DataArgs(dataset=[str(data)]), tokenizer, rlhf_type, batch_size=1)
+            build_preference_data(DataArgs(dataset=[str(data)]), tokenizer, rlhf_type, batch_size=2)
         assert "vl.jsonl" in str(err.value) and "preference training" in str(err.value) and "text-only" not in str(err.value)
     with pytest.raises((DataError, ValueError), match=r"vl.jsonl.*GRPO \(--rlhf_type grpo\) reads text rows only"):
         load_prompt_rows([str(data)])
