@@ -78,7 +78,7 @@ def backend_name(impl: str) -> str:
     an unknown value is an error listing both."""
     impl = MS_SWIFT_IMPLS.get(impl, impl)
     if impl != "auto" and impl not in BACKENDS:
-        raise ValueError(f"attention impl={impl!r} is not available; expected 'auto', one of {sorted(BACKENDS)}, "
+        raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}, "
                          f"or one of ms-swift's names {sorted(MS_SWIFT_IMPLS)}")
     return impl
 
