@@ -164,7 +164,10 @@ class LayerStack(nnx.Module):
     def cached(self, x: jax.Array, rotary, segment_ids: jax.Array, keys, values, kv_segment_ids, index, *blocks):
         """The segment against its KV cache: `keys`/`values` hold per pattern position the stacked caches
         `[repeats, batch, max_len, kv_heads, head_dim]`; returns `(x, keys, values)` with this call's written.
-        `blocks`: optionally the cache slots' `bidirectional_ids` `[batch, max_len]`."""
+        `blocks`: optionally the cache slots' `bidirectional_ids` `[batch, max_len]`.
+
+        KV-cache calls are inference (generation, rollouts), run with dropout off (`tuners.lora.inference_view`):
+        the RNG streams are read, never advanced, so a decode loop (`lax.while_loop`) mutates no outer state."""
         tables = rotary[self.start : self.start + self.period]
         graphdef, rng_state, params = nnx.split(self.layers, nnx.RngState, ...)
 
@@ -179,9 +182,8 @@ class LayerStack(nnx.Module):
                 x = constrain(x, ACTIVATION_AXES)
                 keys[k] = jax.lax.dynamic_update_index_in_dim(keys[k], layer_keys, slot, 0)
                 values[k] = jax.lax.dynamic_update_index_in_dim(values[k], layer_values, slot, 0)
-            return (x, tuple(keys), tuple(values)), nnx.state(layers, nnx.RngState)
+            return (x, tuple(keys), tuple(values)), None
 
         slots = jnp.arange(self.repeats, dtype=jnp.int32)
-        (x, keys, values), rng_state = jax.lax.scan(body, (x, tuple(keys), tuple(values)), (slots, rng_state, params))
-        nnx.update(self.layers, rng_state)
+        (x, keys, values), _ = jax.lax.scan(body, (x, tuple(keys), tuple(values)), (slots, rng_state, params))
         return x, keys, values

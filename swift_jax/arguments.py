@@ -17,6 +17,7 @@ default by re-declaring the field (eval's `max_new_tokens`, GRPO's `temperature`
 from __future__ import annotations
 
 import dataclasses
+import os
 
 
 @dataclasses.dataclass
@@ -52,7 +53,38 @@ class AdapterArgs:
     """LoRA adapters to load on top of the model."""
 
     adapters: list[str] = dataclasses.field(default_factory=list)
-    """LoRA checkpoint folders (PEFT format: our checkpoint-STEP folders, or PEFT's)."""
+    """LoRA checkpoint folders (PEFT format: our checkpoint-STEP folders, or PEFT's). ms-swift's `name=path`
+    names an adapter: deploy serves it as model `name` beside the base model; infer, eval and export apply it."""
+
+    def adapter_entries(self) -> list[tuple[str | None, str]]:
+        """`(name or None, folder)` per `--adapters` entry, split as ms-swift's deploy splits `name=path` (an entry
+        that is an existing path is a folder, whatever characters it holds)."""
+        out = []
+        for entry in self.adapters:
+            name, sep, path = entry.partition("=")
+            named = sep and name and path and not os.path.exists(entry)
+            out.append((name, path) if named else (None, entry))
+        names = [name for name, _ in out if name is not None]
+        if len(set(names)) < len(names):
+            raise ValueError(f"--adapters {' '.join(self.adapters)}: an adapter name is given twice")
+        return out
+
+    def adapter_paths(self) -> list[str]:
+        """Every `--adapters` folder in order, names stripped: what infer, eval and export apply."""
+        return [path for _, path in self.adapter_entries()]
+
+
+def read_system(value: str | None) -> str | None:
+    """ms-swift's `--system` rule (TemplateArguments): a value ending in `.txt` names a file whose text is the
+    system prompt; any other value is the prompt itself, with a literal `\\n` read as a newline."""
+    if value is None:
+        return None
+    if value.endswith(".txt"):
+        if not os.path.isfile(value):
+            raise FileNotFoundError(f"--system {value}: no such file (a value ending in .txt is read as a file, as ms-swift)")
+        with open(value, encoding="utf-8") as f:
+            return f.read()
+    return value.replace("\\n", "\n")
 
 
 @dataclasses.dataclass
@@ -66,7 +98,8 @@ class TemplateArgs:
     exactly as ms-swift's template of that name, default system prompt included; or a path to a .jinja file.
     Inference and export default to the template a checkpoint was trained with (its args.json)."""
     system: str | None = None
-    """Default system prompt for rows that have none (replaces the template's own default)."""
+    """Default system prompt for rows that have none (replaces the template's own default). As in ms-swift, a value
+    ending in .txt is a file whose text is the prompt, and a literal `\\n` in the value is a newline."""
     agent_template: str | None = None
     """How tools, tool calls and tool responses are written (ms-swift names: hermes, react_en, react_zh, qwen_en,
     qwen_zh, qwen_en_parallel, qwen_zh_parallel, glm4, chatglm4, llama3, deepseek_v3_1); None: the template's
@@ -93,6 +126,9 @@ class TemplateArgs:
     """JSON files (or a JSON string) registering datasets in ms-swift's dataset_info.json format."""
     custom_register_path: list[str] = dataclasses.field(default_factory=list)
     """Python files that register datasets (`swift_jax.data.registry.register_dataset`), imported before reading."""
+
+    def __post_init__(self):
+        self.system = read_system(self.system)
 
     def thinking(self):
         """The thinking controls as the template reads them."""
@@ -132,7 +168,7 @@ class SavedArgs:
     def trained_run(self) -> tuple[str | None, ...]:
         """The checkpoints whose args.json this run reads, in order: --adapters, then --model (none without
         --load_args)."""
-        return (*self.adapters, self.model) if self.load_args else ()
+        return (*self.adapter_paths(), self.model) if self.load_args else ()
 
 
 @dataclasses.dataclass

@@ -32,7 +32,8 @@ class TrainModelArgs(ModelArgs):
     except on CPU with --gradient_checkpointing false, where the unrolled layout's step is faster (measured:
     docs/benchmarks.md)."""
     attn_impl: str = "auto"
-    """Attention backend: auto | xla | pallas_gpu | pallas_tpu | cudnn (see the README)."""
+    """Attention backend: auto | xla | xla_blocked | pallas_gpu | pallas_tpu | cudnn (see the README); ms-swift's names
+    map to them: flash_attn / flash_attention_2|3|4 / sdpa -> auto (the platform's fused kernel), eager -> xla."""
 
 
 @dataclasses.dataclass
@@ -46,8 +47,9 @@ class TunerArgs(AdapterArgs):
     lora_dropout: float = 0.05
     target_modules: list[str] = dataclasses.field(default_factory=lambda: ["all-linear"])
     """HF module names to adapt (q_proj, v_proj, ...) or all-linear (every linear layer but lm_head)."""
-    quant_bits: int = 4
-    """qlora: bits of the frozen quantized base (4 or 8)."""
+    quant_bits: int | None = None
+    """Bits of the frozen quantized base (4 or 8): QLoRA. `--tuner_type qlora` defaults to 4; as in ms-swift,
+    `--tuner_type lora --quant_bits 4` is QLoRA too."""
     target_regex: str | None = None
     """Regex over HF module names (`model.layers.3.self_attn.q_proj`), matched in full; replaces target_modules."""
     target_parameters: list[str] | None = None
@@ -110,6 +112,15 @@ class TunerArgs(AdapterArgs):
             raise ValueError(f"--lora_dtype {self.lora_dtype!r}: expected float32, bfloat16 or float16")
         if self.lorap_lr_ratio is not None and self.lorap_lr_ratio <= 0:
             raise ValueError(f"--lorap_lr_ratio must be positive, got {self.lorap_lr_ratio}")
+        if self.quant_bits is not None and self.tuner_type == "full":
+            raise ValueError(f"--quant_bits {self.quant_bits} quantizes a frozen base for LoRA; full fine-tuning trains every "
+                             "weight unquantized (use --tuner_type lora, or drop --quant_bits)")
+        if self.quant_bits is not None and self.tuner_type == "lora":  # ms-swift's QLoRA spelling
+            print(f"--tuner_type lora --quant_bits {self.quant_bits}: training QLoRA (a {self.quant_bits}-bit frozen base), "
+                  "as --tuner_type qlora", file=sys.stderr)
+            self.tuner_type = "qlora"
+        if self.tuner_type == "qlora" and self.quant_bits is None:
+            self.quant_bits = 4
         from swift_jax.tuners.init import check_init_weights
 
         self.init_weights = check_init_weights(self.init_weights)
@@ -217,7 +228,8 @@ class TrainingArgs:
     train_dataloader_shuffle: bool = True
     """Shuffle the training samples every epoch."""
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
-    """tensorboard and/or none."""
+    """tensorboard | wandb | swanlab | all | none, several at once (wandb and swanlab: the `[wandb]` / `[swanlab]`
+    extras; their environment variables apply, e.g. WANDB_MODE=offline)."""
     acc_strategy: Literal["token", "seq"] = "token"
     """Accuracy logged in training and evaluation: token (token_acc, the share of target tokens predicted) | seq
     (seq_acc, the share of samples whose every target token is predicted; packed samples counted apart)."""
@@ -231,6 +243,12 @@ class TrainingArgs:
     predict_with_generate: bool = False
     """ms-swift's generation metrics during evaluation: not implemented; one warning line (evaluation reports loss
     and accuracy; --num_predict_samples N answers held-out rows by generation after training)."""
+    swanlab_project: str = "ms-swift"
+    """--report_to swanlab: the SwanLab project."""
+    swanlab_exp_name: str | None = None
+    """--report_to swanlab: the experiment name (default: the run folder's name)."""
+    swanlab_mode: str = "cloud"
+    """--report_to swanlab: cloud | local | offline (swanlab's modes; cloud needs SWANLAB_API_KEY or a login)."""
     num_predict_samples: int = 0
     """After training, answer the first N rows of the first --val_dataset file greedily, print a few
     question/answer pairs and the exact-match rate (0: off)."""
@@ -311,7 +329,16 @@ class TrainArguments:
         if self.tuner.tuner_type not in TUNER_TYPES:
             raise ValueError(f"--tuner_type {self.tuner.tuner_type!r}: expected one of {TUNER_TYPES}")
         self.tuner.validate()
+        from swift_jax.kernels.attention import backend_name
+
+        try:
+            backend_name(self.model_args.attn_impl)
+        except ValueError as err:
+            raise ValueError(f"--attn_impl {self.model_args.attn_impl}: {err}") from None
         t = self.training
+        from swift_jax.trainer.trackers import check_report_to
+
+        t.report_to = check_report_to(t.report_to) or ["none"]
         if t.learning_rate is None:
             t.learning_rate = 1e-5 if self.tuner.tuner_type == "full" else 1e-4
         if t.per_device_train_batch_size < 1:

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Sequence
+
+from flax import nnx
 
 from swift_jax.arguments import GenerationArgs
 from swift_jax.generation import GenerationConfig, Generator
@@ -105,24 +108,48 @@ def _prompt(body: dict[str, Any], encoder, vision=None):
 
 
 class ChatServer:
-    """Holds the generator and turns OpenAI chat requests into generation calls."""
+    """Holds the generators and turns OpenAI chat requests into generation calls.
 
-    def __init__(self, gen: Generator, args: DeployArgs, vision=None):
-        self.gen, self.args, self.vision = gen, args, vision
+    `named` (ms-swift's `--adapters name=path`): a generator per adapter name; a request's `model` picks it, the
+    served model name (or a request without `model`) picks `gen`, as ms-swift's deploy routes adapter requests."""
+
+    def __init__(self, gen: Generator, args: DeployArgs, vision=None, named: dict[str, Generator] | None = None,
+                 reward_model=None):
+        """`reward_model`: a model with a value head; requests then get its score of their conversation."""
+        self.gen, self.args, self.vision, self.named = gen, args, vision, dict(named or {})
+        self.reward_model = reward_model
         self.encoder = args.chat_encoder(gen.tokenizer)
-        self.name = args.served_model_name or args.model or (args.adapters[0] if args.adapters else "swift_jax")
+        paths = args.adapter_paths()
+        self.name = args.served_model_name or args.model or (paths[0] if paths else "swift_jax")
         self.lock = threading.Lock()
 
+    def model_names(self) -> list[str]:
+        """The `model` names requests may use: the served model, then the named adapters (ms-swift's list)."""
+        return [self.name, *self.named]
+
     def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": self.name, "object": "model", "created": 0, "owned_by": "swift_jax"}]}
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "swift_jax"} for n in self.model_names()]}
+
+    def _generator(self, body: dict[str, Any]) -> Generator:
+        """The generator a request's `model` names; with named adapters an unknown name is a 400, as ms-swift's
+        (without them any name gets the one model, as before)."""
+        model = body.get("model")
+        if model is None or model == self.name or not self.named:
+            return self.gen
+        if model not in self.named:
+            raise RequestError(f"`{model}` is not in the model_list: `{self.model_names()}`.")
+        return self.named[model]
 
     def complete(self, body: dict[str, Any]) -> dict[str, Any]:
         """A `chat.completion` object for a non-streaming request."""
-        prompt, config = _prompt(body, self.encoder, self.vision), _config(body, self.args, self.gen, self.encoder)
+        if self.reward_model is not None:
+            return self._score(body)
+        gen = self._generator(body)
+        prompt, config = _prompt(body, self.encoder, self.vision), _config(body, self.args, gen, self.encoder)
         with self.lock:
-            out = self.gen.generate_ids([prompt], config)[0]
+            out = gen.generate_ids([prompt], config)[0]
         return {
-            **self._head("chat.completion"),
+            **self._head("chat.completion", body),
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": out.text}, "finish_reason": out.finish_reason}
             ],
@@ -133,15 +160,40 @@ class ChatServer:
             },
         }
 
+    def _score(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A reward model's answer, as ms-swift's deploy gives it: the score of the conversation (which ends with the
+        answer to score) as the message content, a number."""
+        from swift_jax.infer import reward_conversation_ids
+        from swift_jax.rlhf.reward_model import last_token_scores
+
+        if not isinstance(body.get("messages"), list) or not body["messages"]:
+            raise RequestError("'messages' must be a non-empty list of {'role', 'content'} objects")
+        try:
+            prompt = prompt_of({"messages": body["messages"], "tools": body.get("tools")}, where="request")
+            answer = [] if prompt.reference is None else [{"role": "assistant", "content": prompt.reference}]
+            ids = reward_conversation_ids(self.encoder, prompt.messages + answer, prompt.tools)
+        except DataError as err:
+            raise RequestError(str(err)) from None
+        with self.lock:
+            score = last_token_scores(self.reward_model, [ids], 1)[0]
+        return {
+            **self._head("chat.completion", body),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": score}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
+        }
+
     def stream(self, body: dict[str, Any]):
         """`chat.completion.chunk` objects for a streaming request (validated before the first one)."""
-        prompt, config = _prompt(body, self.encoder, self.vision), _config(body, self.args, self.gen, self.encoder)
-        head = self._head("chat.completion.chunk")
+        if self.reward_model is not None:
+            raise RequestError("this server runs a reward model: it returns one score per request, without streaming")
+        gen = self._generator(body)
+        prompt, config = _prompt(body, self.encoder, self.vision), _config(body, self.args, gen, self.encoder)
+        head = self._head("chat.completion.chunk", body)
 
         def chunks():
             with self.lock:
                 yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
-                pieces = self.gen.stream(prompt, config)
+                pieces = gen.stream(prompt, config)
                 while True:
                     try:
                         piece = next(pieces)
@@ -153,8 +205,9 @@ class ChatServer:
 
         return chunks()
 
-    def _head(self, kind: str) -> dict[str, Any]:
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": self.name}
+    def _head(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        model = body.get("model") if body.get("model") in self.named else self.name
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": kind, "created": int(time.time()), "model": model}
 
 
 def make_server(chat: ChatServer, host: str, port: int) -> ThreadingHTTPServer:
@@ -207,12 +260,38 @@ def make_server(chat: ChatServer, host: str, port: int) -> ThreadingHTTPServer:
     return ThreadingHTTPServer((host, port), Handler)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_config(DeployArgs, argv, aliases=ALIASES, command="deploy")
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
+def build_server(args: DeployArgs) -> tuple[ChatServer, ThreadingHTTPServer]:
+    """The chat server of `args` bound to its address: the model with the unnamed `--adapters` applied, and one
+    generator per named adapter (`name=path`) on top of that model (they share its weights)."""
+    from swift_jax.tuners import load_adapter
+
+    paths, named = [], {}
+    for name, path in args.adapter_entries():
+        if name is None:
+            paths.append(path)
+        else:
+            named[name] = path
+    if not args.model and not paths and named:  # ms-swift: the base model of the first adapter
+        from swift_jax.tuners import base_model_of
+
+        args = dataclasses.replace(args, model=base_model_of(next(iter(named.values()))))
+    model, tokenizer = load_for_inference(args.model, paths, args.dtype, args.adjust_config(), args.new_special_tokens)
     vision, args = vision_for_inference(args, model.config)
-    chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args, vision)
-    server = make_server(chat, args.host, args.port)
+    generators = {}
+    for name, path in named.items():
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"--adapters {name}={path}: no such folder; expected a LoRA checkpoint folder")
+        generators[name] = Generator(load_adapter(nnx.clone(model), path), tokenizer, max_batch_size=1)
+    from swift_jax.tuners.value_head import has_value_head
+
+    reward_model = model if has_value_head(model) else None  # scores, not text (ms-swift's seq_cls deploy)
+    chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args, vision, generators, reward_model)
+    return chat, make_server(chat, args.host, args.port)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    chat, server = build_server(parse_config(DeployArgs, argv, aliases=ALIASES, command="deploy"))
+    args = chat.args
     print(f"[INFO] serving {chat.name} at http://{args.host}:{server.server_address[1]}/v1", flush=True)
     server.serve_forever()
 

@@ -38,6 +38,7 @@ from flax import nnx
 from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, SavedArgs, TemplateArgs
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
+from swift_jax.tuners.lora import inference_view
 from swift_jax.data.frontend import prompt_of, read_rows
 from swift_jax.data.resolve import LoadOptions
 from swift_jax.data.media import row_media
@@ -102,7 +103,7 @@ class Scorer:
     """Sums log-probabilities of target spans of token sequences, `max_batch_size` rows per compiled call."""
 
     def __init__(self, model: nnx.Module, *, max_batch_size: int = 8, max_length: int = 2048):
-        self.graphdef, self.params = nnx.split(model)
+        self.graphdef, self.params = nnx.split(inference_view(model))
         self.max_batch_size, self.max_length = max_batch_size, max_length
 
     def score(self, sequences: Sequence[tuple[list[int], int]], where: Sequence[str]) -> list[tuple[float, int, int]]:
@@ -309,11 +310,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_config(EvalArgs, argv, aliases=ALIASES, command="eval")
     if not args.eval_dataset:
         raise ValueError("--eval_dataset is required: one or more task files (see python -m swift_jax.eval --help)")
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
+    model, tokenizer = load_for_inference(args.model, args.adapter_paths(), args.dtype, args.adjust_config(), args.new_special_tokens)
     results = evaluate(model, tokenizer, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.result_path)), exist_ok=True)
     with open(args.result_path, "w") as f:
-        json.dump({"model": args.model, "adapters": args.adapters, "results": results}, f, indent=2)
+        json.dump({"model": args.model, "adapters": args.adapter_paths(), "results": results}, f, indent=2)
     print(format_table(results))
     print(f"[INFO] results written to {args.result_path}")
     return results

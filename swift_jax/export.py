@@ -108,7 +108,7 @@ def export(args: ExportArgs) -> str:
                                     ("quant_method", args.quant_method)) if on]
     if not chosen:
         if args.push_to_hub and (args.adapters or args.model):
-            return push_to_hub(args.adapters[0] if args.adapters else args.model, args)
+            return push_to_hub(args.adapter_paths()[0] if args.adapters else args.model, args)
         raise ValueError("nothing to export: pass --merge_lora true, --to_peft_format true, --quant_method rtn|gptq|fp8 "
                          "or --push_to_hub true")
     if args.to_peft_format and (args.merge_lora or args.quant_method):
@@ -120,7 +120,7 @@ def export(args: ExportArgs) -> str:
         raise FileExistsError(f"--output_dir {args.output_dir} exists and is not empty; choose a new folder or pass --exist_ok true")
     if not args.safe_serialization:
         print("--safe_serialization false: PyTorch .bin files need torch; writing safetensors instead", file=sys.stderr)
-    base = args.model or base_model_of(args.adapters[0])
+    base = args.model or base_model_of(args.adapter_paths()[0])
     spec = None
     if args.quant_method:  # bad settings and unsupported models fail before anything is loaded
         from swift_jax.quant import QuantSpec
@@ -131,15 +131,15 @@ def export(args: ExportArgs) -> str:
     from swift_jax.hf.special_tokens import add_new_special_tokens, checkpoint_tokenizer
 
     model = swift_jax.load_model(base, dtype=args.dtype, adjust_config=args.adjust_config())
-    tokenizer = checkpoint_tokenizer(base, args.adapters)
+    tokenizer = checkpoint_tokenizer(base, args.adapter_paths())
     add_new_special_tokens(model, tokenizer, args.new_special_tokens)  # grows the vocabulary to the tokenizer's
-    for path in args.adapters:
+    for path in args.adapter_paths():
         load_adapter(model, path)
     os.makedirs(args.output_dir, exist_ok=True)
     if args.to_peft_format:  # the adapter's own modules_to_save / bias tensors travel with it
         from swift_jax.hf.peft import read_peft_config
 
-        saved = read_peft_config(args.adapters[-1])
+        saved = read_peft_config(args.adapter_paths()[-1])
         save_peft_adapter(model, args.output_dir, base_model_name_or_path=base, dtype=args.dtype,
                           modules_to_save=saved.get("modules_to_save") or (), lora_bias=saved.get("bias", "none"),
                           target_regex=saved["target_modules"] if isinstance(saved.get("target_modules"), str) else None)
@@ -175,8 +175,8 @@ def default_output_dir(args: ExportArgs) -> str:
     args.json, else ./MODEL_NAME), with the suffix of what is exported."""
     from swift_jax.trainer.run_folder import read_args
 
-    ckpt = next((p for p in [*args.adapters, args.model] if p and read_args(p) is not None), None)
-    ckpt = (ckpt or os.path.join(".", os.path.basename(str(args.model or args.adapters[0]).rstrip("/")))).rstrip("/")
+    ckpt = next((p for p in [*args.adapter_paths(), args.model] if p and read_args(p) is not None), None)
+    ckpt = (ckpt or os.path.join(".", os.path.basename(str(args.model or args.adapter_paths()[0]).rstrip("/")))).rstrip("/")
     if args.to_cached_dataset:
         suffix = "cached_dataset"
     elif args.to_peft_format:

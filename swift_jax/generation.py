@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from swift_jax.models.decoder import KVCache
+from swift_jax.tuners.lora import inference_view
 
 _NEG = -1e30  # logit of a filtered-out token (finite: keeps softmax free of NaN)
 
@@ -217,7 +218,7 @@ class Generator:
     """
 
     def __init__(self, model: nnx.Module, tokenizer=None, *, max_batch_size: int = 16):
-        self.graphdef, self.params = nnx.split(model)
+        self.graphdef, self.params = nnx.split(inference_view(model))  # dropout off, whoever trains the model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.default_eos = _eos_ids(tokenizer, model)

@@ -98,6 +98,11 @@ def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: s
     loaded = swift_jax.load_model(model, dtype=dtype, adjust_config=adjust_config)
     tokenizer = checkpoint_tokenizer(model, adapters)
     add_new_special_tokens(loaded, tokenizer, list(new_tokens))  # grows the vocabulary to the tokenizer's
+    architectures = loaded.config.hf_config.get("architectures") or []
+    if any("ProcessRewardModel" in a for a in architectures):
+        raise ValueError(f"--model {model}: a process reward model ({architectures[0]}); ms-swift returns its per-step "
+                         "scores, which swift_jax does not compute yet (its per-token head is not loaded); reward models "
+                         "with one score per conversation (*ForSequenceClassification, --rlhf_type rm) are supported")
     if adapters:
         loaded = _apply_adapters(loaded, adapters)
     return loaded, tokenizer
@@ -117,12 +122,53 @@ def _apply_adapters(model, adapters: Sequence[str]):
 # ---------------------------------------------------------------------------------------------------
 
 
+def _result_path(args: InferArgs) -> str:
+    first = [*args.cached_val_dataset, *args.val_dataset][0]
+    return args.result_path or os.path.join(os.path.dirname(os.path.abspath(first)), "infer_result.jsonl")
+
+
+def _write_results(result_path: str, rows: list[dict], responses: list) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(result_path)), exist_ok=True)
+    with open(result_path, "w") as f:
+        for row, response in zip(rows, responses):
+            f.write(json.dumps({**row, "response": response}, ensure_ascii=False) + "\n")
+    print(f"[INFO] {len(rows)} responses written to {result_path}")
+    return result_path
+
+
+def reward_conversation_ids(encoder, messages: list[dict], tools=None, where: str = "request") -> list[int]:
+    """Token ids of a conversation a reward model scores: it must end with the assistant's answer."""
+    from swift_jax.data.errors import DataError
+
+    if not messages or messages[-1]["role"] != "assistant":
+        raise DataError(f"{where}: a reward model scores a conversation that ends with the assistant's answer; "
+                        "this one does not (add the answer as the last assistant message)")
+    return encoder.encode({"messages": messages, "tools": tools}).input_ids.tolist()
+
+
+def score_dataset(model, tokenizer, args: InferArgs) -> str:
+    """A reward model (value head) under infer: each row's conversation, answer included, gets its score as
+    `response` (a number), as ms-swift's infer returns a reward model's output; returns the result path."""
+    from swift_jax.rlhf.reward_model import last_token_scores
+
+    if not args.val_dataset:
+        raise ValueError("a reward model scores conversations: pass --val_dataset rows that end with the answer to score")
+    encoder = args.chat_encoder(tokenizer)
+    rows, encoded = [], []
+    for path in args.val_dataset:
+        for i, row in enumerate(read_rows(path, args.val_dataset_sample, LoadOptions.of(args, shuffle=False))):
+            prompt = prompt_of(row, where=f"{path} row {i}", columns=args.columns)
+            answer = [] if prompt.reference is None else [{"role": "assistant", "content": prompt.reference}]
+            encoded.append(reward_conversation_ids(encoder, prompt.messages + answer, prompt.tools, f"{path} row {i}"))
+            rows.append(row)
+    return _write_results(_result_path(args), rows, last_token_scores(model, encoded, args.max_batch_size))
+
+
 def infer_dataset(gen: Generator, args: InferArgs, vision=None) -> str:
     """Answer every row of `args.cached_val_dataset` and `args.val_dataset`; write the rows with `response` added;
     return the path. `vision` (`data.vision.VisionData`): the model reads the rows' images / videos."""
     sources = [(path, cached_rows(path)) for path in args.cached_val_dataset]
     sources += [(path, read_rows(path, args.val_dataset_sample, LoadOptions.of(args, shuffle=False))) for path in args.val_dataset]
-    result_path = args.result_path or os.path.join(os.path.dirname(os.path.abspath(sources[0][0])), "infer_result.jsonl")
     encoder = args.chat_encoder(gen.tokenizer)
     rows, prompts = [], []
     for path, path_rows in sources:
@@ -134,12 +180,7 @@ def infer_dataset(gen: Generator, args: InferArgs, vision=None) -> str:
             prompts.append(prompt_inputs(vision, encoder, prompt.messages, prompt.tools, media, where,
                                          prompt.chat_template_kwargs))
     outputs = gen.generate_ids(prompts, args.generation_config(gen, encoder))
-    os.makedirs(os.path.dirname(os.path.abspath(result_path)), exist_ok=True)
-    with open(result_path, "w") as f:
-        for row, out in zip(rows, outputs):
-            f.write(json.dumps({**row, "response": out.text}, ensure_ascii=False) + "\n")
-    print(f"[INFO] {len(rows)} responses written to {result_path}")
-    return result_path
+    return _write_results(_result_path(args), rows, [out.text for out in outputs])
 
 
 def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdout) -> None:
@@ -179,9 +220,9 @@ def merged_for_inference(args: InferArgs) -> InferArgs:
         return args
     from swift_jax.export import ExportArgs, export
 
-    merged = f"{os.path.abspath(args.adapters[0]).rstrip('/')}-merged"
+    merged = f"{os.path.abspath(args.adapter_paths()[0]).rstrip('/')}-merged"
     if not os.path.isdir(merged):
-        export(ExportArgs(model=args.model, adapters=list(args.adapters), dtype=args.dtype, merge_lora=True, output_dir=merged))
+        export(ExportArgs(model=args.model, adapters=args.adapter_paths(), dtype=args.dtype, merge_lora=True, output_dir=merged))
     print(f"[INFO] --merge_lora: answering with {merged}")
     return dataclasses.replace(args, model=merged, adapters=[])
 
@@ -190,8 +231,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_config(InferArgs, argv, aliases=ALIASES, command="infer")
     args.load_data()
     args = merged_for_inference(args)
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
+    model, tokenizer = load_for_inference(args.model, args.adapter_paths(), args.dtype, args.adjust_config(), args.new_special_tokens)
     vision, args = vision_for_inference(args, model.config)
+    from swift_jax.tuners.value_head import has_value_head
+
+    if has_value_head(model):  # a reward model: scores, not text (ms-swift's seq_cls inference)
+        score_dataset(model, tokenizer, args)
+        return
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
     if args.val_dataset or args.cached_val_dataset:
         infer_dataset(gen, args, vision)

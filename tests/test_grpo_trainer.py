@@ -75,11 +75,12 @@ def test_grpo_runs_in_the_trainer_logs_ms_swift_keys_and_resumes_exactly(tmp_pat
 
 
 def test_the_rlhf_command_runs_grpo_with_its_own_defaults(tmp_path):
-    """`swift-jax rlhf --rlhf_type grpo` parses GRPO's group (its `--beta` default is 0.04, not DPO's 0.1)."""
+    """`swift-jax rlhf --rlhf_type grpo` parses GRPO's group (its `--beta` default is 0.04, not DPO's 0.1), and rolls
+    out with ms-swift's default LoRA dropout 0.05 (generation is dropout-free; before: TraceContextError)."""
     from swift_jax.rlhf.__main__ import GRPOArguments, requested_rlhf_type, run_command
 
     flags = [*BASE, "--output_dir", str(tmp_path), "--rlhf_type", "grpo", "--reward_funcs", "repetition",
-             "--num_generations", "4", "--max_completion_length", "8", "--max_steps", "2"]
+             "--num_generations", "4", "--max_completion_length", "8", "--max_steps", "2", "--lora_dropout", "0.05"]
     assert requested_rlhf_type(flags) == "grpo"
     recipe = tmp_path / "grpo.yaml"
     recipe.write_text("rlhf_type: grpo\n")

@@ -218,9 +218,15 @@ def unused_fields(row: dict) -> list[str]:
     return [k for k in IGNORED_FIELDS if row.get(k) not in (None, [], "")]
 
 
-def check_media(row: dict) -> None:
-    """A row with images/videos/audios cannot be trained as text: raise instead of training on `<image>` text."""
+def check_media(row: dict, text_only: str | None = None) -> None:
+    """A row with images/videos/audios cannot be trained as text: raise instead of training on `<image>` text.
+    `text_only` names the path that reads text only whatever the model (GRPO, preference training, calibration);
+    None: the model is text-only."""
     media = [k for k in MEDIA_FIELDS if row.get(k) not in (None, [], "")]
+    if media and text_only:
+        raise DataError(f"field {media[0]!r} holds media, but {text_only} reads text rows only (images and videos are "
+                        "not supported there yet, even for a vision-language model); drop the field, or train this "
+                        "data with SFT (swift-jax sft reads images for Qwen2-VL-family, InternVL and Gemma 3 models)")
     if media:
         raise DataError(f"field {media[0]!r} holds media, but the model is text-only (this pipeline renders text); "
                         f"drop the field or use a multimodal model")
@@ -239,9 +245,10 @@ def template_kwargs(value: Any) -> dict:
     return value
 
 
-def normalize(row: Any, columns: dict[str, str] | None = None, *, media: bool = False) -> dict:
+def normalize(row: Any, columns: dict[str, str] | None = None, *, media: bool = False, text_only: str | None = None) -> dict:
     """One dataset row -> {"messages", "tools"} or {"text"}; raises DataError saying what was expected.
-    `media`: the model reads images / videos (read from the row by `data.media.row_media`)."""
+    `media`: the model reads images / videos (read from the row by `data.media.row_media`); `text_only`: the
+    caller's path reads text only (named in the error of a row with images, see `check_media`)."""
     if not isinstance(row, dict):
         raise DataError(f"a row must be a JSON object, got {type(row).__name__}; {FORMATS_HINT}")
     if DROPPED in row:
@@ -249,7 +256,7 @@ def normalize(row: Any, columns: dict[str, str] | None = None, *, media: bool = 
     if columns:
         row = {columns.get(k, k): v for k, v in row.items()}
     if not media:
-        check_media(row)
+        check_media(row, text_only)
     for _, test, convert in FORMATS:
         if test(row):
             sample = convert(row)

@@ -240,7 +240,7 @@ def vision_for_inference(args, model_config):
         return None, args
     from swift_jax.tuners import base_model_of
 
-    folder = args.model or base_model_of(args.adapters[0])
+    folder = args.model or base_model_of(args.adapter_paths()[0])
     vision = vision_data_for(folder, model_config, args)
     if getattr(args, "template", None) is None:
         args = dataclasses.replace(args, template=vision.template)

@@ -66,6 +66,23 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "tpu": ("pallas_tpu", "xla"),
 }
 
+# ms-swift's `--attn_impl` names (transformers' attn_implementation) -> the backend that does that job here:
+# flash attention (any version) and sdpa are fused kernels, which `auto` picks per platform (cuDNN / Pallas on GPU,
+# splash on TPU, the blocked reference on CPU); eager materialises the score matrix, as the XLA reference does.
+MS_SWIFT_IMPLS = {"flash_attn": "auto", "flash_attention_2": "auto", "flash_attention_3": "auto",
+                  "flash_attention_4": "auto", "sdpa": "auto", "eager": "xla"}
+
+
+def backend_name(impl: str) -> str:
+    """The backend an `--attn_impl` value names: ours ('auto', 'xla', 'pallas_gpu', ...) or ms-swift's (MS_SWIFT_IMPLS);
+    an unknown value is an error listing both."""
+    impl = MS_SWIFT_IMPLS.get(impl, impl)
+    if impl != "auto" and impl not in BACKENDS:
+        raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}, "
+                         f"or one of ms-swift's names {sorted(MS_SWIFT_IMPLS)}")
+    return impl
+
+
 _DEFAULT_IMPL: contextvars.ContextVar[str] = contextvars.ContextVar("attention_impl", default="auto")
 
 
@@ -75,9 +92,7 @@ def use_impl(impl: str) -> Iterator[None]:
 
     Read at trace time, so wrap the tracing call (`jit`, first call of a jitted step) with it.
     """
-    if impl != "auto" and impl not in BACKENDS:
-        raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}")
-    token = _DEFAULT_IMPL.set(impl)
+    token = _DEFAULT_IMPL.set(backend_name(impl))
     try:
         yield
     finally:
@@ -92,10 +107,7 @@ def resolve_impl(
     `platform` ("cpu", "gpu", "tpu") defaults to JAX's default backend; `exclude` drops backends from
     the auto order (the cuDNN backend's fallback for packed rows excludes itself).
     """
-    if impl == "auto":
-        impl = _DEFAULT_IMPL.get()
-    if impl != "auto" and impl not in BACKENDS:
-        raise ValueError(f"attention impl={impl!r} is not available; expected 'auto' or one of {sorted(BACKENDS)}")
+    impl = backend_name(_DEFAULT_IMPL.get() if impl == "auto" else impl)
     if options.get("bidirectional_ids") is not None:  # only the reference implements bidirectional blocks
         return "xla"
     order = AUTO_ORDER.get(platform or jax.default_backend(), ("xla",))

@@ -28,7 +28,7 @@ def calibration_rows(encoder, paths: list[str], *, n_samples: int, seq_len: int,
     stream: list[int] = []
     for where, row in rows:
         try:
-            stream += encoder.encode(normalize(row, columns)).input_ids.tolist()
+            stream += encoder.encode(normalize(row, columns, text_only="GPTQ calibration (--quant_method gptq)")).input_ids.tolist()
         except DataError as err:
             raise DataError(f"--dataset {where}: {err}") from None
         if len(stream) >= n_samples * seq_len:

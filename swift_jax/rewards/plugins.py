@@ -10,11 +10,14 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import swift_compat
 from .orm import orms
 
 
 def load_plugins(paths: str | Sequence[str]) -> dict[str, type]:
-    """Import each plugin file (it registers into `orms`, as ms-swift's `--external_plugins`); returns `orms`."""
+    """Import each plugin file (it registers into `orms`, as ms-swift's `--external_plugins`); returns `orms`.
+    Without ms-swift installed, a file's `from swift.rewards import ORM, orms` gets swift_jax's (swift_compat)."""
+    swift_compat.install()
     for path in [paths] if isinstance(paths, str) else paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"--external_plugins: no file {path!r}")

@@ -57,15 +57,20 @@ class ModelReward:
         return ids[-self.max_length :] if self.max_length else ids
 
     def __call__(self, completions: list[str], messages: list[list[dict]], **kwargs) -> list[float]:
-        encoded = [self.encode(list(m), c) for m, c in zip(messages, completions)]
-        width = max(PAD_MULTIPLE, -(-max(map(len, encoded)) // PAD_MULTIPLE) * PAD_MULTIPLE)
-        graphdef, state = nnx.split(self.model)
-        scores = []
-        for start in range(0, len(encoded), self.batch_size):
-            chunk = encoded[start : start + self.batch_size]
-            ids = np.zeros((self.batch_size, width), np.int32)  # a fixed row count: one program per width
-            lengths = np.ones(self.batch_size, np.int32)
-            for row, seq in enumerate(chunk):
-                ids[row, : len(seq)], lengths[row] = seq, len(seq)
-            scores += np.asarray(_last_token_scores(graphdef, state, ids, lengths))[: len(chunk)].tolist()
-        return scores
+        return last_token_scores(self.model, [self.encode(list(m), c) for m, c in zip(messages, completions)], self.batch_size)
+
+
+def last_token_scores(model: nnx.Module, encoded: list[list[int]], batch_size: int = 64) -> list[float]:
+    """The value head's output at the last token of each token-id sequence: a reward model's scores (GRPO's
+    `--reward_model`, and infer / deploy of a reward model, as ms-swift's seq_cls inference returns them)."""
+    width = max(PAD_MULTIPLE, -(-max(map(len, encoded)) // PAD_MULTIPLE) * PAD_MULTIPLE)
+    graphdef, state = nnx.split(model)
+    scores = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start : start + batch_size]
+        ids = np.zeros((batch_size, width), np.int32)  # a fixed row count: one program per width
+        lengths = np.ones(batch_size, np.int32)
+        for row, seq in enumerate(chunk):
+            ids[row, : len(seq)], lengths[row] = seq, len(seq)
+        scores += np.asarray(_last_token_scores(graphdef, state, ids, lengths))[: len(chunk)].tolist()
+    return scores

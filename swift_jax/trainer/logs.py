@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 from tqdm.auto import tqdm
@@ -56,8 +56,11 @@ class RunLogger:
     PLOT_INTERVAL_S = 60.0  # redraw the PNGs at most this often (a redraw costs ~0.5 s of the training loop)
     PLOTS = {"train_loss": "loss", "eval_loss": "eval_loss", "learning_rate": "learning_rate", "eval_token_acc": "eval_token_acc"}
 
-    def __init__(self, run_dir: str, *, total_steps: int, initial_step: int = 0, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, run_dir: str, *, total_steps: int, initial_step: int = 0, enabled: bool = True, tensorboard: bool = True,
+                 trackers: Sequence = ()):
+        """`trackers`: open `trainer.trackers.Tracker`s (wandb, swanlab) that receive the same scalars."""
         self.run_dir, self.enabled = run_dir, enabled
+        self.trackers = list(trackers)
         self.history: dict[str, list[tuple[int, float]]] = {k: [] for k in self.PLOTS}
         self.writer = None
         self.bar = None
@@ -94,11 +97,14 @@ class RunLogger:
             return
         with open(os.path.join(self.run_dir, "logging.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
+        scalars = {("eval/" if key.startswith("eval_") else "train/") + key: value for key, value in record.items()
+                   if isinstance(value, (int, float)) and key != "step"}
         if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(("eval/" if key.startswith("eval_") else "train/") + key, value, record["step"])
+            for key, value in scalars.items():
+                self.writer.add_scalar(key, value, record["step"])
             self.writer.flush()
+        for tracker in self.trackers:
+            tracker.log(scalars, record["step"])
         self._remember(record)
         if self.plots and time.monotonic() - self._plotted_at >= self.PLOT_INTERVAL_S:
             self._plot()
@@ -144,3 +150,5 @@ class RunLogger:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()

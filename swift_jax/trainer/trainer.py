@@ -30,6 +30,7 @@ from swift_jax.trainer import checkpoint as ckpt
 from swift_jax.trainer.best import BestMetric, EarlyStop
 from swift_jax.trainer import run_folder
 from swift_jax.trainer.logs import RunLogger, peak_memory_gib, progress_fields
+from swift_jax.trainer.trackers import open_trackers
 from swift_jax.trainer.method import LanguageModeling, Method, RunContext
 from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer, resolve_optim
 from swift_jax.tuners.multimodal import lr_factors, set_vision_remat
@@ -160,8 +161,10 @@ class Trainer:
             self._resume(t.resume_from_checkpoint)
 
         self.run_dir = run_folder.create_run_dir(t.output_dir, add_version=t.add_version)
+        trackers = open_trackers(t.report_to, self.run_dir, run_folder.flat_args(args),
+                                 {"project": t.swanlab_project, "exp_name": t.swanlab_exp_name, "mode": t.swanlab_mode}) if self.main else []
         self.logger = RunLogger(self.run_dir, total_steps=self.total_steps, initial_step=int(self.state.step),
-                                enabled=self.main, tensorboard="tensorboard" in t.report_to)
+                                enabled=self.main, tensorboard="tensorboard" in t.report_to, trackers=trackers)
         self.say = self.logger.bar.write if self.main else (lambda _: None)
         if self.main:
             run_folder.write_args(self.run_dir, args)

@@ -1,7 +1,7 @@
 """Tuners as parameter-tree transforms: LoRA (and QLoRA's quantized base), full fine-tuning."""
 
 from .adapters import base_model_of, load_adapter
-from .lora import ALL_LINEAR, LoRA, adapters_disabled, count_params, lora_layers, lora_state_filter, loraize, merge_lora, resolve_targets
+from .lora import ALL_LINEAR, LoRA, adapters_disabled, count_params, inference_view, lora_layers, lora_state_filter, loraize, merge_lora, resolve_targets
 
 __all__ = [
     "ALL_LINEAR",
@@ -10,6 +10,7 @@ __all__ = [
     "LoRA",
     "adapters_disabled",
     "count_params",
+    "inference_view",
     "lora_layers",
     "lora_state_filter",
     "loraize",

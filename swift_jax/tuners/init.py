@@ -87,4 +87,6 @@ def initialize_from_kernel(linear, init: str) -> None:
     for name, value in (("a", a), ("b", b)):
         var = getattr(lora, f"lora_{name}")
         var.set_value(value.astype(var.get_value().dtype))
-        setattr(lora, f"initial_{name}", InitialAdapter(var.get_value(), logical_axes=var.get_metadata()["logical_axes"]))
+        # A copy, not the trained variable's buffer: the train step donates the adapters, which would delete it.
+        initial = jnp.copy(var.get_value())
+        setattr(lora, f"initial_{name}", InitialAdapter(initial, logical_axes=var.get_metadata()["logical_axes"]))

@@ -153,6 +153,17 @@ class LoRA(nnx.Module):
         return kernel + self.delta()
 
 
+def inference_view(model: nnx.Module) -> nnx.Module:
+    """The model as generation and scoring run it: the same variables, LoRA dropout off (`nnx.view`).
+
+    Dropout is a training-time transform; every inference entry (the generator, rollouts, scorers) takes this
+    view, so a dropout-carrying adapter (ms-swift's default `--lora_dropout 0.05`) never draws from its RNG
+    stream inside a decode loop. The caller's model keeps its mode (training continues with dropout)."""
+    if not any(isinstance(m, nnx.Dropout) for _, m in nnx.iter_graph(model)):
+        return model
+    return nnx.view(model, only=nnx.Dropout, deterministic=True)
+
+
 def iter_linears(model: nnx.Module) -> Iterator[tuple[str, Linear]]:
     """(dotted path, module) for every `Linear` in the tree, e.g. ('model.layers.0.self_attn.q_proj', ...)."""
     for path, module in nnx.iter_graph(model):

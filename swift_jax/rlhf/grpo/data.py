@@ -37,7 +37,7 @@ def load_prompt_rows(specs: list[str], *, seed: int = 42, strict: bool = True, o
     for i in range(len(table)):
         raw, ref = table[i]
         try:
-            chat = normalize(raw)
+            chat = normalize(raw, text_only="GRPO (--rlhf_type grpo)")
             if "messages" not in chat:
                 raise DataError("is plain text; GRPO needs a prompt (messages, or query/prompt/problem columns)")
         except DataError as e:

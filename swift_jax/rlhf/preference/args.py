@@ -16,8 +16,9 @@ NO_REFERENCE = ("orpo", "cpo", "simpo", "rm")  # methods without a reference mod
 class RLHFArgs:
     """What `--rlhf_type` trains and the coefficients of its loss (every SFT argument applies besides)."""
 
-    rlhf_type: Literal["dpo", "orpo", "simpo", "cpo", "kto", "rm"] = "dpo"
-    """dpo | orpo | simpo (= cpo with loss_type simpo) | cpo | kto | rm (reward model, Bradley-Terry)."""
+    rlhf_type: Literal["dpo", "orpo", "simpo", "cpo", "kto", "rm", "grpo"] = "dpo"
+    """dpo | orpo | simpo (= cpo with loss_type simpo) | cpo | kto | rm (reward model, Bradley-Terry) | grpo (online
+    RL: `--rlhf_type grpo` selects GRPO's own argument group, see `--rlhf_type grpo --help`)."""
     beta: float | None = None
     """Strength of the KL/reference term (the temperature of the preference logits). Default: 2.0 for simpo,
     0.1 otherwise (ms-swift)."""

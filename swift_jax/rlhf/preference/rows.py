@@ -19,6 +19,7 @@ from swift_jax.data.errors import DROPPED, DataError
 from swift_jax.data.formats import MESSAGE_KEYS, normalize
 
 PAIRED = ("dpo", "orpo", "cpo", "simpo", "rm")
+TEXT_ONLY = "preference training (--rlhf_type dpo|orpo|simpo|cpo|kto|rm)"  # named when a row holds images
 PAIR_HINT = ("expected 'messages' with 'rejected_response' or 'rejected_messages', or 'prompt' + 'chosen' + "
              "'rejected' (strings or message lists)")
 
@@ -46,7 +47,7 @@ def with_last_answer(sample: dict, answer: Any, field: str) -> dict:
 def _conversation(row: dict, messages: Any, field: str) -> dict:
     """A message list (or a JSON string of one) as a normalised sample carrying the row's system/tools."""
     try:
-        sample = normalize({"messages": messages, "system": row.get("system"), "tools": row.get("tools")})
+        sample = normalize({"messages": messages, "system": row.get("system"), "tools": row.get("tools")}, text_only=TEXT_ONLY)
     except DataError as e:
         raise DataError(f"'{field}': {e}") from None
     if sample["messages"][-1]["role"] != "assistant":
@@ -98,7 +99,7 @@ def preference_of(row: Any, rlhf_type: str, columns: dict[str, str] | None = Non
         if not isinstance(row["label"], (bool, int)):
             raise DataError(f"'label' must be true or false, got {row['label']!r:.40}")
         if _has_messages(row):
-            chosen = normalize(row)
+            chosen = normalize(row, text_only=TEXT_ONLY)
         elif row.get("completion") is not None:  # TRL's unpaired shape: prompt + completion + label
             messages = _prompt_messages(row.get("prompt") or []) + _answer_messages(row["completion"], "completion")
             chosen = _conversation(row, messages, "completion")
@@ -115,7 +116,7 @@ def preference_of(row: Any, rlhf_type: str, columns: dict[str, str] | None = Non
             raise DataError(f"missing field {missing[0]!r}; {PAIR_HINT}")
         chosen, rejected = _from_prompt_chosen_rejected(row)
     elif _has_messages(row):
-        chosen = normalize(row)
+        chosen = normalize(row, text_only=TEXT_ONLY)
         if "messages" not in chosen:
             raise DataError(f"'messages' is required for {rlhf_type}; {PAIR_HINT}")
         if row.get("rejected_response") is not None:
