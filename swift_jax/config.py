@@ -10,6 +10,7 @@ from swift_jax.arguments import AdapterArgs, ModelArgs
 from swift_jax.data.args import DataArgs
 from swift_jax.parallel.distributed import DistributedArgs
 from swift_jax.parallel.mesh import MeshArgs
+from swift_jax.tasks.args import TaskArgs
 
 # ms-swift 3.x names accepted as aliases of the 4.x ones.
 ALIASES = {"train_type": "tuner_type", "torch_dtype": "dtype"}
@@ -199,6 +200,7 @@ class TrainArguments:
     training: TrainingArgs = dataclasses.field(default_factory=TrainingArgs)
     mesh: MeshArgs = dataclasses.field(default_factory=MeshArgs)
     distributed: DistributedArgs = dataclasses.field(default_factory=DistributedArgs)
+    task: TaskArgs = dataclasses.field(default_factory=TaskArgs)
 
     def validate(self) -> "TrainArguments":
         """Check values that types cannot, with the offending flag in the message; fill derived defaults."""
@@ -207,6 +209,7 @@ class TrainArguments:
         if self.tuner.tuner_type not in TUNER_TYPES:
             raise ValueError(f"--tuner_type {self.tuner.tuner_type!r}: expected one of {TUNER_TYPES}")
         self.tuner.validate()
+        self.task.validate()
         t = self.training
         if t.learning_rate is None:
             t.learning_rate = 1e-5 if self.tuner.tuner_type == "full" else 1e-4

@@ -157,8 +157,8 @@ _note(TRAIN, "--tuner_type is lora, qlora or full here; these configure ms-swift
       "vera_d_initial")
 _note(COMMANDS, "adapters are JAX parameter trees (PEFT's format on disk); there is no peft/unsloth backend",
       "tuner_backend use_swift_lora")
-_note(COMMANDS, "the model's task is causal language modelling here; sequence classification, embedding and "
-      "reranker heads are not implemented", "task_type num_labels problem_type", differs=True)
+_note(INFER + EXPORT, "the model's task is causal language modelling here (sft trains --task_type "
+      "seq_cls; a classifier's checkpoint loads with its score head)", "task_type num_labels problem_type", differs=True)
 _note(INFER, "reranker heads are not implemented", "reranker_use_activation")
 _note(COMMANDS, "ms-swift's model_kwargs set model-specific environment variables; use the named flags "
       "(--max_pixels, ...)", "model_kwargs", differs=True)

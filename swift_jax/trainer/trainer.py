@@ -39,7 +39,11 @@ STAGING = ".staging-"  # exports written at save time, moved into checkpoint-STE
 
 
 def default_method(args: TrainArguments, model) -> Method:
-    """Supervised fine-tuning (or pre-training when the chat template is off)."""
+    """Supervised fine-tuning (or pre-training when the chat template is off); `--task_type seq_cls`: a classifier."""
+    if args.task.task_type == "seq_cls":
+        from swift_jax.tasks.seq_cls import make_method
+
+        return make_method(args.task, model.config)
     t = args.training
     name = "sft" if args.data.use_chat_template else "pt"
     from swift_jax.data.vision import vision_data_for
@@ -120,6 +124,9 @@ class Trainer:
         set_vision_remat(self.model, t.gradient_checkpointing if vit_remat is None else vit_remat)
         self.plan = apply_tuner(self.model, args)
         self.trainable = self.plan.trainable
+        if self.method is not None and args.task.task_type not in ("causal_lm", None) and self.method.name != "rm":
+            raise ValueError(f"--task_type {args.task.task_type} trains with `swift-jax sft`; {self.method.name} trains "
+                             "the language model (--rlhf_type rm trains a one-label score head)")
         self.method = self.method or default_method(args, self.model)
         self.method.prepare_model(self.model)
         self.is_lora = self.plan.is_lora

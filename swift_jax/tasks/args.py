@@ -1,0 +1,36 @@
+"""`--task_type` and its options (ms-swift's names): what the model is trained to output.
+
+`causal_lm` (default) is next-token prediction; `seq_cls` puts a classification head (`score`) on the decoder
+and reads each sequence's last token (`swift_jax.tasks.seq_cls`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+TASK_TYPES = ("causal_lm", "seq_cls")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+
+@dataclasses.dataclass
+class TaskArgs:
+    task_type: str | None = None
+    """causal_lm (default) or seq_cls (a `score` head at the last token, as transformers' *ForSequenceClassification)."""
+    num_labels: int | None = None
+    """seq_cls: the head's outputs (default: the checkpoint's `score` head, if it has one)."""
+    problem_type: str | None = None
+    """seq_cls: regression (MSE), single_label_classification (cross-entropy) or multi_label_classification
+    (BCE); default: the checkpoint config's, else regression for one label and single-label otherwise."""
+
+    def validate(self) -> "TaskArgs":
+        """Check the names; fill `task_type`'s default."""
+        self.task_type = self.task_type or "causal_lm"
+        if self.task_type not in TASK_TYPES:
+            raise ValueError(f"--task_type {self.task_type!r}: expected one of {TASK_TYPES}")
+        if self.problem_type is not None and self.problem_type not in PROBLEM_TYPES:
+            raise ValueError(f"--problem_type {self.problem_type!r}: expected one of {PROBLEM_TYPES}")
+        if self.num_labels is not None and self.num_labels < 1:
+            raise ValueError(f"--num_labels must be >= 1, got {self.num_labels}")
+        if self.task_type == "causal_lm" and (self.num_labels or self.problem_type):
+            raise ValueError("--num_labels / --problem_type need --task_type seq_cls")
+        return self
