@@ -5,7 +5,9 @@
 Words of 2-6 letters from a 12-letter alphabet, as user messages:
 - seq_cls.jsonl: `label` 0/1/2 = the instruction word (upper / reverse / sort), single-label;
 - seq_cls_multi.jsonl: `label` = the classes of the letter groups present (a-d: 0, e-h: 1, i-l: 2), multi-label;
-- seq_cls_regression.jsonl: `label` = the number of letters / 4, regression.
+- seq_cls_regression.jsonl: `label` = the number of letters / 4, regression;
+- embedding.jsonl: `messages` a word, `positive_messages` its letters reversed, `negative_messages` two other
+  words (ms-swift's embedding rows, for --loss_type infonce).
 """
 
 from __future__ import annotations
@@ -50,6 +52,12 @@ def main() -> None:
         w = word(rng)
         rows.append({"messages": user(" ".join(w)), "label": len(w) / 4})
     write("seq_cls_regression.jsonl", rows)
+    rows = []
+    for _ in range(240):
+        w = word(rng)
+        rows.append({"messages": user(" ".join(w)), "positive_messages": [user(" ".join(reversed(w)))],
+                     "negative_messages": [user(" ".join(word(rng))) for _ in range(2)]})
+    write("embedding.jsonl", rows)
 
 
 if __name__ == "__main__":

@@ -264,8 +264,6 @@ _note(("sft", "pt"), "prediction after training (--num_predict_samples) decodes 
 _note(("rlhf",), "rollouts generate up to --max_completion_length tokens with --temperature, --top_k, --top_p",
       "max_new_tokens stream logprobs top_logprobs")
 _note(("rlhf",), "rollouts stop at the eos and the template's stop words", "stop_words", differs=True)
-_note(("sft", "pt"), "the loss is the (loss_scale-weighted) cross-entropy; rlhf has its own --loss_type", "loss_type",
-      differs=True)
 _note(COMMANDS, "regex-structured outputs are not implemented", "structured_outputs_regex", differs=True)
 _note(TRAIN, "checkpoints are orbax folders plus the PEFT adapter or HF safetensors; export shards with --max_shard_size",
       "max_shard_size safe_serialization")
@@ -298,7 +296,7 @@ for _owner, (_commands, _names) in PENDING.items():
     _note(_commands, f"not implemented yet (issue 27, {_owner.split()[0]}): this run goes without it", _names, differs=True)
 
 MAPPED: dict[tuple[str, ...], dict[str, str]] = {
-    ("sft", "pt"): {"max_new_tokens": "predict_max_new_tokens"},
+    ("sft", "pt"): {"max_new_tokens": "predict_max_new_tokens", "loss_type": "task_loss_type"},
 }
 """ms-swift names that are a field of another name here, per command group."""
 

@@ -44,6 +44,10 @@ def default_method(args: TrainArguments, model) -> Method:
         from swift_jax.tasks.seq_cls import make_method
 
         return make_method(args.task, model.config)
+    if args.task.task_type == "embedding":
+        from swift_jax.tasks.embedding import Embedding
+
+        return Embedding(args.task.task_loss_type)
     t = args.training
     name = "sft" if args.data.use_chat_template else "pt"
     from swift_jax.data.vision import vision_data_for
@@ -334,6 +338,10 @@ class Trainer:
             save_pretrained(model, folder, dtype=m.dtype)
             if self.main:
                 copy_tokenizer_files(resolve_path(m.model), folder)
+            if self.main and self.args.task.task_type == "embedding":  # loadable by sentence-transformers too
+                from swift_jax.tasks.embedding import write_sentence_transformers
+
+                write_sentence_transformers(folder, model.config.hidden_size, self.args.data.max_length)
         if self.main:
             run_folder.write_args(folder, self.args)
 
