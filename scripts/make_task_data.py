@@ -7,7 +7,9 @@ Words of 2-6 letters from a 12-letter alphabet, as user messages:
 - seq_cls_multi.jsonl: `label` = the classes of the letter groups present (a-d: 0, e-h: 1, i-l: 2), multi-label;
 - seq_cls_regression.jsonl: `label` = the number of letters / 4, regression;
 - embedding.jsonl: `messages` a word, `positive_messages` its letters reversed, `negative_messages` two other
-  words (ms-swift's embedding rows, for --loss_type infonce).
+  words (ms-swift's embedding rows, for --loss_type infonce);
+- reranker.jsonl: a word of a-f as the query (user) and documents (assistant turns): the same word, and three
+  words of g-l.
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ def main() -> None:
         rows.append({"messages": user(" ".join(w)), "positive_messages": [user(" ".join(reversed(w)))],
                      "negative_messages": [user(" ".join(word(rng))) for _ in range(2)]})
     write("embedding.jsonl", rows)
+    rows = []
+    for _ in range(240):
+        w = rng.sample(LETTERS[:6], rng.randint(2, 5))
+        doc = lambda letters: [{"role": "assistant", "content": " ".join(letters)}]
+        rows.append({"messages": user(" ".join(w)), "positive_messages": [doc(w)],
+                     "negative_messages": [doc(rng.sample(LETTERS[6:], rng.randint(2, 5))) for _ in range(3)]})
+    write("reranker.jsonl", rows)
 
 
 if __name__ == "__main__":

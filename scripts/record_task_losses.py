@@ -6,7 +6,8 @@ Run with ms-swift's interpreter (CI never installs ms-swift):
 - seq_cls: ms-swift's `transformers_seq_cls_forward` (its patched *ForSequenceClassification forward) on hidden
   states of right-padded rows, a `score` head and the labels as its collator builds them, per problem type;
 - embedding: ms-swift's loss plugins (`swift.loss.embedding`) on pooled vectors: infonce (in-batch, hard
-  negatives, temperature), cosine_similarity, contrastive, online_contrastive.
+  negatives, temperature), cosine_similarity, contrastive, online_contrastive;
+- reranker: `swift.loss.reranker`'s pointwise and listwise losses on document scores.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 import transformers
 
 from swift.loss.embedding import ContrastiveLoss, CosineSimilarityLoss, InfonceLoss, OnlineContrastiveLoss
+from swift.loss.reranker import ListwiseRerankerLoss, PointwiseRerankerLoss
 from swift.model.patcher import transformers_seq_cls_forward
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "golden", "task_losses.json")
@@ -81,6 +83,24 @@ def embedding_cases() -> list[dict]:
     return cases
 
 
+def reranker_cases() -> list[dict]:
+    """Scores of 3 rows' documents (positive first, then 3, 1 and 2 negatives), ms-swift's labels [1, 0, ...]."""
+    g = torch.Generator().manual_seed(11)
+    sizes = [4, 2, 3]
+    labels = torch.tensor([float(i == 0) for n in sizes for i in range(n)])
+    scores = torch.randn(len(labels), 1, generator=g) * 2
+    cases = []
+    for name, cls, temperature in (("pointwise_reranker", PointwiseRerankerLoss, None),
+                                   ("listwise_reranker", ListwiseRerankerLoss, 1.0),
+                                   ("listwise_reranker", ListwiseRerankerLoss, 0.5)):
+        if temperature is not None:
+            os.environ["LISTWISE_RERANKER_TEMPERATURE"] = str(temperature)
+        loss = _loss(cls)(types.SimpleNamespace(logits=scores), labels)
+        cases.append({"loss_type": name, "temperature": temperature, "sizes": sizes, "scores": scores[:, 0].tolist(),
+                      "loss": float(loss)})
+    return cases
+
+
 def main() -> None:
     record = {
         "seq_cls": [
@@ -89,6 +109,7 @@ def main() -> None:
             seq_cls_case("regression", 1, [0.5, -1.0, 2.0, 0.25], 3),
         ],
         "embedding": embedding_cases(),
+        "reranker": reranker_cases(),
     }
     with open(OUT, "w") as f:
         json.dump(record, f)

@@ -15,12 +15,12 @@ import swift_jax
 from swift_jax.data import DataArgs
 from swift_jax.tasks import embedding_losses as L
 from swift_jax.tasks.embedding import EmbeddingProcessor, pooled
+from task_runs import TASKS, run_tiny
 from tiny_models import build_hf_model, save_hf_model
 from tokenizers_for_tests import bundled_tokenizer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 GOLDEN = json.load(open(os.path.join(ROOT, "tests", "golden", "task_losses.json")))["embedding"]
-TASKS = os.path.join(ROOT, "swift_jax", "assets", "tasks")
 
 
 @pytest.mark.parametrize("case", GOLDEN, ids=lambda c: f"{c['loss_type']}-{c.get('temperature', '')}-{c.get('use_batch', '')}")
@@ -83,24 +83,15 @@ def test_a_cpu_run_lowers_the_infonce_loss(tmp_path):
     """InfoNCE with in-batch and hard negatives on the bundled rows: the loss falls and more anchors rank their
     positive first; the checkpoint is a sentence-transformers folder (last-token pooling, normalised) that gives our
     vectors."""
-    from swift_jax.train import run_command
-
-    quick = os.path.join(ROOT, "swift_jax", "assets", "quickstart")
-    out = tmp_path / "out"
-    run_command(["--model", quick, "--init_from_scratch", "true", "--dtype", "float32", "--task_type", "embedding",
-                 "--loss_type", "infonce", "--dataset", os.path.join(TASKS, "embedding.jsonl"), "--max_length", "96",
-                 "--per_device_train_batch_size", "1", "--gradient_accumulation_steps", "1", "--learning_rate", "2e-3",
-                 "--tuner_type", "full", "--max_steps", "15", "--save_steps", "15", "--logging_steps", "1", "--packing", "true",
-                 "--report_to", "none", "--fsdp_size", "1", "--data_parallel_size", "-1", "--gradient_checkpointing", "false",
-                 "--warmup_ratio", "0", "--weight_decay", "0", "--output_dir", str(out)])
-    (run,) = os.listdir(out)
-    train = [r for r in map(json.loads, open(out / run / "logging.jsonl")) if "loss" in r]
+    records, run = run_tiny(tmp_path / "out", "embedding.jsonl", ["--task_type", "embedding", "--loss_type", "infonce",
+                                                                  "--packing", "true"], steps=15, max_length=96)
+    train = [r for r in records if "loss" in r]
     assert np.mean([r["loss"] for r in train[-4:]]) < 0.8 * np.mean([r["loss"] for r in train[:3]]), train
     assert np.mean([r["acc"] for r in train[-4:]]) > np.mean([r["acc"] for r in train[:3]]), train
 
     from sentence_transformers import SentenceTransformer
 
-    ckpt = str(out / run / "checkpoint-15")
+    ckpt = os.path.join(run, "checkpoint-15")
     text = "a b c"
     theirs = SentenceTransformer(ckpt, device="cpu").encode([text], convert_to_numpy=True)[0]
     ids = np.asarray(swift_jax.load_tokenizer(ckpt)(text).input_ids, np.int32)[None]

@@ -16,12 +16,12 @@ from swift_jax.data import DataArgs
 from swift_jax.data.errors import DataError
 from swift_jax.tasks.losses import per_sequence_loss
 from swift_jax.tasks.seq_cls import SeqClsProcessor, segment_ends, target_of
+from task_runs import TASKS, run_tiny
 from tiny_models import build_hf_model, save_hf_model
 from tokenizers_for_tests import bundled_tokenizer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 GOLDEN = json.load(open(os.path.join(ROOT, "tests", "golden", "task_losses.json")))
-TASKS = os.path.join(ROOT, "swift_jax", "assets", "tasks")
 
 
 @pytest.mark.parametrize("case", GOLDEN["seq_cls"], ids=lambda c: c["problem_type"])
@@ -99,19 +99,9 @@ def test_rows_read_as_ms_swift_reads_them():
         single(({"messages": [{"role": "user", "content": "x"}], "label": [1]}, "data.jsonl line 5"))
 
 
-def _train(tmp_path, dataset: str, extra: list[str]) -> list[dict]:
-    from swift_jax.train import run_command
-
-    quick = os.path.join(ROOT, "swift_jax", "assets", "quickstart")
-    out = tmp_path / "out"
-    run_command(["--model", quick, "--init_from_scratch", "true", "--dtype", "float32", "--task_type", "seq_cls",
-                 "--dataset", os.path.join(TASKS, dataset), "--split_dataset_ratio", "0.2", "--max_length", "32",
-                 "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1", "--learning_rate", "2e-3",
-                 "--tuner_type", "full", "--max_steps", "20", "--eval_steps", "20", "--save_steps", "20", "--logging_steps", "1",
-                 "--report_to", "none", "--fsdp_size", "1", "--data_parallel_size", "-1", "--gradient_checkpointing", "false",
-                 "--warmup_ratio", "0", "--weight_decay", "0", "--output_dir", str(out), *extra])
-    (run,) = os.listdir(out)
-    return [json.loads(line) for line in open(out / run / "logging.jsonl")], out / run
+def _train(tmp_path, dataset: str, extra: list[str]):
+    return run_tiny(tmp_path / "out", dataset, ["--task_type", "seq_cls", "--split_dataset_ratio", "0.2", *extra],
+                    steps=20, max_length=32, batch=2)
 
 
 def test_a_cpu_run_learns_the_bundled_classification_and_exports_it(tmp_path):
@@ -124,12 +114,12 @@ def test_a_cpu_run_learns_the_bundled_classification_and_exports_it(tmp_path):
     assert np.mean([r["loss"] for r in train[-5:]]) < 0.5 * np.mean([r["loss"] for r in train[:3]]), train
     (evaluation,) = [r for r in records if "eval_acc" in r]
     assert evaluation["eval_acc"] > 0.55, evaluation  # chance: 1/3
-    ckpt = run / "checkpoint-20"
-    config = json.load(open(ckpt / "config.json"))
+    ckpt = os.path.join(run, "checkpoint-20")
+    config = json.load(open(os.path.join(ckpt, "config.json")))
     assert config["architectures"] == ["Qwen2ForSequenceClassification"]
     assert config["problem_type"] == "single_label_classification" and len(config["id2label"]) == 3
-    hf = transformers.AutoModelForSequenceClassification.from_pretrained(str(ckpt)).eval()
-    ours = swift_jax.load_model(str(ckpt), dtype="float32")
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(ckpt).eval()
+    ours = swift_jax.load_model(ckpt, dtype="float32")
     ids = np.asarray([[5, 9, 33, 17, 2]])
     with torch.no_grad():
         expected = hf(input_ids=torch.as_tensor(ids)).logits.numpy()
@@ -149,5 +139,5 @@ def test_multi_label_and_regression_runs_learn(tmp_path, dataset, extra, metric)
         (evaluation,) = [r for r in records if metric in r]
         assert evaluation[metric] > train[0][metric.removeprefix("eval_")] + 0.1, (evaluation, train[0])
     if "lora" in extra:  # the head trains beside the adapters and is saved as PEFT's modules_to_save
-        adapter = json.load(open(run / "checkpoint-20" / "adapter_config.json"))
+        adapter = json.load(open(os.path.join(run, "checkpoint-20", "adapter_config.json")))
         assert adapter["task_type"] == "SEQ_CLS" and adapter["modules_to_save"] == ["score"]

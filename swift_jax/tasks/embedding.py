@@ -36,8 +36,16 @@ def _env_flag(name: str, default: str) -> bool:
 
 
 def pooled(model, batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
-    """`(vectors [m, embed], group [m], role [m], label [m], valid [m])` of every sequence in the batch, m static
-    (rows x seq / 4: a templated sequence has more than 4 tokens)."""
+    """`(vectors [m, embed], group [m], role [m], label [m], valid [m])` of every sequence in the batch, L2-normalised."""
+    states, group, role, label, valid = last_states(model, batch)
+    vectors = states / jnp.maximum(jnp.linalg.norm(states, axis=-1, keepdims=True), 1e-12)  # F.normalize
+    return vectors, group, role, label, valid
+
+
+def last_states(model, batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """`(hidden [m, embed], group [m], role [m], label [m], valid [m])`: each sequence's last-token hidden state
+    (float32), its row's group id, its role and label, m static (rows x seq / 4: a templated sequence has more
+    than 4 tokens)."""
     seg = batch["segment_ids"] * MAX_ROLES + batch[ROLE].astype(jnp.int32) * (batch["segment_ids"] > 0)
     hidden = model.hidden_states(batch["input_ids"], positions=batch[POSITION].astype(jnp.int32), segment_ids=seg)
     ends = segment_ends(seg).reshape(-1)  # [rows * seq]
@@ -46,7 +54,6 @@ def pooled(model, batch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, ja
     (index,) = jnp.nonzero(ends, size=m, fill_value=0)
     valid = jnp.arange(m) < ends.sum()
     vectors = hidden.reshape(rows * width, -1)[index].astype(jnp.float32)
-    vectors = vectors / jnp.maximum(jnp.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)  # F.normalize
     group = (index // width) * MAX_ROLES * 1024 + seg.reshape(-1)[index] // MAX_ROLES  # row and sample in the row
     return vectors, group, batch[ROLE].reshape(-1)[index].astype(jnp.int32), batch[LABEL].reshape(-1)[index], valid
 
@@ -56,6 +63,9 @@ class EmbeddingProcessor(SampleProcessor):
 
     extra_features = {ROLE: (), POSITION: (), LABEL: ()}
     hard_negatives: int | None = None
+    reranker = False
+    """Reranker rows: the sequences are the query's messages followed by each document's (positive: role 1,
+    negatives: 2..), as ms-swift's reranker template joins them."""
 
     def _ids(self, messages, ref, what: str) -> np.ndarray:
         if not isinstance(messages, list) or not messages:
@@ -75,8 +85,10 @@ class EmbeddingProcessor(SampleProcessor):
                 raise DataError("no 'positive_messages' (an embedding row needs the anchor's positive)")
             if self.hard_negatives is not None:
                 negatives = negatives[: self.hard_negatives]
-            seqs = [self._ids(row.get("messages"), ref, "'messages'"), self._ids(positives[0], ref, "'positive_messages'")]
-            seqs += [self._ids(n, ref, f"'negative_messages'[{i}]") for i, n in enumerate(negatives)]
+            query = row.get("messages") if self.reranker else []
+            docs = [(positives[0], "'positive_messages'")] + [(n, f"'negative_messages'[{i}]") for i, n in enumerate(negatives)]
+            seqs = [] if self.reranker else [self._ids(row.get("messages"), ref, "'messages'")]
+            seqs += [self._ids(list(query or []) + list(doc or []), ref, what) for doc, what in docs]
             if len(seqs) >= MAX_ROLES:
                 raise DataError(f"{len(negatives)} negatives: at most {MAX_ROLES - 3} are supported")
             label = float(row["label"]) if row.get("label") is not None else 1.0

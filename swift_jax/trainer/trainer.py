@@ -39,15 +39,12 @@ STAGING = ".staging-"  # exports written at save time, moved into checkpoint-STE
 
 
 def default_method(args: TrainArguments, model) -> Method:
-    """Supervised fine-tuning (or pre-training when the chat template is off); `--task_type seq_cls`: a classifier."""
-    if args.task.task_type == "seq_cls":
-        from swift_jax.tasks.seq_cls import make_method
+    """Supervised fine-tuning (or pre-training when the chat template is off), or the method of `--task_type`."""
+    from swift_jax.tasks import task_method
 
-        return make_method(args.task, model.config)
-    if args.task.task_type == "embedding":
-        from swift_jax.tasks.embedding import Embedding
-
-        return Embedding(args.task.task_loss_type)
+    method = task_method(args.task, model.config)  # --task_type seq_cls / embedding / reranker
+    if method is not None:
+        return method
     t = args.training
     name = "sft" if args.data.use_chat_template else "pt"
     from swift_jax.data.vision import vision_data_for
