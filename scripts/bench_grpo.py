@@ -5,7 +5,7 @@
 Builds a random float32 Llama-architecture model, rolls out `--generations` completions for each of
 `--prompts` prompts (64-token prompt width, eos disabled so every completion is `--completion` long), scores
 them with a dense reward, and times one rollout and one full-batch update after a warm-up that compiles
-both. Also prints both compiled programs' memory (`swift_jax/rlhf/memory.py`). Prints a markdown row.
+both. Also prints both compiled programs' memory (`swift_jax/rlhf/grpo/memory.py`). Prints a markdown row.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from flax import nnx
 import swift_jax
 from swift_jax.rewards import ORM, orms
 from swift_jax.rlhf.grpo import GRPO
-from swift_jax.rlhf.grpo_args import GRPOArgs
-from swift_jax.rlhf.memory import check_memory, program_memory
-from swift_jax.rlhf.rollout import pad_prompts
+from swift_jax.rlhf.grpo.args import GRPOArgs
+from swift_jax.rlhf.grpo.memory import check_memory, program_memory
+from swift_jax.rlhf.grpo.rollout import pad_prompts
 
 
 class LowIds(ORM):
@@ -71,7 +71,7 @@ def main() -> None:
         start = time.perf_counter()
         (batch,) = method.make_batches_for(nnx.merge(graphdef, params), host)
         times["make_batches"] = time.perf_counter() - start
-        tokens_per_sec = float(batch["metric/rollout_tokens_per_sec"][0])
+        tokens_per_sec = method.host_metrics["rollout_tokens_per_sec"]
         batch = jax.tree.map(jnp.asarray, batch)
         start = time.perf_counter()
         params, opt_state, loss = update(params, opt_state, batch)

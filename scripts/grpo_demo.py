@@ -30,7 +30,7 @@ from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES, TrainArguments
 from swift_jax.rewards import ORM, orms
 from swift_jax.rlhf.grpo import GRPO
-from swift_jax.rlhf.grpo_args import GRPOArgs
+from swift_jax.rlhf.grpo.args import GRPOArgs
 from swift_jax.trainer.trainer import Trainer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))

@@ -1,11 +1,13 @@
 """Side by side with ms-swift's `swift rlhf`: our curves against the golden runs of scripts/record_ms_swift_rlhf.py.
 
-For each recorded run whose batches ms-swift draws in file order (DPO and its loss types; ms-swift's CPO, ORPO,
-KTO and RM trainers sample at random, so only their first step is comparable, see tests/test_rlhf_msswift.py),
-trains `python -m swift_jax.rlhf` from the same tiny model and LoRA start (tests/golden/rlhf_tiny/) with the same
-flags, and prints every step's loss and rewards/margins next to ms-swift's.
+For each recorded run, trains `python -m swift_jax.rlhf` from the same tiny model and LoRA start
+(tests/golden/rlhf_tiny/) with the same flags, and prints every step's loss and rewards/margins next to ms-swift's.
+Our pipeline reads rows in ms-swift's order (file order for DPO, its trainers' seeded random order for CPO/SimPO,
+ORPO, KTO and RM: swift_jax/rlhf/preference/sampler_order.py), so every step is comparable. `--golden rlhf_padded`: the
+padded varied-length runs (tests/golden/rlhf_padded.json); RM's value head starts from another random draw in
+ms-swift, so only RM's first step (tests/test_rlhf_padded.py) is comparable.
 
-    python scripts/parity_ms_swift_rlhf.py [--types dpo dpo_rpo dpo_ipo] [--workdir /tmp/parity_rlhf]
+    python scripts/parity_ms_swift_rlhf.py [--golden rlhf_runs|rlhf_padded] [--types dpo cpo ...] [--workdir /tmp/parity_rlhf]
 
 Exit status 1 when a step differs by more than 1e-4 (relative to the value when it exceeds 1).
 """
@@ -42,14 +44,16 @@ def our_flags(recorded: list[str]) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--types", nargs="+", default=["dpo", "dpo_rpo", "dpo_ipo", "dpo_bco"])
+    parser.add_argument("--golden", default="rlhf_runs", choices=["rlhf_runs", "rlhf_padded"])
+    parser.add_argument("--types", nargs="+", default=None, help="default: every recorded run but rm")
     parser.add_argument("--workdir", default="/tmp/parity_ms_swift_rlhf")
     args = parser.parse_args()
-    golden = json.load(open(os.path.join(GOLDEN, "rlhf_runs.json")))
+    golden = json.load(open(os.path.join(GOLDEN, f"{args.golden}.json")))
+    args.types = args.types or [k for k, v in golden.items() if isinstance(v, dict) and "log" in v and k.split("_")[0] != "rm" and "equal" not in k]
     worst_all, ok = 0.0, True
     for name in args.types:
         run = golden[name]
-        out = os.path.join(args.workdir, name)
+        out = os.path.join(args.workdir, args.golden, name)
         cmd = [sys.executable, "-m", "swift_jax.rlhf", "--rlhf_type", name.split("_")[0], "--model", os.path.join(TINY, "base"),
                "--adapters", os.path.join(TINY, "adapter"), "--dataset", os.path.join(ROOT, run["data"]),
                "--max_steps", str(run.get("steps", golden["steps"])), "--output_dir", out, *our_flags(golden["flags"]), *run["extra_flags"]]
@@ -65,6 +69,9 @@ def main() -> int:
         for theirs in run["log"]:
             mine, cells = ours.get(theirs["step"], {}), []
             for key in KEYS:
+                if key not in theirs:  # KTO: no margin on a step with examples of one side only
+                    cells.append(f"{'-':>22} {'-':>10} {'':>8}")
+                    continue
                 a, b = theirs[key], mine.get(key, float("nan"))
                 diff = abs(a - b) / max(1.0, abs(a))
                 worst = max(worst, diff) if diff == diff else float("inf")

@@ -5,12 +5,20 @@ Runs only in ms-swift's own venv (CI never installs it):
     /opt/msswift/bin/python scripts/record_ms_swift_rlhf.py losses   # -> tests/golden/rlhf_losses.json
     /opt/msswift/bin/python scripts/record_ms_swift_rlhf.py runs [--types dpo simpo ...] [--steps 20] [--reuse_tiny]
                                                            # -> tests/golden/rlhf_tiny/ and rlhf_runs.json
+    /opt/msswift/bin/python scripts/record_ms_swift_rlhf.py padded [--types dpo simpo ...]
+                                                           # -> tests/golden/rlhf_padded/ and rlhf_padded.json
 
 `runs`: builds a tiny random Qwen2 (hidden 32, 2 layers, the bundled byte-level tokenizer, float32) and a PEFT
 LoRA adapter with non-zero B (so policy != reference from step 1), saves both under tests/golden/rlhf_tiny/,
 then runs ms-swift's `swift rlhf --rlhf_type T` (in-process, saving its first batch) on CPU for each type on the first rows of the bundled preference data
 (swift_jax/assets/preference/, in file order: no shuffling; batch 2, no accumulation, --check_model false,
 --adapters the fixed start) and records every step's logged loss and metrics.
+
+`padded`: the same tiny model and LoRA start on 16 generated pairs of varied length (a system prompt and one turn,
+40-250 tokens per sequence, tagged so each sequence names its row), batch 4 for 4 steps (one epoch), so every
+batch is padded; records each step's logged values, the first batch as ms-swift fed it, and the rows of every
+batch (read back from the tokens: ms-swift's CPO/ORPO/KTO/RM trainers draw rows in a seeded random order, and
+KTO shuffles its table before it pairs each row with the answer that its KL example borrows).
 
 `losses`: calls ms-swift 4.6's trainer loss code (`DPOTrainer.get_batch_loss_metrics` with every loss type,
 MPO weights, rpo_alpha; TRL's `CPOTrainer.cpo_loss` / `ORPOTrainer.odds_ratio_loss` as ms-swift wraps them;
@@ -230,16 +238,18 @@ DUMP_FIRST_BATCH = """
 import json, os, sys
 from swift.rlhf_trainers import CPOTrainer, DPOTrainer, KTOTrainer, ORPOTrainer, RewardTrainer
 path = os.environ["FIRST_BATCH_JSON"]
+batches = []  # with ALL_BATCHES set: every batch, as a list
 def wrap(cls):
     original = cls.compute_loss
     def compute_loss(self, model, inputs, *args, **kwargs):
-        if not os.path.exists(path):
+        if not batches or os.environ.get("ALL_BATCHES"):
             batch = {k: v.tolist() if hasattr(v, "tolist") else v for k, v in inputs.items()
                      if hasattr(v, "tolist") or isinstance(v, list)}
             heads = [p for n, p in model.named_parameters() if n.endswith("score.weight") or ".score." in n and n.endswith("weight")]
-            if heads:  # the reward model's value head as it is at step 1 (trained, so the first copy in use)
+            if heads and not batches:  # the reward model's value head as it is at step 1 (trained, so the first copy in use)
                 batch["score_weight"] = heads[-1].detach().float().tolist()
-            json.dump(batch, open(path, "w"))
+            batches.append(batch)
+            json.dump(batches if os.environ.get("ALL_BATCHES") else batch, open(path, "w"))
         return original(self, model, inputs, *args, **kwargs)
     cls.compute_loss = compute_loss
 for cls in (CPOTrainer, DPOTrainer, KTOTrainer, ORPOTrainer, RewardTrainer):
@@ -291,18 +301,104 @@ def record_runs(types_: list[str], steps: int, workdir: str, reuse: bool = False
             json.dump(golden, f, indent=1)
 
 
+PADDED = os.path.join(GOLDEN, "rlhf_padded")
+PADDED_FLAGS = [*RUN_FLAGS[:RUN_FLAGS.index("--max_length")], "--max_length", "256",
+                *RUN_FLAGS[RUN_FLAGS.index("--max_length") + 2:]]
+PADDED_FLAGS[PADDED_FLAGS.index("--per_device_train_batch_size") + 1] = "4"
+PADDED_TYPES = {"dpo": [], "dpo_rpo": ["--rpo_alpha", "1"], "simpo": [], "orpo": [], "cpo": [], "kto": [], "rm": []}
+WORDS = ("alpha beta gamma delta kappa lambda sigma omega river stone cloud light north south green amber quiet "
+         "swift bright hollow").split()
+
+
+def make_padded_rows(n: int = 16) -> tuple[list[dict], list[dict]]:
+    """`n` preference rows (system prompt, one question, chosen and rejected answers of varied length; the
+    question is tagged `Q<i>:` and the answers `(<i>c)` / `(<i>r)` so a tokenised sequence names its row) and
+    their KTO form (row i: its chosen answer, label true, for even i; its rejected answer, label false, else)."""
+    import random
+
+    rng = random.Random(0)
+    words = lambda lo, hi: " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+    pairs, kto = [], []
+    for i in range(n):
+        system = "You are a careful assistant. " * rng.randint(0, 4)
+        turn = [{"role": "system", "content": system.strip()}, {"role": "user", "content": f"Q{i}: write {words(1, 8)}"}]
+        chosen, rejected = f"({i}c) {words(1, 36)}", f"({i}r) {words(1, 36)}"
+        pairs.append({"messages": [*turn, {"role": "assistant", "content": chosen}], "rejected_response": rejected})
+        kto.append({"messages": [*turn, {"role": "assistant", "content": rejected if i % 2 else chosen}], "label": i % 2 == 0})
+    return pairs, kto
+
+
+def rows_of(batch: dict, tokenizer) -> dict:
+    """The data rows of a recorded batch, read from its tokens' tags: `rows` (each chosen / KTO completion
+    sequence's row) and, for KTO, `kl_rows` (the row whose answer each KL sequence borrows)."""
+    import re
+
+    def tags(ids, mask, pattern):
+        return [int(re.search(pattern, tokenizer.decode([t for t, m in zip(seq, keep) if m])).group(1))
+                for seq, keep in zip(ids, mask)]
+
+    if "completion_input_ids" in batch:
+        return {"rows": tags(batch["completion_input_ids"], batch["completion_attention_mask"], r"Q(\d+):"),
+                "kl_rows": tags(batch["KL_completion_input_ids"], batch["KL_completion_attention_mask"], r"\((\d+)[cr]\)")}
+    half = len(batch["input_ids"]) // 2
+    return {"rows": tags(batch["input_ids"][:half], batch["attention_mask"][:half], r"Q(\d+):")}
+
+
+def record_padded(types_: list[str], workdir: str) -> None:
+    """Record `swift rlhf` on padded batches of varied length for each type (see the module docstring)."""
+    import subprocess
+    import sys
+
+    import transformers
+
+    base, adapter = os.path.join(TINY, "base"), os.path.join(TINY, "adapter")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+    os.makedirs(PADDED, exist_ok=True)
+    pairs, kto = make_padded_rows()
+    for name, rows in (("pairs.jsonl", pairs), ("kto.jsonl", kto)):
+        with open(os.path.join(PADDED, name), "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+    path = os.path.join(GOLDEN, "rlhf_padded.json")
+    golden = json.load(open(path)) if os.path.exists(path) else {}
+    steps = len(pairs) // int(PADDED_FLAGS[PADDED_FLAGS.index("--per_device_train_batch_size") + 1])
+    golden.update(flags=PADDED_FLAGS, steps=steps)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": "", "ALL_BATCHES": "1"}
+    for name in types_:
+        rlhf_type = name.split("_")[0]
+        data = os.path.join(PADDED, "kto.jsonl" if rlhf_type == "kto" else "pairs.jsonl")
+        out, dump = os.path.join(workdir, f"padded_{name}"), os.path.join(workdir, f"padded_{name}_batches.json")
+        os.makedirs(workdir, exist_ok=True)
+        if os.path.exists(dump):
+            os.remove(dump)
+        cmd = [sys.executable, "-c", DUMP_FIRST_BATCH, "--rlhf_type", rlhf_type, "--model", base, "--adapters", adapter,
+               "--dataset", data, "--max_steps", str(steps), "--output_dir", out, *PADDED_FLAGS, *PADDED_TYPES[name]]
+        with open(os.path.join(workdir, f"padded_{name}.log"), "w") as log:
+            proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env={**env, "FIRST_BATCH_JSON": dump})
+        if proc.returncode != 0:
+            raise SystemExit(f"padded {name}: exit {proc.returncode}, see {log.name}")
+        batches = json.load(open(dump))
+        golden[name] = {"extra_flags": PADDED_TYPES[name], "data": os.path.relpath(data, ROOT), "log": read_log(out),
+                        "first_batch": batches[0], "batches": [rows_of(b, tokenizer) for b in batches]}
+        first = golden[name]["log"][0]
+        print(f"padded {name}: {len(golden[name]['log'])} steps, step 1 loss {first['loss']}, rows {golden[name]['batches'][0]}")
+        with open(path, "w") as f:
+            json.dump(golden, f, indent=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["losses", "runs"])
-    parser.add_argument("--types", nargs="+", default=list(TYPE_FLAGS))
+    parser.add_argument("what", choices=["losses", "runs", "padded"])
+    parser.add_argument("--types", nargs="+", default=None, help="default: every run of the chosen recording")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--workdir", default="/tmp/record_ms_swift_rlhf")
     parser.add_argument("--reuse_tiny", action="store_true", help="keep tests/golden/rlhf_tiny/ (add runs to a recording)")
     args = parser.parse_args()
     if args.what == "losses":
         record_losses()
+    elif args.what == "padded":
+        record_padded(args.types or list(PADDED_TYPES), args.workdir)
     else:
-        record_runs(args.types, args.steps, args.workdir, args.reuse_tiny)
+        record_runs(args.types or list(TYPE_FLAGS), args.steps, args.workdir, args.reuse_tiny)
 
 
 if __name__ == "__main__":

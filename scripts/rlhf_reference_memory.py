@@ -31,7 +31,7 @@ def measure(model: str, *flags: str) -> tuple[int, int]:
                                             "--report_to", "none", "--output_dir", out, *flags], aliases=ALIASES).validate()
         trainer = Trainer(args, method_of(args))
         trainer.setup()
-        host = trainer.method.make_batches(trainer, [next(trainer.iterator) for _ in range(trainer.accum)])
+        host, _ = trainer.method.make_batches(trainer.context, [next(trainer.iterator) for _ in range(trainer.accum)])
         batch = stack_batches(host, trainer.method.batch_keys, trainer.mesh)
         compiled = trainer.train_step.lower(trainer.state, trainer.frozen, trainer.extra, batch).compile()
         extra = sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(trainer.extra))

@@ -209,7 +209,7 @@ def make_server(chat: ChatServer, host: str, port: int) -> ThreadingHTTPServer:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_config(DeployArgs, argv, aliases=ALIASES, command="deploy")
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
     vision, args = vision_for_inference(args, model.config)
     chat = ChatServer(Generator(model, tokenizer, max_batch_size=1), args, vision)
     server = make_server(chat, args.host, args.port)

@@ -39,6 +39,7 @@ from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, SavedArg
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
 from swift_jax.data.frontend import prompt_of, read_rows
+from swift_jax.data.resolve import LoadOptions
 from swift_jax.data.media import row_media
 from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.data.templates import IGNORE
@@ -279,7 +280,7 @@ def evaluate(model: nnx.Module, tokenizer, args: EvalArgs) -> dict[str, dict[str
     encoder = args.trained_encoder(tokenizer, *args.trained_run())
     results = {}
     for path in args.eval_dataset:
-        rows = read_rows(path, args.eval_limit)
+        rows = read_rows(path, args.eval_limit, LoadOptions.of(args, shuffle=False))
         if not rows:
             raise ValueError(f"{path}: no rows to evaluate")
         name = os.path.basename(path)
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_config(EvalArgs, argv, aliases=ALIASES, command="eval")
     if not args.eval_dataset:
         raise ValueError("--eval_dataset is required: one or more task files (see python -m swift_jax.eval --help)")
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
     results = evaluate(model, tokenizer, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.result_path)), exist_ok=True)
     with open(args.result_path, "w") as f:

@@ -22,7 +22,9 @@ from typing import Sequence
 from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, SavedArgs, TemplateArgs
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
+from swift_jax.data.cached import cached_rows
 from swift_jax.data.frontend import encode_chat, prompt_of, read_rows, row_messages
+from swift_jax.data.resolve import LoadOptions
 from swift_jax.data.media import row_media
 from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.generation import Generator
@@ -41,10 +43,16 @@ class InferArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs, GenerationArgs)
     """Rows to answer (any format training reads); none: interactive chat."""
     val_dataset_sample: int | None = None
     """Use only the first N rows of each file."""
+    cached_val_dataset: list[str] = dataclasses.field(default_factory=list)
+    """Rows to answer from folders written by `export --to_cached_dataset true` (its DIR/val), before
+    --val_dataset's, as ms-swift's infer reads them (`swift_jax.data.cached`)."""
     result_path: str | None = None
     """Batch results; default: infer_result.jsonl next to the dataset."""
     max_batch_size: int = 16
     """Prompts generated together."""
+    merge_lora: bool = False
+    """Merge --adapters into the base first (written once to FIRST_ADAPTER-merged, reused when it exists, as
+    ms-swift), then answer with the merged model."""
 
     def chat_encoder(self, tokenizer):
         """The prompt renderer: these arguments, else what the checkpoint was trained with (its args.json)."""
@@ -66,8 +74,11 @@ class InferArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs, GenerationArgs)
                                  "pass the rows to answer with --val_dataset")
 
 
-def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None):
-    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`.
+def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None, adjust_config=None,
+                       new_tokens: Sequence[str] = ()):
+    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`; `adjust_config`: see
+    `ModelArgs.adjust_config` (--rope_scaling, --max_model_len); `new_tokens`: --new_special_tokens (a checkpoint
+    trained with them brings its own tokenizer).
 
     Without `model`, the base model recorded in the first adapter's adapter_config.json is used (as
     ms-swift: `--adapters CKPT` alone is enough).
@@ -82,10 +93,14 @@ def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: s
         if not adapters:
             raise ValueError("--model is required (or --adapters CKPT, whose base model is then used)")
         model = base_model_of(adapters[0])
-    loaded = swift_jax.load_model(model, dtype=dtype)
+    from swift_jax.hf.special_tokens import add_new_special_tokens, checkpoint_tokenizer
+
+    loaded = swift_jax.load_model(model, dtype=dtype, adjust_config=adjust_config)
+    tokenizer = checkpoint_tokenizer(model, adapters)
+    add_new_special_tokens(loaded, tokenizer, list(new_tokens))  # grows the vocabulary to the tokenizer's
     if adapters:
         loaded = _apply_adapters(loaded, adapters)
-    return loaded, swift_jax.load_tokenizer(model)
+    return loaded, tokenizer
 
 
 def _apply_adapters(model, adapters: Sequence[str]):
@@ -103,13 +118,15 @@ def _apply_adapters(model, adapters: Sequence[str]):
 
 
 def infer_dataset(gen: Generator, args: InferArgs, vision=None) -> str:
-    """Answer every row of `args.val_dataset`; write the rows with `response` added; return the path.
-    `vision` (`data.vision.VisionData`): the model reads the rows' images / videos."""
-    result_path = args.result_path or os.path.join(os.path.dirname(os.path.abspath(args.val_dataset[0])), "infer_result.jsonl")
+    """Answer every row of `args.cached_val_dataset` and `args.val_dataset`; write the rows with `response` added;
+    return the path. `vision` (`data.vision.VisionData`): the model reads the rows' images / videos."""
+    sources = [(path, cached_rows(path)) for path in args.cached_val_dataset]
+    sources += [(path, read_rows(path, args.val_dataset_sample, LoadOptions.of(args, shuffle=False))) for path in args.val_dataset]
+    result_path = args.result_path or os.path.join(os.path.dirname(os.path.abspath(sources[0][0])), "infer_result.jsonl")
     encoder = args.chat_encoder(gen.tokenizer)
     rows, prompts = [], []
-    for path in args.val_dataset:
-        for i, row in enumerate(read_rows(path, args.val_dataset_sample)):
+    for path, path_rows in sources:
+        for i, row in enumerate(path_rows):
             where = f"{path} row {i}"
             prompt = prompt_of(row, where=where, columns=args.columns, media=vision is not None)
             rows.append(row)
@@ -155,13 +172,28 @@ def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdou
         history.append({"role": "assistant", "content": response})
 
 
+def merged_for_inference(args: InferArgs) -> InferArgs:
+    """`--merge_lora`: the arguments with the adapters merged into `FIRST_ADAPTER-merged` (export's merge; an
+    existing folder is reused, as ms-swift's merge_lora skips it) as the model, and no adapters."""
+    if not (args.merge_lora and args.adapters):
+        return args
+    from swift_jax.export import ExportArgs, export
+
+    merged = f"{os.path.abspath(args.adapters[0]).rstrip('/')}-merged"
+    if not os.path.isdir(merged):
+        export(ExportArgs(model=args.model, adapters=list(args.adapters), dtype=args.dtype, merge_lora=True, output_dir=merged))
+    print(f"[INFO] --merge_lora: answering with {merged}")
+    return dataclasses.replace(args, model=merged, adapters=[])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_config(InferArgs, argv, aliases=ALIASES, command="infer")
     args.load_data()
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    args = merged_for_inference(args)
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
     vision, args = vision_for_inference(args, model.config)
     gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
-    if args.val_dataset:
+    if args.val_dataset or args.cached_val_dataset:
         infer_dataset(gen, args, vision)
     else:
         chat_loop(gen, args)

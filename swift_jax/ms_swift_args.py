@@ -90,14 +90,15 @@ _note(COMMANDS, "the architecture comes from the checkpoint's config.json model_
 _note(COMMANDS, "MoE experts run in the JAX MoE layer (--expert_parallel_size shards them)", "experts_impl")
 
 # -- Hubs and downloads. ---------------------------------------------------------------------------------------
-_note(COMMANDS, "hub ids are always Hugging Face ids (set HF_TOKEN for private models)",
-      "use_hf hub_token model_revision local_repo_path download_mode")
+_note(COMMANDS, "model hub ids are always Hugging Face ids (set HF_TOKEN for private models; --use_hf and "
+      "--hub_token choose the hub of datasets)", "model_revision local_repo_path download_mode")
+_note(INFER + EXPORT, "the dataset entries of infer, eval and export are read in turn, not mixed",
+      "interleave_prob stopping_strategy", differs=True)
 _note(TRAIN, "models are read from local folders or the hub without a ModelScope check", "check_model")
 _note(("rlhf",), "hub ids are always Hugging Face ids (set HF_TOKEN for private models)",
       "ref_model_revision reward_model_revision teacher_model_revision")
 _note(TRAIN, "checkpoints are not pushed to a hub during training; upload the output folder afterwards",
       "push_to_hub hub_model_id hub_private_repo hub_strategy hub_always_push hub_revision")
-_note(EXPORT, "the message of the hub upload (see --push_to_hub)", "commit_message")
 
 # -- Logging and reporting. ------------------------------------------------------------------------------------
 _note(TRAIN, "logs go to the run folder (logging.jsonl, tensorboard events, images/) and --report_to",
@@ -136,14 +137,14 @@ _note(TRAIN, "a checkpoint's args.json is read only by infer, eval, deploy and e
       "default: false)", "load_args load_data_args")
 
 # -- Training algorithms not implemented here. -----------------------------------------------------------------
-_note(TRAIN, "GaLore is not implemented; the optimizer is AdamW on the trainable parameters", "use_galore", differs=True)
+_note(TRAIN, "GaLore is not implemented; the optimizer is --optim's on the trainable parameters", "use_galore", differs=True)
 _note(TRAIN, "options of GaLore (--use_galore), which is not implemented",
       "galore_target_modules galore_rank galore_update_proj_gap galore_scale galore_proj_type galore_optim_per_parameter "
       "galore_with_embedding galore_quantization galore_proj_quant galore_proj_bits galore_proj_group_size "
       "galore_cos_threshold galore_gamma_proj galore_queue_size")
 _note(TRAIN, "LISA (training a few random layers at a time) is not implemented", "lisa_activated_layers", differs=True)
 _note(TRAIN, "option of LISA (--lisa_activated_layers), which is not implemented", "lisa_step_interval")
-_note(TRAIN, "ms-swift's optimizer plugins are not implemented (--lorap_lr_ratio gives LoRA+); the optimizer is AdamW",
+_note(TRAIN, "ms-swift's optimizer plugins are not implemented (--lorap_lr_ratio gives LoRA+); the optimizer is --optim's",
       "optimizer optim_args optim_target_modules", differs=True)
 _note(TRAIN, "the loss is the (loss_scale-weighted) cross-entropy; channel, DFT and Matryoshka losses are not implemented",
       "enable_channel_loss enable_dft_loss mrl_dims label_smoothing_factor", differs=True)
@@ -219,21 +220,20 @@ _note(INFER, _ENGINE,
       "sglang_speculative_num_steps sglang_speculative_eagle_topk sglang_speculative_num_draft_tokens")
 
 # -- Inference, deployment and evaluation. ---------------------------------------------------------------------
+_note(INFER, "a training data option: it has no effect here (as in ms-swift's inference)", "data_seed strict")
 _note(INFER + EXPORT, "a training data option: it has no effect here (as in ms-swift's inference)",
-      "data_seed dataset_num_proc dataset_shuffle val_dataset_shuffle shuffle_buffer_size streaming strict "
+      "dataset_num_proc dataset_shuffle val_dataset_shuffle shuffle_buffer_size streaming "
       "model_name model_author loss_scale is_binary_loss_scale disable_ignore_empty_think packing tuner_type "
       "sequence_parallel_size lazy_tokenize packing_num_proc remove_unused_columns load_from_cache_file "
       "disable_auto_column_mapping decision_drop_instructions decision_shuffle_fields decision_state_as_text "
       "decision_subsample_options padding_side packing_length padding_free")
 _note(INFER, "pass the rows to answer as --val_dataset (ms-swift answers the held-out split of --dataset)",
       "dataset split_dataset_ratio", differs=True)
-_note(EXPORT, "export reads only --dataset (GPTQ calibration rows)", "val_dataset split_dataset_ratio")
 _note(("infer", "deploy"), "prompts are not truncated: a prompt longer than the model's context is an error",
       "max_length", differs=True)
 _note(INFER, "prompts are not truncated: a prompt longer than the model's context is an error",
       "truncation_strategy", differs=True)
-_note(EXPORT, "calibration rows are cut to --max_length", "truncation_strategy")
-_note(INFER + EXPORT, "prompts are always rendered with the chat template (--template, else the tokenizer's)",
+_note(INFER, "prompts are always rendered with the chat template (--template, else the tokenizer's)",
       "use_chat_template", differs=True)
 _note(INFER, "images are sized by the model's image processor", "max_pixels", differs=True)
 _note(EXPORT, "export does not sample", "seed")
@@ -251,12 +251,15 @@ _note(("eval",), "tasks are the jsonl files of --eval_dataset, scored in process
       "VLMEvalKit backends (issue: evaluation backends) are not used", "eval_backend eval_url local_dataset",
       differs=True)
 _note(("eval",), "the results go to --result_path", "eval_output_dir eval_num_proc")
-_note(("eval",), "the rows to score are --eval_dataset's", "val_dataset val_dataset_sample")
-_note(EXPORT, "Megatron-Core, Ollama and cached-dataset conversions are not implemented (export writes HF, PEFT and "
-      "quantized folders)", "to_mcore to_hf mcore_model mcore_adapter to_ollama", differs=True)
+_note(("eval",), "the rows to score are --eval_dataset's", "val_dataset val_dataset_sample cached_dataset cached_val_dataset")
+_note(("infer", "deploy"), "only the validation part of cached datasets is read (--cached_val_dataset), as ms-swift's "
+      "infer reads them", "cached_dataset")
+_note(EXPORT, "Megatron-Core and Ollama conversions are not implemented (export writes HF, PEFT, quantized and "
+      "cached-dataset folders)", "to_mcore to_hf mcore_model mcore_adapter to_ollama", differs=True)
+_note(EXPORT, "--to_cached_dataset caches the rows of --dataset / --val_dataset; cached folders are read by training",
+      "cached_dataset cached_val_dataset", differs=True)
 _note(EXPORT, "options of the Megatron conversion (--to_mcore), which is not implemented",
       "test_convert_precision test_convert_dtype thread_count save_missing_weights")
-_note(EXPORT, "export renders GPTQ calibration rows in training mode", "template_mode")
 
 # -- Generation, loss and saving settings a command has no use for. --------------------------------------------
 _note(("sft", "pt"), "prediction after training (--num_predict_samples) decodes greedily",
@@ -274,24 +277,14 @@ _note(("eval",), "eval's generation settings are the flags (--max_new_tokens, --
       "dataset and extra arguments are not used", "eval_generation_config eval_dataset_args extra_eval_args", differs=True)
 _note(("eval",), "eval prints its table when every task is scored", "stream")
 _note(EXPORT, "export does not generate", "max_new_tokens temperature top_k top_p repetition_penalty stop_words stream "
-      "logprobs top_logprobs max_pixels")
+      "logprobs top_logprobs max_pixels num_beams")
+_note(TRAIN, "it configures ms-swift's --predict_with_generate evaluation (see that flag); prediction after training "
+      "decodes greedily and rollouts sample", "num_beams")
+_note(("eval",), "adapters are applied unmerged, which gives the same answers as merging them first", "merge_lora")
 
 # -- Meanings that sibling changes implement as fields (issue 27 trainargs/datasets/packing). -------------------
 # Delete each name once it is a field (tests/test_ms_swift_arguments.py::test_no_name_is_both_a_field_and_a_note).
-PENDING = {
-    "trainargs": (TRAIN, "warmup_steps eval_strategy save_strategy bf16 fp16 save_only_model load_best_model_at_end "
-                  "metric_for_best_model greater_is_better early_stop_interval optim lr_scheduler_kwargs "
-                  "logging_first_step padding_free packing_length padding_side new_special_tokens "
-                  "predict_with_generate acc_strategy group_by_length max_model_len rope_scaling num_beams"),
-    "trainargs (infer)": (INFER + EXPORT, "max_model_len rope_scaling num_beams new_special_tokens"),
-    "trainargs (merge_lora)": (INFER, "merge_lora"),
-    "trainargs (export)": (EXPORT, "push_to_hub hub_model_id hub_private_repo exist_ok to_peft_format "
-                           "safe_serialization"),
-    "datasets": (TRAIN, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
-    "datasets (infer)": (INFER + EXPORT, "interleave_prob stopping_strategy custom_dataset_info custom_register_path"),
-    "packing": (TRAIN + INFER, "cached_dataset cached_val_dataset"),
-    "packing (export)": (EXPORT, "cached_dataset cached_val_dataset to_cached_dataset"),
-}
+PENDING: dict[str, tuple[tuple[str, ...], str]] = {}
 for _owner, (_commands, _names) in PENDING.items():
     _note(_commands, f"not implemented yet (issue 27, {_owner.split()[0]}): this run goes without it", _names, differs=True)
 

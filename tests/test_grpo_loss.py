@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from swift_jax.rlhf.advantages import compute_advantages, reward_metrics
-from swift_jax.rlhf.dynamic_sampling import dynamic_sample
-from swift_jax.rlhf.grpo_loss import PolicyLossConfig, k3_kl, policy_loss
+from swift_jax.rlhf.grpo.advantages import compute_advantages, reward_metrics
+from swift_jax.rlhf.grpo.dynamic_sampling import dynamic_sample
+from swift_jax.rlhf.grpo.loss import PolicyLossConfig, k3_kl, policy_loss
 
 # Two completions of 3 tokens; the second has 2 real tokens. Ratios chosen so that clipping shows.
 RATIOS = np.array([[1.5, 0.5, 1.0], [1.1, 0.7, 2.0]])

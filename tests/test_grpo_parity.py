@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from swift_jax.rewards.orm import CosineReward, Format, RepetitionPenalty, SoftOverlong
-from swift_jax.rlhf.advantages import compute_advantages, reward_metrics
-from swift_jax.rlhf.grpo_loss import PolicyLossConfig, policy_loss
+from swift_jax.rlhf.grpo.advantages import compute_advantages, reward_metrics
+from swift_jax.rlhf.grpo.loss import PolicyLossConfig, policy_loss
 
 with open(os.path.join(os.path.dirname(__file__), "golden", "grpo_ms_swift.json")) as f:
     GOLDEN = json.load(f)

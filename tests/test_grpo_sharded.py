@@ -9,7 +9,7 @@ from flax import nnx
 
 import swift_jax
 from swift_jax.parallel import make_mesh
-from swift_jax.rlhf.grpo_data import PromptBatches
+from swift_jax.rlhf.grpo.data import PromptBatches
 
 # the tokenizer fixture and the autouse `low_ids` reward registration come with the method builder
 from test_grpo import CONFIG, ROWS, _method, low_ids_reward, tokenizer  # noqa: F401

@@ -107,12 +107,12 @@ def test_no_name_is_both_a_field_and_a_note(command):
 
 
 def test_a_flag_that_would_change_the_result_says_so(capsys):
-    parse_config(TrainArguments, ["--model", "m", "--use_galore", "true", "--deepspeed", "zero3", "--use_hf", "true",
+    parse_config(TrainArguments, ["--model", "m", "--use_galore", "true", "--deepspeed", "zero3", "--model_revision", "v1",
                                   "--lisa_activated_layers", "0"], command="sft")
     err = capsys.readouterr().err.splitlines()
     assert "--use_galore true: not implemented in swift-jax, so the result differs from ms-swift's: GaLore" in err[0]
     assert err[1].startswith("ignoring --deepspeed: sharding comes from the mesh: --fsdp_size")
-    assert err[2].startswith("ignoring --use_hf: hub ids are always Hugging Face ids")
+    assert err[2].startswith("ignoring --model_revision: model hub ids are always Hugging Face ids")
     assert err[3].startswith("ignoring --lisa_activated_layers: LISA")  # off: no difference
     parse_config(TrainArguments, ["--model", "m", "--use_galore"], command="sft")  # bare: true
     assert capsys.readouterr().err.startswith("--use_galore: not implemented in swift-jax, so the result differs")

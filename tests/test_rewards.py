@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from swift_jax.rewards import ORM, build_reward_funcs, load_plugins, orms, score_completions
-from swift_jax.rlhf.grpo_args import GRPOArgs
+from swift_jax.rlhf.grpo.args import GRPOArgs
 
 
 def _funcs(*names, **args):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from swift_jax.data import DataArgs, DataError
-from swift_jax.rlhf.data import MAX_PAIRS_PER_ROW, PairProcessor, build_preference_data, rlhf_data_args
-from swift_jax.rlhf.rows import preference_of
+from swift_jax.rlhf.preference.data import MAX_PAIRS_PER_ROW, PairProcessor, build_preference_data, rlhf_data_args
+from swift_jax.rlhf.preference.rows import preference_of
 from tokenizers_for_tests import bundled_tokenizer
 
 ASK = [{"role": "user", "content": "2+2?"}]

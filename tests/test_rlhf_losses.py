@@ -1,4 +1,4 @@
-"""Preference losses (swift_jax.rlhf.losses) against ms-swift 4.6's own loss code on fixed log-probs.
+"""Preference losses (swift_jax.rlhf.preference.losses) against ms-swift 4.6's own loss code on fixed log-probs.
 
 The golden file is written by `scripts/record_ms_swift_rlhf.py losses`, which calls ms-swift's
 `DPOTrainer.get_batch_loss_metrics` (every loss type, MPO weights, rpo_alpha), TRL's CPO/ORPO losses as
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from swift_jax.rlhf import losses as L
+from swift_jax.rlhf.preference import losses as L
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "golden", "rlhf_losses.json")))
 INPUTS = GOLDEN["inputs"]

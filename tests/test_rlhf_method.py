@@ -18,9 +18,9 @@ from flax import nnx
 import swift_jax
 from swift_jax.data import DataArgs
 from swift_jax.rlhf import RLHFArgs, attach_value_head, make_method
-from swift_jax.rlhf.data import PairProcessor, pack_pairs, pad_pair
-from swift_jax.rlhf.logps import model_pair_stats
-from swift_jax.rlhf.precompute import REF_KEY, ReferenceTable
+from swift_jax.rlhf.preference.data import PairProcessor, pack_pairs, pad_pair
+from swift_jax.rlhf.preference.logps import model_pair_stats
+from swift_jax.rlhf.preference.precompute import REF_KEY, ReferenceTable
 from swift_jax.trainer.step import summarize
 from swift_jax.trainer.trainer import _defined
 from swift_jax.tuners import adapters_disabled, count_params, load_adapter, loraize

@@ -21,7 +21,7 @@ from flax import nnx
 import swift_jax
 from swift_jax.data import DataArgs
 from swift_jax.rlhf import RLHFArgs, make_method
-from swift_jax.rlhf.data import PairProcessor, pad_pair
+from swift_jax.rlhf.preference.data import PairProcessor, pad_pair
 from swift_jax.trainer.step import summarize
 from swift_jax.tuners import load_adapter
 
@@ -60,13 +60,12 @@ def our_first_batch(name: str, rlhf_type: str) -> dict:
         rows = [json.loads(line) for _, line in zip(range(batch_size), f)]
     tokenizer = swift_jax.load_tokenizer(os.path.join(TINY, "base"))
     process = PairProcessor(DataArgs(max_length=max_length), tokenizer, rlhf_type)
-    return stack([process((row, f"row {i}", (rows[i - 1], f"row {i - 1}"))) for i, row in enumerate(rows)])
+    return stack([process((row, f"row {i}", (rows[i - 1], f"row {i - 1}"))) for i, row in enumerate(rows)], max_length)
 
 
-def their_first_batch(name: str, rlhf_type: str) -> dict:
-    """ms-swift's recorded first batch as our pair rows: `[chosen..., rejected...]` rows with an attention mask
-    (KTO: `completion_*` and `KL_completion_*` tensors and the `label` list)."""
-    first = RUNS[name]["first_batch"]
+def their_first_batch(first: dict, rlhf_type: str, max_length: int) -> dict:
+    """ms-swift's recorded (first) batch as our pair rows of `2 * max_length`: `[chosen..., rejected...]` rows with
+    an attention mask (KTO: `completion_*` and `KL_completion_*` tensors and the `label` list)."""
     if rlhf_type == "kto":
         parts = [(first[f"{p}input_ids"], first[f"{p}labels"], first[f"{p}attention_mask"]) for p in ("completion_", "KL_completion_")]
         labels = first["label"]
@@ -82,11 +81,11 @@ def their_first_batch(name: str, rlhf_type: str) -> dict:
         (ci, cl), (ri, rl) = seqs
         samples.append({"input_ids": np.r_[ci, ri], "labels": np.r_[cl, rl], "part": np.r_[0 * ci, 0 * ri + 1],
                         "pos": np.r_[np.arange(len(ci)), np.arange(len(ri))], "pair_value": np.full(len(ci) + len(ri), float(label))})
-    return stack(samples)
+    return stack(samples, max_length)
 
 
-def stack(samples: list[dict]) -> dict:
-    padded = [pad_pair(s, 2 * int(flag("--max_length")), 0) for s in samples]
+def stack(samples: list[dict], max_length: int) -> dict:
+    padded = [pad_pair(s, 2 * max_length, 0) for s in samples]
     return {k: np.stack([p[k] for p in padded]) for k in padded[0]}
 
 
@@ -99,7 +98,7 @@ def test_first_step_equals_ms_swift(name):
         method.prepare_model(model)
         model.score.kernel[...] = np.asarray(RUNS[name]["first_batch"]["score_weight"], np.float32).T
     graphdef, state = nnx.split(model)
-    batch = their_first_batch(name, method.rlhf.rlhf_type)
+    batch = their_first_batch(RUNS[name]["first_batch"], method.rlhf.rlhf_type, int(flag("--max_length")))
     out = jax.jit(lambda s, b: method.loss(nnx.merge(graphdef, s), b, None))(state, batch)
     theirs = RUNS[name]["log"][0]
     ours = {k: float(v) for k, v in summarize(out, method).items()}  # as the trainer logs them
@@ -110,6 +109,6 @@ def test_first_step_equals_ms_swift(name):
 
 def test_our_encoding_is_ms_swifts_first_batch():
     """DPO draws its first batch in file order: our encoder gives ms-swift's tokens and labels."""
-    ours, theirs = our_first_batch("dpo", "dpo"), their_first_batch("dpo", "dpo")
+    ours, theirs = our_first_batch("dpo", "dpo"), their_first_batch(RUNS["dpo"]["first_batch"], "dpo", int(flag("--max_length")))
     for key in ("input_ids", "labels", "segment_ids", "positions"):
         np.testing.assert_array_equal(ours[key], theirs[key], err_msg=key)

@@ -10,8 +10,8 @@ from flax import nnx
 import swift_jax
 from swift_jax.flops import compile_count
 from swift_jax.generation import GenerationConfig, Generator
-from swift_jax.rlhf.grpo_logps import completion_logps
-from swift_jax.rlhf.rollout import SamplingParams, pad_prompts, prompt_length, rollout
+from swift_jax.rlhf.grpo.logps import completion_logps
+from swift_jax.rlhf.grpo.rollout import SamplingParams, pad_prompts, prompt_length, rollout
 from swift_jax.tuners.lora import adapters_disabled, loraize
 
 CONFIG = dict(

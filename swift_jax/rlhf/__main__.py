@@ -3,7 +3,8 @@
 Every SFT argument applies (model, LoRA/QLoRA/full, data, packing, mesh, checkpoints, resume) plus the group of
 the requested `--rlhf_type`: RLHFArgs for preference training (dpo, simpo, orpo, cpo, kto, rm), GRPOArgs for
 `grpo` (their flags share names with other meanings and defaults, e.g. `--beta` 0.1 vs 0.04, `--loss_type`, as
-in ms-swift). The shared Trainer runs the method.
+in ms-swift). `RLHF_METHODS` maps each type to its arguments class and method factory, so the command has no
+branches and a new method is one `register_rlhf_type` call; the shared Trainer runs the method.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Callable
+from typing import Any, NamedTuple, Sequence
 
 from swift_jax.config import ALIASES, TrainArguments
-from swift_jax.rlhf.args import RLHFArgs
-from swift_jax.rlhf.grpo_args import GRPOArgs
+from swift_jax.rlhf.preference.args import RLHF_TYPES, RLHFArgs
+from swift_jax.rlhf.grpo.args import GRPOArgs
 
 
 @dataclasses.dataclass
@@ -56,34 +58,73 @@ def requested_rlhf_type(argv: Sequence[str]) -> str | None:
 
 def method_of(args: RLHFArguments):
     """The preference method `args` ask for."""
-    from swift_jax.rlhf.methods import make_method
+    from swift_jax.rlhf.preference.methods import make_method
 
     return make_method(args.rlhf, model_path=args.model_args.model, dtype=args.model_args.dtype,
                        tuner_type=args.tuner.tuner_type, loss_chunk_size=args.training.loss_chunk_size)
 
 
-def parse_arguments(argv: Sequence[str] | None) -> RLHFArguments | GRPOArguments:
-    """The arguments of the requested --rlhf_type (unvalidated): the flags of the other group (GRPO's for a
-    preference run, the preference losses' for GRPO) are ms-swift arguments too, named with a line as unused."""
+def grpo_method_of(args: GRPOArguments):
+    """The GRPO method `args` ask for."""
+    from swift_jax.rlhf.grpo import GRPO
+
+    return GRPO(args.grpo, seed=args.training.seed, max_length=args.data.max_length)
+
+
+class RLHFType(NamedTuple):
+    """What `--rlhf_type T` runs: the arguments class its command line parses into, and the method built from
+    the validated arguments."""
+
+    arguments: type[TrainArguments]
+    method: Callable[[Any], Any]
+
+
+RLHF_METHODS: dict[str, RLHFType] = {
+    **{t: RLHFType(RLHFArguments, method_of) for t in RLHF_TYPES},
+    "grpo": RLHFType(GRPOArguments, grpo_method_of),
+}
+"""rlhf_type -> (arguments class, method factory)."""
+
+
+def register_rlhf_type(rlhf_type: str, arguments: type[TrainArguments], method: Callable[[Any], Any]) -> None:
+    """Make `--rlhf_type rlhf_type` parse into `arguments` and train `method(validated arguments)`."""
+    RLHF_METHODS[rlhf_type] = RLHFType(arguments, method)
+
+
+def _entry(argv: Sequence[str]) -> RLHFType:
+    """The registry entry of a command line's --rlhf_type (an unknown type parses as preference arguments, whose
+    validation names the choices)."""
+    return RLHF_METHODS.get(requested_rlhf_type(argv) or "dpo", RLHF_METHODS["dpo"])
+
+
+def _applies_to(arguments: type[TrainArguments]) -> str:
+    """Where another arguments class's flags apply, for the line that names them as unused."""
+    types = [t for t, e in RLHF_METHODS.items() if e.arguments is arguments]
+    if arguments is RLHFArguments:
+        return "applies to the preference methods (dpo, kto, ...), not " + ", ".join(t for t in RLHF_METHODS if t not in types)
+    return f"applies to --rlhf_type {' / '.join(types)} only"
+
+
+def parse_arguments(argv: Sequence[str] | None) -> TrainArguments:
+    """The arguments of the requested --rlhf_type (unvalidated): the flags of the other types' groups (GRPO's
+    for a preference run, the preference losses' for GRPO) are ms-swift arguments too, named with a line as
+    unused."""
     from swift_jax.cli import field_names, parse_config
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    grpo = requested_rlhf_type(argv) == "grpo"
-    cls, other = (GRPOArguments, RLHFArguments) if grpo else (RLHFArguments, GRPOArguments)
-    why = "applies to --rlhf_type grpo only" if not grpo else "applies to the preference methods (dpo, kto, ...), not grpo"
-    elsewhere = {name: why for name in field_names(other) - field_names(cls)}
+    cls = _entry(argv).arguments
+    elsewhere = {}
+    for other in {e.arguments for e in RLHF_METHODS.values()} - {cls}:
+        elsewhere.update({name: _applies_to(other) for name in field_names(other) - field_names(cls)})
     return parse_config(cls, argv, aliases=ALIASES, command="rlhf", elsewhere=elsewhere)
 
 
 def run_command(argv: Sequence[str] | None) -> dict[str, Any]:
     from swift_jax.train import train
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_arguments(argv).validate()
-    if isinstance(args, GRPOArguments):
-        from swift_jax.rlhf.grpo import GRPO
-
-        return train(args, GRPO(args.grpo, seed=args.training.seed, max_length=args.data.max_length))
-    return train(args, method_of(args))
+    return train(args, _entry(argv).method(args))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -78,7 +78,8 @@ class EmbeddingProcessor(SampleProcessor):
         ids = np.asarray(ids, np.int32)
         return ids[-self.args.max_length :] if self.args.truncation_strategy == "left" else ids[: self.args.max_length]
 
-    def encode_row(self, row: dict, ref) -> dict[str, np.ndarray] | None:
+    def encode_pieces(self, row: dict, ref) -> list[dict[str, np.ndarray]]:
+        """The row's one sample, or none when it is dropped (see the class)."""
         try:
             positives, negatives = row.get("positive_messages") or [], row.get("negative_messages") or []
             if not positives:
@@ -95,16 +96,16 @@ class EmbeddingProcessor(SampleProcessor):
         except (DataError, ValueError, TypeError) as e:
             self.bad.handle(DataError(f"{ref}: {e}"))
             self.counters.add("bad_rows_skipped")
-            return None
+            return []
         if sum(map(len, seqs)) > self.args.max_length:
             self.counters.add("dropped_too_long")
-            return None
+            return []
         self.counters.add("kept")
         ids = np.concatenate(seqs).astype(np.int32)
-        return {"input_ids": ids, "labels": np.full(len(ids), IGNORE, np.int32),
+        return [{"input_ids": ids, "labels": np.full(len(ids), IGNORE, np.int32),
                 ROLE: np.concatenate([np.full(len(s), r + 1, np.float32) for r, s in enumerate(seqs)]),
                 POSITION: np.concatenate([np.arange(len(s), dtype=np.float32) for s in seqs]),
-                LABEL: np.full(len(ids), label, np.float32)}
+                LABEL: np.full(len(ids), label, np.float32)}]
 
 
 class Embedding(Method):

@@ -73,7 +73,8 @@ class SeqClsProcessor(SampleProcessor):
         """A subclass bound to the run's labels (the pipeline builds processors from a class)."""
         return type(cls.__name__, (cls,), {"problem_type": problem_type, "num_labels": num_labels})
 
-    def encode_row(self, row: dict, ref) -> dict[str, np.ndarray] | None:
+    def encode_pieces(self, row: dict, ref) -> list[dict[str, np.ndarray]]:
+        """The row's one sample, or none when it is dropped (see the class)."""
         try:
             columns = self.args.columns or {}
             label = {columns.get(k, k): v for k, v in row.items()}.get("label")
@@ -91,17 +92,17 @@ class SeqClsProcessor(SampleProcessor):
             message = str(e)
             self.bad.handle(DataError(message) if message.startswith(str(ref)) else DataError(f"{ref}: {message}"))
             self.counters.add("bad_rows_skipped")
-            return None
+            return []
         ids = np.asarray(ids, np.int32)
         cut = truncate(ids, ids, self.args.max_length, self.args.truncation_strategy)
         if cut is None or not len(cut[0]):
             self.counters.add("dropped_too_long")
-            return None
+            return []
         ids = np.ascontiguousarray(cut[0], np.int32)
         targets = np.zeros((len(ids), self.num_labels), np.float32)
         targets[-1] = target
         self.counters.add("kept")
-        return {"input_ids": ids, "labels": np.full(len(ids), IGNORE, np.int32), TARGET: targets}
+        return [{"input_ids": ids, "labels": np.full(len(ids), IGNORE, np.int32), TARGET: targets}]
 
 
 class SequenceClassification(Method):

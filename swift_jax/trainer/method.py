@@ -5,16 +5,19 @@ checkpoints, resume and multi-host agreement. A *method* says only three things:
 
 - what its data is: `build_data(...)` returns a pipeline of host batches (numpy arrays, leading axis = rows);
 - what its loss is: `loss(model, batch, extra)` -> `LossOutput`, traced inside the compiled step;
-- optionally, a phase that makes the step's batches (`make_batches`, e.g. GRPO's rollouts) and frozen extra
-  state the loss reads (`extra_state`, e.g. a full reference model for DPO).
+- optionally, a phase that makes the step's batches (`make_batches`, e.g. GRPO's rollouts; it returns host
+  metrics beside them, logged under the names it gives) and frozen extra state the loss reads (`extra_state`,
+  e.g. a full reference model for DPO).
 
-A new method subclasses `Method`, fills those in, and is passed to `Trainer(args, method)`; the trainer never
-names a method.
+Those phases receive a `RunContext` (the mesh, the current model, the step, the run folder, whether this process
+writes, a logger, a compile probe), never the Trainer. A new method subclasses `Method`, fills those in, and is
+passed to `Trainer(args, method)`; the trainer never names a method.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -24,8 +27,6 @@ from .loss import chunked_cross_entropy
 
 if TYPE_CHECKING:
     from flax import nnx
-
-    from .trainer import Trainer
 
 Metric = tuple[jax.Array, jax.Array]
 """(sum, count) of a metric over a micro-batch; the logged value is sum / count over the whole step."""
@@ -45,6 +46,28 @@ class LossOutput:
     loss_sum: jax.Array
     count: jax.Array
     metrics: dict[str, Metric] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class RunContext:
+    """What a method's phases (`extra_state`, `make_batches`) may read of the run: the trainer builds one and
+    keeps `step` current, so a method never reaches into the Trainer."""
+
+    mesh: jax.sharding.Mesh
+    current_model: Callable[[], "nnx.Module"]
+    """The model with the current trained state (shares the arrays: read it, do not donate them)."""
+    initial_model: Callable[[], "nnx.Module"]
+    """The starting model loaded again, as the run built it (a frozen reference for full fine-tuning)."""
+    compile_update: Callable[[list[dict]], Any]
+    """Host batches of one step -> the compiled update step for their shapes (`.memory_analysis()` says what it
+    holds), compiled before the phase allocates anything."""
+    run_dir: str
+    is_main: bool
+    """This process writes files (process 0)."""
+    log: Callable[[str], None]
+    """A line for the run's console output (only process 0's is shown)."""
+    step: int = 1
+    """The step the phase makes batches for (1-based; after resuming, the restored step + 1)."""
 
 
 def mean_metric(values: jax.Array, mask: jax.Array | None = None) -> Metric:
@@ -78,7 +101,7 @@ class Method:
         """Change the model (in place) after the tuner is applied and before its state is split, e.g. attach a
         reward model's value head. Nothing by default."""
 
-    def extra_state(self, trainer: "Trainer") -> Any:
+    def extra_state(self, ctx: RunContext) -> Any:
         """Frozen arrays the loss reads besides the model (e.g. a reference model's parameters); None by default."""
         return None
 
@@ -98,10 +121,11 @@ class Method:
         leaves a value out of that step's log record. None by default (an empty dict)."""
         return {}
 
-    def make_batches(self, trainer: "Trainer", host_batches: list[dict]) -> list[dict]:
+    def make_batches(self, ctx: RunContext, host_batches: list[dict]) -> tuple[list[dict], dict[str, float]]:
         """A phase before each step that turns the data's batches into the step's (GRPO: prompts -> rollouts
-        -> rewards -> advantages). The default passes them through."""
-        return host_batches
+        -> rewards -> advantages), and host metrics of that phase, logged with the step under the names given
+        (ms-swift's: `reward`, `completions/mean_length`, ...). The default passes the batches through."""
+        return host_batches, {}
 
     def describe(self) -> str:
         """One line for the run's start-up report."""
@@ -113,8 +137,11 @@ class LanguageModeling(Method):
     (`swift pt`: every token trained). `router_aux_loss_coef` adds the MoE load-balancing loss."""
 
     def __init__(self, name: str = "sft", *, loss_chunk_size: int = 1024, router_aux_loss_coef: float = 0.0,
-                 vision=None):
+                 vision=None, acc_strategy: str = "token"):
         self.name = name
+        self.acc_strategy = acc_strategy
+        """token: `token_acc` (share of target tokens predicted); seq: `seq_acc` (share of samples whose every
+        target token is predicted), as ms-swift's --acc_strategy."""
         self.loss_chunk_size = loss_chunk_size
         self.router_aux_loss_coef = router_aux_loss_coef
         self.vision = vision
@@ -150,9 +177,14 @@ class LanguageModeling(Method):
             hidden, aux = model.hidden_states(batch["input_ids"], **inputs, return_aux_loss=True)
         else:
             hidden = model.hidden_states(batch["input_ids"], **inputs)
-        loss_sum, count, correct = chunked_cross_entropy(hidden, batch["labels"], model.logits, chunk_size=self.loss_chunk_size,
-                                                         weights=batch.get("loss_scale"))
+        seq = self.acc_strategy == "seq"
+        loss_sum, count, correct, *sequences = chunked_cross_entropy(
+            hidden, batch["labels"], model.logits, chunk_size=self.loss_chunk_size, weights=batch.get("loss_scale"),
+            segment_ids=batch["segment_ids"] if seq else None)
         if self.router_aux_loss_coef:  # weighted by tokens, like the mean cross-entropy
             loss_sum = loss_sum + self.router_aux_loss_coef * aux * count
         n = count.astype(jnp.float32)
+        if seq:
+            right, total = (x.astype(jnp.float32) for x in sequences)
+            return LossOutput(loss_sum, n, {"seq_acc": (right, total)})
         return LossOutput(loss_sum, n, {"token_acc": (correct.astype(jnp.float32), n)})

@@ -1,6 +1,6 @@
 """Per-sequence answer log-probabilities of rows that hold preference pairs as segments.
 
-Row layout (swift_jax.rlhf.data): pair k of a row is segments `2k + 1` (chosen) and `2k + 2` (rejected).
+Row layout (swift_jax.rlhf.preference.data): pair k of a row is segments `2k + 1` (chosen) and `2k + 2` (rejected).
 `token_logps` computes each target token's log-prob in sequence chunks (the `[tokens, vocab]` float32 logits
 never exist whole); `pair_stats` sums them per segment and splits the sums into chosen and rejected `[pairs]`.
 """
@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from swift_jax.rlhf.losses import PairLogps
+from swift_jax.rlhf.preference.losses import PairLogps
 from swift_jax.trainer.loss import IGNORE_INDEX, scan_sequence_chunks, unchunk
 
 

@@ -3,12 +3,12 @@
 `make_batches` (before each step) turns the step's prompt rows into training rows:
 rollout (`rollout.py`) -> rewards (`swift_jax.rewards`) -> DAPO dynamic sampling -> reference log-probs
 (LoRA adapters off, or a frozen copy of the initial weights for full fine-tuning) -> advantages; then
-`loss` (inside the compiled step) recomputes the policy's log-probs and applies `grpo_loss.policy_loss`.
+`loss` (inside the compiled step) recomputes the policy's log-probs and applies `loss.policy_loss`.
 
 Prompt rows arrive as ms-swift's RepeatSampler gives them: each prompt `num_generations` times in a row,
 `per_device_train_batch_size` rows (completions) per micro-batch. Host-side statistics (rewards, lengths,
-rollout throughput) travel to the step as per-row constants under `metric/{name}` and come out of the
-loss as `(sum, rows)` metrics under ms-swift's keys, so the trainer logs them like any other metric.
+rollout throughput) are the phase's host metrics (`host_metrics`, under ms-swift's keys), which the trainer
+logs with the step.
 """
 
 from __future__ import annotations
@@ -24,18 +24,21 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from swift_jax.data.errors import DataError
+
 from swift_jax.rewards import build_reward_funcs, load_plugins, score_completions
 from swift_jax.rewards.plugins import reward_name
-from swift_jax.trainer.method import LossOutput, Method
-from swift_jax.tuners.lora import adapters_disabled, lora_layers
+from swift_jax.trainer.method import LossOutput, Method, RunContext
+from swift_jax.tuners.lora import lora_layers
 
 from .advantages import compute_advantages, reward_metrics, weighted_rewards
 from .dynamic_sampling import Round, concat_rounds, dynamic_sample, take_rows
-from .grpo_args import GRPOArgs
-from .grpo_loss import policy_loss
-from .grpo_logps import completion_logps
+from .args import GRPOArgs
+from .loss import policy_loss
+from .logps import completion_logps
 from .memory import ProgramMemory, check_memory, program_memory
-from .reward_model import ModelReward
+from ..reference import reference_of
+from ..reward_model import ModelReward
 from .rollout import Rollout, SamplingParams, compile_rollout, rollout
 
 ROLLOUT_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "old_logps", "advantages", "truncated")
@@ -46,8 +49,8 @@ def _reference_logps(graphdef, state, prompt_ids, prompt_mask, completion_ids, *
     """`[rows, C]` log-probs under the reference: the given weights with any LoRA adapters switched off."""
     model = nnx.merge(graphdef, state)
     model.eval()
-    with adapters_disabled():
-        return completion_logps(model, prompt_ids, prompt_mask, completion_ids, temperature)
+    with reference_of(model) as ref:
+        return completion_logps(ref, prompt_ids, prompt_mask, completion_ids, temperature)
 
 
 def end_token_ids(tokenizer) -> tuple[int, ...]:
@@ -93,7 +96,8 @@ class GRPO(Method):
         self.resample_batches: Iterator[dict] | None = None
         self.sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.repetition_penalty)
         self.metric_names = self._metric_names()
-        self.batch_keys = ROLLOUT_KEYS + (("ref_logps",) if self._needs_reference else ()) + tuple(f"metric/{m}" for m in self.metric_names)
+        self.host_metrics: dict[str, float] = {}  # the last rollout phase's statistics (see _finish)
+        self.batch_keys = ROLLOUT_KEYS + (("ref_logps",) if self._needs_reference else ())
         self.completions_path: str | None = None  # completions.jsonl (with --log_completions)
         self._key = jax.random.key(seed)
         self._rollouts = 0  # rollouts made (resamples included)
@@ -132,13 +136,18 @@ class GRPO(Method):
     ):
         """Prompt micro-batches of `batch_size` completions from `args.dataset` (each prompt x num_generations);
         no validation batches (GRPO evaluation is not implemented)."""
-        from .grpo_data import PromptBatches, load_prompt_rows
+        from swift_jax.data.resolve import LoadOptions
 
+        from .data import PromptBatches, load_prompt_rows
+
+        if getattr(args, "cached_dataset", None) or getattr(args, "cached_val_dataset", None):
+            raise DataError("--cached_dataset is not supported for GRPO (as in ms-swift); pass the prompts with --dataset")
         if self.tokenizer is None:
             self.tokenizer = tokenizer
         if not self.eos_ids:
             self.eos_ids = end_token_ids(tokenizer)
-        rows = load_prompt_rows(args.dataset, seed=getattr(args, "data_seed", 42), strict=getattr(args, "strict", True))
+        rows = load_prompt_rows(args.dataset, seed=getattr(args, "data_seed", 42), strict=getattr(args, "strict", True),
+                                options=LoadOptions.of(args))
         make = lambda s: PromptBatches(
             rows, tokenizer, num_generations=self.args.num_generations, batch_size=batch_size,
             max_length=getattr(args, "max_length", None), seed=s, shuffle=shuffle, process_index=process_index, process_count=process_count,
@@ -149,31 +158,25 @@ class GRPO(Method):
 
     # ----- the rollout phase (host) -----
 
-    def make_batches(self, trainer, host_batches: list[dict]) -> list[dict]:
-        """The step's training micro-batches from its prompt micro-batches (see `make_batches_for`). Before
-        the first step, both compiled programs' memory is reported (and a configuration that cannot fit is
-        refused); with `--log_completions`, completions.jsonl goes into the run folder."""
-        from swift_jax.trainer.trainer import stack_batches
-
-        model, step = trainer.current_model(), int(trainer.state.step) + 1
-        if self.args.log_completions and trainer.main and self.completions_path is None:
-            self.completions_path = os.path.join(trainer.run_dir, "completions.jsonl")
+    def make_batches(self, ctx: RunContext, host_batches: list[dict]) -> tuple[list[dict], dict[str, float]]:
+        """The step's training micro-batches from its prompt micro-batches (see `make_batches_for`) and the
+        rollout statistics. Before the first step, both compiled programs' memory is reported (and a
+        configuration that cannot fit is refused); with `--log_completions`, completions.jsonl goes into the run
+        folder."""
+        model = ctx.current_model()
+        if self.args.log_completions and ctx.is_main and self.completions_path is None:
+            self.completions_path = os.path.join(ctx.run_dir, "completions.jsonl")
         if self._needs_reference and self._ref_state is None and not lora_layers(model):
             # full fine-tuning: the reference is the starting model (ms-swift's --ref_model defaults to --model),
             # loaded again, so a resumed run keeps the original reference
-            from swift_jax.trainer.setup import build_model
-
-            self._ref_state = nnx.state(build_model(trainer.args, trainer.mesh))
+            self._ref_state = nnx.state(ctx.initial_model())
         if not self._checked:  # before the first rollout allocates anything
             self._checked = True
             rows, width = len(host_batches[0]["prompt_ids"]), host_batches[0]["prompt_ids"].shape[1]
-            shapes = [self.placeholder_batch(rows, width) for _ in host_batches]
-            device = stack_batches(shapes, self.batch_keys, trainer.mesh)
-            update = trainer.train_step.lower(trainer.state, trainer.frozen, trainer.extra, device).compile()
-            del device
+            update = ctx.compile_update([self.placeholder_batch(rows, width) for _ in host_batches])
             programs = [self.rollout_memory(model, rows * len(host_batches), width), program_memory("update", update)]
-            trainer.say(check_memory(programs, self.args.max_device_memory_gib))
-        return self.make_batches_for(model, host_batches, step=step)
+            ctx.log(check_memory(programs, self.args.max_device_memory_gib))
+        return self.make_batches_for(model, host_batches, step=ctx.step), self.host_metrics
 
     def placeholder_batch(self, rows: int, width: int) -> dict[str, np.ndarray]:
         """A micro-batch of zeros with the shapes and dtypes `make_batches_for` produces (to compile ahead)."""
@@ -218,11 +221,7 @@ class GRPO(Method):
         """One rollout of the prompt rows, with its rewards: the round dynamic sampling inspects."""
         self._rollouts += 1
         start = time.perf_counter()
-        out: Rollout = rollout(
-            model, prompts["prompt_ids"], prompts["prompt_mask"], key,
-            max_completion_length=self.args.max_completion_length, sampling=self.sampling, eos_ids=self.eos_ids,
-        )
-        out = jax.tree.map(np.asarray, out)  # waits for the device
+        out = jax.tree.map(np.asarray, self.sample(model, prompts["prompt_ids"], prompts["prompt_mask"], key))  # waits
         self._rollout_seconds += time.perf_counter() - start
         self._rollout_tokens += int(out.completion_mask.sum())
         ids = [row[: n].tolist() for row, n in zip(out.completion_ids, out.completion_mask.sum(-1))]
@@ -240,6 +239,13 @@ class GRPO(Method):
             "rewards": np.asarray(weighted_rewards(per_func, self.reward_weights)),
             "completion_text": np.asarray(texts, dtype=object),
         }
+
+    def sample(self, model: nnx.Module, prompt_ids: np.ndarray, prompt_mask: np.ndarray, key: jax.Array) -> Rollout:
+        """The rollout phase's one call to a sampler: completions of left-padded prompts `[rows, P]` with their
+        sampling log-probs (`rollout.rollout`, compiled on the training mesh; a generation engine can take its
+        place here)."""
+        return rollout(model, prompt_ids, prompt_mask, key, max_completion_length=self.args.max_completion_length,
+                       sampling=self.sampling, eos_ids=self.eos_ids)
 
     def _decode(self, ids: list[int]) -> str:
         if self.tokenizer is None:
@@ -278,9 +284,7 @@ class GRPO(Method):
         })
         if kl_values is not None:
             stats["kl"] = float(np.nanmean(kl_values))
-        n = len(lengths)
-        for name in self.metric_names:
-            rows[f"metric/{name}"] = np.full(n, stats.get(name, 0.0), np.float32)
+        self.host_metrics = {name: float(stats.get(name, 0.0)) for name in self.metric_names}
         if a.log_completions and self.completions_path:
             self._log_completions(rows, step)
         return {k: rows[k] for k in self.batch_keys}
@@ -303,7 +307,7 @@ class GRPO(Method):
     # ----- the loss (traced) -----
 
     def loss(self, model: nnx.Module, batch: dict[str, jax.Array], extra: Any) -> LossOutput:
-        """The policy loss of one micro-batch of completions, with the rollout's statistics as metrics."""
+        """The policy loss of one micro-batch of completions."""
         logps = completion_logps(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], self.args.temperature)
         # One update per rollout: the sampling policy is the current one (ratio 1, as ms-swift's old
         # log-probs from the same weights); more iterations use the stored rollout log-probs.
@@ -312,9 +316,6 @@ class GRPO(Method):
             logps, old, batch["advantages"], batch["completion_mask"], self.loss_config,
             ref_logps=batch.get("ref_logps"), truncated=batch["truncated"], overlong_filter=self.args.overlong_filter,
         )
-        rows = jnp.asarray(batch["advantages"].shape[0], jnp.float32)
-        for name in self.metric_names:
-            metrics[name] = (batch[f"metric/{name}"].sum(), rows)
         return LossOutput(loss_sum, count, metrics)
 
     # ----- for the memory report -----

@@ -11,7 +11,7 @@ import dataclasses
 from swift_jax.arguments import SamplingArgs
 
 from .advantages import ADVANTAGE_ESTIMATORS, DEFAULT_KL_IN_REWARD, DEFAULT_SCALE_REWARDS, SCALE_REWARDS
-from .grpo_loss import PolicyLossConfig
+from .loss import PolicyLossConfig
 
 
 @dataclasses.dataclass

@@ -11,7 +11,9 @@ in each, so attention never crosses them; unpacked rows hold one pair, packed ro
 row of `2 * max_length` tokens always fits a pair. `pair_value` carries the pair's RM margin or KTO label on its
 tokens, `pair_id` the pair's row in the training table (the key of `--precompute_ref_log_probs`'s values).
 KTO's second sequence is the KL estimate's mismatched example: this row's prompt with the answer of the
-previous row in its group of `batch_size` rows (ms-swift's KTOPreprocessor).
+previous row in its group of one step's rows (ms-swift's KTOPreprocessor, on the table shuffled as ms-swift
+shuffles it first). Without shuffling, CPO/SimPO, ORPO and RM rows are read in the seeded random order of
+ms-swift's trainers for those types, DPO's and KTO's in table order (`swift_jax.rlhf.preference.sampler_order`).
 
 The pipeline reuses `swift_jax.data`'s readers, splitting, grain stream and iterator (`PreferencePipeline` is a
 `DataPipeline` whose samples are pairs), so it has the same surface: `train_iterator(num_epochs)`,
@@ -29,11 +31,12 @@ import numpy as np
 
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, row_error
-from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, probe_stats, split_train_val
+from swift_jax.data.hosts import take_share
+from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, load_train_val, probe_stats
 from swift_jax.data.samples import Counters, truncate
-from swift_jax.data.sources import load_table
 from swift_jax.data.templates import IGNORE
-from swift_jax.rlhf.rows import Preference, with_last_answer, preference_of
+from swift_jax.rlhf.preference.rows import Preference, with_last_answer, preference_of
+from swift_jax.rlhf.preference.sampler_order import RANDOM_SAMPLER_TYPES, EpochPermutation, PermutedTable
 
 log = logging.getLogger("swift_jax.rlhf")
 MAX_PAIRS_PER_ROW = 16
@@ -121,6 +124,11 @@ class PairProcessor:
         labels[0] = IGNORE
         return ids, labels
 
+    def samples_of(self, item) -> list[dict[str, np.ndarray]]:
+        """The pair of one item as a list (none: dropped), as `DataPipeline.samples` maps `SampleProcessor.samples_of`."""
+        sample = self(item)
+        return [] if sample is None else [sample]
+
     def __call__(self, item) -> dict[str, np.ndarray] | None:
         """`item`: (row, ref, KTO lender (row, ref) or None[, pair id])."""
         try:
@@ -206,7 +214,8 @@ class PreferencePipeline(DataPipeline):
     streaming = False
 
     def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, train, val, *, batch_size: int, eval_batch_size: int,
-                 seed: int, shuffle: bool, process_index: int, process_count: int):
+                 seed: int, shuffle: bool, process_index: int, process_count: int, batches_per_step: int = 1,
+                 kl_shuffle: bool = True):
         self.args, self.rlhf_type = args, rlhf_type
         self.batch_size, self.eval_batch_size, self.seed = batch_size, eval_batch_size, seed
         self.shuffle = shuffle and args.dataset_shuffle
@@ -214,9 +223,11 @@ class PreferencePipeline(DataPipeline):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.row_length = 2 * args.max_length
         self.pairs_per_row = MAX_PAIRS_PER_ROW if args.packing else 1
-        if rlhf_type == "kto":
-            train = KTOTable(train, batch_size * process_count)
-            val = KTOTable(val, batch_size * process_count) if val is not None else None
+        if rlhf_type == "kto":  # KL examples within each step's rows (ms-swift: of the table it shuffled first)
+            group = batch_size * batches_per_step * process_count
+            mix = (lambda t: PermutedTable.datasets_shuffle(t, args.data_seed)) if kl_shuffle else (lambda t: t)
+            train = KTOTable(mix(train), group)
+            val = KTOTable(mix(val), group) if val is not None else None
         self.train_table = IndexedTable(train)
         self.val_table = IndexedTable(val) if val is not None else None
         self.tokenizer = tokenizer
@@ -225,16 +236,32 @@ class PreferencePipeline(DataPipeline):
         self._val_batches = None
         self.stats = self._probe(tokenizer)
 
+    def ordered(self, table: grain.MapDataset) -> grain.MapDataset:
+        """Without shuffling: ms-swift's order for this rlhf_type (table order for DPO and KTO, its trainers' seeded
+        random order, per epoch, for CPO/SimPO, ORPO and RM; see `sampler_order`)."""
+        if not self.shuffle and self.rlhf_type in RANDOM_SAMPLER_TYPES:
+            return EpochPermutation(table, self.args.data_seed)
+        return super().ordered(table)
+
     def rows(self, num_epochs: int | None = None) -> grain.IterDataset:
         """Rows of `2 * max_length` tokens holding whole pairs (packed or one per row)."""
-        if self.args.packing:
-            bins = max(self.args.packing_num_bins, self.batch_size)
+        if self.args.packing:  # the whole stream, on every process (`DataPipeline.share`)
+            bins = max(self.args.packing_num_bins, self.global_batch_size)
             return pack_pairs(self.samples(num_epochs), self.row_length, self.pad_id, bins, self.seed, self.shuffle)
         return self.samples(num_epochs).map(lambda s: pad_pair(s, self.row_length, self.pad_id))
 
+    def share_of_rows(self, num_epochs: int | None = 1) -> grain.IterDataset:
+        """This process's share of the training rows (packed rows, made from the whole stream, split among the
+        processes), for a pass that needs every row once on some process (the reference precompute)."""
+        rows = self.rows(num_epochs)
+        return take_share(rows, self.process_index, self.process_count) if self.args.packing else rows
+
     def train_dataset(self, num_epochs: int | None = None) -> grain.IterDataset:
         """Batches `[batch_size, 2 * max_length]` (one width for the whole run), prefetched in a background thread."""
-        batched = self.rows(num_epochs).batch(self.batch_size, drop_remainder=True)
+        if self.args.packing:  # global batches of packed rows, this process's rows of each
+            batched = self.host_batches(self.rows(num_epochs).batch(self.global_batch_size, drop_remainder=True))
+        else:
+            batched = self.rows(num_epochs).batch(self.batch_size, drop_remainder=True)
         return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
 
     def set_val_batches(self, batches: list[dict[str, np.ndarray]]) -> None:
@@ -269,7 +296,7 @@ class PreferencePipeline(DataPipeline):
         lengths = np.asarray([len(s["input_ids"]) for s in samples])
         if self.args.packing:
             probe = grain.MapDataset.source(samples).to_iter_dataset()
-            bins = max(self.args.packing_num_bins, self.batch_size)
+            bins = max(self.args.packing_num_bins, self.global_batch_size)
             packed = list(pack_pairs(probe, self.row_length, self.pad_id, bins, self.seed, False))
             rows_per_epoch = len(packed) * scale / self.process_count
             efficiency = float(sum((r["segment_ids"] > 0).sum() for r in packed) / (len(packed) * self.row_length))
@@ -286,10 +313,11 @@ class PreferencePipeline(DataPipeline):
 
 def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_size: int, eval_batch_size: int | None = None,
                           batches_per_step: int = 1, seed: int = 42, shuffle: bool = True, process_index: int = 0,
-                          process_count: int = 1) -> PreferencePipeline:
+                          process_count: int = 1, kl_shuffle: bool = True) -> PreferencePipeline:
     """Load and split `args`' datasets as preference pairs for `rlhf_type` (see the module docstring); batches
     hold `batch_size` rows (validation: `eval_batch_size`, default the same); every batch has the same shape, so
-    any `batches_per_step` of them stack. The RLHF loss_scale applies (`rlhf_data_args`)."""
+    any `batches_per_step` of them stack. The RLHF loss_scale applies (`rlhf_data_args`). `kl_shuffle`: KTO's
+    table is shuffled before its KL examples are paired (ms-swift does, except for loss_type apo_zero_unpaired)."""
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
     if rlhf_type == "kto" and batch_size * process_count <= 1:
@@ -300,15 +328,12 @@ def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_si
               process_index=process_index, process_count=process_count)
     if args.streaming:
         from swift_jax.data.streaming import streaming_val_table
-        from swift_jax.rlhf.streaming import StreamingPreferencePipeline
+        from swift_jax.rlhf.preference.streaming import StreamingPreferencePipeline
 
         return StreamingPreferencePipeline(args, tokenizer, rlhf_type, streaming_val_table(args), **kw)
     bad = BadRows(args.strict)
-    train = load_table(args.dataset, args.data_seed, bad)
-    if args.val_dataset:
-        val = load_table(args.val_dataset, args.data_seed, bad)
-    else:
-        train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
-    pipe = PreferencePipeline(args, tokenizer, rlhf_type, train, val, **kw)
+    train, val = load_train_val(args, bad)
+    pipe = PreferencePipeline(args, tokenizer, rlhf_type, train, val, batches_per_step=batches_per_step,
+                              kl_shuffle=kl_shuffle, **kw)
     pipe.stats["bad_rows_skipped"] += bad.count
     return pipe

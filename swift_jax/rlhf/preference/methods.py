@@ -1,17 +1,17 @@
 """Preference-training methods for the shared trainer: DPO family, CPO/SimPO, ORPO, KTO and reward models.
 
-Each is a `swift_jax.trainer.Method`: its data are pair rows (`swift_jax.rlhf.data`), its loss one forward of
+Each is a `swift_jax.trainer.Method`: its data are pair rows (`swift_jax.rlhf.preference.data`), its loss one forward of
 the policy over both answers of every pair (`logps.model_pair_stats`) and, for DPO/KTO, one of the reference:
 
-- LoRA (default): the same model with every adapter switched off (`tuners.lora.adapters_disabled`), so the
+- LoRA (default): the same model with every adapter switched off (`swift_jax.rlhf.reference`), so the
   reference costs no parameter memory, as PEFT's `disable_adapter()` in ms-swift;
 - full fine-tuning, `--ref_model` or `--ref_adapters`: a frozen model the trainer passes as `extra` (its state;
   the method keeps the graph), loaded by `extra_state`;
 - `--reference_free`: reference log-probs are 0;
-- `--precompute_ref_log_probs`: either reference runs once, before training (`swift_jax.rlhf.precompute`), and
+- `--precompute_ref_log_probs`: either reference runs once, before training (`swift_jax.rlhf.preference.precompute`), and
   the step reads its values from the batch (`ref_logps`).
 
-Losses and metrics follow ms-swift 4.6 (see `swift_jax.rlhf.losses`); the step's loss is the mean over pairs
+Losses and metrics follow ms-swift 4.6 (see `swift_jax.rlhf.preference.losses`); the step's loss is the mean over pairs
 (KTO: examples) of all micro-batches.
 """
 
@@ -24,12 +24,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from swift_jax.rlhf import losses as L
-from swift_jax.rlhf.args import RLHFArgs
-from swift_jax.rlhf.logps import PairStats, model_pair_stats, segment_pair_sums
-from swift_jax.rlhf.precompute import REF_KEY
-from swift_jax.trainer.method import LossOutput, Method, mean_metric
-from swift_jax.tuners.lora import adapters_disabled
+from swift_jax.rlhf.preference import losses as L
+from swift_jax.rlhf.preference.args import RLHFArgs
+from swift_jax.rlhf.preference.logps import PairStats, model_pair_stats, segment_pair_sums
+from swift_jax.rlhf.preference.precompute import REF_KEY
+from swift_jax.trainer.method import LossOutput, Method, RunContext, mean_metric
+from swift_jax.rlhf.reference import load_frozen, reference_mode, reference_of
 from swift_jax.tuners.value_head import attach_value_head
 
 sg = jax.lax.stop_gradient
@@ -98,9 +98,10 @@ class PreferenceMethod(Method):
 
     # -- data ---------------------------------------------------------------------------------------------
     def build_data(self, args, tokenizer, **kwargs):
-        from swift_jax.rlhf.data import build_preference_data
+        from swift_jax.rlhf.preference.data import build_preference_data
 
-        pipe = build_preference_data(args, tokenizer, self.rlhf.rlhf_type, **kwargs)
+        kl_shuffle = self.rlhf.loss_type[:1] == ["kto"]  # ms-swift builds no KL examples for apo_zero_unpaired
+        pipe = build_preference_data(args, tokenizer, self.rlhf.rlhf_type, kl_shuffle=kl_shuffle, **kwargs)
         self.pairs_per_row = pipe.pairs_per_row
         self.pipe = pipe
         return pipe
@@ -112,12 +113,9 @@ class PreferenceMethod(Method):
 
     @property
     def reference_mode(self) -> str:
-        """free | frozen (a separate model in `extra`) | adapters_off."""
-        if self.rlhf.reference_free:
-            return "free"
-        if self.tuner_type == "full" or self.rlhf.ref_model or self.rlhf.ref_adapters:
-            return "frozen"
-        return "adapters_off"
+        """free | frozen (a separate model in `extra`) | adapters_off (`swift_jax.rlhf.reference`)."""
+        separate = self.tuner_type == "full" or bool(self.rlhf.ref_model or self.rlhf.ref_adapters)
+        return reference_mode(reference_free=self.rlhf.reference_free, separate=separate)
 
     def reference_stats(self, model, batch, extra, policy: PairStats) -> PairStats:
         """The reference's PairStats (no gradient); `policy`'s token counts when reference-free or precomputed."""
@@ -128,42 +126,30 @@ class PreferenceMethod(Method):
             else:
                 chosen, rejected = segment_pair_sums(batch[REF_KEY], batch["segment_ids"], self.pairs_per_row)
             return jax.tree.map(sg, policy._replace(logps=policy.logps._replace(chosen=chosen, rejected=rejected)))
-        if mode == "frozen":
-            ref_model = nnx.merge(self._ref_graphdef, extra)
-            ref_model.eval()
-            return jax.tree.map(sg, self.stats(ref_model, batch))
-        with adapters_disabled():
-            return jax.tree.map(sg, self.stats(model, batch))
+        with reference_of(model, nnx.merge(self._ref_graphdef, extra) if mode == "frozen" else None) as ref:
+            return jax.tree.map(sg, self.stats(ref, batch))
 
-    def extra_state(self, trainer) -> Any:
+    def extra_state(self, ctx: RunContext) -> Any:
         """The frozen reference model's state when it is a separate model (full FT, --ref_model, --ref_adapters);
         with --precompute_ref_log_probs, none: the reference runs here, once (see `precompute_reference`)."""
         if not self.has_reference or self.reference_mode == "free":
             return None
         if self.precomputed:
-            self.precompute_reference(trainer)
+            self.precompute_reference(ctx)
             return None
         if self.reference_mode != "frozen":
             return None
-        self._ref_graphdef, state = self._load_reference(trainer)
+        self._ref_graphdef, state = self._load_reference(ctx.mesh)
         return state
 
-    def _load_reference(self, trainer) -> tuple[nnx.GraphDef, Any]:
+    def _load_reference(self, mesh) -> tuple[nnx.GraphDef, Any]:
         """(graphdef, state) of the frozen reference: --ref_model or --model, with --ref_adapters merged."""
-        from swift_jax.modeling import load_model
-        from swift_jax.trainer.setup import resolve_path
-        from swift_jax.tuners import load_adapter, merge_lora
+        return load_frozen(self.rlhf.ref_model or self.model_path, dtype=self.dtype, mesh=mesh, adapters=self.rlhf.ref_adapters)
 
-        path = resolve_path(self.rlhf.ref_model or self.model_path)
-        ref = load_model(path, dtype=self.dtype, mesh=getattr(trainer, "mesh", None))
-        for path in self.rlhf.ref_adapters:
-            merge_lora(load_adapter(ref, path))
-        return nnx.split(ref)
-
-    def reference_forward(self, trainer):
+    def reference_forward(self, ctx: RunContext):
         """A host batch -> the reference's (chosen, rejected) log-prob sums of its pair slots, computed on the run's
-        mesh: the policy with its adapters off (read from the trainer's current state at each call), or a frozen
-        copy. On several processes each passes its own rows and gets its own rows' values back."""
+        mesh: the policy with its adapters off (the run's current model at each call), or a frozen copy. On
+        several processes each passes its own rows and gets its own rows' values back."""
         import numpy as np
         from jax.experimental import multihost_utils
 
@@ -171,60 +157,61 @@ class PreferenceMethod(Method):
         from swift_jax.trainer.trainer import device_batch
 
         keys = ("input_ids", "labels", "segment_ids", "positions")
-        rows = logical_to_spec(("batch",), trainer.mesh)
-        out = jax.sharding.NamedSharding(trainer.mesh, rows)
+        mesh = ctx.mesh
+        rows = logical_to_spec(("batch",), mesh)
+        out = jax.sharding.NamedSharding(mesh, rows)
 
-        def sums(model, batch):
-            model.eval()
-            stats = self.stats(model, batch)
-            return stats.logps.chosen, stats.logps.rejected
-
-        if self.reference_mode == "frozen":
-            graphdef, state = self._load_reference(trainer)
-            compiled = jax.jit(lambda s, b: sums(nnx.merge(graphdef, s), b), out_shardings=(out, out))
+        frozen = self.reference_mode == "frozen"
+        if frozen:
+            graphdef, state = self._load_reference(mesh)
             inputs = lambda: (state,)
         else:
-            def adapters_off(params, rng, frozen, batch):
-                with adapters_disabled():
-                    return sums(nnx.merge(trainer.graphdef, params, rng, frozen), batch)
+            graphdef = nnx.graphdef(ctx.current_model())
+            inputs = lambda: (nnx.state(ctx.current_model()),)
 
-            compiled = jax.jit(adapters_off, out_shardings=(out, out))
-            inputs = lambda: (trainer.state.params, trainer.state.rng, trainer.frozen)
+        def sums(state, batch):
+            model = nnx.merge(graphdef, state)
+            with reference_of(model, model if frozen else None) as ref:
+                ref.eval()
+                stats = self.stats(ref, batch)
+            return stats.logps.chosen, stats.logps.rejected
+
+        compiled = jax.jit(sums, out_shardings=(out, out))
 
         def forward(host: dict):
-            chosen, rejected = compiled(*inputs(), device_batch(host, keys, trainer.mesh))
+            chosen, rejected = compiled(*inputs(), device_batch(host, keys, mesh))
             # this process's pair slots, `[its rows * pairs_per_row]`, as device_batch placed its rows
-            local = multihost_utils.global_array_to_host_local_array((chosen, rejected), trainer.mesh, (rows, rows))
+            local = multihost_utils.global_array_to_host_local_array((chosen, rejected), mesh, (rows, rows))
             return tuple(np.asarray(x) for x in local)
 
         return forward
 
-    def precompute_reference(self, trainer) -> None:
+    def precompute_reference(self, ctx: RunContext) -> None:
         """--precompute_ref_log_probs: the reference's values of every training pair (one pass over an epoch in
         the training layout; a stream gets them batch by batch in `make_batches`) and of the validation batches."""
-        from swift_jax.rlhf.data import pad_pair
-        from swift_jax.rlhf.precompute import ReferenceTable, attach_computed, in_step, padded_batches
+        from swift_jax.rlhf.preference.data import pad_pair
+        from swift_jax.rlhf.preference.precompute import ReferenceTable, attach_computed, in_step, padded_batches
 
         pipe = self.pipe
-        forward = self.reference_forward(trainer)
+        forward = self.reference_forward(ctx)
         if pipe.streaming:
             self._ref_forward = forward
         else:
             empty = pad_pair(None, pipe.row_length, pipe.pad_id)
-            batches = padded_batches(iter(pipe.rows(num_epochs=1)), pipe.batch_size, empty)
+            batches = padded_batches(iter(pipe.share_of_rows()), pipe.batch_size, empty)
             batches = in_step(batches, next(padded_batches([empty], pipe.batch_size, empty)))  # all in step
             self.ref_table = ReferenceTable.compute(forward, batches, len(pipe.train_table), self.pairs_per_row)
         pipe.set_val_batches([attach_computed(forward, b, self.pairs_per_row) for b in pipe.val_batches()])
 
-    def make_batches(self, trainer, host_batches: list[dict]) -> list[dict]:
+    def make_batches(self, ctx: RunContext, host_batches: list[dict]) -> tuple[list[dict], dict[str, float]]:
         """With --precompute_ref_log_probs: the batches with their reference values."""
-        from swift_jax.rlhf.precompute import attach_computed
+        from swift_jax.rlhf.preference.precompute import attach_computed
 
         if not self.precomputed:
-            return host_batches
+            return host_batches, {}
         if self.ref_table is not None:
-            return [self.ref_table.attach(b) for b in host_batches]
-        return [attach_computed(self._ref_forward, b, self.pairs_per_row) for b in host_batches]
+            return [self.ref_table.attach(b) for b in host_batches], {}
+        return [attach_computed(self._ref_forward, b, self.pairs_per_row) for b in host_batches], {}
 
     def describe(self) -> str:
         r = self.rlhf

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from swift_jax.rlhf.losses import CPO_LOSS_TYPES, DPO_LOSSES
+from swift_jax.rlhf.preference.losses import CPO_LOSS_TYPES, DPO_LOSSES
 
 RLHF_TYPES = ("dpo", "orpo", "simpo", "cpo", "kto", "rm")
 KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
