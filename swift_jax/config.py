@@ -13,6 +13,7 @@ from swift_jax.arguments import AdapterArgs, ModelArgs
 from swift_jax.data.args import DataArgs
 from swift_jax.parallel.distributed import DistributedArgs
 from swift_jax.parallel.mesh import MeshArgs
+from swift_jax.tasks.args import TaskArgs
 
 # ms-swift 3.x names accepted as aliases of the 4.x ones.
 ALIASES = {"train_type": "tuner_type", "torch_dtype": "dtype"}
@@ -321,6 +322,7 @@ class TrainArguments:
     training: TrainingArgs = dataclasses.field(default_factory=TrainingArgs)
     mesh: MeshArgs = dataclasses.field(default_factory=MeshArgs)
     distributed: DistributedArgs = dataclasses.field(default_factory=DistributedArgs)
+    task: TaskArgs = dataclasses.field(default_factory=TaskArgs)
 
     def validate(self) -> "TrainArguments":
         """Check values that types cannot, with the offending flag in the message; fill derived defaults."""
@@ -335,6 +337,7 @@ class TrainArguments:
             backend_name(self.model_args.attn_impl)
         except ValueError as err:
             raise ValueError(f"--attn_impl {self.model_args.attn_impl}: {err}") from None
+        self.task.validate()
         t = self.training
         from swift_jax.trainer.trackers import check_report_to
 

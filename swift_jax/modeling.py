@@ -13,6 +13,7 @@ import re
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
@@ -148,8 +149,9 @@ def load_model(
     hf_config = adjust_config(hf_config) if adjust_config else hf_config
     cfg, arch = model_config(hf_config, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
     reader = SafetensorsReader(model_dir, arch.hf_aliases)
-    with_head = HEAD_RULES["score.kernel"].hf in set(reader.names())  # a reward model (`--rlhf_type rm`)
-    abstract = nnx.eval_shape(lambda: _with_value_head(arch.module(cfg, rngs=nnx.Rngs(0)), with_head))
+    head = HEAD_RULES["score.kernel"].hf  # a reward model (`--rlhf_type rm`) or classifier (`--task_type seq_cls`)
+    num_labels = reader.shape_dtype(head)[0][0] if head in set(reader.names()) else 0  # score.weight: [labels, embed]
+    abstract = nnx.eval_shape(lambda: _with_value_head(arch.module(cfg, rngs=nnx.Rngs(0)), num_labels))
     graphdef, state = nnx.split(abstract)
     params = _flat_params(state)
 
@@ -172,7 +174,9 @@ def load_model(
     if cfg.tie_word_embeddings:
         # tied checkpoints sometimes store the shared matrix twice
         ignorable.update(n for n in available if n.endswith("lm_head.weight"))
-    problems = [f"missing tensor {n} (for {expected[n][0]})" for n in sorted(set(expected) - available)]
+    # transformers' *ForSequenceClassification checkpoints have no LM head: ours is zeros (a classifier never reads it)
+    headless = {n for n in set(expected) - available if num_labels and n.endswith("lm_head.weight")}
+    problems = [f"missing tensor {n} (for {expected[n][0]})" for n in sorted(set(expected) - available - headless)]
     problems += [f"unexpected tensor {n}" for n in sorted(available - set(expected) - ignorable)]
     for name in sorted(set(expected) & available):
         path, index, rule = expected[name]
@@ -186,6 +190,9 @@ def load_model(
     pure: dict[str, Any] = {}
     for path, slices in sources.items():
         var = params[path]
+        if any(name in headless for _, name, _ in slices):
+            _assign(pure, path, jax.device_put(jnp.zeros(var.shape, var.dtype), _placement(var.logical_axes, var.shape, mesh)))
+            continue
         if mesh is None:  # one device: no shards to cut, and no second host copy of each tensor
             _assign(pure, path, _read_whole(reader, slices, tuple(var.shape), var.dtype))
             continue
@@ -196,11 +203,11 @@ def load_model(
     return nnx.merge(graphdef, state)
 
 
-def _with_value_head(model: nnx.Module, attach: bool) -> nnx.Module:
-    """The model with a reward model's `score` head when its checkpoint has one (`score.weight`)."""
+def _with_value_head(model: nnx.Module, num_labels: int) -> nnx.Module:
+    """The model with a `score` head of `num_labels` outputs when its checkpoint has one (`score.weight`)."""
     from swift_jax.tuners.value_head import attach_value_head
 
-    return attach_value_head(model) if attach else model
+    return attach_value_head(model, num_labels=num_labels) if num_labels else model
 
 
 def _shard_reader(reader: SafetensorsReader, slices, shape: tuple[int, ...], dtype):
@@ -310,9 +317,15 @@ def save_pretrained(model: nnx.Module, output_dir: str, *, dtype: Any = None, ma
     hf = cfg.hf_config
     hf.pop("torch_dtype", None)
     hf["dtype"] = str(np.dtype(to_jnp_dtype(dtype_name(dtype) or cfg.param_dtype)))
-    if "score.kernel" in params:  # a reward model: transformers reads it as *ForSequenceClassification, one label
+    if "score.kernel" in params:  # a reward model or classifier: transformers reads it as *ForSequenceClassification
         hf["architectures"] = [a.replace("ForCausalLM", "ForSequenceClassification") for a in hf.get("architectures") or []]
-        hf["id2label"], hf["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
+        if not hf["architectures"]:  # a config without architectures: transformers' class of the model type
+            from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES as NAMES
+
+            hf["architectures"] = [NAMES[cfg.model_type]] if cfg.model_type in NAMES else []
+        labels = params["score.kernel"].shape[-1]
+        hf["id2label"] = hf.get("id2label") if len(hf.get("id2label") or ()) == labels else {str(i): f"LABEL_{i}" for i in range(labels)}
+        hf["label2id"] = {name: int(i) for i, name in hf["id2label"].items()}
     with open(os.path.join(output_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
 

@@ -158,8 +158,8 @@ _note(TRAIN, "--tuner_type is lora, qlora or full here; these configure ms-swift
       "vera_d_initial")
 _note(COMMANDS, "adapters are JAX parameter trees (PEFT's format on disk); there is no peft/unsloth backend",
       "tuner_backend use_swift_lora")
-_note(COMMANDS, "the model's task is causal language modelling here; sequence classification, embedding and "
-      "reranker heads are not implemented", "task_type num_labels problem_type", differs=True)
+_note(INFER + EXPORT, "the model's task is causal language modelling here (sft trains --task_type "
+      "seq_cls; a classifier's checkpoint loads with its score head)", "task_type num_labels problem_type", differs=True)
 _note(INFER, "reranker heads are not implemented", "reranker_use_activation")
 _note(COMMANDS, "ms-swift's model_kwargs set model-specific environment variables; use the named flags "
       "(--max_pixels, ...)", "model_kwargs", differs=True)
@@ -267,8 +267,6 @@ _note(("sft", "pt"), "prediction after training (--num_predict_samples) decodes 
 _note(("rlhf",), "rollouts generate up to --max_completion_length tokens with --temperature, --top_k, --top_p",
       "max_new_tokens stream logprobs top_logprobs")
 _note(("rlhf",), "rollouts stop at the eos and the template's stop words", "stop_words", differs=True)
-_note(("sft", "pt"), "the loss is the (loss_scale-weighted) cross-entropy; rlhf has its own --loss_type", "loss_type",
-      differs=True)
 _note(COMMANDS, "regex-structured outputs are not implemented", "structured_outputs_regex", differs=True)
 _note(TRAIN, "checkpoints are orbax folders plus the PEFT adapter or HF safetensors; export shards with --max_shard_size",
       "max_shard_size safe_serialization")
@@ -291,7 +289,7 @@ for _owner, (_commands, _names) in PENDING.items():
     _note(_commands, f"not implemented yet (issue 27, {_owner.split()[0]}): this run goes without it", _names, differs=True)
 
 MAPPED: dict[tuple[str, ...], dict[str, str]] = {
-    ("sft", "pt"): {"max_new_tokens": "predict_max_new_tokens"},
+    ("sft", "pt"): {"max_new_tokens": "predict_max_new_tokens", "loss_type": "task_loss_type"},
 }
 """ms-swift names that are a field of another name here, per command group."""
 

@@ -47,9 +47,10 @@ def pad_sample(sample: dict[str, np.ndarray], length: int, pad_id: int, side: st
     row["labels"][at] = sample["labels"]
     row["segment_ids"][at] = 1
     row["positions"][at] = np.arange(n, dtype=np.int32)
-    if "loss_scale" in sample:
-        row["loss_scale"] = np.zeros(length, np.float32)
-        row["loss_scale"][at] = sample["loss_scale"]
+    for key, value in sample.items():  # loss_scale, and per-token extras of a task (`SampleProcessor.extra_features`)
+        if key not in row:
+            row[key] = np.zeros((length, *value.shape[1:]), value.dtype)
+            row[key][at] = value
     return row
 
 
@@ -103,19 +104,25 @@ def rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
     if "loss_scale" in row:
         out["loss_scale"] = row["loss_scale"].astype(np.float32)
+    for key in row:  # a task's per-token extras, zero on padding
+        if key not in out and key not in ("input_ids", "labels") and not key.endswith(("_segment_ids", "_positions")):
+            out[key] = row[key]
     return out
 
 
 def pack(samples: grain.IterDataset, max_length: int, pad_id: int, num_bins: int, seed: int, shuffle: bool,
-         weighted: bool = False) -> grain.IterDataset:
+         weighted: bool = False, extra: tuple[str, ...] = ()) -> grain.IterDataset:
     """Pack a stream of samples into `[max_length]` rows, never splitting a sample.
 
     Best-fit over `num_bins` open rows: each sample goes to the row it fills most tightly; when one fits
-    nowhere, all rows are emitted (in shuffled order when `shuffle`). The iterator state is checkpointable."""
+    nowhere, all rows are emitted (in shuffled order when `shuffle`). The iterator state is checkpointable.
+    `extra` names per-token features of a task (`[n, ...]` float32, zero on padding)."""
     lengths = {"input_ids": max_length, "labels": max_length}
     padding = {"input_ids": pad_id, "labels": IGNORE}
     if weighted:
         lengths["loss_scale"], padding["loss_scale"] = max_length, 0.0
+    for key in extra:
+        lengths[key], padding[key] = max_length, 0.0
     packed = grain_exp.BestFitPackIterDataset(
         samples, length_struct=lengths, num_packing_bins=num_bins, seed=seed, shuffle_bins=shuffle, padding_struct=padding,
     )

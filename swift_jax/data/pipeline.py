@@ -88,10 +88,12 @@ class DataPipeline:
 
     def __init__(self, args: DataArgs, tokenizer, train: RowTable, val: RowTable | None, *, batch_size: int, seed: int,
                  shuffle: bool, process_index: int, process_count: int, batches_per_step: int = 1,
-                 eval_batch_size: int | None = None, vision=None):
+                 eval_batch_size: int | None = None, vision=None, processor=SampleProcessor):
         if vision is not None and args.padding_side != "right":
             raise DataError(f"--padding_side {args.padding_side}: vision-language batches are padded on the right only")
         self.args = args
+        self.processor = processor
+        """`(args, tokenizer, counters, vision) -> SampleProcessor`: rows -> samples (a task's subclass)."""
         self.vision = vision
         """`data.vision.VisionData` of a vision-language model: rows carry patches or tiles
         (`data.vision_batching`, `data.tile_batching`)."""
@@ -104,10 +106,11 @@ class DataPipeline:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         self.train_table, self.val_table = train, val
         self.counters = Counters()
-        self.process = SampleProcessor(args, tokenizer, self.counters, vision)
+        self.process = processor(args, tokenizer, self.counters, vision)
         self.weighted = self.process.weighted
         """Batches carry a float32 `loss_scale` [rows, seq] (the loss_scale strategy weighs tokens)."""
-        self.features = (vision.batching[0].features if vision else batching.features)(self.weighted)
+        self.extra = tuple(self.process.extra_features)
+        self.features = (vision.batching[0].features if vision else batching.features)(self.weighted) + self.extra
         self._val_batches: list[dict[str, np.ndarray]] | None = None
         self.stats = self._probe(tokenizer)
 
@@ -157,7 +160,8 @@ class DataPipeline:
             return grain_exp.ThreadPrefetchIterDataset(self._vision_batches(num_epochs), prefetch_buffer_size=4)
         if args.packing:
             bins = max(args.packing_num_bins, self.global_batch_size)
-            rows = batching.pack(self.samples(num_epochs), args.row_length(), self.pad_id, bins, self.seed, self.shuffle, self.weighted)
+            rows = batching.pack(self.samples(num_epochs), args.row_length(), self.pad_id, bins, self.seed, self.shuffle, self.weighted,
+                                 self.extra)
             batched = self.host_batches(rows.batch(self.global_batch_size, drop_remainder=True))
         else:
             multiple = batching.PAD_MULTIPLE if self.bucketed else args.max_length
@@ -207,13 +211,14 @@ class DataPipeline:
             return []
         args, n = self.args, len(self.val_table)
         order = np.random.default_rng(self.seed).permutation(n) if args.val_dataset_shuffle else np.arange(n)
-        process = SampleProcessor(args, self.process.encoder.tokenizer, Counters(), self.vision)
+        process = self.processor(args, self.process.encoder.tokenizer, Counters(), self.vision)
         if args.truncation_strategy == "split":  # every process splits every row, then takes its share of pieces
             pieces = [s for i in order for s in process.samples_of(self.val_table[int(i)])]
             per_process, mine = math.ceil(len(pieces) / self.process_count), pieces[self.process_index :: self.process_count]
         else:
             per_process, mine = math.ceil(n / self.process_count), order[self.process_index :: self.process_count]
         empty = {"input_ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.int32)}
+        empty |= {key: np.zeros((0, *shape), np.float32) for key, shape in self.process.extra_features.items()}
         if self.weighted:
             empty["loss_scale"] = np.zeros(0, np.float32)
         if self.vision is not None:
@@ -241,7 +246,7 @@ class DataPipeline:
         exact = n <= PROBE_ROWS
         picks = np.arange(n) if exact else np.sort(np.random.default_rng(self.seed).choice(n, PROBE_ROWS, replace=False))
         counters = Counters()
-        process = SampleProcessor(self.args, tokenizer, counters, self.vision)
+        process = self.processor(self.args, tokenizer, counters, self.vision)
         samples = [s for i in picks for s in process.samples_of(self.train_table[int(i)])]
         if not samples:
             raise DataError(
@@ -261,7 +266,8 @@ class DataPipeline:
                     probe_ds, 1, self.args.row_length(), self.pad_id, unit, bins, self.seed, False,
                     self.weighted) for r in b["segment_ids"]]
             else:
-                packed = list(batching.pack(probe_ds, self.args.row_length(), self.pad_id, bins, self.seed, False, self.weighted))
+                packed = list(batching.pack(probe_ds, self.args.row_length(), self.pad_id, bins, self.seed, False, self.weighted,
+                                            self.extra))
             efficiency = batching.packing_efficiency(packed)
             rows_per_epoch = len(packed) * scale / self.process_count
         else:  # slots as the batches will have them: each batch padded to its bucket (in the probe's order)
@@ -282,7 +288,7 @@ class DataPipeline:
 
     def length_histogram(self, bins: int = 10) -> list[tuple[int, int, int]]:
         """(lowest, highest, count) of probed sample lengths, for `swift_jax.data.inspect`."""
-        process = SampleProcessor(self.args, self.process.encoder.tokenizer, Counters(), self.vision)
+        process = self.processor(self.args, self.process.encoder.tokenizer, Counters(), self.vision)
         n = min(len(self.train_table), PROBE_ROWS)
         lengths = [len(s["input_ids"]) for i in range(n) for s in process.samples_of(self.train_table[i])]
         edges = np.unique(np.linspace(min(lengths), max(lengths) + 1, bins + 1).astype(int))  # whole tokens
@@ -306,7 +312,7 @@ def _close_at_exit(iterator) -> None:
 
 def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, shuffle: bool = True,
                process_index: int = 0, process_count: int = 1, batches_per_step: int = 1,
-               eval_batch_size: int | None = None, vision=None) -> DataPipeline:
+               eval_batch_size: int | None = None, vision=None, processor=SampleProcessor) -> DataPipeline:
     """Load, split and prepare the datasets of `args` for training with `tokenizer`.
 
     `batch_size` is this process's batch (rows per host batch; `eval_batch_size` for validation batches, default
@@ -314,7 +320,8 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
     padded width, so they stack); `seed` drives the training order and the packer (`args.data_seed` drives #N
     sampling and the validation split, as in ms-swift). Bad rows raise a DataError naming file and line unless
     `args.strict` is false. `vision` (a `data.vision.VisionData`) makes the rows' images and videos part of the
-    samples (a vision-language model)."""
+    samples (a vision-language model). `processor` makes samples of rows (default: SFT's `SampleProcessor`; a
+    task's subclass adds per-token `extra_features`, e.g. seq_cls's targets)."""
     if batch_size <= 0:
         raise DataError(f"batch_size must be positive, got {batch_size}")
     if args.max_length <= 1:
@@ -322,6 +329,8 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
     if args.streaming:
         if vision is not None:
             raise DataError("--streaming does not read images yet; drop --streaming for a vision-language model")
+        if processor is not SampleProcessor:
+            raise DataError("--streaming reads SFT rows only; drop --streaming for this --task_type")
         from swift_jax.data.streaming import build_streaming
 
         return build_streaming(args, tokenizer, batch_size=batch_size, seed=seed, shuffle=shuffle,
@@ -331,6 +340,6 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
     train, val = load_train_val(args, bad)
     pipe = DataPipeline(args, tokenizer, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
                         process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
-                        eval_batch_size=eval_batch_size, vision=vision)
+                        eval_batch_size=eval_batch_size, vision=vision, processor=processor)
     pipe.stats["bad_rows_skipped"] += bad.count  # unreadable lines skipped while loading
     return pipe

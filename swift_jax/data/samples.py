@@ -97,6 +97,9 @@ class FlattenSamples(grain_exp.FlatMapTransform):
 class SampleProcessor:
     """Maps (row, RowRef) -> {"input_ids": [n], "labels": [n]} int32, or None when the row is dropped."""
 
+    extra_features: dict[str, tuple[int, ...]] = {}
+    """Per-token float32 arrays `[n, *shape]` a subclass adds to samples (name -> shape), padded and packed with them."""
+
     def __init__(self, args: DataArgs, tokenizer, counters: Counters | None = None, vision=None):
         if args.truncation_strategy not in ("delete", "left", "right", "split"):
             raise DataError(f"--truncation_strategy {args.truncation_strategy!r}: expected delete, left, right or split")

@@ -117,7 +117,7 @@ def save_peft_adapter(
         tensors[PREFIX + key] = array.astype(np.dtype(to_jnp_dtype(dtype)) if dtype else array.dtype)
     head = getattr(model, "score", None)  # a reward model's value head (swift_jax.rlhf): PEFT's modules_to_save
     if head is not None:
-        kernel = host_array(head.kernel[...])  # [embed, 1]
+        kernel = host_array(head.kernel[...])  # [embed, labels]
         tensors[HEAD_TENSOR] = np.ascontiguousarray(kernel.T).astype(np.dtype(to_jnp_dtype(dtype)) if dtype else kernel.dtype)
     if not is_main_process():  # multi-host: every process gathers, process 0 writes
         return
@@ -193,7 +193,7 @@ def _load_value_head(model: nnx.Module, weight: np.ndarray, problems: list[str])
     """Attach the `score` head (`[1, embed]` in PEFT's file) to `model`, or note a shape mismatch."""
     from swift_jax.tuners.value_head import attach_value_head
 
-    attach_value_head(model)
+    attach_value_head(model, num_labels=weight.shape[0])  # [labels, embed]
     kernel = model.score.kernel
     if tuple(weight.T.shape) != tuple(kernel.shape):
         problems.append(f"tensor {HEAD_TENSOR} has shape {list(weight.shape)}, expected {list(kernel.shape[::-1])}")

@@ -42,7 +42,12 @@ STAGING = ".staging-"  # exports written at save time, moved into checkpoint-STE
 
 
 def default_method(args: TrainArguments, model) -> Method:
-    """Supervised fine-tuning (or pre-training when the chat template is off)."""
+    """Supervised fine-tuning (or pre-training when the chat template is off), or the method of `--task_type`."""
+    from swift_jax.tasks import task_method
+
+    method = task_method(args.task, model.config)  # --task_type seq_cls / embedding / reranker
+    if method is not None:
+        return method
     t = args.training
     name = "sft" if args.data.use_chat_template else "pt"
     from swift_jax.data.vision import vision_data_for
@@ -128,6 +133,9 @@ class Trainer:
         set_vision_remat(self.model, t.gradient_checkpointing if vit_remat is None else vit_remat)
         self.plan = apply_tuner(self.model, args)
         self.trainable = self.plan.trainable
+        if self.method is not None and args.task.task_type not in ("causal_lm", None) and self.method.name != "rm":
+            raise ValueError(f"--task_type {args.task.task_type} trains with `swift-jax sft`; {self.method.name} trains "
+                             "the language model (--rlhf_type rm trains a one-label score head)")
         self.method = self.method or default_method(args, self.model)
         self.method.prepare_model(self.model)
         self.is_lora = self.plan.is_lora
@@ -380,6 +388,10 @@ class Trainer:
             save_pretrained(model, folder, dtype=m.dtype)
             if self.main:
                 copy_tokenizer_files(resolve_path(m.model), folder)
+            if self.main and self.args.task.task_type == "embedding":  # loadable by sentence-transformers too
+                from swift_jax.tasks.embedding import write_sentence_transformers
+
+                write_sentence_transformers(folder, model.config.hidden_size, self.args.data.max_length)
         if self.main and m.new_special_tokens:  # the grown tokenizer, as transformers' Trainer saves it
             self.tokenizer.save_pretrained(folder)
         if self.main:
