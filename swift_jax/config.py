@@ -95,6 +95,10 @@ class TunerArgs(AdapterArgs):
     vit_gradient_checkpointing: bool | None = None
     """Vision-language models: recompute vision-tower layers in the backward pass (default: gradient_checkpointing)."""
 
+    @property
+    def qlora_bits(self) -> int:
+        """Bits of the QLoRA base: --quant_bits, else QLoRA's default 4 (also before `validate` has run)."""
+        return 4 if self.quant_bits is None else self.quant_bits
 
     def validate(self) -> None:
         """Refuse flags that the chosen tuner would ignore (naming the flag), and bad values."""

@@ -131,8 +131,11 @@ def export(args: ExportArgs) -> str:
     from swift_jax.hf.special_tokens import add_new_special_tokens, checkpoint_tokenizer
 
     model = swift_jax.load_model(base, dtype=args.dtype, adjust_config=args.adjust_config())
-    tokenizer = checkpoint_tokenizer(base, args.adapter_paths())
-    add_new_special_tokens(model, tokenizer, args.new_special_tokens)  # grows the vocabulary to the tokenizer's
+    own_tokenizer = any(os.path.exists(os.path.join(a, "tokenizer_config.json")) for a in args.adapter_paths())
+    tokenizer = None  # a model folder without a tokenizer exports as long as nothing needs one
+    if own_tokenizer or args.new_special_tokens or (spec is not None and spec.method == "gptq"):
+        tokenizer = checkpoint_tokenizer(base, args.adapter_paths())
+        add_new_special_tokens(model, tokenizer, args.new_special_tokens)  # grows the vocabulary to the tokenizer's
     for path in args.adapter_paths():
         load_adapter(model, path)
     os.makedirs(args.output_dir, exist_ok=True)
@@ -164,7 +167,7 @@ def export(args: ExportArgs) -> str:
     else:
         swift_jax.save_pretrained(model, args.output_dir, dtype=args.dtype, max_shard_size=args.max_shard_size)
     copy_tokenizer_files(base, args.output_dir)
-    if len(tokenizer) != len(swift_jax.load_tokenizer(base)):  # the adapter's tokenizer has added tokens
+    if tokenizer is not None and len(tokenizer) != len(swift_jax.load_tokenizer(base)):  # added tokens
         tokenizer.save_pretrained(args.output_dir)
     _save_template_args(args, args.output_dir)
     return push_to_hub(args.output_dir, args) if args.push_to_hub else args.output_dir

@@ -105,8 +105,9 @@ _note(TRAIN, "logs go to the run folder (logging.jsonl, tensorboard events, imag
       "logging_dir logging_strategy logging_nan_inf_filter project run_name trackio_bucket_id trackio_space_id "
       "trackio_static_space_id include_num_input_tokens_seen")
 _note(("rlhf",), "completions are logged with --log_completions", "wandb_log_unique_prompts")
-_note(TRAIN, "SwanLab is not a --report_to target here (tensorboard is)",
-      "swanlab_token swanlab_project swanlab_workspace swanlab_exp_name swanlab_mode swanlab_notification_method "
+_note(TRAIN, "SwanLab's account, workspace and notification settings are not used (--report_to swanlab logs "
+      "with --swanlab_project, --swanlab_exp_name, --swanlab_mode and swanlab's own login)",
+      "swanlab_token swanlab_workspace swanlab_notification_method "
       "swanlab_webhook_url swanlab_secret swanlab_sender_email swanlab_receiver_email swanlab_smtp_server "
       "swanlab_smtp_port swanlab_email_language")
 _note(TRAIN, "the trainer runs the steps of the command (training, then evaluation on --val_dataset)",

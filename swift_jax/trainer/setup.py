@@ -122,7 +122,7 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
     if quantize_first:
         from swift_jax.tuners.qlora import quantize_base
 
-        quantize_base(model, bits=t.quant_bits, skip=multimodal.quantization_skip(model))
+        quantize_base(model, bits=t.qlora_bits, skip=multimodal.quantization_skip(model))
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     if not t.adapters:
         from swift_jax.models.config import to_jnp_dtype
@@ -154,7 +154,7 @@ def apply_tuner(model: nnx.Module, args: TrainArguments) -> TunerPlan:
     if t.tuner_type == "qlora" and not quantize_first:  # PEFT's pissa_init on a 4-bit layer does the same
         from swift_jax.tuners.qlora import quantize_base
 
-        quantize_base(model, bits=t.quant_bits, skip=multimodal.quantization_skip(model))
+        quantize_base(model, bits=t.qlora_bits, skip=multimodal.quantization_skip(model))
     if not (t.modules_to_save or t.lora_bias != "none"):
         return TunerPlan(nnx.LoRAParam, is_lora=True)
     from swift_jax.tuners.select import module_selection
