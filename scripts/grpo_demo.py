@@ -58,7 +58,7 @@ def with_solutions(src: str, dst: str) -> str:
 def sft_checkpoint(steps: int, output_dir: str, common: list[str]) -> tuple[str, float | None]:
     """The quickstart recipe stopped after `steps` (constant learning rate after 20 warmup steps)."""
     args = parse_config(TrainArguments, [
-        "--config", CONFIG, "--max_steps", str(steps), "--lr_scheduler_type", "constant", "--warmup_ratio", str(20 / steps),
+        "--config", CONFIG, "--max_steps", str(steps), "--lr_scheduler_type", "constant_with_warmup", "--warmup_ratio", str(20 / steps),
         "--save_steps", str(steps), "--eval_steps", str(steps), "--logging_steps", "20", "--output_dir", output_dir, *common,
     ], aliases=ALIASES).validate()
     result = Trainer(args).train()
