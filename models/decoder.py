@@ -25,7 +25,7 @@ from swift_jax.kernels import attention
 from swift_jax.parallel.rules import constrain
 
 from .config import ModelConfig
-from .layers import MLP, Embed, Linear, RMSNorm, apply_rotary, cached_attention, rotary_cos_sin, soft_cap
+from .layers import MLP, Embed, Linear, RMSNorm, apply_rotary, cached_attention, rotary_cos_sin, soft_cap, write_at
 from .mla import MLAttention
 from .moe import SparseMoE, is_sparse_layer, load_balancing_loss
 from .remat import check_remat, checkpointed
@@ -39,7 +39,8 @@ class KVCache:
 
     A call with a cache writes its `seq` input tokens at slots `[index, index + seq)` of every row and
     attends to all slots up to each query's own; slots whose `segment_ids` are 0 (left padding, not yet
-    written) are never attended to. Every row writes at the same `index` (prompts are left-padded).
+    written) are never attended to. Every row writes at the same `index` `[]` (left-padded prompts), or each
+    row at its own `index` `[batch]` (the engine's slots: `swift_jax.engine`).
     """
 
     # per layer [batch, max_len, kv_heads, head_dim] (MLA: heads, cache_head_dim); with scanned layers
@@ -47,7 +48,7 @@ class KVCache:
     keys: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]  # per layer, the same shape as keys
     segment_ids: jax.Array  # [batch, max_len] int32, 0 = padding or not yet written
-    index: jax.Array  # [] int32: slot of the next input token
+    index: jax.Array  # [] or [batch] int32: slot of the next input token
 
     @classmethod
     def create(cls, cfg: ModelConfig, batch: int, max_len: int) -> "KVCache":
@@ -298,12 +299,10 @@ class DecoderModel(nnx.Module):
         """The layer stack against a KV cache: `(hidden [b, s, embed], cache advanced by s tokens)`. `blocks`
         (`bidirectional_ids` of this call's tokens) reach the attention as ids of the cache slots, 0 elsewhere:
         a prefill holding whole images gives their tokens transformers' bidirectional mask."""
-        kv_segment_ids = jax.lax.dynamic_update_slice_in_dim(
-            cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1
-        )
+        kv_segment_ids = write_at(cache.segment_ids, segment_ids.astype(jnp.int32), cache.index)
         extra = ()
         if blocks is not None:  # [b, max_len]
-            slots = jax.lax.dynamic_update_slice_in_dim(jnp.zeros_like(cache.segment_ids), blocks, cache.index, axis=1)
+            slots = write_at(jnp.zeros_like(cache.segment_ids), blocks, cache.index)
             extra = (slots,)
         if self.cfg.scan_layers:
             keys, values, at = [], [], 0

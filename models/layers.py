@@ -119,17 +119,26 @@ class MLP(nnx.Module):
         return self.down_proj(self.act(gate) * up)
 
 
+def write_at(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """`buffer` `[b, max_len, ...]` with `new` `[b, s, ...]` written at slots `[index, index + s)` along axis 1:
+    one `index` `[]` for every row (left-padded batches), or one per row `[b]` (the engine's slots, each at its
+    own length)."""
+    if jnp.ndim(index) == 0:
+        return jax.lax.dynamic_update_slice_in_dim(buffer, new, index, axis=1)
+    return jax.vmap(lambda row, piece, at: jax.lax.dynamic_update_slice_in_dim(row, piece, at, axis=0))(buffer, new, index)
+
+
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array, cache, **options):
     """Causal attention of `q` `[b, s, h, d]` against one layer's KV cache after writing `k`, `v`
     `[b, s, kv, d]` at its index; `cache = (keys, values, kv_segment_ids, index[, bidirectional_ids])`,
-    keys/values `[b, max_len, kv, d]`, bidirectional_ids `[b, max_len]` (see `attention`). Returns
+    keys/values `[b, max_len, kv, d]`, index `[]` or `[b]` (`write_at`), bidirectional_ids `[b, max_len]` (see `attention`). Returns
     `(out [b, s, h, d], (keys, values))`. `options` are the mask options of `attention` (sliding_window,
     logits_soft_cap, scale)."""
     keys, values, kv_segment_ids, index, *blocks = cache
     if blocks:
         options = {**options, "bidirectional_ids": blocks[0]}
-    keys = jax.lax.dynamic_update_slice_in_dim(keys, k.astype(keys.dtype), index, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(values, v.astype(values.dtype), index, axis=1)
+    keys = write_at(keys, k.astype(keys.dtype), index)
+    values = write_at(values, v.astype(values.dtype), index)
     out = attention(
         q, keys, values, segment_ids=kv_segment_ids, q_segment_ids=segment_ids, causal=True, q_offset=index, **options
     )

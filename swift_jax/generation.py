@@ -1,12 +1,10 @@
-"""Text generation: prefill + decode against a preallocated KV cache, with sampling and stop conditions.
+"""Text generation for every caller, through the engine (`swift_jax.engine`): `Generator` is its batch and
+streaming front end for infer, eval and prediction.
 
-Prompts are left-padded into a `[batch, prompt_len]` bucket (powers of two), so every row writes the
-same cache slot at each step and shapes stay static. Two compiled functions serve each
-(batch, prompt_len, max_new_tokens) bucket: `_prefill` fills the cache and samples the first token;
-`_decode` runs a `lax.while_loop` until every row is done or a step limit is reached. The limit is a
-traced value, so the same compiled loop runs to the end in one call, or resumes chunk by chunk when
-the host must look at the text (streaming, stop strings). Sampling settings are traced too: changing
-temperature / top-k / top-p / repetition penalty / seed never recompiles.
+`Generator.generate_ids` submits every prompt to one continuous-batching engine (`max_batch_size` slots, sized
+for the call's longest prompt + `max_new_tokens`), so results do not depend on how prompts are grouped.
+Prompts with images (vision-language models) still run the left-padded batch loop below (`_prefill` /
+`_decode`), which fills a KV cache for a `[batch, prompt_len]` bucket and samples in a `lax.while_loop`.
 """
 
 from __future__ import annotations
@@ -20,37 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from swift_jax.engine import Engine, GenerationConfig, GenerationOutput, default_eos
+from swift_jax.engine.sampler import filter_logits, penalize_repetition
 from swift_jax.models.decoder import KVCache
-
-_NEG = -1e30  # logit of a filtered-out token (finite: keeps softmax free of NaN)
-
-
-@dataclasses.dataclass(frozen=True)
-class GenerationConfig:
-    """Decoding settings, named as in ms-swift / transformers."""
-
-    max_new_tokens: int = 512
-    temperature: float = 0.0  # 0 = greedy
-    top_k: int = 0  # 0 = no top-k filter
-    top_p: float = 1.0  # 1 = no nucleus filter
-    repetition_penalty: float = 1.0  # 1 = off; > 1 discourages tokens already in the prompt or response
-    seed: int = 0
-    stop: tuple[str, ...] = ()  # stop strings: the response ends before the first one
-    eos_token_ids: tuple[int, ...] | None = None  # None: the tokenizer's eos (and chat end) tokens
-
-    @property
-    def do_sample(self) -> bool:
-        return self.temperature > 0
-
-
-@dataclasses.dataclass
-class GenerationOutput:
-    """One response: its text, its token ids (without the eos) and why it ended ("stop" or "length")."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
@@ -74,31 +44,6 @@ class _Sampling:
     key: jax.Array  # PRNG key; step t samples with fold_in(key, t), so chunking never changes results
     eos: jax.Array  # [n_eos] int32
     pad: jax.Array  # [] int32, written after a row is done
-
-
-def filter_logits(logits: jax.Array, top_k: jax.Array, top_p: jax.Array) -> jax.Array:
-    """Top-k then top-p (nucleus) filtering of `[batch, vocab]` logits, as transformers' warpers do.
-
-    `top_k <= 0` and `top_p >= 1` switch a filter off. Filtered tokens get a very negative logit. One
-    sort serves both filters, and `k`, `p` are traced, so changing them does not recompile.
-    """
-    vocab = logits.shape[-1]
-    ordered = jnp.sort(logits, axis=-1)[:, ::-1]  # [b, vocab], descending
-    k = jnp.clip(jnp.where(top_k > 0, top_k, vocab), 1, vocab)
-    kth = ordered[:, k - 1][:, None]  # [b, 1]
-    logits = jnp.where(logits < kth, _NEG, logits)
-    ordered = jnp.where(jnp.arange(vocab) < k, ordered, _NEG)
-    probs = jax.nn.softmax(ordered, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # mass of strictly larger tokens
-    keep = (before < top_p) | (jnp.arange(vocab) == 0)  # the top token always survives
-    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where((logits < threshold) & (top_p < 1.0), _NEG, logits)
-
-
-def penalize_repetition(logits: jax.Array, seen: jax.Array, penalty: jax.Array) -> jax.Array:
-    """transformers' repetition penalty: divide positive / multiply negative logits of seen tokens."""
-    penalized = jnp.where(logits > 0, logits / penalty, logits * penalty)
-    return jnp.where(seen, penalized, logits)
 
 
 def _next_token(logits, seen, s: _Sampling, step, do_sample: bool):
@@ -196,48 +141,41 @@ def bucket(n: int, minimum: int = 16) -> int:
     return size
 
 
-def _eos_ids(tokenizer, model) -> tuple[int, ...]:
-    """End tokens: the tokenizer's and config's eos, and ChatML's `<|im_end|>` / Llama-3's `<|eot_id|>`."""
-    ids = set()
-    if tokenizer is not None:
-        if tokenizer.eos_token_id is not None:
-            ids.add(int(tokenizer.eos_token_id))
-        vocab = tokenizer.get_vocab()
-        ids.update(vocab[t] for t in ("<|im_end|>", "<|eot_id|>") if t in vocab)
-    eos = model.config.hf_config.get("eos_token_id")
-    ids.update([eos] if isinstance(eos, int) else eos or [])
-    return tuple(sorted(ids))
-
-
 class Generator:
-    """Generates from one model; each (batch, prompt length, max_new_tokens) bucket compiles once.
+    """Generates from one model through a continuous-batching `Engine` of `max_batch_size` slots.
 
     Works with merged models, unmerged LoRA adapters (they are part of the model's state) and models
-    sharded over a mesh (the compiled functions follow the parameters' shardings).
+    sharded over a mesh (the compiled functions follow the parameters' shardings). `engine` passes a
+    ready engine (the server's); otherwise one is built, and rebuilt larger when a call needs longer slots.
     """
 
-    def __init__(self, model: nnx.Module, tokenizer=None, *, max_batch_size: int = 16):
+    def __init__(self, model: nnx.Module, tokenizer=None, *, max_batch_size: int = 16, engine: Engine | None = None):
+        self.model = model
         self.graphdef, self.params = nnx.split(model)
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
-        self.default_eos = _eos_ids(tokenizer, model)
+        self.default_eos = default_eos(tokenizer, model)
         self.vision_config = getattr(model.config, "vision", None)
         """Vision-language models: prompts may carry images (`data.vision.VisionPrompt`)."""
+        self.engine = engine
+
+    def engine_for(self, longest: int, max_new_tokens: int) -> Engine:
+        """The engine, with slots long enough for a `longest`-token prompt and `max_new_tokens` more."""
+        need = longest + max_new_tokens
+        if self.engine is None or self.engine.max_model_len < need:
+            self.engine = Engine(self.model, self.tokenizer, max_num_seqs=self.max_batch_size,
+                                 max_model_len=bucket(need, 64))
+        return self.engine
 
     def generate_ids(
         self, prompts: Sequence[Sequence[int]], config: GenerationConfig = GenerationConfig()
     ) -> list[GenerationOutput]:
-        """Responses to token-id prompts, in order; batches of `max_batch_size` run together."""
-        outputs: list[GenerationOutput] = []
-        for start in range(0, len(prompts), self.max_batch_size):
-            run = self._run(prompts[start : start + self.max_batch_size], config, stream=False)
-            while True:
-                try:
-                    next(run)
-                except StopIteration as finished:
-                    outputs.extend(finished.value)
-                    break
-        return outputs
+        """Responses to token-id prompts, in order (all submitted at once: slots refill as responses end)."""
+        if any(getattr(p, "layout", None) is not None for p in prompts):
+            return self._generate_vision(prompts, config)
+        self._check(prompts, config)
+        engine = self.engine_for(max(map(len, prompts), default=1), config.max_new_tokens)
+        return [outs[0] for outs in engine.generate(prompts, config)]
 
     def generate(self, prompts: Sequence[str], config: GenerationConfig = GenerationConfig()) -> list[GenerationOutput]:
         """Responses to text prompts (already formatted: apply the chat template first for chat models)."""
@@ -249,13 +187,48 @@ class Generator:
     ) -> PyGenerator[str, None, GenerationOutput]:
         """Yield the response to one prompt piece by piece as its tokens come in; return its full output
         (`out = yield from gen.stream(...)` in a generator, or `StopIteration.value`)."""
-        run = self._run([prompt_ids], config, stream=True)
-        while True:
-            try:
-                _, delta = next(run)
-            except StopIteration as finished:
-                return finished.value[0]
-            yield delta
+        if getattr(prompt_ids, "layout", None) is not None:
+            run = self._run([prompt_ids], config, stream=True)
+            while True:
+                try:
+                    _, delta = next(run)
+                except StopIteration as finished:
+                    return finished.value[0]
+                yield delta
+        self._check([prompt_ids], config)
+        self._need_tokenizer("streaming")
+        engine = self.engine_for(len(prompt_ids), config.max_new_tokens)
+        pieces: list[str] = []
+        request = engine.submit(prompt_ids, config, on_event=lambda d: pieces.append(d.text))
+        while not request.finished or pieces:
+            while pieces:
+                piece = pieces.pop(0)
+                if piece:
+                    yield piece
+            if not request.finished:
+                engine.advance(request)
+        return request.outputs[0]
+
+    def _check(self, prompts, config: GenerationConfig) -> None:
+        if config.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {config.max_new_tokens}")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("empty prompt: every prompt needs at least one token")
+        if config.stop:
+            self._need_tokenizer("stop strings and streaming")
+
+    def _generate_vision(self, prompts, config: GenerationConfig) -> list[GenerationOutput]:
+        """Vision prompts: the left-padded batch loop, `max_batch_size` prompts at a time."""
+        outputs: list[GenerationOutput] = []
+        for start in range(0, len(prompts), self.max_batch_size):
+            run = self._run(prompts[start : start + self.max_batch_size], config, stream=False)
+            while True:
+                try:
+                    next(run)
+                except StopIteration as finished:
+                    outputs.extend(finished.value)
+                    break
+        return outputs
 
     def _vision_rows(self, layouts: list[dict], batch: int, prompt_len: int) -> dict[str, np.ndarray]:
         """The prompts' vision arrays as `batch` rows: Qwen2-VL family patches and M-RoPE positions
