@@ -23,6 +23,8 @@ from typing import Any, Sequence, TypeVar, get_type_hints
 import tyro
 import yaml
 
+from swift_jax.engine.args import BACKEND_IGNORED
+
 T = TypeVar("T")
 
 # ms-swift flags with no effect on a swift_jax run, and why; accepted (flag or YAML key) with one logged line.
@@ -42,6 +44,7 @@ IGNORED_FLAGS = {
     "lazy_tokenize": "rows are always tokenised lazily, in background threads",
     "model_type": "the architecture comes from the checkpoint's config.json model_type",
     "torch_empty_cache_steps": "there is no PyTorch cache allocator",
+    **BACKEND_IGNORED,
 }
 COMMANDS = {
     "sft": ("swift_jax.train", []),

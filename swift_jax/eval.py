@@ -42,14 +42,16 @@ from swift_jax.data.frontend import prompt_of, read_rows
 from swift_jax.data.media import row_media
 from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.data.templates import IGNORE
+from swift_jax.engine.args import EngineArgs
 from swift_jax.generation import Generator, bucket
 from swift_jax.infer import load_for_inference
 
 
 @dataclasses.dataclass
-class EvalArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
+class EvalArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs, EngineArgs):
     """Arguments of `swift_jax.eval`: the shared model, adapter, template and generation groups
-    (`swift_jax.arguments`) plus the task settings (names follow ms-swift's EvalArguments)."""
+    (`swift_jax.arguments`), the engine's size (`engine.args`), plus the task settings (names follow ms-swift's
+    EvalArguments)."""
 
     eval_dataset: list[str] = dataclasses.field(default_factory=list)
     """Task files, see the module docstring for the row formats."""
@@ -274,7 +276,7 @@ def eval_generation(gen: Generator, rows, name: str, args: EvalArgs, encoder, vi
 def evaluate(model: nnx.Module, tokenizer, args: EvalArgs) -> dict[str, dict[str, Any]]:
     """Metrics of every task file in `args.eval_dataset`: `{task name: {"kind", "n", metric: value}}`."""
     scorer = Scorer(model, max_batch_size=args.max_batch_size, max_length=args.max_length)
-    gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
+    gen = args.generator(model, tokenizer, max_batch_size=args.max_batch_size)
     vision, args = vision_for_inference(args, model.config)
     encoder = args.trained_encoder(tokenizer, *args.adapters, args.model)
     results = {}

@@ -158,11 +158,12 @@ class Generator:
         self.vision_config = getattr(model.config, "vision", None)
         """Vision-language models: prompts may carry images (`data.vision.VisionPrompt`)."""
         self.engine = engine
+        self._sized = engine is not None  # an engine given is used as it is (its --max_model_len clamps responses)
 
     def engine_for(self, longest: int, max_new_tokens: int) -> Engine:
         """The engine, with slots long enough for a `longest`-token prompt and `max_new_tokens` more."""
         need = longest + max_new_tokens
-        if self.engine is None or self.engine.max_model_len < need:
+        if not self._sized and (self.engine is None or self.engine.max_model_len < need):
             self.engine = Engine(self.model, self.tokenizer, max_num_seqs=self.max_batch_size,
                                  max_model_len=bucket(need, 64))
         return self.engine

@@ -25,15 +25,17 @@ from swift_jax.config import ALIASES
 from swift_jax.data.frontend import encode_chat, prompt_of, read_rows, row_messages
 from swift_jax.data.media import row_media
 from swift_jax.data.vision import prompt_inputs, vision_for_inference
+from swift_jax.engine.args import EngineArgs
 from swift_jax.generation import Generator
 
 __all__ = ["InferArgs", "encode_chat", "infer_dataset", "chat_loop", "load_for_inference", "read_rows", "row_messages"]
 
 
 @dataclasses.dataclass
-class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
+class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs, EngineArgs):
     """Arguments of `swift_jax.infer`: the shared model, adapter, template and generation groups
-    (`swift_jax.arguments`) plus the dataset and batch settings of ms-swift's InferArguments."""
+    (`swift_jax.arguments`), the engine's size and ms-swift's backend options (`engine.args`), plus the dataset
+    and batch settings of ms-swift's InferArguments."""
 
     stream: bool = False
     """Print tokens as they come (interactive chat)."""
@@ -44,30 +46,58 @@ class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs):
     result_path: str | None = None
     """Batch results; default: infer_result.jsonl next to the dataset."""
     max_batch_size: int = 16
-    """Prompts generated together."""
+    """Prompts generated together (the engine's slots, unless --max_num_seqs says otherwise)."""
 
     def chat_encoder(self, tokenizer):
         """The prompt renderer: these arguments, else what the checkpoint was trained with (its args.json)."""
-        return self.trained_encoder(tokenizer, *self.adapters, self.model)
+        plain, named = named_adapters(self.adapters)
+        return self.trained_encoder(tokenizer, *plain, *named.values(), self.model)
 
 
-def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None):
-    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`.
+def named_adapters(entries: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """`--adapters` entries split into plain folders (applied to the model) and `name=path` ones (served as
+    separate models that a request's `model` field picks)."""
+    plain, named = [], {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if sep and name and not os.path.isdir(entry):
+            named[name] = path
+        else:
+            plain.append(entry)
+    return plain, named
+
+
+def adapter_variants(model, named: dict[str, str]) -> dict:
+    """`name -> model with that adapter` for named adapters (each a copy of `model` sharing its base weights)."""
+    from flax import nnx
+
+    return {name: _apply_adapters(nnx.merge(*nnx.split(model)), [path]) for name, path in named.items()}
+
+
+def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None, *,
+                       tensor_parallel_size: int = 1, named: Sequence[str] = ()):
+    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`; with `tensor_parallel_size` > 1
+    sharded over that many devices (the mesh's tensor axis).
 
     Without `model`, the base model recorded in the first adapter's adapter_config.json is used (as
-    ms-swift: `--adapters CKPT` alone is enough).
+    ms-swift: `--adapters CKPT` alone is enough); `named`: the folders of named adapters, for that lookup.
     """
     import swift_jax
     from swift_jax.tuners import base_model_of
 
-    for path in adapters:
+    for path in [*adapters, *named]:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"--adapters {path}: no such folder; expected a LoRA checkpoint folder")
     if not model:
-        if not adapters:
+        if not adapters and not named:
             raise ValueError("--model is required (or --adapters CKPT, whose base model is then used)")
-        model = base_model_of(adapters[0])
-    loaded = swift_jax.load_model(model, dtype=dtype)
+        model = base_model_of([*adapters, *named][0])
+    mesh = None
+    if tensor_parallel_size > 1:
+        from swift_jax.parallel import make_mesh
+
+        mesh = make_mesh(fsdp_size=1, tensor_parallel_size=tensor_parallel_size)
+    loaded = swift_jax.load_model(model, dtype=dtype, mesh=mesh)
     if adapters:
         loaded = _apply_adapters(loaded, adapters)
     return loaded, swift_jax.load_tokenizer(model)
@@ -142,9 +172,11 @@ def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdou
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_config(InferArgs, argv, aliases=ALIASES)
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    plain, named = named_adapters(args.adapters)
+    model, tokenizer = load_for_inference(args.model, plain, args.dtype, tensor_parallel_size=args.resolve().tensor_parallel_size,
+                                          named=list(named.values()))
     vision, args = vision_for_inference(args, model.config)
-    gen = Generator(model, tokenizer, max_batch_size=args.max_batch_size)
+    gen = args.generator(model, tokenizer, max_batch_size=args.max_batch_size)
     if args.val_dataset:
         infer_dataset(gen, args, vision)
     else:

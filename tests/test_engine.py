@@ -138,3 +138,17 @@ def test_min_p_and_openai_penalties():
     token, *_ = select(jnp.asarray(logits), s, jnp.zeros((3, 40), bool), jnp.asarray(counts), jnp.zeros(3, jnp.int32), top_n=False)
     expected = logits - np.array([[0], [2], [0]]) * (counts > 0) - np.array([[0], [0], [1]]) * counts
     assert np.asarray(token).tolist() == expected.argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("caching", [True, False])
+def test_requests_with_one_prompt_share_its_prefill(llama, caching):
+    hf, model = llama
+    prompt = _prompt(10, 13)
+    engine = Engine(model, max_num_seqs=4, max_model_len=32, prefix_caching=caching)
+    first = engine.submit(prompt, GREEDY)
+    engine.step()  # the first is prefilled and decoding when the others come
+    later = [engine.submit(prompt, GREEDY), engine.submit(prompt, GenerationConfig(max_new_tokens=6, eos_token_ids=()))]
+    engine.run([first, *later])
+    assert engine.stats["prefill_tokens"] == (len(prompt) - 1) * (1 if caching else 3)
+    expected = _hf_alone(hf, prompt)[0]
+    assert [r.outputs[0].token_ids for r in (first, *later)] == [expected, expected, expected[:6]]

@@ -52,7 +52,7 @@ def test_streaming_chunks_concatenate_to_the_reply(served):
 
 def test_bad_requests_get_400(served):
     client, _ = served
-    with pytest.raises(openai.BadRequestError, match="n=2 is not supported"):
-        client.chat.completions.create(model="tiny", messages=MESSAGES, n=2)
+    with pytest.raises(openai.BadRequestError, match="'temperature' must be a number"):
+        client.chat.completions.create(model="tiny", messages=MESSAGES, temperature="hot")
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="tiny", messages=[])

@@ -62,11 +62,13 @@ class Engine:
 
     `max_num_seqs` slots of `max_model_len` tokens each (prompt + response); `prefill_chunk` prompt tokens per
     row and step at most, so a long prompt does not stall the running ones; `max_queue_size` requests may wait
-    (None: no bound). `adapters` maps a name to a model carrying that adapter (the base model answers to None).
+    for a slot (None: no bound). `adapters` maps a name to a model carrying that adapter (the base model answers to None).
+    `prefix_caching`: a prompt equal to one still held in a slot is copied from it rather than prefilled.
     """
 
     def __init__(self, model: nnx.Module, tokenizer=None, *, max_num_seqs: int = 16, max_model_len: int = 2048,
-                 prefill_chunk: int = 256, max_queue_size: int | None = None, adapters: dict[str, nnx.Module] | None = None):
+                 prefill_chunk: int = 256, max_queue_size: int | None = None, adapters: dict[str, nnx.Module] | None = None,
+                 prefix_caching: bool = True):
         if max_num_seqs < 1 or max_model_len < 2:
             raise ValueError(f"the engine needs max_num_seqs >= 1 and max_model_len >= 2, got {max_num_seqs}, {max_model_len}")
         self.tokenizer = tokenizer
@@ -81,6 +83,8 @@ class Engine:
         self.owner: list[tuple[Request, Sample] | None] = [None] * max_num_seqs
         self.todo = np.zeros(max_num_seqs, np.int64)  # prompt tokens still to prefill per slot
         self.followers: dict[int, list[int]] = {}  # a prefilling slot -> the slots that copy it when done
+        self.prefix_caching = prefix_caching
+        self.resident: dict[tuple[int, ...], int] = {}  # a prompt -> the slot that prefilled it (still held)
         self.live = np.zeros(max_num_seqs, bool)  # slots decoding
         self._reset_rows()
         self.waiting: collections.deque[Request] = collections.deque()
@@ -115,8 +119,9 @@ class Engine:
         budget = min(config.max_new_tokens, self.max_model_len - len(prompt) + 1)
         request = Request(prompt, config, adapter, on_event, budget)
         with self.lock:
-            if self.max_queue_size is not None and len(self.waiting) >= self.max_queue_size:
-                raise QueueFull(f"{len(self.waiting)} requests are already waiting (--max_queue_size {self.max_queue_size}); retry later")
+            queued = len(self.waiting) - self.free_slots  # those that will not find a slot at the next step
+            if self.max_queue_size is not None and queued >= self.max_queue_size:
+                raise QueueFull(f"{queued} requests are already waiting for a slot (--max_queue_size {self.max_queue_size}); retry later")
             self.waiting.append(request)
             self.lock.notify_all()
         return request
@@ -206,7 +211,7 @@ class Engine:
                 self._finish_request(own[0], "cancelled")
 
     def _admit(self) -> None:
-        rows, admitted, ready = [], [], []
+        rows, admitted, ready, copies = [], [], [], []
         with self.lock:
             while self.waiting:
                 request = self.waiting[0]
@@ -222,11 +227,17 @@ class Engine:
                 for sample, slot in zip(request.samples, taken):
                     self.owner[slot] = (request, sample)
                     self._set_row(slot, request, sample.index)
-                self.todo[taken[0]] = len(request.prompt) - 1
-                if len(taken) > 1:
+                leader = self.resident.get(tuple(request.prompt)) if self.prefix_caching else None
+                if leader is not None and self.todo[leader] > 0:  # that prompt is being prefilled: copy it when done
+                    self.followers.setdefault(leader, []).extend(taken)
+                elif leader is not None:
+                    copies.extend((leader, slot) for slot in taken)
+                else:
+                    self.todo[taken[0]] = len(request.prompt) - 1
                     self.followers[taken[0]] = taken[1:]
-                if len(request.prompt) == 1:
-                    ready.append(taken[0])
+                    self.resident[tuple(request.prompt)] = taken[0]
+                    if len(request.prompt) == 1:
+                        ready.append(taken[0])
                 rows.extend(taken)
                 admitted.extend([request.prompt] * len(taken))
         if not rows:
@@ -241,6 +252,8 @@ class Engine:
         last = np.array([p[-1] for p in admitted] + [0] * (count - len(rows)), np.int32)
         position = np.array([len(p) - 1 for p in admitted] + [0] * (count - len(rows)), np.int32)
         self.state = S.admit(self.state, index, last, position, prompt, mask)
+        if copies:
+            self._copy([source for source, _ in copies], [target for _, target in copies])
         for slot in ready:  # one-token prompts: nothing to prefill
             self._go_live(slot)
 
@@ -269,15 +282,23 @@ class Engine:
                 self._go_live(s)
 
     def _go_live(self, slot: int) -> None:
-        """A prompt is in the cache: its slot (and the slots of its other samples, copied from it) decode."""
+        """A prompt is in the cache: its slot (and the slots that share its prompt, copied from it) decode."""
         followers = self.followers.pop(slot, [])
         if followers:
-            count = _bucket(len(followers))
-            source = np.full(count, slot, np.int32)
-            target = np.full(count, self.max_num_seqs, np.int32)
-            target[: len(followers)] = followers
-            self.state = S.copy_rows(self.state, source, target)
-        self.live[[slot, *followers]] = True
+            self._copy([slot] * len(followers), followers)
+        self.live[slot] = True
+
+    def _copy(self, sources: list[int], targets: list[int]) -> None:
+        """Copy the prompt of each source slot into its target slot, which then decodes."""
+        count = _bucket(len(targets))
+        source = np.full(count, sources[0], np.int32)
+        target = np.full(count, self.max_num_seqs, np.int32)
+        length = np.zeros(count, np.int32)
+        source[: len(sources)], target[: len(targets)] = sources, targets
+        length[: len(targets)] = [len(self.owner[t][0].prompt) - 1 for t in targets]
+        self.state = S.copy_rows(self.state, source, target, length)
+        self.stats["prefill_copies"] += len(targets)
+        self.live[targets] = True
 
     def _decode(self) -> None:
         if not self.live.any():
@@ -358,10 +379,20 @@ class Engine:
         r["budget"][slot] = request.budget
 
     def _release(self, slot: int) -> None:
+        """Free `slot`; slots waiting to copy its prompt (it was still prefilling) prefill it themselves."""
+        request = self.owner[slot][0]
+        key = tuple(request.prompt)
+        if self.resident.get(key) == slot:
+            del self.resident[key]
+        waiting = [s for s in self.followers.pop(slot, []) if self.owner[s] is not None]
+        if waiting and self.todo[slot] > 0:
+            first, rest = waiting[0], waiting[1:]
+            self.todo[first] = len(request.prompt) - 1
+            self.followers[first] = rest
+            self.resident[key] = first
         self.owner[slot] = None
         self.live[slot] = False
         self.todo[slot] = 0
-        self.followers.pop(slot, None)
 
     def _finish_request(self, request: Request, reason: str, error: str | None = None) -> None:
         """End every unfinished sample of `request` with `reason` and free its slots."""

@@ -8,7 +8,8 @@ share one decode step and join whenever a slot frees. Four compiled functions wo
 - `prefill`: write a chunk of prompt tokens of a few rows into their cache rows (gathered, run, scattered back).
   A prompt is prefilled up to its last token; the decode step reads that one, so the first response token
   comes from the same sampler as every other.
-- `copy_rows`: duplicate prefilled rows (the `n` samples of one prompt share its prefill).
+- `copy_rows`: duplicate a prefilled prompt into other rows (the `n` samples of one prompt, and requests with the
+  same prompt, share its prefill).
 - `decode`: up to `K_MAX` steps of every live row (a `lax.while_loop` with a traced step limit: one program),
   sampling with each row's own settings (`sampler.select`).
 """
@@ -111,12 +112,11 @@ def _prefill(graphdef, params, state: Slots, rows, ids, valid) -> Slots:
     return dataclasses.replace(state, cache=_put(state.cache, rows, part))
 
 
-def _copy_rows(state: Slots, source, target) -> Slots:
-    """Rows `target` `[p]` become copies of rows `source` `[p]` (cache, next input, prompt tokens)."""
-    part = _take(state.cache, source)
-    put = lambda a: a.at[target].set(jnp.take(a, source, axis=0), mode="drop")
-    return Slots(_put(state.cache, target, part), put(state.last), put(state.position), put(state.prompt_seen),
-                 put(state.counts), put(state.generated))
+def _copy_rows(state: Slots, source, target, length) -> Slots:
+    """The caches of rows `target` `[p]` become copies of rows `source` `[p]`'s first `length` `[p]` tokens (a
+    shared prompt: what the source generated after it is past the copy's index, so never read)."""
+    part = dataclasses.replace(_take(state.cache, source), index=length)
+    return dataclasses.replace(state, cache=_put(state.cache, target, part))
 
 
 def _decode(graphdef, params, state: Slots, sampling: RowSampling, live, eos, budget, limit, *, top_n: bool):
