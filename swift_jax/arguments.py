@@ -4,7 +4,7 @@
     ModelArgs        model, dtype                                   every command
     AdapterArgs      adapters                                       every command (TunerArgs extends it)
     TemplateArgs     template, system, agent_template, thinking,    sft/pt/rlhf (inside DataArgs), infer, eval,
-                     columns                                        deploy, export
+                     columns, dataset hub and registration          deploy, export
     GenerationArgs   max_new_tokens, temperature, top_k, top_p,     infer, eval, deploy (GRPO's rollout settings
                      repetition_penalty, seed, stop_words           extend SamplingArgs with temperature 0.9)
 
@@ -28,6 +28,23 @@ class ModelArgs:
     in the first --adapters checkpoint."""
     dtype: str | None = None
     """Parameter and compute dtype: float32 | bfloat16. Default: the checkpoint's (3.x name: torch_dtype)."""
+    rope_scaling: str | None = None
+    """Rotary scaling written into the model's config: linear | dynamic | yarn (the factor from --max_model_len)
+    or a JSON object ('{"rope_type": "yarn", "factor": 4.0}'), as ms-swift."""
+    new_special_tokens: list[str] = dataclasses.field(default_factory=list)
+    """Tokens added to the tokenizer as special tokens (or .txt files of them); the embedding grows to a multiple
+    of 128 rows when needed, new rows at the mean of the others. Checkpoints and exports save the tokenizer."""
+    max_model_len: int | None = None
+    """The longest sequence the model is set up for (its max_position_embeddings); with --rope_scaling, the
+    length the scaling factor is derived from."""
+
+    def adjust_config(self):
+        """The HF-config adjustment of --rope_scaling / --max_model_len (`load_model(adjust_config=...)`), or None."""
+        if self.rope_scaling is None and self.max_model_len is None:
+            return None
+        from swift_jax.hf.rope_scaling import scaled_config
+
+        return lambda hf: scaled_config(hf, self.rope_scaling, self.max_model_len)
 
 
 @dataclasses.dataclass
@@ -40,7 +57,7 @@ class AdapterArgs:
 
 @dataclasses.dataclass
 class TemplateArgs:
-    """How rows are read (`columns`) and rendered into tokens: ms-swift's TemplateArguments that every command
+    """How rows are read (`columns`, the hub, registered datasets) and rendered into tokens: ms-swift's TemplateArguments that every command
     shares. Training-only template settings (loss_scale, max_length, packing, ...) live in DataArgs."""
 
     template: str | None = None
@@ -66,6 +83,16 @@ class TemplateArgs:
     """Text that opens every generated response (overrides the thinking prefixes; inference only)."""
     columns: dict[str, str] = dataclasses.field(default_factory=dict)
     """Rename columns before format detection, e.g. {"prompt_text": "query"}."""
+    use_hf: bool | None = None
+    """Datasets: read hub ids and registered names from Hugging Face (true) or ModelScope (false); None: $USE_HF,
+    else ModelScope when the modelscope package is installed, else Hugging Face (`hf::` / `ms::` in an entry win).
+    Models always come from the Hugging Face hub."""
+    hub_token: str | None = None
+    """Token for private hub datasets (models: set HF_TOKEN)."""
+    custom_dataset_info: list[str] = dataclasses.field(default_factory=list)
+    """JSON files (or a JSON string) registering datasets in ms-swift's dataset_info.json format."""
+    custom_register_path: list[str] = dataclasses.field(default_factory=list)
+    """Python files that register datasets (`swift_jax.data.registry.register_dataset`), imported before reading."""
 
     def thinking(self):
         """The thinking controls as the template reads them."""
@@ -92,6 +119,23 @@ class TemplateArgs:
 
 
 @dataclasses.dataclass
+class SavedArgs:
+    """What an inference or export run takes from the checkpoint's args.json (ms-swift's load_args): composed
+    with ModelArgs and AdapterArgs, whose --adapters and --model are the checkpoints read."""
+
+    load_args: bool = True
+    """Template arguments not given here (template, system, agent_template, thinking controls) are what the
+    checkpoint was trained with; false: only the flags given (and the templates' own defaults)."""
+    load_data_args: bool = False
+    """infer: with no --val_dataset, answer the training run's --val_dataset rows (with its --columns)."""
+
+    def trained_run(self) -> tuple[str | None, ...]:
+        """The checkpoints whose args.json this run reads, in order: --adapters, then --model (none without
+        --load_args)."""
+        return (*self.adapters, self.model) if self.load_args else ()
+
+
+@dataclasses.dataclass
 class SamplingArgs:
     """How the next token is picked (ms-swift's GenerationArguments; GRPO's rollouts re-declare temperature)."""
 
@@ -115,12 +159,18 @@ class GenerationArgs(SamplingArgs):
     """Sampling seed (temperature > 0)."""
     stop_words: list[str] = dataclasses.field(default_factory=list)
     """Extra stop strings; generation also stops at the tokenizer's eos and the template's stop words."""
+    num_beams: int = 1
+    """Beam search width; only 1 (greedy or sampled decoding): a larger value is an error, not a silent greedy run."""
 
     def generation_config(self, generator=None, encoder=None):
         """The GenerationConfig of these settings; with the generator and the chat encoder, generation also
         stops at the template's stop tokens and words (ms-swift's template.stop_words)."""
         from swift_jax.data.frontend import template_stops
         from swift_jax.generation import GenerationConfig
+
+        if self.num_beams != 1:
+            raise ValueError(f"--num_beams {self.num_beams}: beam search is not implemented in swift_jax; use --num_beams 1 "
+                             "(greedy with --temperature 0, or sampling)")
 
         eos, stop = None, tuple(self.stop_words)
         if generator is not None and encoder is not None:

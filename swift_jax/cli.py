@@ -7,45 +7,27 @@
 Arguments are typed dataclasses composed of the shared groups of `swift_jax.arguments` (model, adapters,
 template, generation; nested in training's, inherited by infer/eval/deploy/export); flags and YAML keys are flat, as in ms-swift (`--lora_rank 8`, not `--tuner.lora_rank`). The YAML supplies values, flags
 override them; an unknown YAML key is an error naming the file and the key; ms-swift's lower-case
-booleans (`--packing true`) and its 3.x names (`--train_type`) are accepted. ms-swift flags that mean nothing
-here (`IGNORED_FLAGS`) are accepted with one line saying why; a flag that would change the result is never
-ignored.
+booleans (`--packing true`), its 3.x names (`--train_type`) and its JSON form of mappings (`--columns '{"a": "b"}'`)
+are accepted. Every ms-swift 4.6 argument of a command is accepted: a field, a name mapped to one, or a flag
+that is no field here, named on one line saying why (`swift_jax.ms_swift_args`); a config file's `ENV:` block is
+exported before the task imports jax (`swift_jax.config_file`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import sys
-from typing import Any, Sequence, TypeVar, get_type_hints
+import typing
+from types import UnionType
+from typing import Any, Sequence, TypeVar, Union, get_type_hints
 
 import tyro
-import yaml
-
-from swift_jax.engine.args import BACKEND_IGNORED
 
 T = TypeVar("T")
 
-# ms-swift flags with no effect on a swift_jax run, and why; accepted (flag or YAML key) with one logged line.
-IGNORED_FLAGS = {
-    "dataloader_num_workers": "grain reads and tokenises rows in background threads (--dataset_num_proc)",
-    "dataloader_pin_memory": "host batches are handed to JAX directly; there is no CUDA pinned memory",
-    "dataloader_persistent_workers": "the grain pipeline lives for the whole run",
-    "dataloader_prefetch_factor": "batches are prefetched by grain",
-    "deepspeed": "parameters and optimizer state are sharded by the mesh (--fsdp_size); there is no DeepSpeed",
-    "ddp_backend": "JAX picks its collectives (NCCL on GPU, ICI on TPU, gloo on CPU)",
-    "ddp_find_unused_parameters": "there is no DDP: gradients are taken of exactly the trainable parameters",
-    "ddp_timeout": "there is no DDP process group",
-    "check_model": "models are read from local folders or the hub without a ModelScope check",
-    "use_hf": "hub ids are always Hugging Face ids",
-    "hub_token": "set HF_TOKEN in the environment for private hub models",
-    "use_liger_kernel": "the loss is a chunked cross-entropy already (--loss_chunk_size); Liger kernels are PyTorch",
-    "lazy_tokenize": "rows are always tokenised lazily, in background threads",
-    "model_type": "the architecture comes from the checkpoint's config.json model_type",
-    "torch_empty_cache_steps": "there is no PyTorch cache allocator",
-    **BACKEND_IGNORED,
-}
 COMMANDS = {
     "sft": ("swift_jax.train", []),
     "pt": ("swift_jax.pt", []),
@@ -83,39 +65,8 @@ def _to_flags(key: str, value: Any) -> list[str]:
     if isinstance(value, (list, tuple)):
         return [f"--{key}", *map(str, value)] if value else [f"--{key}"]
     if isinstance(value, dict):
-        import json
-
         return [f"--{key}", json.dumps(value)]
     return [f"--{key}", str(value)]
-
-
-def _normalise_bools(argv: list[str], owners) -> list[str]:
-    bool_flags = {f"--{name}" for name, (_, f) in owners.items() if f.type in (bool, bool | None, bool | str)}
-    out = list(argv)
-    for i in range(1, len(out)):
-        if out[i - 1].replace("-", "_").replace("__", "--", 1) in bool_flags and out[i].lower() in ("true", "false"):
-            out[i] = out[i].capitalize()
-    return out
-
-
-def _log_ignored(flag: str, where: str = "") -> None:
-    print(f"{where}ignoring --{flag}: {IGNORED_FLAGS[flag]}", file=sys.stderr)
-
-
-def _drop_ignored(argv: list[str], owners) -> list[str]:
-    """argv without the ms-swift flags in IGNORED_FLAGS (and their values), each named once on stderr."""
-    out, skipping = [], False
-    for arg in argv:
-        if arg.startswith("--"):
-            name = arg[2:].split("=", 1)[0].replace("-", "_")
-            skipping = name in IGNORED_FLAGS and name not in owners
-            if skipping:
-                _log_ignored(name)
-                continue
-        elif skipping:
-            continue
-        out.append(arg)
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -130,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"swift-jax: unknown command {argv[0]!r}; expected one of {listing}", file=sys.stderr)
         raise SystemExit(0 if argv and argv[0] in ("-h", "--help") else 2)
     module, preset = COMMANDS[argv[0]]
+    from swift_jax.config_file import config_path_of, export_env
+
+    config_path, _ = config_path_of(argv[1:])
+    if config_path and os.path.exists(config_path):  # before the task module imports jax
+        export_env(config_path)
     sys.argv = [f"swift-jax {argv[0]}", *preset, *argv[1:]]
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
@@ -139,55 +95,121 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise
 
 
-def parse_config(
-    cls: type[T], argv: Sequence[str] | None = None, *, aliases: dict[str, str] | None = None, defaults: dict[str, Any] | None = None
-) -> T:
-    """Parse `--config FILE.yaml` and flags into the (nested) dataclass `cls`.
+def field_names(cls: type) -> set[str]:
+    """The flat flag names of a (nested) argument dataclass."""
+    return set(_field_owners(_resolve_types(cls)))
 
-    `defaults` are a command's own defaults (e.g. `pt`'s `use_chat_template: false`); the YAML and the flags
-    override them."""
+
+def _flag_groups(argv: list[str]) -> list[tuple[str | None, list[str]]]:
+    """argv as (flag name or None for leading positionals, its value tokens); `--a=b` splits into `--a b`."""
+    groups: list[tuple[str | None, list[str]]] = [(None, [])]
+    for arg in argv:
+        if arg.startswith("--") and len(arg) > 2:
+            name, eq, value = arg[2:].partition("=")
+            groups.append((name.replace("-", "_"), [value] if eq else []))
+        else:
+            groups[-1][1].append(arg)
+    return groups if groups[0][1] else groups[1:]
+
+
+def _kinds(owners, name: str | None) -> set:
+    """The types a field's annotation allows ({bool, NoneType} for `bool | None`); empty for no field."""
+    if name not in owners:
+        return set()
+    tp = owners[name][1].type
+    return {typing.get_origin(t) or t for t in (typing.get_args(tp) if typing.get_origin(tp) in (Union, UnionType) else (tp,))}
+
+
+def _ms_swift_values(groups, owners) -> list[tuple[str | None, list[str]]]:
+    """Values as ms-swift's parser takes them, in tyro's form: booleans in any case (`--packing true`) or bare
+    (`--packing`); a mapping as JSON (`--columns '{"q": "query"}'`, or a YAML mapping) -> `--columns q query`."""
+    out = []
+    for name, values in groups:
+        kinds = _kinds(owners, name)
+        if bool in kinds:
+            values = [v.capitalize() if v.lower() in ("true", "false") else v for v in values] or ["True"]
+        elif dict in kinds and len(values) == 1 and values[0].lstrip().startswith("{"):
+            try:
+                parsed = json.loads(values[0])
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--{name}: expected a JSON object such as '{{\"a\": \"b\"}}', got {values[0]!r} ({err})") from None
+            values = [tok for k, v in parsed.items() for tok in (str(k), v if isinstance(v, str) else json.dumps(v))]
+        out.append((name, values))
+    return out
+
+
+def _accept(groups, owners, *, notes, elsewhere, ignore_errors: bool, source: str | None = None):
+    """The flag groups tyro reads: fields kept; ms-swift arguments that are no field here dropped with one line
+    each saying why (`swift_jax.ms_swift_args`); `--external_plugins` imported where no field takes it. An
+    unknown flag is kept for tyro to refuse, or, with --ignore_args_error true, dropped with a line (ms-swift)."""
+    kept, where = [], f"{source}: " if source else ""
+    for name, values in groups:
+        value = " ".join(values) if values else None
+        if name is None or name in owners:
+            kept.append((name, values))
+        elif name.startswith("no_") and bool in _kinds(owners, name[3:]) and not values:  # HfArgumentParser's --no_X
+            kept.append((name[3:], ["False"]))
+        elif name == "ignore_args_error":
+            continue
+        elif name == "external_plugins":
+            from swift_jax.rewards.plugins import load_plugins
+
+            load_plugins(values)
+        elif name in elsewhere:
+            print(f"{where}ignoring --{name}: {elsewhere[name]}", file=sys.stderr)
+        elif name in notes:
+            print(where + notes[name].message(name, value), file=sys.stderr)
+        elif ignore_errors:
+            print(f"{where}ignoring unknown --{name} (--ignore_args_error true)", file=sys.stderr)
+        elif source:
+            hint = difflib.get_close_matches(name, owners, n=1)
+            raise ValueError(f"{source}: unknown key {name!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                             + "; run with --help for the list of arguments")
+        else:
+            kept.append((name, values))
+    return kept
+
+
+def _flat(groups) -> list[str]:
+    return [tok for name, values in groups for tok in ([f"--{name}"] if name else []) + values]
+
+
+def parse_config(
+    cls: type[T], argv: Sequence[str] | None = None, *, aliases: dict[str, str] | None = None,
+    defaults: dict[str, Any] | None = None, command: str | None = None, elsewhere: dict[str, str] | None = None,
+) -> T:
+    """Parse a config file (`--config FILE` or ms-swift's positional YAML/JSON) and flags into the (nested)
+    dataclass `cls`.
+
+    `defaults` are a command's own defaults (e.g. `pt`'s `use_chat_template: false`); the file and the flags
+    override them. `command` names the ms-swift command whose arguments are accepted with a note where they are
+    no field (`swift_jax.ms_swift_args`); `elsewhere` notes flags that belong to another form of the command
+    (rlhf's preference vs GRPO groups)."""
+    from swift_jax.config_file import config_path_of, read_config
+    from swift_jax.ms_swift_args import aliases_for, notes_for
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    aliases = aliases or {}
-    _resolve_types(cls)
-    owners = _field_owners(cls)
-    config_path = None
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml")):  # ms-swift 4: `swift sft x.yaml`
-        argv = ["--config", *argv]
-    argv = _drop_ignored(argv, owners)
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise SystemExit("--config needs a YAML file path")
-        config_path = argv[i + 1]
-        del argv[i : i + 2]
-    default_flags = [flag for key, value in (defaults or {}).items() for flag in _to_flags(key, value)]
-    yaml_flags: list[str] = []
-    if config_path is not None:
-        if not os.path.exists(config_path):
-            raise FileNotFoundError(f"--config {config_path}: no such file")
-        with open(config_path) as f:
-            loaded = yaml.safe_load(f) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{config_path}: expected a mapping of argument names to values")
-        for key, value in loaded.items():
-            key = aliases.get(key, key)
-            if key in IGNORED_FLAGS and key not in owners:
-                _log_ignored(key, f"{config_path}: ")
-                continue
-            if key not in owners:
-                hint = difflib.get_close_matches(key, owners, n=1)
-                raise ValueError(
-                    f"{config_path}: unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                    + "; run with --help for the list of arguments"
-                )
-            yaml_flags += _to_flags(key, value)
-    argv = [("--" + aliases[a[2:]]) if a.startswith("--") and a[2:] in aliases else a for a in argv]
-    # Flags after the YAML's: the last occurrence wins, so the command line overrides the file.
+    aliases = {**(aliases or {}), **(aliases_for(command) if command else {})}
+    notes = notes_for(command) if command else {}
+    owners = _field_owners(_resolve_types(cls))
+    config_path, argv = config_path_of(argv)
+    rename = lambda groups: [(aliases.get(n, n), v) for n, v in groups]
+    default_groups = _flag_groups([flag for key, value in (defaults or {}).items() for flag in _to_flags(key, value)])
+    file_groups = rename(_flag_groups([f for k, v in read_config(config_path).items() for f in _to_flags(k, v)])) if config_path else []
+    argv_groups = rename(_flag_groups(argv))
+    ignore_errors = False
+    for name, values in file_groups + argv_groups:
+        if name == "ignore_args_error":
+            ignore_errors = (values or ["true"])[-1].lower() == "true"
+    kw = dict(notes=notes, elsewhere=elsewhere or {}, ignore_errors=ignore_errors)
+    file_groups = _accept(file_groups, owners, source=config_path, **kw)
+    argv_groups = _accept(argv_groups, owners, **kw)
+    # Flags after the file's: the last occurrence wins, so the command line overrides the file.
     args = tyro.cli(
         cls,
-        args=_normalise_bools(default_flags + yaml_flags + argv, owners),
+        args=_flat(_ms_swift_values(default_groups + file_groups + argv_groups, owners)),
         config=(tyro.conf.OmitArgPrefixes, tyro.conf.FlagConversionOff),
     )
-    # Which arguments the user set (YAML or flags), e.g. to refuse a flag that conflicts with --adapters.
-    args.explicit_flags = frozenset(a[2:].replace("-", "_") for a in yaml_flags + argv if a.startswith("--") and a[2:].replace("-", "_") in owners)
+    # Which arguments the user set (file or flags), e.g. to refuse a flag that conflicts with --adapters.
+    args.explicit_flags = frozenset(n for n, _ in file_groups + argv_groups if n in owners)
     return args

@@ -4,7 +4,10 @@ groups of `swift_jax.arguments` (model, adapters, template inside DataArgs) nest
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import sys
+from typing import Literal
 
 from swift_jax.arguments import AdapterArgs, ModelArgs
 from swift_jax.data.args import DataArgs
@@ -130,8 +133,19 @@ class TrainingArgs:
     learning_rate: float | None = None
     """Peak learning rate. Default: 1e-4 for lora/qlora, 1e-5 for full (as ms-swift)."""
     lr_scheduler_type: str = "cosine"
-    """cosine | linear | constant (after linear warmup; decays to 0)."""
+    """transformers' schedules: cosine | linear | constant_with_warmup | cosine_with_min_lr | cosine_with_restarts
+    (linear warmup, then the decay to 0 or the floor) | constant (no warmup, as transformers)."""
+    lr_scheduler_kwargs: str | None = None
+    """JSON keyword arguments of the schedule: {"min_lr": 1e-6} or {"min_lr_rate": 0.1} (cosine_with_min_lr),
+    {"num_cycles": N} (cosine, cosine_with_restarts)."""
     warmup_ratio: float = 0.0
+    """Fraction of the optimizer steps spent in linear warmup (not together with --warmup_steps, as ms-swift)."""
+    warmup_steps: float = 0
+    """Warmup steps; a value below 1 is a fraction of the steps (transformers 5's float warmup_steps)."""
+    optim: str = "adamw_torch"
+    """transformers' optimizer names, run by their optax rule: adamw_torch | adamw_torch_fused (AdamW),
+    adafactor, sgd, adagrad, rmsprop, lion_32bit; the 8-bit/4-bit names (adamw_8bit, adamw_bnb_8bit, lion_8bit,
+    paged_*) run the 32-bit rule with one warning line."""
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -154,11 +168,32 @@ class TrainingArgs:
     """MoE models: weight of the router load-balancing loss added to the training loss. Default: the
     model config's router_aux_loss_coef if its output_router_logits is true (as transformers), else 0."""
     logging_steps: int = 5
+    logging_first_step: bool = True
+    """Also log the first step (ms-swift's default, transformers' flag)."""
+    save_strategy: Literal["steps", "epoch", "best", "no"] = "steps"
+    """When to write checkpoints: every --save_steps and at the end | at each epoch's end | when the evaluated
+    --metric_for_best_model improves | never."""
     save_steps: int = 500
     save_total_limit: int | None = None
     """Keep only the newest N checkpoints, and always the best by eval loss (so 1 may keep 2); None: all."""
     eval_steps: int | None = None
     """Evaluate every N steps (default: save_steps) when there is a validation split."""
+    eval_strategy: Literal["steps", "epoch", "no"] | None = None
+    """When to evaluate on the validation split: every --eval_steps and at the end | at each epoch's end | never.
+    Default: --save_strategy (no without a validation split), as ms-swift."""
+    save_only_model: bool = False
+    """Checkpoints hold the trained weights but no optimizer state or data position (smaller; they resume only
+    with --resume_only_model)."""
+    metric_for_best_model: str | None = None
+    """The eval metric that picks the best checkpoint (`loss`, `token_acc`, ...; eval_ may be omitted). Default: loss."""
+    greater_is_better: bool | None = None
+    """Whether a larger --metric_for_best_model is better. Default: false for metrics named *loss*, else true."""
+    load_best_model_at_end: bool = False
+    """After training, load the best checkpoint's weights (what --num_predict_samples then answers with), as
+    transformers; needs --eval_strategy equal to --save_strategy."""
+    early_stop_interval: int | None = None
+    """Stop training after this many checkpoint saves in a row without a better --metric_for_best_model
+    (ms-swift's EarlyStopCallback)."""
     resume_from_checkpoint: str | None = None
     """A checkpoint folder (output_dir/vN-.../checkpoint-STEP) to continue exactly from. As in ms-swift, the
     resumed run writes a new vN- folder whose log begins at the next step."""
@@ -183,10 +218,79 @@ class TrainingArgs:
     """Shuffle the training samples every epoch."""
     report_to: list[str] = dataclasses.field(default_factory=lambda: ["tensorboard"])
     """tensorboard and/or none."""
+    acc_strategy: Literal["token", "seq"] = "token"
+    """Accuracy logged in training and evaluation: token (token_acc, the share of target tokens predicted) | seq
+    (seq_acc, the share of samples whose every target token is predicted; packed samples counted apart)."""
+    bf16: bool | None = None
+    """true: compute in bfloat16 (ms-swift's mixed precision; full fine-tuning keeps float32 master weights)."""
+    fp16: bool | None = None
+    """true: JAX has no loss scaling (torch's GradScaler), so training computes in bfloat16 instead (one warning)."""
+    group_by_length: bool = False
+    """ms-swift/transformers' length-grouped batches: not implemented; one warning line (each batch is padded to its
+    own length bucket already, and --packing removes padding)."""
+    predict_with_generate: bool = False
+    """ms-swift's generation metrics during evaluation: not implemented; one warning line (evaluation reports loss
+    and accuracy; --num_predict_samples N answers held-out rows by generation after training)."""
     num_predict_samples: int = 0
     """After training, answer the first N rows of the first --val_dataset file greedily, print a few
     question/answer pairs and the exact-match rate (0: off)."""
     predict_max_new_tokens: int = 64
+
+    def warmup_steps_for(self, total_steps: int) -> int:
+        """transformers' get_warmup_steps: --warmup_steps when >= 1, else that fraction (or --warmup_ratio) of the
+        optimizer steps, rounded up."""
+        if self.warmup_steps >= 1:
+            return int(self.warmup_steps)
+        return math.ceil(total_steps * (self.warmup_steps or self.warmup_ratio))
+
+    def scheduler_kwargs(self) -> dict:
+        """--lr_scheduler_kwargs as a dict (a JSON object, or a dict from YAML)."""
+        value = self.lr_scheduler_kwargs
+        if not value:
+            return {}
+        try:
+            parsed = json.loads(value) if isinstance(value, str) else dict(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--lr_scheduler_kwargs {value!r} is not a JSON object ({err}); e.g. '{{\"min_lr\": 1e-6}}'") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"--lr_scheduler_kwargs {value!r}: expected a JSON object")
+        return parsed
+
+    def validate(self, has_val: bool) -> None:
+        """ms-swift's and transformers' checks and derived defaults of the schedule, optimizer, evaluation and
+        checkpoint flags; `has_val`: a validation split will exist."""
+        from swift_jax.trainer.optim import learning_rate_schedule, resolve_optim
+
+        if self.warmup_ratio and self.warmup_steps:
+            raise ValueError("--warmup_ratio and --warmup_steps cannot be set at the same time (as ms-swift)")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+        learning_rate_schedule(self.lr_scheduler_type, self.learning_rate, 2, 0, self.scheduler_kwargs())
+        resolve_optim(self.optim)
+        if self.eval_strategy is None:  # ms-swift: follow save_strategy, or never without validation data
+            self.eval_strategy = ("steps" if self.save_strategy == "best" else self.save_strategy) if has_val else "no"
+        if self.save_strategy == "best" and self.eval_strategy == "no":
+            raise ValueError("--save_strategy best saves when an evaluation improves; it needs --eval_strategy steps|epoch "
+                             "and a validation split")
+        if self.metric_for_best_model is None:
+            self.metric_for_best_model = "loss"
+        if self.greater_is_better is None:
+            self.greater_is_better = "loss" not in self.metric_for_best_model
+        if self.load_best_model_at_end:
+            if self.save_strategy != "best" and self.eval_strategy != self.save_strategy:
+                raise ValueError(f"--load_best_model_at_end requires --save_strategy and --eval_strategy to match, "
+                                 f"got save_strategy={self.save_strategy} and eval_strategy={self.eval_strategy}")
+            if self.save_strategy == "steps" and self.save_steps % self.eval_steps:
+                raise ValueError(f"--load_best_model_at_end requires --save_steps to be a multiple of --eval_steps, got "
+                                 f"{self.save_steps} and {self.eval_steps}")
+        if self.group_by_length:
+            print("--group_by_length: batches keep the shuffled order (length grouping is not implemented); each batch "
+                  "is padded to its own length bucket", file=sys.stderr)
+        if self.predict_with_generate:
+            print("--predict_with_generate: evaluation reports loss and accuracy, not generated-text metrics; "
+                  "--num_predict_samples N answers held-out rows by generation after training", file=sys.stderr)
+        if self.early_stop_interval is not None and self.early_stop_interval < 1:
+            raise ValueError(f"--early_stop_interval must be >= 1, got {self.early_stop_interval}")
 
 
 @dataclasses.dataclass
@@ -216,6 +320,19 @@ class TrainArguments:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {t.warmup_ratio}")
         if t.eval_steps is None:
             t.eval_steps = t.save_steps
+        has_val = bool(self.data.val_dataset) or self.data.split_dataset_ratio > 0
+        t.validate(has_val)
+        if t.eval_strategy == "no" and self.data.split_dataset_ratio > 0:
+            self.data.split_dataset_ratio = 0.0  # as ms-swift: nothing would read the held-out rows
+        self._mixed_precision()
+        d = self.data
+        if d.padding_free and not d.packing:
+            print("--padding_free true: samples are packed into --max_length rows (--packing true: the static-shape form "
+                  "of a padding-free batch)", file=sys.stderr)
+            d.packing = True
+        if d.packing_length is not None and (not d.packing or d.packing_length < d.max_length):
+            raise ValueError(f"--packing_length {d.packing_length} sets the length of packed rows: it needs --packing true "
+                             f"and at least --max_length ({d.max_length})")
         from swift_jax.models.remat import check_remat
 
         try:
@@ -231,6 +348,21 @@ class TrainArguments:
             flag = "--resume_only_model" if t.resume_only_model else "--ignore_data_skip"
             raise ValueError(f"{flag} needs --resume_from_checkpoint")
         return self
+
+    def _mixed_precision(self) -> None:
+        """--bf16 / --fp16 (ms-swift's autocast flags) as the compute dtype: bfloat16 either way, since JAX has no
+        loss scaling for float16 (one line says so)."""
+        t, m = self.training, self.model_args
+        if t.bf16 and t.fp16:
+            raise ValueError("--bf16 and --fp16 cannot both be true")
+        if t.fp16:
+            print("--fp16 true: JAX has no float16 loss scaling (torch's GradScaler); computing in bfloat16 instead",
+                  file=sys.stderr)
+        if (t.bf16 or t.fp16) and m.dtype not in ("bfloat16", "bf16"):
+            if m.dtype is not None:
+                flag = "--bf16" if t.bf16 else "--fp16"
+                print(f"{flag} true with --dtype {m.dtype}: computing in bfloat16 (as ms-swift's autocast)", file=sys.stderr)
+            m.dtype = "bfloat16"
 
     def accumulation_steps(self, batch_devices: int) -> int:
         """ms-swift's default: enough micro-batches for a global batch of 16 samples."""

@@ -95,10 +95,10 @@ class make_server:  # noqa: N801 (the name of the standard library's server fact
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_config(DeployArgs, argv, aliases=ALIASES)
+    args = parse_config(DeployArgs, argv, aliases=ALIASES, command="deploy")
     plain, named = named_adapters(args.adapters)
-    model, tokenizer = load_for_inference(args.model, plain, args.dtype, tensor_parallel_size=args.resolve().tensor_parallel_size,
-                                          named=list(named.values()))
+    model, tokenizer = load_for_inference(args.model, plain, args.dtype, args.adjust_config(), args.new_special_tokens,
+                                          tensor_parallel_size=args.resolve().tensor_parallel_size, named=list(named.values()))
     vision, args = vision_for_inference(args, model.config)
     adapters = adapter_variants(model, named)
     chat = ChatServer(Generator(model, tokenizer, max_batch_size=args.max_batch_size), args, vision, adapters)

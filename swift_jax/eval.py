@@ -35,10 +35,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, TemplateArgs
+from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, SavedArgs, TemplateArgs
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
 from swift_jax.data.frontend import prompt_of, read_rows
+from swift_jax.data.resolve import LoadOptions
 from swift_jax.data.media import row_media
 from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.data.templates import IGNORE
@@ -48,7 +49,7 @@ from swift_jax.infer import load_for_inference
 
 
 @dataclasses.dataclass
-class EvalArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs, EngineArgs):
+class EvalArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs, GenerationArgs, EngineArgs):
     """Arguments of `swift_jax.eval`: the shared model, adapter, template and generation groups
     (`swift_jax.arguments`), the engine's size (`engine.args`), plus the task settings (names follow ms-swift's
     EvalArguments)."""
@@ -278,10 +279,10 @@ def evaluate(model: nnx.Module, tokenizer, args: EvalArgs) -> dict[str, dict[str
     scorer = Scorer(model, max_batch_size=args.max_batch_size, max_length=args.max_length)
     gen = args.generator(model, tokenizer, max_batch_size=args.max_batch_size)
     vision, args = vision_for_inference(args, model.config)
-    encoder = args.trained_encoder(tokenizer, *args.adapters, args.model)
+    encoder = args.trained_encoder(tokenizer, *args.trained_run())
     results = {}
     for path in args.eval_dataset:
-        rows = read_rows(path, args.eval_limit)
+        rows = read_rows(path, args.eval_limit, LoadOptions.of(args, shuffle=False))
         if not rows:
             raise ValueError(f"{path}: no rows to evaluate")
         name = os.path.basename(path)
@@ -307,10 +308,10 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
-    args = parse_config(EvalArgs, argv, aliases=ALIASES)
+    args = parse_config(EvalArgs, argv, aliases=ALIASES, command="eval")
     if not args.eval_dataset:
         raise ValueError("--eval_dataset is required: one or more task files (see python -m swift_jax.eval --help)")
-    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype)
+    model, tokenizer = load_for_inference(args.model, args.adapters, args.dtype, args.adjust_config(), args.new_special_tokens)
     results = evaluate(model, tokenizer, args)
     os.makedirs(os.path.dirname(os.path.abspath(args.result_path)), exist_ok=True)
     with open(args.result_path, "w") as f:

@@ -19,10 +19,12 @@ import os
 import sys
 from typing import Sequence
 
-from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, TemplateArgs
+from swift_jax.arguments import AdapterArgs, GenerationArgs, ModelArgs, SavedArgs, TemplateArgs
 from swift_jax.cli import parse_config
 from swift_jax.config import ALIASES
+from swift_jax.data.cached import cached_rows
 from swift_jax.data.frontend import encode_chat, prompt_of, read_rows, row_messages
+from swift_jax.data.resolve import LoadOptions
 from swift_jax.data.media import row_media
 from swift_jax.data.vision import prompt_inputs, vision_for_inference
 from swift_jax.engine.args import EngineArgs
@@ -32,7 +34,7 @@ __all__ = ["InferArgs", "encode_chat", "infer_dataset", "chat_loop", "load_for_i
 
 
 @dataclasses.dataclass
-class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs, EngineArgs):
+class InferArgs(ModelArgs, AdapterArgs, SavedArgs, TemplateArgs, GenerationArgs, EngineArgs):
     """Arguments of `swift_jax.infer`: the shared model, adapter, template and generation groups
     (`swift_jax.arguments`), the engine's size and ms-swift's backend options (`engine.args`), plus the dataset
     and batch settings of ms-swift's InferArguments."""
@@ -43,15 +45,40 @@ class InferArgs(ModelArgs, AdapterArgs, TemplateArgs, GenerationArgs, EngineArgs
     """Rows to answer (any format training reads); none: interactive chat."""
     val_dataset_sample: int | None = None
     """Use only the first N rows of each file."""
+    cached_val_dataset: list[str] = dataclasses.field(default_factory=list)
+    """Rows to answer from folders written by `export --to_cached_dataset true` (its DIR/val), before
+    --val_dataset's, as ms-swift's infer reads them (`swift_jax.data.cached`)."""
     result_path: str | None = None
     """Batch results; default: infer_result.jsonl next to the dataset."""
     max_batch_size: int = 16
     """Prompts generated together (the engine's slots, unless --max_num_seqs says otherwise)."""
+    merge_lora: bool = False
+    """Merge --adapters into the base first (written once to FIRST_ADAPTER-merged, reused when it exists, as
+    ms-swift), then answer with the merged model."""
+
+    def trained_run(self) -> tuple[str | None, ...]:
+        """The checkpoints whose args.json this run reads (`--adapters name=path`: the path)."""
+        plain, named = named_adapters(self.adapters)
+        return (*plain, *named.values(), self.model) if self.load_args else ()
 
     def chat_encoder(self, tokenizer):
         """The prompt renderer: these arguments, else what the checkpoint was trained with (its args.json)."""
-        plain, named = named_adapters(self.adapters)
-        return self.trained_encoder(tokenizer, *plain, *named.values(), self.model)
+        return self.trained_encoder(tokenizer, *self.trained_run())
+
+    def load_data(self) -> None:
+        """--load_data_args: the rows to answer (--val_dataset) and their --columns from the checkpoint's training
+        run, where not given (ms-swift's `swift infer --load_data_args true`)."""
+        from swift_jax.data.frontend import trained_args
+
+        if self.load_data_args and self.load_args and not self.val_dataset:
+            saved = trained_args(*self.trained_run())
+            self.val_dataset = list(saved.get("val_dataset") or [])
+            self.columns = self.columns or dict(saved.get("columns") or {})
+            if not self.val_dataset:
+                held_out = f" (it held out --split_dataset_ratio {saved['split_dataset_ratio']} of --dataset, which " \
+                           "infer does not carve again)" if saved.get("split_dataset_ratio") else ""
+                raise ValueError(f"--load_data_args true: the checkpoint's training run has no --val_dataset{held_out}; "
+                                 "pass the rows to answer with --val_dataset")
 
 
 def named_adapters(entries: Sequence[str]) -> tuple[list[str], dict[str, str]]:
@@ -74,10 +101,12 @@ def adapter_variants(model, named: dict[str, str]) -> dict:
     return {name: _apply_adapters(nnx.merge(*nnx.split(model)), [path]) for name, path in named.items()}
 
 
-def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None, *,
-                       tensor_parallel_size: int = 1, named: Sequence[str] = ()):
-    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`; with `tensor_parallel_size` > 1
-    sharded over that many devices (the mesh's tensor axis).
+def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: str | None = None, adjust_config=None,
+                       new_tokens: Sequence[str] = (), *, tensor_parallel_size: int = 1, named: Sequence[str] = ()):
+    """Model (with LoRA adapters applied) and tokenizer, ready for `Generator`; `adjust_config`: see
+    `ModelArgs.adjust_config` (--rope_scaling, --max_model_len); `new_tokens`: --new_special_tokens (a checkpoint
+    trained with them brings its own tokenizer); with `tensor_parallel_size` > 1 sharded over that many devices
+    (the mesh's tensor axis).
 
     Without `model`, the base model recorded in the first adapter's adapter_config.json is used (as
     ms-swift: `--adapters CKPT` alone is enough); `named`: the folders of named adapters, for that lookup.
@@ -92,15 +121,19 @@ def load_for_inference(model: str | None, adapters: Sequence[str] = (), dtype: s
         if not adapters and not named:
             raise ValueError("--model is required (or --adapters CKPT, whose base model is then used)")
         model = base_model_of([*adapters, *named][0])
+    from swift_jax.hf.special_tokens import add_new_special_tokens, checkpoint_tokenizer
+
     mesh = None
     if tensor_parallel_size > 1:
         from swift_jax.parallel import make_mesh
 
         mesh = make_mesh(fsdp_size=1, tensor_parallel_size=tensor_parallel_size)
-    loaded = swift_jax.load_model(model, dtype=dtype, mesh=mesh)
+    loaded = swift_jax.load_model(model, dtype=dtype, adjust_config=adjust_config, mesh=mesh)
+    tokenizer = checkpoint_tokenizer(model, adapters)
+    add_new_special_tokens(loaded, tokenizer, list(new_tokens))  # grows the vocabulary to the tokenizer's
     if adapters:
         loaded = _apply_adapters(loaded, adapters)
-    return loaded, swift_jax.load_tokenizer(model)
+    return loaded, tokenizer
 
 
 def _apply_adapters(model, adapters: Sequence[str]):
@@ -118,13 +151,15 @@ def _apply_adapters(model, adapters: Sequence[str]):
 
 
 def infer_dataset(gen: Generator, args: InferArgs, vision=None) -> str:
-    """Answer every row of `args.val_dataset`; write the rows with `response` added; return the path.
-    `vision` (`data.vision.VisionData`): the model reads the rows' images / videos."""
-    result_path = args.result_path or os.path.join(os.path.dirname(os.path.abspath(args.val_dataset[0])), "infer_result.jsonl")
+    """Answer every row of `args.cached_val_dataset` and `args.val_dataset`; write the rows with `response` added;
+    return the path. `vision` (`data.vision.VisionData`): the model reads the rows' images / videos."""
+    sources = [(path, cached_rows(path)) for path in args.cached_val_dataset]
+    sources += [(path, read_rows(path, args.val_dataset_sample, LoadOptions.of(args, shuffle=False))) for path in args.val_dataset]
+    result_path = args.result_path or os.path.join(os.path.dirname(os.path.abspath(sources[0][0])), "infer_result.jsonl")
     encoder = args.chat_encoder(gen.tokenizer)
     rows, prompts = [], []
-    for path in args.val_dataset:
-        for i, row in enumerate(read_rows(path, args.val_dataset_sample)):
+    for path, path_rows in sources:
+        for i, row in enumerate(path_rows):
             where = f"{path} row {i}"
             prompt = prompt_of(row, where=where, columns=args.columns, media=vision is not None)
             rows.append(row)
@@ -170,14 +205,30 @@ def chat_loop(gen: Generator, args: InferArgs, stdin=sys.stdin, stdout=sys.stdou
         history.append({"role": "assistant", "content": response})
 
 
+def merged_for_inference(args: InferArgs) -> InferArgs:
+    """`--merge_lora`: the arguments with the adapters merged into `FIRST_ADAPTER-merged` (export's merge; an
+    existing folder is reused, as ms-swift's merge_lora skips it) as the model, and no adapters."""
+    if not (args.merge_lora and args.adapters):
+        return args
+    from swift_jax.export import ExportArgs, export
+
+    merged = f"{os.path.abspath(args.adapters[0]).rstrip('/')}-merged"
+    if not os.path.isdir(merged):
+        export(ExportArgs(model=args.model, adapters=list(args.adapters), dtype=args.dtype, merge_lora=True, output_dir=merged))
+    print(f"[INFO] --merge_lora: answering with {merged}")
+    return dataclasses.replace(args, model=merged, adapters=[])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_config(InferArgs, argv, aliases=ALIASES)
+    args = parse_config(InferArgs, argv, aliases=ALIASES, command="infer")
+    args.load_data()
+    args = merged_for_inference(args)
     plain, named = named_adapters(args.adapters)
-    model, tokenizer = load_for_inference(args.model, plain, args.dtype, tensor_parallel_size=args.resolve().tensor_parallel_size,
-                                          named=list(named.values()))
+    model, tokenizer = load_for_inference(args.model, plain, args.dtype, args.adjust_config(), args.new_special_tokens,
+                                          tensor_parallel_size=args.resolve().tensor_parallel_size, named=list(named.values()))
     vision, args = vision_for_inference(args, model.config)
     gen = args.generator(model, tokenizer, max_batch_size=args.max_batch_size)
-    if args.val_dataset:
+    if args.val_dataset or args.cached_val_dataset:
         infer_dataset(gen, args, vision)
     else:
         chat_loop(gen, args)

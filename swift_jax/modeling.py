@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -129,6 +129,7 @@ def load_model(
     mesh: Mesh | None = None,
     param_dtype: Any = None,
     scan_layers: bool = True,
+    adjust_config: Callable[[dict], dict] | None = None,
 ) -> nnx.Module:
     """Load an HF safetensors checkpoint (local folder or hub id) into our Flax model.
 
@@ -138,11 +139,14 @@ def load_model(
     `mesh` shards parameters by their logical axes; default: the first device.
     `scan_layers` (default) stacks each run of identical layers into `[layers, ...]` arrays, filled from
     the per-layer HF tensors; False builds one module per layer.
+    `adjust_config` maps the checkpoint's HF config dict before the model is built (`--rope_scaling`).
     A checkpoint with `score.weight` (a reward model, saved as `*ForSequenceClassification`) loads with its
     value head (`model.score`). Raises one error listing every missing, unexpected or mis-shaped tensor.
     """
     model_dir = resolve_model_dir(path_or_hub_id)
-    cfg, arch = model_config(read_hf_config(model_dir), dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
+    hf_config = read_hf_config(model_dir)
+    hf_config = adjust_config(hf_config) if adjust_config else hf_config
+    cfg, arch = model_config(hf_config, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
     reader = SafetensorsReader(model_dir, arch.hf_aliases)
     with_head = HEAD_RULES["score.kernel"].hf in set(reader.names())  # a reward model (`--rlhf_type rm`)
     abstract = nnx.eval_shape(lambda: _with_value_head(arch.module(cfg, rngs=nnx.Rngs(0)), with_head))

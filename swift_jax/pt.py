@@ -10,4 +10,4 @@ PT_DEFAULTS = {"use_chat_template": False}
 """ms-swift's PretrainArguments: no chat template, so every token is trained (its loss_scale 'all')."""
 
 if __name__ == "__main__":
-    main(defaults=PT_DEFAULTS)
+    main(defaults=PT_DEFAULTS, command="pt")

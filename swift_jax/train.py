@@ -19,16 +19,16 @@ def train(args: TrainArguments, method=None) -> dict[str, Any]:
     return Trainer(args, method).train()
 
 
-def run_command(argv: Sequence[str] | None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_command(argv: Sequence[str] | None, defaults: dict[str, Any] | None = None, command: str = "sft") -> dict[str, Any]:
     """Parse `argv` (YAML + flags) over the command's `defaults` and train."""
-    args = parse_config(TrainArguments, argv, aliases=ALIASES, defaults=defaults).validate()
+    args = parse_config(TrainArguments, argv, aliases=ALIASES, defaults=defaults, command=command).validate()
     return train(args)
 
 
-def main(argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None, defaults: dict[str, Any] | None = None, command: str = "sft") -> dict[str, Any]:
     """The command-line entry: errors a user can fix are printed as one line with exit status 1."""
     try:
-        return run_command(argv, defaults)
+        return run_command(argv, defaults, command)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -42,10 +42,11 @@ def build_tokenizer(vocab_size: int = 320) -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_chat_model(path: str, model_type: str = "qwen2", seed: int = 0) -> str:
-    """Write a tiny random `model_type` checkpoint plus the tokenizer into `path`; returns the path."""
+def build_chat_model(path: str, model_type: str = "qwen2", seed: int = 0, **overrides) -> str:
+    """Write a tiny random `model_type` checkpoint (config `overrides` on tiny_models' sizes) plus the
+    tokenizer into `path`; returns the path."""
     tok = build_tokenizer()
-    hf = build_hf_model(model_type, seed=seed, vocab_size=len(tok), eos_token_id=tok.eos_token_id)
+    hf = build_hf_model(model_type, seed=seed, vocab_size=len(tok), eos_token_id=tok.eos_token_id, **overrides)
     save_hf_model(hf, path)
     tok.save_pretrained(path)
     assert os.path.exists(os.path.join(path, "tokenizer.json"))

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from infer_fixtures import build_chat_model
-from swift_jax.data.bundled import resolve_bundled, self_cognition_rows
+from swift_jax.data.frontend import read_rows
+from swift_jax.data.resolve import LoadOptions
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
@@ -25,19 +26,24 @@ def model(tmp_path_factory):
     return build_chat_model(tmp_path_factory.mktemp("model"))
 
 
+def self_cognition_rows(entry: str = "swift/self-cognition", **names) -> list[dict]:
+    """The registered self-cognition set as training reads it (bundled file, ms-swift's preprocessor)."""
+    return read_rows(entry, options=LoadOptions(model_name=names.get("name"), model_author=names.get("author")))
+
+
 def test_self_cognition_fills_name_and_author_by_language():
-    rows = self_cognition_rows(model_name=["小黄", "Xiao Huang"], model_author=["魔搭", "ModelScope"])
-    assert rows and all("{{" not in r["query"] + r["response"] for r in rows)
-    assert any("Xiao Huang" in r["response"] and "ModelScope" in r["response"] for r in rows)
-    assert any("小黄" in r["response"] for r in rows) and not any("Xiao Huang" in r["response"] and "魔搭" in r["response"] for r in rows)
-    one = self_cognition_rows(model_name=["swift-robot"], model_author=["swift"])  # one value serves zh and en
-    assert sum("swift-robot" in r["response"] for r in one) == sum("{{NAME}}" in r["response"] for r in self_cognition_rows())
-    qwen3 = self_cognition_rows("qwen3")
-    assert qwen3[0]["query"].endswith(" /no_think") and qwen3[0]["response"].startswith("<think>\n\n</think>\n\n")
-    (local,) = resolve_bundled(["swift/self-cognition#500"], ["swift-robot"], ["swift"])
-    path, count = local.rsplit("#", 1)
-    assert count == "500" and os.path.isfile(path)
-    assert resolve_bundled(["data/mine.jsonl#5"]) == ["data/mine.jsonl#5"]
+    rows = self_cognition_rows(name=("小黄", "Xiao Huang"), author=("魔搭", "ModelScope"))
+    texts = [" ".join(m["content"] for m in r["messages"]) for r in rows]
+    assert rows and all("{{" not in t for t in texts)
+    assert any("Xiao Huang" in t and "ModelScope" in t for t in texts)
+    assert any("小黄" in t for t in texts) and not any("Xiao Huang" in t and "魔搭" in t for t in texts)
+    one = self_cognition_rows(name=("swift-robot",), author=("swift",))  # one value serves zh and en
+    unfilled = self_cognition_rows()
+    assert sum("swift-robot" in r["messages"][-1]["content"] for r in one) == sum("{{NAME}}" in r["messages"][-1]["content"] for r in unfilled)
+    qwen3 = self_cognition_rows("self-cognition:qwen3")
+    assert qwen3[0]["messages"][0]["content"].endswith(" /no_think")
+    assert qwen3[0]["messages"][1]["content"].startswith("<think>\n\n</think>\n\n")
+    assert len(self_cognition_rows("swift/self-cognition#500")) == 500
 
 
 def test_unknown_subcommand_and_help():
@@ -80,7 +86,7 @@ def test_positional_yaml_and_merge_lora(model, tmp_path):
                       f"report_to: [none]\ndeepspeed: zero3\noutput_dir: {tmp_path / 'out'}\nsystem: Be brief.\n")
     out = swift_jax("sft", str(recipe), "--lora_rank", "2")
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-    assert f"{recipe}: ignoring --deepspeed: parameters and optimizer state are sharded" in out.stderr
+    assert f"{recipe}: ignoring --deepspeed: sharding comes from the mesh: --fsdp_size" in out.stderr
     (run_dir,) = [os.path.join(tmp_path / "out", d) for d in os.listdir(tmp_path / "out")]
     assert json.load(open(os.path.join(run_dir, "args.json")))["lora_rank"] == 2  # the flag overrides the YAML
     merged = tmp_path / "merged"

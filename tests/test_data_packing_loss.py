@@ -55,3 +55,26 @@ def test_packed_loss_equals_unpacked_loss(tmp_path):
     packed_loss, unpacked_loss = token_mean_loss(model, packed), token_mean_loss(model, unpacked)
     assert np.isfinite(packed_loss) and packed_loss > 1.0  # a random model is far from the targets
     np.testing.assert_allclose(packed_loss, unpacked_loss, rtol=1e-5)
+
+
+def test_padding_side_left_pads_before_each_sample_and_keeps_the_loss(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"reverse {w}" * (1 + i)}, {"role": "assistant", "content": w[::-1]}]}
+            for i, w in enumerate(["hello", "world", "jax", "flax"])]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = bundled_tokenizer()
+    batch = {}
+    for side in ("right", "left"):
+        pipe = build_data(DataArgs(dataset=[str(path)], max_length=128, padding_side=side, dataset_shuffle=False), tokenizer, batch_size=4)
+        batch[side] = next(pipe.train_iterator())
+        assert pipe.val_batches() == []
+    left, right = batch["left"], batch["right"]
+    assert (left["segment_ids"][:, -1] == 1).all() and (left["segment_ids"][:, 0] == 0).all()  # real tokens at the end
+    for r in range(4):
+        np.testing.assert_array_equal(left["input_ids"][r][left["segment_ids"][r] > 0], right["input_ids"][r][right["segment_ids"][r] > 0])
+        assert left["positions"][r][left["segment_ids"][r] > 0][0] == 0
+    config = {**BASE, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": len(tokenizer), "max_position_embeddings": 128}
+    model = swift_jax.init_model(config, dtype="float32", seed=0)
+    loss = token_mean_loss(model, left)
+    assert np.isfinite(loss) and loss > 1.0
+    np.testing.assert_allclose(loss, token_mean_loss(model, right), rtol=1e-5)

@@ -226,3 +226,11 @@ def test_inspect_shows_trained_part_and_statistics(capsys):
     assert out.count("--- sample ") == 2 + 1  # two samples, then the "sample lengths" header
     assert "<|im_start|>assistant\n[[" in out and "<|im_end|>\n]]" in out
     assert "sample lengths" in out and f"packing_efficiency: {stats['packing_efficiency']}" in out
+
+
+def test_packing_length_sets_the_row_length_and_max_length_the_sample_length(jsonl):
+    pipe = build([jsonl], batch_size=2, max_length=40, packing=True, packing_length=160)
+    batch = next(pipe.train_iterator())
+    assert batch["input_ids"].shape == (2, 160) and batch["segment_ids"].max() >= 3  # several samples per row
+    for row in batch["segment_ids"]:
+        assert max(int((row == s).sum()) for s in range(1, row.max() + 1)) <= 40

@@ -213,3 +213,30 @@ def test_rows_without_a_trainable_token_are_dropped_and_counted():
     assert process((row, "f.jsonl")) is None
     assert process((EXPECTED[1:2] and {"messages": EXPECTED[1:2]}, "f.jsonl")) is None  # no assistant turn
     assert process.counters.as_dict()["dropped_no_target"] == 2
+
+
+def test_truncation_strategy_split_cuts_long_rows_into_max_length_samples(tmp_path):
+    # ms-swift's template: pieces ids[i:i + max_length], each with its first label ignored
+    from swift_jax.data import build_data
+
+    tokenizer = bundled_tokenizer()
+    text = " ".join(f"word{i}" for i in range(40))
+    full = SampleProcessor(DataArgs(max_length=4096, use_chat_template=False), tokenizer)(({"text": text}, "f.jsonl"))
+    n = len(full["input_ids"])
+    process = SampleProcessor(DataArgs(max_length=16, truncation_strategy="split", use_chat_template=False), tokenizer)
+    pieces = process.samples_of(({"text": text}, "f.jsonl"))
+    assert len(pieces) == -(-n // 16) > 2 and [len(p["input_ids"]) for p in pieces[:-1]] == [16] * (len(pieces) - 1)
+    np.testing.assert_array_equal(np.concatenate([p["input_ids"] for p in pieces]), full["input_ids"])
+    for i, piece in enumerate(pieces):
+        expected = full["input_ids"][16 * i : 16 * (i + 1)].copy()
+        expected[0] = IGNORE
+        np.testing.assert_array_equal(piece["labels"], expected)
+    data = tmp_path / "pt.jsonl"
+    data.write_text(json.dumps({"text": text}) + "\n")
+    pipe = build_data(DataArgs(dataset=[str(data)], max_length=16, truncation_strategy="split", use_chat_template=False),
+                      tokenizer, batch_size=1)
+    assert pipe.steps_per_epoch == len(pieces)  # an epoch counts the pieces
+    stream = list(pipe.samples(num_epochs=1))
+    assert [s["input_ids"].tolist() for s in stream] == [p["input_ids"].tolist() for p in pieces]  # every piece is trained
+    with pytest.raises(DataError, match="--truncation_strategy 'middle': expected delete, left, right or split"):
+        SampleProcessor(DataArgs(truncation_strategy="middle"), tokenizer)

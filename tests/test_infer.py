@@ -3,6 +3,7 @@
 import io
 import json
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -80,6 +81,16 @@ def test_interactive_chat_streams_and_keeps_history(chat):
     assert stdout.getvalue() == f"<<< {first}\n<<< {second}\n<<< <<< {third}\n<<< "
 
 
+def test_val_dataset_hash_n_samples_rows(chat, tmp_path):
+    """`--val_dataset data.jsonl#N` answers the first N rows (ms-swift's validation sets are not shuffled)."""
+    path, _, _ = chat
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"query": f"Count: {w}"}) + "\n" for w in ("one", "two", "three")))
+    result = tmp_path / "result.jsonl"
+    infer.main(["--model", path, "--val_dataset", f"{data}#2", "--result_path", str(result), "--max_new_tokens", "2"])
+    assert [json.loads(line)["query"] for line in result.read_text().splitlines()] == ["Count: one", "Count: two"]
+
+
 def test_input_errors_are_clear(chat, tmp_path):
     path, _, _ = chat
     with pytest.raises(FileNotFoundError, match="--adapters .*nope: no such folder"):
@@ -120,3 +131,52 @@ def test_template_renders_prompts_as_training_does(chat, tmp_path):
     (tmp_path / "run" / "args.json").write_text(json.dumps({"data": {"template": "qwen2_5", "system": "Be brief."}}))
     saved = infer.InferArgs(model=path, adapters=[str(ckpt)]).chat_encoder(tok).prompt_ids(row["messages"][:1])
     assert tok.decode(saved).startswith("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n")
+
+
+def test_merge_lora_answers_with_the_merged_adapter(chat, tmp_path):
+    import jax
+    from flax import nnx
+
+    from swift_jax.hf.peft import save_peft_adapter
+    from swift_jax.tuners import loraize
+
+    path, _, _ = chat
+    model = swift_jax.load_model(path)
+    loraize(model, rank=4, alpha=8, dropout=0.0, rngs=nnx.Rngs(0))
+    for i, (_, var) in enumerate(v for v in nnx.iter_graph(model) if isinstance(v[1], nnx.LoRAParam)):
+        var[...] = 0.3 * jax.random.normal(jax.random.key(i), var.shape, var.dtype)
+    adapter = tmp_path / "checkpoint-5"
+    save_peft_adapter(model, str(adapter), base_model_name_or_path=path)
+    data = tmp_path / "q.jsonl"
+    data.write_text(json.dumps({"query": "What is 6 times 7?"}) + "\n" + json.dumps({"query": "Name a color."}) + "\n")
+    answers = {}
+    for name, flags in (("adapter", ["--adapters", str(adapter)]),
+                        ("merged", ["--adapters", str(adapter), "--merge_lora", "true"])):
+        infer.main([*flags, "--val_dataset", str(data), "--result_path", str(tmp_path / f"{name}.jsonl"), "--max_new_tokens", "8"])
+        answers[name] = [json.loads(line)["response"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+    assert (tmp_path / "checkpoint-5-merged" / "model.safetensors").exists()  # ms-swift's folder
+    assert answers["merged"] == answers["adapter"]
+    from safetensors.numpy import load_file
+
+    merged, base = load_file(str(tmp_path / "checkpoint-5-merged" / "model.safetensors")), load_file(f"{path}/model.safetensors")
+    assert not np.allclose(merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_cached_val_dataset_rows_are_answered_as_their_source_rows(chat, tmp_path):
+    """`infer --cached_val_dataset DIR/val` (a folder `export --to_cached_dataset true` wrote) answers its rows as
+    `--val_dataset` answers the rows it was made from."""
+    from swift_jax.export import main as export_main
+
+    path, _, _ = chat
+    rows = [{"messages": [{"role": "user", "content": f"Count to {n}"}, {"role": "assistant", "content": "1 2"}]}
+            for n in (2, 3, 4, 5)]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    export_main(["--model", path, "--to_cached_dataset", "true", "--dataset", str(data), "--val_dataset", str(data),
+                 "--max_length", "64", "--output_dir", str(tmp_path / "cached")])
+    common = ["--model", path, "--max_new_tokens", "6"]
+    infer.main([*common, "--val_dataset", str(data), "--result_path", str(tmp_path / "raw.jsonl")])
+    infer.main([*common, "--cached_val_dataset", str(tmp_path / "cached" / "val"), "--result_path", str(tmp_path / "cached.jsonl")])
+    raw, cached = ([json.loads(line) for line in (tmp_path / f).read_text().splitlines()] for f in ("raw.jsonl", "cached.jsonl"))
+    assert [r["response"] for r in cached] == [r["response"] for r in raw] and len(raw) == 4
+    assert [r["messages"] for r in cached] == [r["messages"] for r in raw]

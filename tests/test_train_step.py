@@ -144,3 +144,20 @@ def test_schedules_follow_transformers_shapes():
     assert float(linear(5)) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="lr_scheduler_type='step'"):
         learning_rate_schedule("step", 1.0, 10, 0)
+
+
+def test_acc_strategy_seq_counts_samples_whose_every_target_is_predicted():
+    # ms-swift's compute_acc(acc_strategy='seq'): per sample (per packed segment), all target tokens right
+    vocab, ignore = 8, -100
+    labels = np.array([[ignore, 1, 2, ignore, 3, 4, 0, 0],       # two packed samples: [1, 2] and [3, 4]
+                       [ignore, 5, 6, 7, ignore, ignore, 0, 0],  # one sample [5, 6, 7]; the last slots are padding
+                       [ignore, ignore, ignore, ignore, ignore, ignore, ignore, ignore]])  # nothing to score
+    labels = np.where(labels == 0, ignore, labels)
+    segments = np.array([[1, 1, 1, 2, 2, 2, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
+    predicted = np.roll(np.where(labels == ignore, 0, labels), -1, axis=1)  # position t predicts labels[t + 1]
+    predicted[0, 3] = 7  # the second sample of row 0 gets its token 4 wrong
+    logits = jax.nn.one_hot(jnp.asarray(predicted), vocab) * 10.0
+    _, count, correct, right, total = chunked_cross_entropy(logits, jnp.asarray(labels), lambda h: h, chunk_size=4,
+                                                            segment_ids=jnp.asarray(segments))
+    assert (int(count), int(correct)) == (7, 6)
+    assert (int(right), int(total)) == (2, 3)  # [1, 2] and [5, 6, 7] right, [3, 4] not; row 2 has no sample

@@ -217,3 +217,17 @@ def test_packed_rows_carry_several_samples_vision_tokens(folder, vision):
         assert len(np.unique(frames[frames > 0])) >= len(with_images)  # frames of different samples never share an id
     assert batch["positions"].shape == (*batch["input_ids"].shape, 3)
     assert pipe.stats["packing_efficiency"] > 0.8
+
+
+def test_two_processes_keep_their_rows_of_one_packed_global_batch(folder, vision):
+    """Packed multimodal rows are packed whole on every process, which keeps its rows of each global batch: the
+    two host batches are the one process's batch, patches and their slot shape included."""
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    args = DataArgs(dataset=[os.path.join(DEMO, "train.jsonl")], max_length=256, packing=True)
+    one = build_data(args, tok, batch_size=2, vision=vision).train_iterator()
+    hosts = [build_data(args, tok, batch_size=1, vision=vision, process_index=p, process_count=2).train_iterator()
+             for p in range(2)]
+    for _ in range(3):
+        whole, parts = next(one), [next(h) for h in hosts]
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key], err_msg=key)

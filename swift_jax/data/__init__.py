@@ -4,7 +4,9 @@
     pipe = build_data(DataArgs(dataset=["train.jsonl"], max_length=2048, packing=True), tokenizer, batch_size=8)
     it = pipe.train_iterator()      # next(it) -> {"input_ids", "labels", "segment_ids", "positions"}: int32 [8, 2048]
 
-Modules: sources (reading), formats (row formats -> messages), template_meta / swift_template /
+Modules: dataset_syntax / resolve / registry / preprocessors / hub_datasets / bundled (a `--dataset` entry ->
+where its rows come from and how ms-swift preprocesses them), sources (reading, `#N`, mixing), formats (row
+formats -> messages), template_meta / swift_template /
 agent_templates / loss_scale (ms-swift's --template, --agent_template, --loss_scale), templates (ChatEncoder:
 ms-swift template or the tokenizer's Jinja), samples / batching / pipeline (grain), frontend (what infer, eval
 and deploy share with training), inspect (`python -m swift_jax.data.inspect`, `--dump`); multimodal rows: media

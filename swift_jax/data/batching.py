@@ -32,22 +32,24 @@ def bucket_length(longest: int, max_length: int, multiple: int = PAD_MULTIPLE) -
     return min(max_length, -(-max(longest, 1) // multiple) * multiple)
 
 
-def pad_sample(sample: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str, np.ndarray]:
-    """One sample right-padded to `length` as a row with a single segment."""
+def pad_sample(sample: dict[str, np.ndarray], length: int, pad_id: int, side: str = "right") -> dict[str, np.ndarray]:
+    """One sample padded to `length` as a row with a single segment, the padding after it (`side` right) or
+    before it (left: ms-swift's --padding_side left)."""
     n = len(sample["input_ids"])
+    at = slice(length - n, length) if side == "left" else slice(0, n)
     row = {
         "input_ids": np.full(length, pad_id, np.int32),
         "labels": np.full(length, IGNORE, np.int32),
         "segment_ids": np.zeros(length, np.int32),
         "positions": np.zeros(length, np.int32),
     }
-    row["input_ids"][:n] = sample["input_ids"]
-    row["labels"][:n] = sample["labels"]
-    row["segment_ids"][:n] = 1
-    row["positions"][:n] = np.arange(n, dtype=np.int32)
+    row["input_ids"][at] = sample["input_ids"]
+    row["labels"][at] = sample["labels"]
+    row["segment_ids"][at] = 1
+    row["positions"][at] = np.arange(n, dtype=np.int32)
     if "loss_scale" in sample:
         row["loss_scale"] = np.zeros(length, np.float32)
-        row["loss_scale"][:n] = sample["loss_scale"]
+        row["loss_scale"][at] = sample["loss_scale"]
     return row
 
 
@@ -72,22 +74,23 @@ def batches_of(rows: list[dict[str, np.ndarray]], batch_size: int) -> list[dict[
 class _PadGroup(grain_exp.FlatMapTransform):
     """`batches_per_step * batch_size` samples -> `batches_per_step` batches padded to one bucket width."""
 
-    def __init__(self, batch_size: int, batches_per_step: int, max_length: int, pad_id: int, multiple: int):
+    def __init__(self, batch_size: int, batches_per_step: int, max_length: int, pad_id: int, multiple: int, side: str):
         self.batch_size, self.max_fan_out = batch_size, batches_per_step
-        self.max_length, self.pad_id, self.multiple = max_length, pad_id, multiple
+        self.max_length, self.pad_id, self.multiple, self.side = max_length, pad_id, multiple, side
 
     def flat_map(self, samples):
         width = bucket_length(max(len(s["input_ids"]) for s in samples), self.max_length, self.multiple)
-        rows = [pad_sample(s, width, self.pad_id) for s in samples]
+        rows = [pad_sample(s, width, self.pad_id, self.side) for s in samples]
         return batches_of(rows, self.batch_size)
 
 
 def padded_batches(samples: grain.IterDataset, batch_size: int, max_length: int, pad_id: int,
-                   batches_per_step: int = 1, multiple: int = PAD_MULTIPLE) -> grain.IterDataset:
+                   batches_per_step: int = 1, multiple: int = PAD_MULTIPLE, side: str = "right") -> grain.IterDataset:
     """Batches `[batch_size, bucket]` of one sample per row (bucket: the longest sample rounded up to
-    `multiple`, at most max_length); each group of `batches_per_step` consecutive batches shares its width."""
+    `multiple`, at most max_length), padded on `side`; each group of `batches_per_step` consecutive batches
+    shares its width."""
     groups = samples.batch(batch_size * batches_per_step, drop_remainder=True, batch_fn=list)
-    return grain_exp.FlatMapIterDataset(groups, _PadGroup(batch_size, batches_per_step, max_length, pad_id, multiple))
+    return grain_exp.FlatMapIterDataset(groups, _PadGroup(batch_size, batches_per_step, max_length, pad_id, multiple, side))
 
 
 def rename_packed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

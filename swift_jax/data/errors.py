@@ -7,6 +7,10 @@ import logging
 
 log = logging.getLogger("swift_jax.data")
 
+DROPPED = "__swift_jax_dropped__"
+"""Key of the row that stands for one a dataset's preprocessor dropped or failed on (`sources.FileRows`);
+`formats.normalize` raises its message, so the usual bad-row handling (--strict) applies."""
+
 
 class DataError(ValueError):
     """A dataset problem a user must fix: the message names the file, the row/line and what was expected."""

@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from swift_jax.data.errors import DataError
+from swift_jax.data.errors import DROPPED, DataError
 
 MESSAGE_KEYS = ("messages", "conversations", "conversation")
 QUERY_KEYS = ("query", "prompt", "question", "problem")
@@ -244,6 +244,8 @@ def normalize(row: Any, columns: dict[str, str] | None = None, *, media: bool = 
     `media`: the model reads images / videos (read from the row by `data.media.row_media`)."""
     if not isinstance(row, dict):
         raise DataError(f"a row must be a JSON object, got {type(row).__name__}; {FORMATS_HINT}")
+    if DROPPED in row:
+        raise DataError(row[DROPPED])
     if columns:
         row = {columns.get(k, k): v for k, v in row.items()}
     if not media:

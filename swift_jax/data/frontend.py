@@ -1,12 +1,12 @@
 """The data front end that train, prediction, infer, eval and deploy share: read rows, normalise any ms-swift
 row format, and render a prompt with the run's template and system prompt.
 
-    rows = read_rows("val.jsonl")                        # .jsonl/.json/.csv/.parquet, folders, hub ids
+    rows = read_rows("val.jsonl#200")                    # any --dataset entry: files, folders, hub ids, `#N`
     prompt = prompt_of(rows[0], where="val.jsonl row 0")  # messages, tools, reference answer (or None)
     encoder = chat_encoder(tokenizer, template="qwen2_5", system=None)
     ids = encoder.prompt_ids(prompt.messages, prompt.tools)
 
-Rows are read by the training reader (`sources.load_source`) and normalised by the training normaliser
+Rows are read by the training reader (`sources.load_table`: the same `resolve`d entries, `#N` included) and normalised by the training normaliser
 (`formats.normalize`: messages, sharegpt, alpaca, query/response/history, `prompt`, ms-swift's column aliases,
 `--columns`), so a row that trains also infers, and the prompt is rendered by the same `ChatEncoder` (the
 tokenizer's Jinja template without `--template`, else ms-swift's template of that name).
@@ -20,7 +20,8 @@ import os
 
 from swift_jax.data.errors import BadRows, DataError
 from swift_jax.data.formats import normalize
-from swift_jax.data.sources import load_source
+from swift_jax.data.resolve import LoadOptions
+from swift_jax.data.sources import load_table
 from swift_jax.data.templates import ChatEncoder
 
 TEMPLATE_FIELDS = ("template", "system", "agent_template", "enable_thinking", "preserve_thinking", "response_prefix")
@@ -48,10 +49,13 @@ def _without_arrow_padding(value):
     return value
 
 
-def read_rows(path: str, limit: int | None = None) -> list[dict]:
-    """The rows of a dataset (file, folder or hub id), the first `limit` if given; errors name file and line."""
-    rows = [_without_arrow_padding(f[i]) for f in load_source(path, BadRows(strict=True)) for i in range(len(f))]
-    return rows[:limit] if limit is not None else rows
+def read_rows(spec: str, limit: int | None = None, options: LoadOptions | None = None, seed: int = 42) -> list[dict]:
+    """The rows of one dataset entry (file, folder, hub id or registered name, with `:subsets` and `#N`), the
+    first `limit` if given; `options` default to no shuffling (`#N` takes the first N rows, as ms-swift's
+    validation sets). Errors name file and line."""
+    table = load_table([spec], seed, BadRows(strict=True), options or LoadOptions(shuffle=False))
+    count = len(table) if limit is None else min(limit, len(table))
+    return [_without_arrow_padding(table[i][0]) for i in range(count)]
 
 
 def prompt_of(row: dict, *, where: str, columns: dict[str, str] | None = None, media: bool = False) -> Prompt:
@@ -92,9 +96,9 @@ def encode_chat(tokenizer, messages: list[dict], tools=None, *, template: str | 
     return chat_encoder(tokenizer, template, system).prompt_ids(messages, tools)
 
 
-def trained_template_args(*paths: str | None) -> dict:
-    """The template arguments a checkpoint was trained with, from the args.json of the first of `paths` (a
-    checkpoint folder or its run folder) that has one: `{field: value}` for TEMPLATE_FIELDS that were set."""
+def trained_args(*paths: str | None) -> dict:
+    """The arguments a checkpoint was trained with: the args.json of the first of `paths` (a checkpoint folder or
+    its run folder) that has one, flat (ms-swift's names; an export's `{"data": {...}}` is unwrapped); {} if none."""
     for path in paths:
         if not path or not os.path.isdir(path):
             continue
@@ -103,9 +107,15 @@ def trained_template_args(*paths: str | None) -> dict:
             if os.path.isfile(args_file):
                 with open(args_file) as f:
                     saved = json.load(f)
-                data = saved.get("data", saved)
-                return {k: data[k] for k in TEMPLATE_FIELDS if data.get(k) is not None}
+                return saved.get("data", saved)
     return {}
+
+
+def trained_template_args(*paths: str | None) -> dict:
+    """The template arguments a checkpoint was trained with (`trained_args`): `{field: value}` for the
+    TEMPLATE_FIELDS that were set."""
+    data = trained_args(*paths)
+    return {k: data[k] for k in TEMPLATE_FIELDS if data.get(k) is not None}
 
 
 def template_stops(encoder: ChatEncoder) -> tuple[tuple[int, ...], tuple[str, ...]]:

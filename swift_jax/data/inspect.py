@@ -25,6 +25,7 @@ from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
 from swift_jax.data.pipeline import build_data
 from swift_jax.data.samples import SampleProcessor
+from swift_jax.data.resolve import LoadOptions
 from swift_jax.data.sources import load_table
 from swift_jax.data.templates import IGNORE
 
@@ -62,7 +63,7 @@ DROP_MESSAGES = {
 
 def dump_rows(data: DataArgs, tokenizer, path: str, seed: int) -> int:
     """Write what training sees for every row of `data.dataset` to `path` (JSON lines); returns the row count."""
-    table = load_table(data.dataset, data.data_seed, BadRows(strict=False))
+    table = load_table(data.dataset, data.data_seed, BadRows(strict=False), LoadOptions.of(data))
     order = np.arange(len(table))
     if data.dataset_shuffle:  # the order of the training stream's first epoch
         order = np.asarray(list(grain.MapDataset.source(order).shuffle(seed=seed)))
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     from swift_jax.cli import parse_config
     from swift_jax.modeling import load_tokenizer
 
-    args = parse_config(InspectArguments, argv)
+    args = parse_config(InspectArguments, argv, command="sft")
     tokenizer = load_tokenizer(args.model_args.model)
     if args.dump:
         n = dump_rows(args.data, tokenizer, args.dump, args.training.seed)

@@ -3,6 +3,9 @@
     rows (mixed, #N-sampled) --shuffle(seed, new order each epoch)--> repeat --[process::count]-->
     map(SampleProcessor, lazily in `dataset_num_proc` threads) --pad or pack--> batch --thread prefetch
 
+Packed runs skip the `[process::count]` split: every process packs the whole stream into global batches and
+keeps its rows of each (`data.hosts`), so a step's rows do not depend on the number of processes.
+
 Tokenisation is lazy, so a million-row dataset starts in seconds; the statistics reported at start-up
 (kept/dropped rows, lengths, packing efficiency, steps per epoch) come from a probe of up to
 `PROBE_ROWS` rows, and are exact when the probe covers the whole training set (`stats["exact"]`).
@@ -22,24 +25,43 @@ import numpy as np
 from swift_jax.data import batching
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError
-from swift_jax.data.samples import Counters, SampleProcessor
-from swift_jax.data.sources import RowTable, load_table
+from swift_jax.data.hosts import host_rows
+from swift_jax.data.samples import Counters, FlattenSamples, SampleProcessor
+from swift_jax.data.resolve import LoadOptions
+from swift_jax.data.sources import RowTable, load_table, load_tables
 
 log = logging.getLogger("swift_jax.data")
 PROBE_ROWS = 1000
 
 
-def split_train_val(table: RowTable, ratio: float, seed: int) -> tuple[RowTable, RowTable | None]:
-    """Hold out ceil(ratio * rows) random rows for validation (ms-swift's split_dataset_ratio)."""
-    if ratio <= 0:
-        return table, None
-    if not 0 < ratio < 1:
-        raise DataError(f"--split_dataset_ratio {ratio}: expected a fraction in [0, 1)")
-    n_val = math.ceil(ratio * len(table))
-    if n_val >= len(table):
-        raise DataError(f"--split_dataset_ratio {ratio} leaves no training rows out of {len(table)}")
-    order = np.random.default_rng(seed + 1).permutation(len(table))
-    return table.subset(np.sort(order[n_val:])), table.subset(np.sort(order[:n_val]))
+def load_train_val(args: DataArgs, bad: BadRows) -> tuple[RowTable, RowTable | None]:
+    """The training and validation rows of `args`: --cached_dataset's rows, then --dataset's (`#N`-sampled,
+    concatenated or mixed by --interleave_prob, less each entry's --split_dataset_ratio share as ms-swift carves it,
+    unless --val_dataset is given); validation: --cached_val_dataset's, then --val_dataset's (sampled by
+    --val_dataset_shuffle's rule) or the split (`data.cached`)."""
+    from swift_jax.data.cached import load_cached_table
+
+    if (args.cached_dataset or args.cached_val_dataset) and args.streaming:
+        raise DataError("--cached_dataset / --cached_val_dataset cannot be streamed (as in ms-swift); drop --streaming")
+    train = val = None
+    if args.dataset and args.val_dataset:
+        train = load_table(args.dataset, args.data_seed, bad, LoadOptions.of(args))
+    elif args.dataset:
+        train, val = load_tables(args.dataset, args.data_seed, bad, LoadOptions.of(args), args.split_dataset_ratio)
+    if args.val_dataset:
+        val = load_table(args.val_dataset, args.data_seed, bad, LoadOptions.of(args, shuffle=args.val_dataset_shuffle, mix=False))
+    cached = load_cached_table(args.cached_dataset, args.data_seed)
+    cached_val = load_cached_table(args.cached_val_dataset, args.data_seed, "--cached_val_dataset")
+    train, val = _joined(cached, train), _joined(cached_val, val)
+    if train is None:
+        raise DataError("no dataset given; pass --dataset PATH (a .jsonl/.json/.csv/.parquet file, a folder or a hub "
+                        "id) or --cached_dataset DIR")
+    return train, val
+
+
+def _joined(*tables: RowTable | None) -> RowTable | None:
+    given = [t for t in tables if t is not None]
+    return RowTable.join(given) if given else None
 
 
 def probe_stats(counts: dict[str, int], scale: float, lengths: np.ndarray, *, rows: int, val_rows: int,
@@ -67,6 +89,8 @@ class DataPipeline:
     def __init__(self, args: DataArgs, tokenizer, train: RowTable, val: RowTable | None, *, batch_size: int, seed: int,
                  shuffle: bool, process_index: int, process_count: int, batches_per_step: int = 1,
                  eval_batch_size: int | None = None, vision=None):
+        if vision is not None and args.padding_side != "right":
+            raise DataError(f"--padding_side {args.padding_side}: vision-language batches are padded on the right only")
         self.args = args
         self.vision = vision
         """`data.vision.VisionData` of a vision-language model: rows carry patches or tiles
@@ -88,15 +112,32 @@ class DataPipeline:
         self.stats = self._probe(tokenizer)
 
     # -- the training stream -------------------------------------------------------------------------
+    @property
+    def share(self) -> tuple[int, int]:
+        """(index, count) of the split of the samples among processes: (0, 1) when packing, where every process
+        packs the whole stream and keeps its rows of each global batch (`data.hosts`)."""
+        return (0, 1) if self.args.packing else (self.process_index, self.process_count)
+
+    @property
+    def global_batch_size(self) -> int:
+        """Rows of one batch over all processes."""
+        return self.batch_size * self.process_count
+
+    def host_batches(self, global_batches: grain.IterDataset) -> grain.IterDataset:
+        """Global batches of whole-stream rows -> this process's batches (`data.hosts.host_rows`)."""
+        return host_rows(global_batches, self.batch_size, self.process_index, self.process_count)
+
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
-        """This process's share of the tokenised training samples (unpadded), lazily, epoch after epoch."""
+        """This process's share (`share`) of the tokenised training samples (unpadded), lazily, epoch after epoch."""
         ds = grain.MapDataset.source(self.train_table)
         if self.shuffle:
             ds = ds.shuffle(seed=self.seed)
-        ds = ds.repeat(num_epochs)[self.process_index :: self.process_count]
-        ds = ds.map(self.process)
+        index, count = self.share
+        ds = ds.repeat(num_epochs)[index::count]
+        ds = ds.map(self.process.samples_of)
         threads = max(1, self.args.dataset_num_proc)
-        return ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 16 * threads)))
+        out = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(64, 16 * threads)))
+        return grain_exp.FlatMapIterDataset(out, FlattenSamples())
 
     @property
     def bucketed(self) -> bool:
@@ -112,23 +153,24 @@ class DataPipeline:
         if self.vision is not None:
             return grain_exp.ThreadPrefetchIterDataset(self._vision_batches(num_epochs), prefetch_buffer_size=4)
         if args.packing:
-            bins = max(args.packing_num_bins, self.batch_size)
-            rows = batching.pack(self.samples(num_epochs), args.max_length, self.pad_id, bins, self.seed, self.shuffle, self.weighted)
-            batched = rows.batch(self.batch_size, drop_remainder=True)
+            bins = max(args.packing_num_bins, self.global_batch_size)
+            rows = batching.pack(self.samples(num_epochs), args.row_length(), self.pad_id, bins, self.seed, self.shuffle, self.weighted)
+            batched = self.host_batches(rows.batch(self.global_batch_size, drop_remainder=True))
         else:
             multiple = batching.PAD_MULTIPLE if self.bucketed else args.max_length
             batched = batching.padded_batches(self.samples(num_epochs), self.batch_size, args.max_length, self.pad_id,
-                                              self.batches_per_step, multiple)
+                                              self.batches_per_step, multiple, args.padding_side)
         return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
 
     def _vision_batches(self, num_epochs: int | None, samples=None) -> grain.IterDataset:
         """Multimodal training batches (`data.vision_batching` / `data.tile_batching`, `VisionData.batching`)."""
         args, (module, unit) = self.args, self.vision.batching  # unit: merge unit / tile_batching.Tile
         samples = self.samples(num_epochs) if samples is None else samples
-        if args.packing:
-            return module.packed_batches(
-                samples, self.batch_size, args.max_length, self.pad_id, unit, max(args.packing_num_bins, self.batch_size),
-                self.seed, self.shuffle, self.weighted, self.batches_per_step)
+        if args.packing:  # global batches (one patch / tile bucket for every process), this process's rows
+            return self.host_batches(module.packed_batches(
+                samples, self.global_batch_size, args.row_length(), self.pad_id, unit,
+                max(args.packing_num_bins, self.global_batch_size), self.seed, self.shuffle, self.weighted,
+                self.batches_per_step))
         multiple = batching.PAD_MULTIPLE if self.bucketed else args.max_length
         return module.padded_batches(samples, self.batch_size, args.max_length, self.pad_id, unit,
                                               self.batches_per_step, multiple)
@@ -162,9 +204,12 @@ class DataPipeline:
             return []
         args, n = self.args, len(self.val_table)
         order = np.random.default_rng(self.seed).permutation(n) if args.val_dataset_shuffle else np.arange(n)
-        per_process = math.ceil(n / self.process_count)
-        mine = order[self.process_index :: self.process_count]
         process = SampleProcessor(args, self.process.encoder.tokenizer, Counters(), self.vision)
+        if args.truncation_strategy == "split":  # every process splits every row, then takes its share of pieces
+            pieces = [s for i in order for s in process.samples_of(self.val_table[int(i)])]
+            per_process, mine = math.ceil(len(pieces) / self.process_count), pieces[self.process_index :: self.process_count]
+        else:
+            per_process, mine = math.ceil(n / self.process_count), order[self.process_index :: self.process_count]
         empty = {"input_ids": np.zeros(0, np.int32), "labels": np.zeros(0, np.int32)}
         if self.weighted:
             empty["loss_scale"] = np.zeros(0, np.float32)
@@ -172,7 +217,7 @@ class DataPipeline:
             module, unit = self.vision.batching
             empty = self.vision.empty_sample(self.weighted)
         size = self.eval_batch_size
-        samples = [process(self.val_table[int(i)]) or empty for i in mine]
+        samples = [(i if isinstance(i, dict) else process(self.val_table[int(i)])) or empty for i in mine]
         samples += [empty] * (per_process - len(samples))
         samples += [empty] * (-len(samples) % size)
         batches = []
@@ -183,7 +228,7 @@ class DataPipeline:
             if self.vision is not None:
                 batches.append(module.pad_group(part, width, self.pad_id, unit))
                 continue
-            batches.append(batching.stack_rows([batching.pad_sample(s, width, self.pad_id) for s in part]))
+            batches.append(batching.stack_rows([batching.pad_sample(s, width, self.pad_id, args.padding_side) for s in part]))
         return batches
 
     # -- statistics -----------------------------------------------------------------------------------
@@ -194,7 +239,7 @@ class DataPipeline:
         picks = np.arange(n) if exact else np.sort(np.random.default_rng(self.seed).choice(n, PROBE_ROWS, replace=False))
         counters = Counters()
         process = SampleProcessor(self.args, tokenizer, counters, self.vision)
-        samples = [s for s in (process(self.train_table[int(i)]) for i in picks) if s is not None]
+        samples = [s for i in picks for s in process.samples_of(self.train_table[int(i)])]
         if not samples:
             raise DataError(
                 f"no usable training sample in {len(picks)} rows probed: {counters.as_dict()}; check --max_length "
@@ -206,14 +251,14 @@ class DataPipeline:
         kept_rows = counts["kept"] * scale / self.process_count
         if self.args.packing:
             probe_ds = grain.MapDataset.source(samples).to_iter_dataset()
-            bins = max(self.args.packing_num_bins, self.batch_size)
+            bins = max(self.args.packing_num_bins, self.global_batch_size)
             if self.vision is not None:
                 module, unit = self.vision.batching
                 packed = [{"segment_ids": r} for b in module.packed_batches(
-                    probe_ds, 1, self.args.max_length, self.pad_id, unit, bins, self.seed, False,
+                    probe_ds, 1, self.args.row_length(), self.pad_id, unit, bins, self.seed, False,
                     self.weighted) for r in b["segment_ids"]]
             else:
-                packed = list(batching.pack(probe_ds, self.args.max_length, self.pad_id, bins, self.seed, False, self.weighted))
+                packed = list(batching.pack(probe_ds, self.args.row_length(), self.pad_id, bins, self.seed, False, self.weighted))
             efficiency = batching.packing_efficiency(packed)
             rows_per_epoch = len(packed) * scale / self.process_count
         else:  # slots as the batches will have them: each batch padded to its bucket (in the probe's order)
@@ -236,7 +281,7 @@ class DataPipeline:
         """(lowest, highest, count) of probed sample lengths, for `swift_jax.data.inspect`."""
         process = SampleProcessor(self.args, self.process.encoder.tokenizer, Counters(), self.vision)
         n = min(len(self.train_table), PROBE_ROWS)
-        lengths = [len(s["input_ids"]) for s in (process(self.train_table[i]) for i in range(n)) if s is not None]
+        lengths = [len(s["input_ids"]) for i in range(n) for s in process.samples_of(self.train_table[i])]
         edges = np.unique(np.linspace(min(lengths), max(lengths) + 1, bins + 1).astype(int))  # whole tokens
         counts, edges = np.histogram(lengths, bins=edges)
         return [(int(edges[i]), int(edges[i + 1]) - 1, int(c)) for i, c in enumerate(counts)]
@@ -280,11 +325,7 @@ def build_data(args: DataArgs, tokenizer, *, batch_size: int, seed: int = 42, sh
                                process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
                                eval_batch_size=eval_batch_size)
     bad = BadRows(args.strict)
-    train = load_table(args.dataset, args.data_seed, bad)
-    if args.val_dataset:
-        val = load_table(args.val_dataset, args.data_seed, bad)
-    else:
-        train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
+    train, val = load_train_val(args, bad)
     pipe = DataPipeline(args, tokenizer, train, val, batch_size=batch_size, seed=seed, shuffle=shuffle,
                         process_index=process_index, process_count=process_count, batches_per_step=batches_per_step,
                         eval_batch_size=eval_batch_size, vision=vision)

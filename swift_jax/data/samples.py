@@ -12,6 +12,7 @@ import os
 import logging
 import threading
 
+import grain.experimental as grain_exp
 import numpy as np
 
 from swift_jax.data.args import DataArgs
@@ -39,6 +40,13 @@ class Counters:
     def as_dict(self) -> dict[str, int]:
         with self._lock:
             return {k: self._counts.get(k, 0) for k in ("kept",) + DROP_REASONS}
+
+
+def split_long(ids: np.ndarray, labels: np.ndarray, max_length: int, scale: np.ndarray | None = None) -> list[tuple]:
+    """--truncation_strategy split (ms-swift's template): consecutive `max_length` pieces of a sample, each
+    trained on from its second token (the first has no prediction inside the piece)."""
+    return [(ids[i : i + max_length], labels[i : i + max_length], None if scale is None else scale[i : i + max_length])
+            for i in range(0, len(ids), max_length)]
 
 
 def truncate(ids: np.ndarray, labels: np.ndarray, max_length: int, strategy: str, scale: np.ndarray | None = None):
@@ -78,12 +86,20 @@ def plain_text(sample: dict) -> dict:
     return {"text": (asked[-1] if asked else "") + response}
 
 
+class FlattenSamples(grain_exp.FlatMapTransform):
+    """Each row's list of samples (`SampleProcessor.samples_of`: none, one, or split pieces) -> one sample after
+    another in the training stream."""
+
+    def flat_map(self, samples):
+        return samples
+
+
 class SampleProcessor:
     """Maps (row, RowRef) -> {"input_ids": [n], "labels": [n]} int32, or None when the row is dropped."""
 
     def __init__(self, args: DataArgs, tokenizer, counters: Counters | None = None, vision=None):
-        if args.truncation_strategy not in ("delete", "left", "right"):
-            raise DataError(f"--truncation_strategy {args.truncation_strategy!r}: expected delete, left or right")
+        if args.truncation_strategy not in ("delete", "left", "right", "split"):
+            raise DataError(f"--truncation_strategy {args.truncation_strategy!r}: expected delete, left, right or split")
         self.args = args
         self.encoder = args.chat_encoder(tokenizer)
         self.weighted = self.encoder.weighted
@@ -94,25 +110,45 @@ class SampleProcessor:
         """A `data.vision.VisionData` when the model reads images / videos: samples carry its arrays."""
 
     def encode_row(self, row: dict, ref) -> dict[str, np.ndarray] | None:
-        """The sample of one row; raises DataError naming `ref` when the row is malformed (strict)."""
+        """The sample of one row (with --truncation_strategy split: its first piece); raises DataError naming
+        `ref` when the row is malformed (strict)."""
+        samples = self.encode_pieces(row, ref)
+        return samples[0] if samples else None
+
+    def samples_of(self, item) -> list[dict[str, np.ndarray]]:
+        """The samples of one (row, ref): none (dropped), one, or with --truncation_strategy split, one per
+        `max_length` piece."""
+        row, ref = item
+        return self.encode_pieces(row, ref)
+
+    def encode_pieces(self, row: dict, ref) -> list[dict[str, np.ndarray]]:
+        """See `samples_of`; malformed rows raise (strict) or are counted and skipped."""
         try:
             sample = normalize(row, self.args.columns, media=self.vision is not None)
             if not self.args.use_chat_template:
                 sample = plain_text(sample)
             if self.vision is not None:
-                return self._vision_sample(row, sample, ref)
+                vision_sample = self._vision_sample(row, sample, ref)
+                return [vision_sample] if vision_sample is not None else []
             encoded = self.encoder.encode(sample)
         except DataError as e:
             message = str(e)
             self.bad.handle(DataError(message) if message.startswith(str(ref)) else row_error(ref, message))
             self.counters.add("bad_rows_skipped")
-            return None
+            return []
         _note_unused(row, ref)
-        cut = truncate(encoded.input_ids, encoded.labels, self.args.max_length, self.args.truncation_strategy, encoded.loss_scale)
-        if cut is None:
-            self.counters.add("dropped_too_long")
-            return None
-        ids, labels, scale = cut
+        if self.args.truncation_strategy == "split":
+            pieces = split_long(encoded.input_ids, encoded.labels, self.args.max_length, encoded.loss_scale)
+        else:
+            cut = truncate(encoded.input_ids, encoded.labels, self.args.max_length, self.args.truncation_strategy, encoded.loss_scale)
+            if cut is None:
+                self.counters.add("dropped_too_long")
+                return []
+            pieces = [cut]
+        return [s for s in (self._finish(*piece) for piece in pieces) if s is not None]
+
+    def _finish(self, ids: np.ndarray, labels: np.ndarray, scale: np.ndarray | None) -> dict[str, np.ndarray] | None:
+        """A sample of (ids, labels, weights) cut to length: no loss on its first token; none without targets."""
         labels = labels.copy()
         labels[0] = IGNORE  # the loss predicts labels[t + 1] at t: never across a sample boundary
         if not (labels != IGNORE).any():

@@ -15,13 +15,15 @@ import numpy as np
 from swift_jax.data.errors import DataError
 from swift_jax.data.formats import normalize
 from swift_jax.data.frontend import read_rows
+from swift_jax.data.resolve import LoadOptions
 
 
 def calibration_rows(encoder, paths: list[str], *, n_samples: int, seq_len: int, seed: int = 42,
-                     columns: dict[str, str] | None = None) -> np.ndarray:
+                     columns: dict[str, str] | None = None, options: LoadOptions | None = None) -> np.ndarray:
     """Token ids `[rows, seq_len]` (int32), `rows <= n_samples`, from the datasets' rows in shuffled order;
-    `encoder` is the run's `ChatEncoder`. A row that cannot be encoded is an error naming file and row."""
-    rows = [(f"{path} row {i}", row) for path in paths for i, row in enumerate(read_rows(path))]
+    `paths` are --dataset entries (`#N`, hub ids, registered names), read with `options`; `encoder` is the
+    run's `ChatEncoder`. A row that cannot be encoded is an error naming file and row."""
+    rows = [(f"{path} row {i}", row) for path in paths for i, row in enumerate(read_rows(path, options=options, seed=seed))]
     random.Random(seed).shuffle(rows)
     stream: list[int] = []
     for where, row in rows:

@@ -40,17 +40,17 @@ class GRPOArguments(TrainArguments):
 
 
 def requested_rlhf_type(argv: Sequence[str]) -> str | None:
-    """The `--rlhf_type` of a command line, or of its YAML (`--config X.yaml` or ms-swift 4's positional YAML)."""
-    import yaml
+    """The `--rlhf_type` of a command line, or of its config file (`--config X.yaml` or ms-swift's positional
+    YAML/JSON)."""
+    from swift_jax.config_file import config_path_of, read_config
 
-    argv = list(argv)
-    if "--rlhf_type" in argv and argv.index("--rlhf_type") + 1 < len(argv):
-        return argv[argv.index("--rlhf_type") + 1]
-    path = argv[argv.index("--config") + 1] if "--config" in argv[:-1] else (argv[0] if argv and argv[0].endswith((".yaml", ".yml")) else None)
+    path, argv = config_path_of(argv)
+    given = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--rlhf_type"]
+    given += [a.partition("=")[2] for a in argv if a.startswith("--rlhf_type=")]
+    if given:  # the last one wins, as for every flag
+        return given[-1]
     if path and os.path.isfile(path):
-        with open(path) as f:
-            loaded = yaml.safe_load(f) or {}
-        return loaded.get("rlhf_type") if isinstance(loaded, dict) else None
+        return read_config(path).get("rlhf_type")
     return None
 
 
@@ -62,17 +62,27 @@ def method_of(args: RLHFArguments):
                        tuner_type=args.tuner.tuner_type, loss_chunk_size=args.training.loss_chunk_size)
 
 
-def run_command(argv: Sequence[str] | None) -> dict[str, Any]:
-    from swift_jax.cli import parse_config
-    from swift_jax.train import train
+def parse_arguments(argv: Sequence[str] | None) -> RLHFArguments | GRPOArguments:
+    """The arguments of the requested --rlhf_type (unvalidated): the flags of the other group (GRPO's for a
+    preference run, the preference losses' for GRPO) are ms-swift arguments too, named with a line as unused."""
+    from swift_jax.cli import field_names, parse_config
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if requested_rlhf_type(argv) == "grpo":
+    grpo = requested_rlhf_type(argv) == "grpo"
+    cls, other = (GRPOArguments, RLHFArguments) if grpo else (RLHFArguments, GRPOArguments)
+    why = "applies to --rlhf_type grpo only" if not grpo else "applies to the preference methods (dpo, kto, ...), not grpo"
+    elsewhere = {name: why for name in field_names(other) - field_names(cls)}
+    return parse_config(cls, argv, aliases=ALIASES, command="rlhf", elsewhere=elsewhere)
+
+
+def run_command(argv: Sequence[str] | None) -> dict[str, Any]:
+    from swift_jax.train import train
+
+    args = parse_arguments(argv).validate()
+    if isinstance(args, GRPOArguments):
         from swift_jax.rlhf.grpo import GRPO
 
-        grpo_args = parse_config(GRPOArguments, argv, aliases=ALIASES).validate()
-        return train(grpo_args, GRPO(grpo_args.grpo, seed=grpo_args.training.seed, max_length=grpo_args.data.max_length))
-    args = parse_config(RLHFArguments, argv, aliases=ALIASES).validate()
+        return train(args, GRPO(args.grpo, seed=args.training.seed, max_length=args.data.max_length))
     return train(args, method_of(args))
 
 

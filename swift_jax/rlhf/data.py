@@ -29,9 +29,9 @@ import numpy as np
 
 from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import BadRows, DataError, row_error
-from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, probe_stats, split_train_val
+from swift_jax.data.hosts import take_share
+from swift_jax.data.pipeline import PROBE_ROWS, DataPipeline, load_train_val, probe_stats
 from swift_jax.data.samples import Counters, truncate
-from swift_jax.data.sources import load_table
 from swift_jax.data.templates import IGNORE
 from swift_jax.rlhf.rows import Preference, with_last_answer, preference_of
 
@@ -120,6 +120,12 @@ class PairProcessor:
         labels = labels.copy()
         labels[0] = IGNORE
         return ids, labels
+
+    def samples_of(self, item) -> list[dict[str, np.ndarray]]:
+        """The pair sample of one item as a list (empty when the pair is dropped): the form `DataPipeline.samples`
+        flattens."""
+        sample = self(item)
+        return [] if sample is None else [sample]
 
     def __call__(self, item) -> dict[str, np.ndarray] | None:
         """`item`: (row, ref, KTO lender (row, ref) or None[, pair id])."""
@@ -227,14 +233,23 @@ class PreferencePipeline(DataPipeline):
 
     def rows(self, num_epochs: int | None = None) -> grain.IterDataset:
         """Rows of `2 * max_length` tokens holding whole pairs (packed or one per row)."""
-        if self.args.packing:
-            bins = max(self.args.packing_num_bins, self.batch_size)
+        if self.args.packing:  # the whole stream, on every process (`DataPipeline.share`)
+            bins = max(self.args.packing_num_bins, self.global_batch_size)
             return pack_pairs(self.samples(num_epochs), self.row_length, self.pad_id, bins, self.seed, self.shuffle)
         return self.samples(num_epochs).map(lambda s: pad_pair(s, self.row_length, self.pad_id))
 
+    def share_of_rows(self, num_epochs: int | None = 1) -> grain.IterDataset:
+        """This process's share of the training rows (packed rows, made from the whole stream, split among the
+        processes), for a pass that needs every row once on some process (the reference precompute)."""
+        rows = self.rows(num_epochs)
+        return take_share(rows, self.process_index, self.process_count) if self.args.packing else rows
+
     def train_dataset(self, num_epochs: int | None = None) -> grain.IterDataset:
         """Batches `[batch_size, 2 * max_length]` (one width for the whole run), prefetched in a background thread."""
-        batched = self.rows(num_epochs).batch(self.batch_size, drop_remainder=True)
+        if self.args.packing:  # global batches of packed rows, this process's rows of each
+            batched = self.host_batches(self.rows(num_epochs).batch(self.global_batch_size, drop_remainder=True))
+        else:
+            batched = self.rows(num_epochs).batch(self.batch_size, drop_remainder=True)
         return grain_exp.ThreadPrefetchIterDataset(batched, prefetch_buffer_size=4)
 
     def set_val_batches(self, batches: list[dict[str, np.ndarray]]) -> None:
@@ -269,7 +284,7 @@ class PreferencePipeline(DataPipeline):
         lengths = np.asarray([len(s["input_ids"]) for s in samples])
         if self.args.packing:
             probe = grain.MapDataset.source(samples).to_iter_dataset()
-            bins = max(self.args.packing_num_bins, self.batch_size)
+            bins = max(self.args.packing_num_bins, self.global_batch_size)
             packed = list(pack_pairs(probe, self.row_length, self.pad_id, bins, self.seed, False))
             rows_per_epoch = len(packed) * scale / self.process_count
             efficiency = float(sum((r["segment_ids"] > 0).sum() for r in packed) / (len(packed) * self.row_length))
@@ -304,11 +319,7 @@ def build_preference_data(args: DataArgs, tokenizer, rlhf_type: str, *, batch_si
 
         return StreamingPreferencePipeline(args, tokenizer, rlhf_type, streaming_val_table(args), **kw)
     bad = BadRows(args.strict)
-    train = load_table(args.dataset, args.data_seed, bad)
-    if args.val_dataset:
-        val = load_table(args.val_dataset, args.data_seed, bad)
-    else:
-        train, val = split_train_val(train, args.split_dataset_ratio, args.data_seed)
+    train, val = load_train_val(args, bad)
     pipe = PreferencePipeline(args, tokenizer, rlhf_type, train, val, **kw)
     pipe.stats["bad_rows_skipped"] += bad.count
     return pipe

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from swift_jax.data.errors import DataError
+
 from swift_jax.rewards import build_reward_funcs, load_plugins, score_completions
 from swift_jax.rewards.plugins import reward_name
 from swift_jax.trainer.method import LossOutput, Method
@@ -132,13 +134,18 @@ class GRPO(Method):
     ):
         """Prompt micro-batches of `batch_size` completions from `args.dataset` (each prompt x num_generations);
         no validation batches (GRPO evaluation is not implemented)."""
+        from swift_jax.data.resolve import LoadOptions
+
         from .grpo_data import PromptBatches, load_prompt_rows
 
+        if getattr(args, "cached_dataset", None) or getattr(args, "cached_val_dataset", None):
+            raise DataError("--cached_dataset is not supported for GRPO (as in ms-swift); pass the prompts with --dataset")
         if self.tokenizer is None:
             self.tokenizer = tokenizer
         if not self.eos_ids:
             self.eos_ids = end_token_ids(tokenizer)
-        rows = load_prompt_rows(args.dataset, seed=getattr(args, "data_seed", 42), strict=getattr(args, "strict", True))
+        rows = load_prompt_rows(args.dataset, seed=getattr(args, "data_seed", 42), strict=getattr(args, "strict", True),
+                                options=LoadOptions.of(args))
         make = lambda s: PromptBatches(
             rows, tokenizer, num_generations=self.args.num_generations, batch_size=batch_size,
             max_length=getattr(args, "max_length", None), seed=s, shuffle=shuffle, process_index=process_index, process_count=process_count,

@@ -9,6 +9,7 @@ import numpy as np
 
 from swift_jax.data.errors import BadRows, DataError, row_error
 from swift_jax.data.formats import MESSAGE_KEYS, normalize
+from swift_jax.data.resolve import LoadOptions
 from swift_jax.data.sources import load_table
 from swift_jax.infer import encode_chat
 
@@ -28,10 +29,10 @@ def prompt_messages(row: dict, where: str) -> list[dict]:
     return list(messages)
 
 
-def load_prompt_rows(specs: list[str], *, seed: int = 42, strict: bool = True) -> list[dict]:
+def load_prompt_rows(specs: list[str], *, seed: int = 42, strict: bool = True, options: LoadOptions = LoadOptions()) -> list[dict]:
     """`--dataset` rows as `{"messages": [...], **extra columns}` (any format ms-swift reads; columns such as
-    `solution` stay, for the reward functions). A bad row raises naming its file and line."""
-    table, bad = load_table(specs, seed, BadRows(strict)), BadRows(strict)
+    `solution` stay, for the reward functions), read with `options`. A bad row raises naming its file and line."""
+    table, bad = load_table(specs, seed, BadRows(strict), options), BadRows(strict)
     rows = []
     for i in range(len(table)):
         raw, ref = table[i]

@@ -211,7 +211,7 @@ class PreferenceMethod(Method):
             self._ref_forward = forward
         else:
             empty = pad_pair(None, pipe.row_length, pipe.pad_id)
-            batches = padded_batches(iter(pipe.rows(num_epochs=1)), pipe.batch_size, empty)
+            batches = padded_batches(iter(pipe.share_of_rows()), pipe.batch_size, empty)
             batches = in_step(batches, next(padded_batches([empty], pipe.batch_size, empty)))  # all in step
             self.ref_table = ReferenceTable.compute(forward, batches, len(pipe.train_table), self.pairs_per_row)
         pipe.set_val_batches([attach_computed(forward, b, self.pairs_per_row) for b in pipe.val_batches()])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from swift_jax.data.errors import DataError
+from swift_jax.data.errors import DROPPED, DataError
 from swift_jax.data.formats import MESSAGE_KEYS, normalize
 
 PAIRED = ("dpo", "orpo", "cpo", "simpo", "rm")
@@ -85,6 +85,8 @@ def preference_of(row: Any, rlhf_type: str, columns: dict[str, str] | None = Non
     """The chosen/rejected conversations (and margin or KTO label) of one row for `rlhf_type`."""
     if not isinstance(row, dict):
         raise DataError(f"a row must be a JSON object, got {type(row).__name__}")
+    if DROPPED in row:
+        raise DataError(row[DROPPED])
     if columns:
         row = {columns.get(k, k): v for k, v in row.items()}
     margin = row.get("margin")

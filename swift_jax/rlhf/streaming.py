@@ -1,10 +1,11 @@
 """--streaming true for preference data: pairs read row by row from the datasets, as SFT streams them.
 
-The rows come from `swift_jax.data.streaming`'s checkpointable stream (every process keeps every
-`process_count`-th row, a window shuffle mixes them, the iterator state resumes the stream); each becomes a pair
-sample as in `PreferencePipeline`, then rows are padded or packed the same way. KTO's KL example takes the
-previous row's answer within consecutive groups of `batch_size` streamed rows (the first takes the group's
-last), as ms-swift's KTOPreprocessor within a batch. Steps per epoch are estimated from the file sizes; a run
+The rows come from `swift_jax.data.streaming`'s checkpointable stream (a window shuffle mixes them, the
+iterator state resumes the stream, every process sees the same order); each becomes a pair sample as in
+`PreferencePipeline`, then rows are padded or packed the same way, and shared among processes as
+`data.hosts` says. KTO's KL example takes the previous row's answer within consecutive groups of one global
+batch of streamed rows (`batch_size` x processes; the first takes the group's last), as ms-swift's
+KTOPreprocessor within a batch. Steps per epoch are estimated from the file sizes; a run
 needs `--max_steps`.
 """
 
@@ -20,8 +21,8 @@ from swift_jax.data.args import DataArgs
 from swift_jax.data.errors import DataError
 from swift_jax.data.pipeline import PROBE_ROWS
 from swift_jax.data.samples import Counters
-from swift_jax.data.sources import DatasetSpec
-from swift_jax.data.streaming import _StreamDataset, estimated_rows
+from swift_jax.data.hosts import take_share
+from swift_jax.data.streaming import _StreamDataset, estimated_rows, ordered_stream, stream_mix, stream_plans
 from swift_jax.rlhf.data import PairProcessor, PreferencePipeline
 
 
@@ -48,28 +49,22 @@ class StreamingPreferencePipeline(PreferencePipeline):
     streaming = True
 
     def __init__(self, args: DataArgs, tokenizer, rlhf_type: str, val, **kw):
-        self.specs = [DatasetSpec.parse(s) for s in args.dataset]
-        if not self.specs:
-            raise DataError("no dataset given; pass --dataset PATH")
+        self.specs, self.mix = stream_plans(args), stream_mix(args)
         super().__init__(args, tokenizer, rlhf_type, [], val, **kw)
 
-    def _stream(self, process_index: int, process_count: int, num_epochs: int | None) -> grain.IterDataset:
-        return _StreamDataset(self.specs, self.args.strict, process_index, process_count, num_epochs)
-
     def samples(self, num_epochs: int | None = None) -> grain.IterDataset:
-        ds = self._stream(self.process_index, self.process_count, num_epochs)
-        if self.shuffle:
-            ds = grain_exp.WindowShuffleIterDataset(ds, window_size=max(1, self.args.shuffle_buffer_size), seed=self.seed)
-        return pair_items(ds, self.rlhf_type, self.batch_size).map(self.process).filter(lambda s: s is not None)
+        rows = ordered_stream(self.specs, self.args, self.seed, self.shuffle, num_epochs)
+        items = pair_items(rows, self.rlhf_type, self.global_batch_size)
+        return take_share(items, *self.share).map(self.process).filter(lambda s: s is not None)
 
     def _probe(self, tokenizer) -> dict:
         """Statistics from the first rows of the stream; steps per epoch from the file sizes."""
-        first = list(itertools.islice(iter(self._stream(0, 1, 1)), PROBE_ROWS))
+        first = list(itertools.islice(iter(_StreamDataset(self.specs, self.args.strict, 1)), PROBE_ROWS))
         if not first:
             raise DataError(f"{self.args.dataset}: the dataset is empty (no rows)")
         counters = Counters()
         process = PairProcessor(self.args, tokenizer, self.rlhf_type, counters)
-        items = pair_items(grain.MapDataset.source(first).to_iter_dataset(), self.rlhf_type, self.batch_size)
+        items = pair_items(grain.MapDataset.source(first).to_iter_dataset(), self.rlhf_type, self.global_batch_size)
         samples = [s for s in map(process, items) if s is not None]
         if not samples:
             raise DataError(f"no usable preference pair in the first {len(first)} rows: {counters.as_dict()}; check "

@@ -2,12 +2,13 @@
 
 Each checkpoint `run_dir/checkpoint-STEP/` (ms-swift's and transformers' name) holds `state` (step, trainable
 parameters, optimizer state, RNG streams; for LoRA only the adapters, never the frozen base) and `data` (the
-grain iterator state as JSON), plus what the trainer adds once orbax has finalised it (`args.json`, the PEFT
+grain iterator state as JSON; `--save_only_model`: no optimizer state), plus what the trainer adds once orbax has finalised it (`args.json`, the PEFT
 adapter or HF model files). Saves are asynchronous and atomic (orbax writes to a temporary folder and renames).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from typing import Any, Iterable
@@ -73,11 +74,15 @@ def parse_checkpoint_dir(path: str, flag: str = "--resume_from_checkpoint") -> t
     return os.path.dirname(path), int(match.group(1))
 
 
-def restore(path: str, abstract_state: Any, *, with_data: bool = True) -> tuple[Any, dict]:
+def restore(path: str, abstract_state: Any, *, with_data: bool = True, model_only: bool = False) -> tuple[Any, dict]:
     """Restore (state, data iterator state) from a checkpoint folder into `abstract_state`'s shardings.
 
     `abstract_state` may live on a different mesh than the one that saved: orbax reshards on restore.
+    `model_only`: the checkpoint was written with `--save_only_model` (its state has no optimizer state; the
+    restored state's `opt_state` is None).
     """
+    if model_only:
+        abstract_state = dataclasses.replace(abstract_state, opt_state=None)
     run_dir, step = parse_checkpoint_dir(path)
     manager = checkpoint_manager(run_dir, async_save=False)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)

@@ -71,8 +71,10 @@ def chunked_cross_entropy(
     *,
     chunk_size: int = 512,
     weights: jax.Array | None = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Summed next-token loss over target tokens: `(loss_sum, num_targets, num_correct)`.
+    segment_ids: jax.Array | None = None,
+) -> tuple[jax.Array, ...]:
+    """Summed next-token loss over target tokens: `(loss_sum, num_targets, num_correct)`, and with `segment_ids`
+    ([batch, seq]) also `(num_correct_sequences, num_sequences)` (`sequence_accuracy`).
 
     hidden: [batch, seq, embed] final hidden states; labels: [batch, seq] HF-style (unshifted, -100 = no
     loss); position t predicts labels[t + 1]. `project` maps `[..., embed]` to logits. Each chunk's
@@ -92,8 +94,24 @@ def chunked_cross_entropy(
         logz = jax.nn.logsumexp(logits, axis=-1)
         picked = jnp.take_along_axis(logits, safe[..., None], axis=-1)[..., 0]
         loss = jnp.where(mask, w * (logz - picked), 0.0).sum()
-        correct = jnp.where(mask, jnp.argmax(logits, axis=-1) == safe, False).sum()
-        return loss, mask.sum(), correct
+        right = jnp.argmax(logits, axis=-1) == safe
+        return loss, mask.sum(), jnp.where(mask, right, False).sum(), mask & ~right
 
-    loss, count, correct = scan_sequence_chunks(chunk_stats, hidden, labels, weights, chunk_size=chunk_size)
-    return loss.sum(), count.sum(), correct.sum()
+    loss, count, correct, wrong = scan_sequence_chunks(chunk_stats, hidden, labels, weights, chunk_size=chunk_size)
+    totals = (loss.sum(), count.sum(), correct.sum())
+    if segment_ids is None:
+        return totals
+    return totals + sequence_accuracy(unchunk(wrong, labels.shape[1]), labels, segment_ids)
+
+
+def sequence_accuracy(wrong: jax.Array, labels: jax.Array, segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """ms-swift's `--acc_strategy seq`: `(sequences whose every target token is predicted, sequences with a
+    target)`, a packed row's segments counted apart. wrong: [batch, seq] (position t mispredicts labels[t + 1]);
+    labels, segment_ids: [batch, seq] unshifted."""
+    has_target = shift_left(labels, IGNORE_INDEX) != IGNORE_INDEX  # [batch, seq], aligned with `wrong`
+    segment = shift_left(segment_ids, 0)  # the segment of each target token
+    rows = jnp.arange(labels.shape[0])[:, None]
+    per_segment = jnp.zeros((labels.shape[0], labels.shape[1] + 1), jnp.int32)  # [batch, segment id]
+    targets = per_segment.at[rows, segment].max(has_target.astype(jnp.int32))[:, 1:]
+    misses = per_segment.at[rows, segment].max(wrong.astype(jnp.int32))[:, 1:]
+    return (targets * (1 - misses)).sum(), targets.sum()

@@ -113,8 +113,11 @@ class LanguageModeling(Method):
     (`swift pt`: every token trained). `router_aux_loss_coef` adds the MoE load-balancing loss."""
 
     def __init__(self, name: str = "sft", *, loss_chunk_size: int = 1024, router_aux_loss_coef: float = 0.0,
-                 vision=None):
+                 vision=None, acc_strategy: str = "token"):
         self.name = name
+        self.acc_strategy = acc_strategy
+        """token: `token_acc` (share of target tokens predicted); seq: `seq_acc` (share of samples whose every
+        target token is predicted), as ms-swift's --acc_strategy."""
         self.loss_chunk_size = loss_chunk_size
         self.router_aux_loss_coef = router_aux_loss_coef
         self.vision = vision
@@ -150,9 +153,14 @@ class LanguageModeling(Method):
             hidden, aux = model.hidden_states(batch["input_ids"], **inputs, return_aux_loss=True)
         else:
             hidden = model.hidden_states(batch["input_ids"], **inputs)
-        loss_sum, count, correct = chunked_cross_entropy(hidden, batch["labels"], model.logits, chunk_size=self.loss_chunk_size,
-                                                         weights=batch.get("loss_scale"))
+        seq = self.acc_strategy == "seq"
+        loss_sum, count, correct, *sequences = chunked_cross_entropy(
+            hidden, batch["labels"], model.logits, chunk_size=self.loss_chunk_size, weights=batch.get("loss_scale"),
+            segment_ids=batch["segment_ids"] if seq else None)
         if self.router_aux_loss_coef:  # weighted by tokens, like the mean cross-entropy
             loss_sum = loss_sum + self.router_aux_loss_coef * aux * count
         n = count.astype(jnp.float32)
+        if seq:
+            right, total = (x.astype(jnp.float32) for x in sequences)
+            return LossOutput(loss_sum, n, {"seq_acc": (right, total)})
         return LossOutput(loss_sum, n, {"token_acc": (correct.astype(jnp.float32), n)})

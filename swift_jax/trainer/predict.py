@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import os
-
 from flax import nnx
 
 
 def predict_held_out(model: nnx.Module, tokenizer, data_args, path: str, n: int, max_new_tokens: int, say) -> float | None:
-    """Greedy answers to the first `n` rows of `path` (rows whose last message is the reference answer),
+    """Greedy answers to the first `n` rows of the dataset entry `path` (rows whose last message is the reference answer),
     prompted exactly as training encoded them (the run's template, system, agent template and columns);
     prints a few pairs and returns the exact-match rate (the response equals the reference exactly)."""
     from swift_jax.arguments import GenerationArgs
+    from swift_jax.data.errors import DataError
     from swift_jax.data.frontend import prompt_of, read_rows
+    from swift_jax.data.resolve import LoadOptions
     from swift_jax.generation import Generator
 
-    if not os.path.isfile(path):
-        say(f"predict: {path} is not a local file; skipped")
+    try:
+        rows = read_rows(path, limit=n, options=LoadOptions.of(data_args, shuffle=False))
+    except DataError as e:
+        say(f"predict: {path} could not be read ({e}); skipped")
         return None
     encoder = data_args.chat_encoder(tokenizer)
     prompts, references = [], []
-    for i, row in enumerate(read_rows(path, limit=n)):
+    for i, row in enumerate(rows):
         prompt = prompt_of(row, where=f"{path} row {i}", columns=data_args.columns)
         if prompt.reference is not None:
             ids = encoder.prompt_ids(prompt.messages, prompt.tools, prompt.chat_template_kwargs)

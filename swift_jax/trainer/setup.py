@@ -62,9 +62,10 @@ def build_model(args: TrainArguments, mesh) -> nnx.Module:
     path = resolve_path(m.model)
     scan = resolve_scan_layers(m.scan_layers, args.training.gradient_checkpointing)
     if m.init_from_scratch:
-        return init_model(read_hf_config(resolve_model_dir(path)), dtype=m.dtype, seed=args.training.seed, mesh=mesh,
-                          param_dtype=param_dtype, scan_layers=scan)
-    return load_model(path, dtype=m.dtype, mesh=mesh, param_dtype=param_dtype, scan_layers=scan)
+        hf_config = read_hf_config(resolve_model_dir(path))
+        hf_config = m.adjust_config()(hf_config) if m.adjust_config() else hf_config
+        return init_model(hf_config, dtype=m.dtype, seed=args.training.seed, mesh=mesh, param_dtype=param_dtype, scan_layers=scan)
+    return load_model(path, dtype=m.dtype, mesh=mesh, param_dtype=param_dtype, scan_layers=scan, adjust_config=m.adjust_config())
 
 
 ADAPTER_FIELDS = {"lora_rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout"}

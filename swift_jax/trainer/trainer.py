@@ -23,13 +23,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from swift_jax import flops
 from swift_jax.config import TrainArguments
+from swift_jax.data.dataset_syntax import DatasetSpec
 from swift_jax.kernels.attention import use_impl
 from swift_jax.parallel import devices_for, initialize_distributed, is_main_process, logical_to_spec, memory_report, mesh_from_args
 from swift_jax.trainer import checkpoint as ckpt
+from swift_jax.trainer.best import BestMetric, EarlyStop
 from swift_jax.trainer import run_folder
 from swift_jax.trainer.logs import RunLogger, peak_memory_gib, progress_fields
 from swift_jax.trainer.method import LanguageModeling, Method
-from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer
+from swift_jax.trainer.optim import learning_rate_schedule, make_optimizer, resolve_optim
 from swift_jax.tuners.multimodal import lr_factors, set_vision_remat
 from swift_jax.trainer.preemption import Preemption
 from swift_jax.trainer.setup import apply_tuner, build_model, enable_compilation_cache, resolve_path
@@ -46,7 +48,7 @@ def default_method(args: TrainArguments, model) -> Method:
 
     vision = vision_data_for(resolve_path(args.model_args.model), model.config, args.data)
     return LanguageModeling(name, loss_chunk_size=t.loss_chunk_size, router_aux_loss_coef=router_aux_coef(model.config, t.router_aux_loss_coef),
-                            vision=vision)
+                            vision=vision, acc_strategy=t.acc_strategy)
 
 
 def init_optimizer_state(optimizer, params, mesh):
@@ -107,7 +109,7 @@ class Trainer:
         self.main = is_main_process()
         self.mesh = mesh_from_args(args.mesh)
         jax.set_mesh(self.mesh)  # activation sharding constraints read the mesh from here
-        check_sequence_split(args.data.max_length, self.mesh.shape["sequence"])
+        check_sequence_split(args.data.row_length(), self.mesh.shape["sequence"])
         self.batch_devices = devices_for("batch", self.mesh)  # data x fsdp x expert
         self.accum = args.accumulation_steps(self.batch_devices)
 
@@ -115,6 +117,11 @@ class Trainer:
 
         self.tokenizer = load_tokenizer(resolve_path(args.model_args.model))
         self.model = build_model(args, self.mesh)
+        if args.model_args.new_special_tokens:
+            from swift_jax.hf.special_tokens import add_new_special_tokens
+
+            added = add_new_special_tokens(self.model, self.tokenizer, args.model_args.new_special_tokens, self.mesh)
+            print(f"added {added} new special tokens (vocabulary: {self.model.config.vocab_size})")
         self.model.model.remat = t.gradient_checkpointing
         vit_remat = args.tuner.vit_gradient_checkpointing
         set_vision_remat(self.model, t.gradient_checkpointing if vit_remat is None else vit_remat)
@@ -124,26 +131,24 @@ class Trainer:
         self.method.prepare_model(self.model)
         self.is_lora = self.plan.is_lora
 
-        from swift_jax.data.bundled import resolve_bundled
-
-        d = args.data  # bundled hub ids (swift/self-cognition) read offline; args.json keeps what the user gave
-        data_args = dataclasses.replace(d, dataset=resolve_bundled(d.dataset, d.model_name, d.model_author),
-                                        val_dataset=resolve_bundled(d.val_dataset, d.model_name, d.model_author))
         rows = t.per_device_train_batch_size * self.batch_devices // jax.process_count()
         eval_rows = t.per_device_eval_batch_size * self.batch_devices // jax.process_count()
         self.pipe = self.method.build_data(
-            data_args, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, batches_per_step=self.accum, seed=t.seed,
+            args.data, self.tokenizer, batch_size=rows, eval_batch_size=eval_rows, batches_per_step=self.accum, seed=t.seed,
             shuffle=t.train_dataloader_shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
         )
         # optimizer steps per epoch, as transformers counts them (a last partial accumulation is a step)
         self.steps_per_epoch = max(1, math.ceil(self.pipe.steps_per_epoch / self.accum))
         self.total_steps = t.max_steps if t.max_steps > 0 else max(1, math.ceil(t.num_train_epochs * self.steps_per_epoch))
-        warmup = int(math.ceil(t.warmup_ratio * self.total_steps))
-        self.schedule = learning_rate_schedule(t.lr_scheduler_type, t.learning_rate, self.total_steps, warmup)
+        warmup = t.warmup_steps_for(self.total_steps)
+        self.schedule = learning_rate_schedule(t.lr_scheduler_type, t.learning_rate, self.total_steps, warmup, t.scheduler_kwargs())
+        optim_note = resolve_optim(t.optim)[1]
+        if optim_note and self.main:
+            print(optim_note)
         self.optimizer = make_optimizer(
             self.schedule, weight_decay=t.weight_decay, adam_beta1=t.adam_beta1, adam_beta2=t.adam_beta2,
             adam_epsilon=t.adam_epsilon, max_grad_norm=t.max_grad_norm, lorap_lr_ratio=args.tuner.lorap_lr_ratio,
-            masks=self.plan.masks, lr_factors=lr_factors(self.model, t.learning_rate, args.tuner),
+            masks=self.plan.masks, lr_factors=lr_factors(self.model, t.learning_rate, args.tuner), optim=t.optim,
         )
         self.graphdef, params, rng, self.frozen = split_model(self.model, self.trainable)
         opt_state = init_optimizer_state(self.optimizer, params, self.mesh)
@@ -174,7 +179,11 @@ class Trainer:
         (weights only: a fresh optimizer) and `--ignore_data_skip` (the data stream starts over; with
         `--resume_only_model`, the step count too)."""
         t = self.args.training
-        restored, data_state = ckpt.restore(path, self.state, with_data=not t.ignore_data_skip)
+        model_only = bool((run_folder.read_args(path) or {}).get("save_only_model"))
+        if model_only and not t.resume_only_model:
+            raise ValueError(f"--resume_from_checkpoint {path}: the checkpoint was saved with --save_only_model (no optimizer "
+                             "state); resume it with --resume_only_model true")
+        restored, data_state = ckpt.restore(path, self.state, with_data=not t.ignore_data_skip, model_only=model_only)
         if t.resume_only_model:
             step = jnp.zeros((), jnp.int32) if t.ignore_data_skip else restored.step
             self.state = TrainState(step=step, params=restored.params, opt_state=self.state.opt_state, rng=self.state.rng,
@@ -203,16 +212,18 @@ class Trainer:
                  f"tuner: {args.tuner.tuner_type}, method: {self.method.describe()}")
         self.say(f"data: {self.pipe.stats}")
         self.say(f"steps: {self.total_steps} (batch {t.per_device_train_batch_size} x {self.batch_devices} devices x "
-                 f"{self.accum} accumulation, length {args.data.max_length})")
+                 f"{self.accum} accumulation, length {args.data.row_length()})")
         self.say(memory_report(self.state.params, self.state.opt_state, self.model.config, batch_per_device=t.per_device_train_batch_size,
-                               seq_len=args.data.max_length, remat=t.gradient_checkpointing,
+                               seq_len=args.data.row_length(), remat=t.gradient_checkpointing,
                                sequence_parallel=self.mesh.shape["sequence"]))
         preemption = Preemption(t.preemption_save_timeout, self.say)
         lora_params = n_trainable if self.is_lora else 0
         device_kind = jax.devices()[0].device_kind
         self.pending: list[tuple[int, Any]] = []  # (step, device loss) since the last host check
         self.unfinished: int | None = None  # the step whose orbax save may still be in flight
-        self.best: tuple[float, int] | None = None  # (eval_loss, step) of the best checkpoint
+        self.best = BestMetric(t.metric_for_best_model, t.greater_is_better)
+        early_stop = EarlyStop(t.early_stop_interval, t.greater_is_better) if t.early_stop_interval else None
+        stopped_early = False
         self.last_saved: int | None = None
         final: dict[str, Any] = {}
         start_step = step = int(self.state.step)
@@ -229,7 +240,7 @@ class Trainer:
                 step += 1
                 self.pending.append((step, metrics["loss"]))
                 self.logger.advance()
-                if step % t.logging_steps == 0 or step == self.total_steps:
+                if step % t.logging_steps == 0 or step == self.total_steps or (step == 1 and t.logging_first_step):
                     self._check_finite()
                     record = {"step": step, **_defined({k: v for k, v in metrics.items() if k != "count"})}
                     record["learning_rate"] = float(self.schedule(step - self.optimizer_offset - 1))
@@ -240,14 +251,20 @@ class Trainer:
                     record.update(progress_fields(step, self.total_steps, elapsed, step - start_step))
                     self.logger.log(record)
                     final.update(record)
-                if self.pipe.val_batches() and (step % t.eval_steps == 0 or step == self.total_steps):
+                epoch_end = step % self.steps_per_epoch == 0 or step == self.total_steps
+                improved = False
+                if self.pipe.val_batches() and _due(t.eval_strategy, step, t.eval_steps, self.total_steps, epoch_end):
                     result = {"step": step, **self.evaluate()}
                     self.logger.log(result)
                     final.update(result)
-                    if self.best is None or result["eval_loss"] < self.best[0]:
-                        self.best = (result["eval_loss"], step)
-                if step % t.save_steps == 0 or step == self.total_steps:
+                    improved = self.best.update(result, step)
+                if improved if t.save_strategy == "best" else _due(t.save_strategy, step, t.save_steps, self.total_steps, epoch_end):
                     self.save(step)
+                    if early_stop and early_stop.on_save(self.best.value) and step < self.total_steps:
+                        self.say(f"early stop at step {step}: {t.metric_for_best_model} has not improved for "
+                                 f"{t.early_stop_interval} checkpoint saves (best {self.best.value} at step {self.best.step})")
+                        stopped_early = True
+                        break
                 elif self.unfinished is not None and not self.manager.is_saving_in_progress():
                     self._finalize()
                 if preemption.agreed():
@@ -260,14 +277,18 @@ class Trainer:
             self._wait_and_finalize()
             self.manager.close()
             self.logger.close()
+        finished = step >= self.total_steps or stopped_early
+        if t.load_best_model_at_end and finished:
+            self._load_best()
         if "eval_token_acc" in final:
             self.say(f"held-out token accuracy: {final['eval_token_acc']:.4f} (eval_loss {final['eval_loss']:.4f})")
-        if t.num_predict_samples > 0 and args.data.val_dataset and self.main and step >= self.total_steps:
+        if t.num_predict_samples > 0 and args.data.val_dataset and self.main and finished:
             from swift_jax.trainer.predict import predict_held_out
 
             model = self.current_model()
             model.eval()
-            path = resolve_path(args.data.val_dataset[0].split("#")[0])
+            spec = DatasetSpec.parse(args.data.val_dataset[0])
+            path = str(dataclasses.replace(spec, path=resolve_path(spec.path)))
             rate = predict_held_out(model, self.tokenizer, args.data, path, t.num_predict_samples, t.predict_max_new_tokens, self.say)
             if rate is not None:
                 final["exact_match"] = rate
@@ -307,8 +328,26 @@ class Trainer:
         self._wait_and_finalize()
         staging = os.path.join(self.run_dir, f"{STAGING}{step}")
         self._export(staging)
-        ckpt.save(self.manager, step, self.state, self.iterator.get_state())
+        state = dataclasses.replace(self.state, opt_state=None) if self.args.training.save_only_model else self.state
+        ckpt.save(self.manager, step, state, self.iterator.get_state())
         self.unfinished, self.last_saved = step, step
+
+    def _load_best(self) -> None:
+        """`--load_best_model_at_end`: the trained weights become the best checkpoint's, as transformers'
+        `_load_best_model` (and says so with its log line)."""
+        best = self._best_dir()
+        if best is None:
+            self.say("--load_best_model_at_end: no checkpoint was evaluated; keeping the last weights")
+            return
+        self.say(f"Loading best model from {best} (score: {self.best.value}).")
+        restored, _ = ckpt.restore(best, self.state, with_data=False, model_only=self.args.training.save_only_model)
+        self.state = dataclasses.replace(self.state, params=restored.params)
+
+    def _best_dir(self) -> str | None:
+        """The folder of the best evaluated checkpoint, when it was saved."""
+        if self.best.step is None or not os.path.isdir(ckpt.step_dir(self.run_dir, self.best.step)):
+            return None
+        return ckpt.step_dir(self.run_dir, self.best.step)
 
     def _export(self, folder: str) -> None:
         """What a checkpoint holds besides orbax's state, so `--adapters`/`--model` and peft/transformers read
@@ -327,6 +366,8 @@ class Trainer:
             save_pretrained(model, folder, dtype=m.dtype)
             if self.main:
                 copy_tokenizer_files(resolve_path(m.model), folder)
+        if self.main and m.new_special_tokens:  # the grown tokenizer, as transformers' Trainer saves it
+            self.tokenizer.save_pretrained(folder)
         if self.main:
             run_folder.write_args(folder, self.args)
 
@@ -347,26 +388,33 @@ class Trainer:
             os.rmdir(staging)
 
     def _rotate(self) -> None:
-        """`save_total_limit`: delete all but the newest N checkpoints, never the best by eval loss."""
+        """`save_total_limit`: delete all but the newest N checkpoints, never the best one."""
         limit = self.args.training.save_total_limit
-        best = [self.best[1]] if self.best else []
+        best = [self.best.step] if self.best.step is not None else []
         for step in ckpt.steps_to_delete(self.manager.all_steps(), limit, keep=best):
             self.manager.delete(step)
 
     def _summary(self, step: int) -> dict[str, Any]:
         """ms-swift's last `logging.jsonl` line, with `--create_checkpoint_symlink`'s `last`/`best` links."""
         last = ckpt.step_dir(self.run_dir, self.last_saved) if self.last_saved else None
-        best = ckpt.step_dir(self.run_dir, self.best[1]) if self.best and os.path.isdir(ckpt.step_dir(self.run_dir, self.best[1])) else None
+        best = self._best_dir()
         if self.args.training.create_checkpoint_symlink and self.main:
             last = run_folder.link(last, os.path.join(self.run_dir, "last")) if last else None
             best = run_folder.link(best, os.path.join(self.run_dir, "best")) if best else None
         return {
             "last_model_checkpoint": last,
             "best_model_checkpoint": best,
-            "best_metric": self.best[0] if self.best else None,
+            "best_metric": self.best.value,
             "global_step": step,
             "memory": round(peak_memory_gib(), 4),
         }
+
+
+def _due(strategy: str, step: int, every: int, total_steps: int, epoch_end: bool) -> bool:
+    """transformers' DefaultFlowCallback: `steps` every N steps and at the last one, `epoch` at each epoch's end."""
+    if strategy == "steps":
+        return step % every == 0 or step == total_steps
+    return strategy == "epoch" and epoch_end
 
 
 def _defined(metrics: dict) -> dict[str, float]:
