@@ -247,8 +247,9 @@ _note(INFER, "no metric summary is printed after infer; the results (with each r
 _note(INFER, "token log-probabilities are not returned", "logprobs top_logprobs", differs=True)
 _note(("deploy", "eval"), "token log-probabilities are not returned", "max_logprobs")
 _note(("deploy", "eval"), "every process logs through the main one", "log_level")
-_note(("deploy", "eval"), "the server is plain HTTP on --host/--port without authentication; put a proxy in front "
-      "for TLS or API keys", "api_key ssl_certfile ssl_keyfile", differs=True)
+_note(("deploy",), "the server is plain HTTP on --host/--port (--api_key checks the bearer token); put a proxy in "
+      "front for TLS", "ssl_certfile ssl_keyfile", differs=True)
+_note(("eval",), "eval runs the model in process; there is no server", "api_key ssl_certfile ssl_keyfile")
 _note(("deploy", "eval"), "the server's request log is not summarised", "log_interval verbose owned_by")
 _note(("eval",), "eval runs the model in process; there is no server", "host port served_model_name")
 _note(("eval",), "tasks are the jsonl files of --eval_dataset, scored in process; evalscope, OpenCompass and "
