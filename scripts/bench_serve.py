@@ -6,7 +6,7 @@ Builds the quickstart tiny Qwen2 (random weights, its tokenizer), starts `python
 subprocess, and for each concurrency level N sends N chat requests at once from N threads (each its own
 `openai.OpenAI` client, greedy, `max_tokens` tokens, `ignore_eos` so every response has that length), after a
 warm-up round that compiles. Prints a markdown table: wall time of the level, its ratio to one request's time,
-and the mean / max latency. `--baseline_tree DIR` runs the same levels first against the deploy of another
+the mean / max latency and the mean tokens per response (a server without `ignore_eos` may stop early). `--baseline_tree DIR` runs the same levels first against the deploy of another
 checkout (PYTHONPATH=DIR, e.g. the commit before the engine), so both columns come from one run.
 """
 
@@ -65,7 +65,7 @@ def start(tree: str, model: str, extra: list[str]) -> tuple[subprocess.Popen, st
     raise RuntimeError("the server did not come up in 300 s")
 
 
-def one(url: str, i: int, max_tokens: int) -> float:
+def one(url: str, i: int, max_tokens: int) -> tuple[float, int]:
     import openai
 
     client = openai.OpenAI(base_url=url, api_key="-", max_retries=0, timeout=600)
@@ -75,19 +75,20 @@ def one(url: str, i: int, max_tokens: int) -> float:
         max_tokens=max_tokens, temperature=0, extra_body={"ignore_eos": True},
     )
     assert reply.choices[0].message.content is not None
-    return time.perf_counter() - start_time
+    return time.perf_counter() - start_time, reply.usage.completion_tokens
 
 
-def level(url: str, n: int, max_tokens: int) -> tuple[float, float, float]:
-    """Wall time of n simultaneous requests, and their mean and max latency."""
+def level(url: str, n: int, max_tokens: int) -> tuple[float, float, float, float]:
+    """Wall time of n simultaneous requests, their mean and max latency, and the mean tokens per response."""
     with ThreadPoolExecutor(n) as pool:
         start_time = time.perf_counter()
-        latencies = list(pool.map(lambda i: one(url, i, max_tokens), range(n)))
+        results = list(pool.map(lambda i: one(url, i, max_tokens), range(n)))
         wall = time.perf_counter() - start_time
-    return wall, sum(latencies) / n, max(latencies)
+    latencies = [r[0] for r in results]
+    return wall, sum(latencies) / n, max(latencies), sum(r[1] for r in results) / n
 
 
-def bench(tree: str, model: str, levels: list[int], max_tokens: int, extra: list[str]) -> dict[int, tuple[float, float, float]]:
+def bench(tree: str, model: str, levels: list[int], max_tokens: int, extra: list[str]) -> dict[int, tuple]:
     proc, url = start(tree, model, ["--served_model_name", "bench", *extra])
     try:
         level(url, 1, max_tokens)  # compile
@@ -114,13 +115,13 @@ def main() -> None:
         runs["engine"] = bench(here, tmp, a.levels, a.max_tokens, ["--max_num_seqs", str(a.max_num_seqs), "--max_model_len", "256"])
     print(f"\n{a.max_tokens} tokens per request, greedy; wall = all N answered; x1 = wall / one request alone\n")
     names = list(runs)
-    print("| concurrency | " + " | ".join(f"{n} wall s | {n} x1 | {n} mean / max latency s" for n in names) + " |")
-    print("|---|" + "---|---|---|" * len(names))
+    print("| concurrency | " + " | ".join(f"{n} wall s | {n} x1 | {n} mean / max latency s | {n} tokens" for n in names) + " |")
+    print("|---|" + "---|---|---|---|" * len(names))
     for n in a.levels:
         cells = []
         for name in names:
-            wall, mean, worst = runs[name][n]
-            cells += [f"{wall:.2f}", f"{wall / runs[name][1][0]:.1f}x", f"{mean:.2f} / {worst:.2f}"]
+            wall, mean, worst, tokens = runs[name][n]
+            cells += [f"{wall:.2f}", f"{wall / runs[name][1][0]:.1f}x", f"{mean:.2f} / {worst:.2f}", f"{tokens:.0f}"]
         print(f"| {n} | " + " | ".join(cells) + " |")
 
 

@@ -152,3 +152,26 @@ def test_requests_with_one_prompt_share_its_prefill(llama, caching):
     assert engine.stats["prefill_tokens"] == (len(prompt) - 1) * (1 if caching else 3)
     expected = _hf_alone(hf, prompt)[0]
     assert [r.outputs[0].token_ids for r in (first, *later)] == [expected, expected, expected[:6]]
+
+
+def test_named_adapters_are_swapped_between_requests(tmp_path):
+    from flax import nnx
+
+    from test_generation import _Adapter
+
+    path = save_hf_model(build_hf_model("qwen3", head_dim=32), tmp_path)
+    base = swift_jax.load_model(path, scan_layers=False)
+    tuned = nnx.merge(*nnx.split(base))  # shares the base weights; adapters on its own q_proj layers
+    rng = np.random.RandomState(0)
+    for layer in tuned.model.layers:
+        lin = layer.self_attn.q_proj
+        a, b = (rng.randn(*shape).astype(np.float32) * 0.3 for shape in ((lin.in_features, 4), (4, lin.out_features)))
+        lin.lora = nnx.data(_Adapter(jnp.asarray(a), jnp.asarray(b), 2.0))
+    prompts = [_prompt(11, 7), _prompt(12, 5)]
+    alone = {name: Engine(m, max_num_seqs=2, max_model_len=32).generate(prompts, GREEDY) for name, m in (("base", base), ("x", tuned))}
+    assert alone["base"] != alone["x"]  # the adapter changes the answers
+    engine = Engine(base, max_num_seqs=2, max_model_len=32, adapters={"x": tuned})
+    requests = [engine.submit(p, GREEDY, adapter=a) for a in (None, "x", None) for p in prompts]
+    engine.run(requests)
+    got = [r.outputs for r in requests]
+    assert got == alone["base"] + alone["x"] + alone["base"]

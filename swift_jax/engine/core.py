@@ -308,9 +308,10 @@ class Engine:
             hurry = bool(self.waiting) and self.free_slots > 0
         limit = 1 if hurry or self.todo.any() else S.K_MAX
         top_n = any(o is not None and o[0].config.top_logprobs > 0 for o in self.owner)
-        sampling = RowSampling(**{k: v for k, v in self.rows.items() if k not in ("eos", "budget")})
-        self.state, out = S.decode(graphdef, params, self.state, sampling, self.live.copy(), self.rows["eos"],
-                                   self.rows["budget"], np.int32(limit), top_n=top_n)
+        rows = min(_bucket(int(np.nonzero(self.live)[0].max()) + 1), self.max_num_seqs)  # the slots this call runs
+        sampling = RowSampling(**{k: v[:rows] for k, v in self.rows.items() if k not in ("eos", "budget")})
+        self.state, out = S.decode(graphdef, params, self.state, sampling, self.live[:rows].copy(), self.rows["eos"][:rows],
+                                   self.rows["budget"][:rows], np.int32(limit), top_n=top_n)
         tokens, logps, top_ids, top_lps = jax.device_get(out)
         self.stats["decode_calls"] += 1
         self.stats["decode_steps"] += int((tokens >= 0).any(0).sum())

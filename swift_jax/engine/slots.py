@@ -119,10 +119,33 @@ def _copy_rows(state: Slots, source, target, length) -> Slots:
     return dataclasses.replace(state, cache=_put(state.cache, target, part))
 
 
+def _head(state: Slots, rows: int) -> Slots:
+    """The first `rows` slots (every array sliced on its batch axis)."""
+    cut = lambda a: jax.lax.slice_in_dim(a, 0, rows, axis=_batch_axis(a))
+    cache = KVCache(tuple(map(cut, state.cache.keys)), tuple(map(cut, state.cache.values)),
+                    state.cache.segment_ids[:rows], state.cache.index[:rows])
+    return Slots(cache, *(a[:rows] for a in (state.last, state.position, state.prompt_seen, state.counts, state.generated)))
+
+
+def _put_head(state: Slots, head: Slots) -> Slots:
+    """`state` with its first slots replaced by `head` (in place when `state` is donated)."""
+    put = lambda a, b: jax.lax.dynamic_update_slice_in_dim(a, b, 0, axis=_batch_axis(a))
+    cache = KVCache(tuple(map(put, state.cache.keys, head.cache.keys)), tuple(map(put, state.cache.values, head.cache.values)),
+                    state.cache.segment_ids.at[: head.last.shape[0]].set(head.cache.segment_ids),
+                    state.cache.index.at[: head.last.shape[0]].set(head.cache.index))
+    rest = [a.at[: b.shape[0]].set(b) for a, b in zip(
+        (state.last, state.position, state.prompt_seen, state.counts, state.generated),
+        (head.last, head.position, head.prompt_seen, head.counts, head.generated))]
+    return Slots(cache, *rest)
+
+
 def _decode(graphdef, params, state: Slots, sampling: RowSampling, live, eos, budget, limit, *, top_n: bool):
-    """Up to `limit` (<= K_MAX) decode steps of the `live` `[slots]` rows; a row stops at one of its `eos`
-    `[slots, E]` ids or after `budget` `[slots]` generated tokens. Returns the new state and per step the
-    tokens `[slots, K_MAX]` (-1 where a row did not run), their log-probs and top alternatives."""
+    """Up to `limit` (<= K_MAX) decode steps of the `live` rows among the first `rows = live.shape[0]` slots (a
+    power of two covering every live slot: one request does not pay for all the slots); a row stops at one of
+    its `eos` `[rows, E]` ids or after `budget` `[rows]` generated tokens. Returns the new state and per step
+    the tokens `[rows, K_MAX]` (-1 where a row did not run), their log-probs and top alternatives."""
+    whole = state
+    state = _head(state, live.shape[0])
     model = nnx.merge(graphdef, params)
     model.eval()
     slots = live.shape[0]
@@ -154,7 +177,7 @@ def _decode(graphdef, params, state: Slots, sampling: RowSampling, live, eos, bu
         return step + 1, s, alive & ~done, outputs
 
     _, state, _, out = jax.lax.while_loop(cond, body, (jnp.int32(0), state, live, out))
-    return state, out
+    return _put_head(whole, state), out
 
 
 admit = jax.jit(_admit, donate_argnums=(0,))
