@@ -5,8 +5,9 @@
 Builds the quickstart tiny Qwen2 (random weights, its tokenizer), starts `python -m swift_jax.deploy` as a
 subprocess, and for each concurrency level N sends N chat requests at once from N threads (each its own
 `openai.OpenAI` client, greedy, `max_tokens` tokens, `ignore_eos` so every response has that length), after a
-warm-up round that compiles. Prints a markdown table: wall time of the level, its ratio to one request's time,
-the mean / max latency and the mean tokens per response (a server without `ignore_eos` may stop early). `--baseline_tree DIR` runs the same levels first against the deploy of another
+warm-up round of every level (it compiles each batch shape). Prints a markdown table: wall time of the level,
+its ratio to one request's time, the mean / max latency and the mean tokens per response (a server without
+`ignore_eos` may stop early). `--baseline_tree DIR` runs the same levels first against the deploy of another
 checkout (PYTHONPATH=DIR, e.g. the commit before the engine), so both columns come from one run.
 """
 
@@ -91,8 +92,8 @@ def level(url: str, n: int, max_tokens: int) -> tuple[float, float, float, float
 def bench(tree: str, model: str, levels: list[int], max_tokens: int, extra: list[str]) -> dict[int, tuple]:
     proc, url = start(tree, model, ["--served_model_name", "bench", *extra])
     try:
-        level(url, 1, max_tokens)  # compile
-        level(url, min(4, max(levels)), max_tokens)
+        for n in [1, *levels]:  # compile every batch shape the levels reach
+            level(url, n, max_tokens)
         return {n: level(url, n, max_tokens) for n in [1, *levels]}
     finally:
         proc.terminate()
