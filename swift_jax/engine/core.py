@@ -97,9 +97,10 @@ class Engine:
     # ---- submitting ------------------------------------------------------------------------------
 
     def submit(self, prompt: Sequence[int], config: GenerationConfig = GenerationConfig(), *, adapter: str | None = None,
-               on_event: Callable[[Delta], None] | None = None) -> Request:
-        """Queue one prompt (token ids); returns its `Request` at once. Raises ValueError for a request that can
-        never run (the message names the field), QueueFull when `max_queue_size` requests already wait."""
+               on_event: Callable[[Delta], None] | None = None, on_finish: Callable[[], None] | None = None) -> Request:
+        """Queue one prompt (token ids); returns its `Request` at once (`on_event(Delta)` while it streams,
+        `on_finish()` when done, both on the engine's thread). Raises ValueError for a request that can never
+        run (the message names the field), QueueFull when `max_queue_size` requests already wait."""
         config.check()
         if len(prompt) == 0:
             raise ValueError("empty prompt: every prompt needs at least one token")
@@ -117,7 +118,7 @@ class Engine:
         if bad:
             raise ValueError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {self.vocab})")
         budget = min(config.max_new_tokens, self.max_model_len - len(prompt) + 1)
-        request = Request(prompt, config, adapter, on_event, budget)
+        request = Request(prompt, config, adapter, on_event, budget, on_finish)
         with self.lock:
             queued = len(self.waiting) - self.free_slots  # those that will not find a slot at the next step
             if self.max_queue_size is not None and queued >= self.max_queue_size:

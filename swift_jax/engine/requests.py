@@ -50,7 +50,7 @@ class Request:
     """A submitted prompt; `cancel()` frees its slots at the engine's next step."""
 
     def __init__(self, prompt: Sequence[int], config: GenerationConfig, adapter: str | None,
-                 on_event: Callable[[Delta], None] | None, budget: int):
+                 on_event: Callable[[Delta], None] | None, budget: int, on_finish: Callable[[], None] | None = None):
         self.id = f"req-{next(_ids)}"
         self.prompt = list(prompt)
         self.config = config
@@ -60,6 +60,7 @@ class Request:
         self.events: queue.Queue[Delta] = queue.Queue()
         self._on_event = on_event or self.events.put
         self.streaming = on_event is not None  # deltas as tokens come, rather than the text at the end
+        self._on_finish = on_finish  # called (on the engine's thread) once every sample is finished
         self._done = threading.Event()
         self.cancelled = False
         self.error: str | None = None
@@ -107,8 +108,10 @@ class Request:
 
     def finish_if_done(self) -> bool:
         """Mark the request finished once every sample is; True then."""
-        if all(s.finish_reason for s in self.samples):
+        if all(s.finish_reason for s in self.samples) and not self._done.is_set():
             self._done.set()
+            if self._on_finish is not None:
+                self._on_finish()
             return True
         return False
 

@@ -81,14 +81,15 @@ class OpenAIService:
             outputs = self.generator.generate_ids(prepared.prompts, prepared.config)
         return [Finished(p, [o]) for p, o in zip(prepared.prompts, outputs)]
 
-    def submit(self, prepared: Prepared, on_event) -> list[Request]:
-        """Queue every prompt (`on_event((prompt index, Delta))` while streaming); on a refusal the ones already
-        queued are cancelled."""
+    def submit(self, prepared: Prepared, on_event, on_finish=None) -> list[Request]:
+        """Queue every prompt (`on_event((prompt index, Delta))` while streaming, `on_finish()` as each ends); on
+        a refusal the ones already queued are cancelled."""
         requests = []
         try:
             for i, p in enumerate(prepared.prompts):
                 listen = None if on_event is None else (lambda d, i=i: on_event((i, d)))
-                requests.append(self.engine.submit(p, prepared.config, adapter=prepared.adapter, on_event=listen))
+                requests.append(self.engine.submit(p, prepared.config, adapter=prepared.adapter, on_event=listen,
+                                                   on_finish=on_finish))
         except (ValueError, QueueFull) as err:
             for r in requests:
                 r.cancel()
@@ -166,7 +167,9 @@ def build_app(service: OpenAIService, api_key: str | None = None):
         try:
             prepared = service.prepare(body, chat)
             on_event = (lambda d: loop.call_soon_threadsafe(events.put_nowait, d)) if prepared.stream else None
-            requests = [] if service.is_vision(prepared) else service.submit(prepared, on_event)
+            ended = asyncio.Event()
+            on_finish = lambda: loop.call_soon_threadsafe(ended.set)  # noqa: E731
+            requests = [] if service.is_vision(prepared) else service.submit(prepared, on_event, on_finish)
         except RequestError as err:
             return error(err.status, str(err), err.param)
         except QueueFull as err:
@@ -180,7 +183,7 @@ def build_app(service: OpenAIService, api_key: str | None = None):
         if prepared.stream:
             chunks = _sse(service, prepared, requests, events, chat)
             return StreamingResponse(chunks, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        done = await _finished(requests, http)
+        done = await _finished(requests, http, ended)
         if not done:
             return error(499, "client closed the request")
         failed = [r.error for r in requests if r.error]
@@ -212,10 +215,15 @@ class Finished:
         pass
 
 
-async def _finished(requests: list[Request], http) -> bool:
-    """Wait for `requests`; cancel them (and return False) if the client disconnects first."""
+async def _finished(requests: list, http, ended: asyncio.Event) -> bool:
+    """Wait for `requests` (`ended` is set as each finishes); cancel them (and return False) if the client
+    disconnects first."""
     while not all(r.finished for r in requests):
-        await asyncio.to_thread(requests[[r.finished for r in requests].index(False)].wait, 0.2)
+        ended.clear()
+        if all(r.finished for r in requests):
+            break
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(ended.wait(), 0.5)
         if await http.is_disconnected():
             for r in requests:
                 r.cancel()
