@@ -102,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     vision, args = vision_for_inference(args, model.config)
     adapters = adapter_variants(model, named)
     chat = ChatServer(Generator(model, tokenizer, max_batch_size=args.max_batch_size), args, vision, adapters)
+    chat.engine.warmup()  # compile every batch shape now, not when the first requests of that size arrive
     server = make_server(chat, args.host, args.port)
     slots = chat.engine.max_num_seqs
     print(f"[INFO] serving {chat.name} at http://{args.host}:{server.server_address[1]}/v1 ({slots} slots of "

@@ -147,6 +147,24 @@ class Engine:
         with self._drive:
             self.step()
 
+    def warmup(self) -> None:
+        """Compile the decode step for every slot bucket (1, 2, 4, ... slots) and the prefill of short prompts
+        for as many rows, before serving: otherwise the first time a bucket is reached its requests wait for
+        the compilation (seconds). Every call here runs no sequence (no live row; padding rows are dropped)."""
+        graphdef, params = self.variants[self.variant]
+        rows = 1
+        while True:
+            rows = min(rows, self.max_num_seqs)
+            sampling = RowSampling(**{k: v[:rows] for k, v in self.rows.items() if k not in ("eos", "budget")})
+            self.state, _ = S.decode(graphdef, params, self.state, sampling, np.zeros(rows, bool), self.rows["eos"][:rows],
+                                     self.rows["budget"][:rows], np.int32(0), top_n=False)
+            outside = np.full(rows, self.max_num_seqs, np.int32)
+            self.state = S.prefill(graphdef, params, self.state, outside, np.zeros((rows, 16), np.int32), np.zeros(rows, np.int32))
+            if rows == self.max_num_seqs:
+                break
+            rows *= 2
+        jax.block_until_ready(self.state)
+
     # ---- the engine's own thread ---------------------------------------------------------------------
 
     def start(self) -> None:
