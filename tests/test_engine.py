@@ -96,6 +96,7 @@ def test_stop_ids_length_and_budget(llama):
     prompt = _prompt(6, 5)
     full = _hf_alone(hf, prompt)[0]
     engine = Engine(model, max_num_seqs=2, max_model_len=16)
+    engine.warmup()  # compiles every slot bucket without touching a sequence
     stopped = engine.generate([prompt], GenerationConfig(max_new_tokens=12, eos_token_ids=(), stop_token_ids=(full[3],)))[0][0]
     assert stopped.token_ids == full[: full.index(full[3])] and stopped.finish_reason == "stop"
     clamped = engine.generate([prompt], GREEDY)[0][0]  # 5 + 12 > 16: the slot's room ends it
