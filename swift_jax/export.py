@@ -128,12 +128,11 @@ def export(args: ExportArgs) -> str:
         spec = QuantSpec(args.quant_method, args.quant_bits, args.group_size)
         if spec.method == "gptq" and not args.dataset:
             raise ValueError("--quant_method gptq needs calibration data: pass --dataset FILE.jsonl")
-    from swift_jax.hf.special_tokens import add_new_special_tokens, checkpoint_tokenizer
+    from swift_jax.hf.special_tokens import add_new_special_tokens, adapter_tokenizer_dir, checkpoint_tokenizer
 
     model = swift_jax.load_model(base, dtype=args.dtype, adjust_config=args.adjust_config())
-    own_tokenizer = any(os.path.exists(os.path.join(a, "tokenizer_config.json")) for a in args.adapter_paths())
     tokenizer = None  # a model folder without a tokenizer exports as long as nothing needs one
-    if own_tokenizer or args.new_special_tokens or (spec is not None and spec.method == "gptq"):
+    if adapter_tokenizer_dir(args.adapter_paths()) or args.new_special_tokens or (spec is not None and spec.method == "gptq"):
         tokenizer = checkpoint_tokenizer(base, args.adapter_paths())
         add_new_special_tokens(model, tokenizer, args.new_special_tokens)  # grows the vocabulary to the tokenizer's
     for path in args.adapter_paths():

@@ -136,6 +136,15 @@ def _write_results(result_path: str, rows: list[dict], responses: list) -> str:
     return result_path
 
 
+def rows_to_answer(args: InferArgs):
+    """(path, row index, row) of every row to answer: --cached_val_dataset's folders, then --val_dataset's files."""
+    sources = [(path, cached_rows(path)) for path in args.cached_val_dataset]
+    sources += [(path, read_rows(path, args.val_dataset_sample, LoadOptions.of(args, shuffle=False))) for path in args.val_dataset]
+    for path, path_rows in sources:
+        for i, row in enumerate(path_rows):
+            yield path, i, row
+
+
 def reward_conversation_ids(encoder, messages: list[dict], tools=None, where: str = "request") -> list[int]:
     """Token ids of a conversation a reward model scores: it must end with the assistant's answer."""
     from swift_jax.data.errors import DataError
@@ -151,34 +160,30 @@ def score_dataset(model, tokenizer, args: InferArgs) -> str:
     `response` (a number), as ms-swift's infer returns a reward model's output; returns the result path."""
     from swift_jax.rlhf.reward_model import last_token_scores
 
-    if not args.val_dataset:
+    if not (args.val_dataset or args.cached_val_dataset):
         raise ValueError("a reward model scores conversations: pass --val_dataset rows that end with the answer to score")
     encoder = args.chat_encoder(tokenizer)
     rows, encoded = [], []
-    for path in args.val_dataset:
-        for i, row in enumerate(read_rows(path, args.val_dataset_sample, LoadOptions.of(args, shuffle=False))):
-            prompt = prompt_of(row, where=f"{path} row {i}", columns=args.columns)
-            answer = [] if prompt.reference is None else [{"role": "assistant", "content": prompt.reference}]
-            encoded.append(reward_conversation_ids(encoder, prompt.messages + answer, prompt.tools, f"{path} row {i}"))
-            rows.append(row)
+    for path, i, row in rows_to_answer(args):
+        prompt = prompt_of(row, where=f"{path} row {i}", columns=args.columns)
+        answer = [] if prompt.reference is None else [{"role": "assistant", "content": prompt.reference}]
+        encoded.append(reward_conversation_ids(encoder, prompt.messages + answer, prompt.tools, f"{path} row {i}"))
+        rows.append(row)
     return _write_results(_result_path(args), rows, last_token_scores(model, encoded, args.max_batch_size))
 
 
 def infer_dataset(gen: Generator, args: InferArgs, vision=None) -> str:
     """Answer every row of `args.cached_val_dataset` and `args.val_dataset`; write the rows with `response` added;
     return the path. `vision` (`data.vision.VisionData`): the model reads the rows' images / videos."""
-    sources = [(path, cached_rows(path)) for path in args.cached_val_dataset]
-    sources += [(path, read_rows(path, args.val_dataset_sample, LoadOptions.of(args, shuffle=False))) for path in args.val_dataset]
     encoder = args.chat_encoder(gen.tokenizer)
     rows, prompts = [], []
-    for path, path_rows in sources:
-        for i, row in enumerate(path_rows):
-            where = f"{path} row {i}"
-            prompt = prompt_of(row, where=where, columns=args.columns, media=vision is not None)
-            rows.append(row)
-            media = row_media(row, where, base=os.path.dirname(os.path.abspath(path))) if vision else None
-            prompts.append(prompt_inputs(vision, encoder, prompt.messages, prompt.tools, media, where,
-                                         prompt.chat_template_kwargs))
+    for path, i, row in rows_to_answer(args):
+        where = f"{path} row {i}"
+        prompt = prompt_of(row, where=where, columns=args.columns, media=vision is not None)
+        rows.append(row)
+        media = row_media(row, where, base=os.path.dirname(os.path.abspath(path))) if vision else None
+        prompts.append(prompt_inputs(vision, encoder, prompt.messages, prompt.tools, media, where,
+                                     prompt.chat_template_kwargs))
     outputs = gen.generate_ids(prompts, args.generation_config(gen, encoder))
     return _write_results(_result_path(args), rows, [out.text for out in outputs])
 

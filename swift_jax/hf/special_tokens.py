@@ -34,13 +34,16 @@ def add_new_special_tokens(model: nnx.Module, tokenizer, tokens: list[str], mesh
     return added
 
 
+def adapter_tokenizer_dir(adapters=()) -> str | None:
+    """The first adapter checkpoint that holds its own tokenizer (saved there when training added tokens)."""
+    return next((a for a in adapters if os.path.exists(os.path.join(a, "tokenizer_config.json"))), None)
+
+
 def checkpoint_tokenizer(model_path: str, adapters=()):
-    """The tokenizer of an inference or export run: the first adapter checkpoint's own (saved there when
-    training added tokens), else the model's."""
+    """The tokenizer of an inference or export run: the first adapter checkpoint's own, else the model's."""
     from swift_jax.modeling import load_tokenizer
 
-    own = next((a for a in adapters if os.path.exists(os.path.join(a, "tokenizer_config.json"))), None)
-    return load_tokenizer(own or model_path)
+    return load_tokenizer(adapter_tokenizer_dir(adapters) or model_path)
 
 
 def fit_vocab(model: nnx.Module, tokenizer_size: int, mesh=None) -> None:
