@@ -11,8 +11,8 @@ one of:
                 here ("ignored: ..."), or where ms-swift's meaning is not implemented and a value other than
                 off would change the result ("... the result differs from ms-swift's: ...")
 
-so "unrecognized option" is never the answer to an ms-swift argument. `PENDING` notes are meanings that sibling
-changes implement as fields; the test that no name is both a field and a note shows which to delete once they land.
+so "unrecognized option" is never the answer to an ms-swift argument. When a note's argument becomes a field, the
+test that no name is both a field and a note shows the note to delete.
 """
 
 from __future__ import annotations
@@ -282,12 +282,6 @@ _note(EXPORT, "export does not generate", "max_new_tokens temperature top_k top_
 _note(TRAIN, "it configures ms-swift's --predict_with_generate evaluation (see that flag); prediction after training "
       "decodes greedily and rollouts sample", "num_beams")
 _note(("eval",), "adapters are applied unmerged, which gives the same answers as merging them first", "merge_lora")
-
-# -- Meanings that sibling changes implement as fields (issue 27 trainargs/datasets/packing). -------------------
-# Delete each name once it is a field (tests/test_ms_swift_arguments.py::test_no_name_is_both_a_field_and_a_note).
-PENDING: dict[str, tuple[tuple[str, ...], str]] = {}
-for _owner, (_commands, _names) in PENDING.items():
-    _note(_commands, f"not implemented yet (issue 27, {_owner.split()[0]}): this run goes without it", _names, differs=True)
 
 MAPPED: dict[tuple[str, ...], dict[str, str]] = {
     ("sft", "pt"): {"max_new_tokens": "predict_max_new_tokens", "loss_type": "task_loss_type"},

@@ -97,8 +97,8 @@ def test_the_golden_list_is_ms_swift_46_and_complete():
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_no_name_is_both_a_field_and_a_note(command):
-    """A note is for an argument that is no field of the command; once a sibling change makes it a field (see
-    `swift_jax.ms_swift_args.PENDING`), delete the note. Every note names an ms-swift argument of the command."""
+    """A note is for an argument that is no field of the command; once a change makes it a field, delete the note.
+    Every note names an ms-swift argument of the command."""
     fields = set().union(*(field_names(c) for c in command_classes(command)))
     notes = set(notes_for(command))
     assert not fields & notes, f"{command}: both a field and a note (delete the note): {sorted(fields & notes)}"
